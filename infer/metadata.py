@@ -1,0 +1,89 @@
+"""The contract between an exported ONNX file and the hosts that run it.
+
+Inputs/outputs:
+  ``image``        float32 [N, 3, S, S], RGB pixels in [0, 1] after :class:`Preprocessing`
+  ``embedding``    float32 [N, D]
+  ``prompt_index`` int64 [N] (top_k = 1) or [N, top_k]
+Every value in ``metadata_props`` is a string; structured values are JSON.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from infer.errors import InputError
+
+FORMAT_VERSION = "1"
+INPUT_NAME = "image"
+EMBEDDING_OUTPUT = "embedding"
+PROMPT_INDEX_OUTPUT = "prompt_index"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The reference evaluation transform: resize the shorter side, center crop, scale, no mean/std."""
+
+    resize: int = 256
+    interpolation: str = "bicubic"
+    crop: int = 224
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @classmethod
+    def for_input_size(cls, input_size: int) -> "Preprocessing":
+        # The reference keeps the 256/224 ratio of ImageNet evaluation for any input size.
+        return cls(resize=int(256 / 224 * input_size), crop=input_size)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Preprocessing":
+        d = json.loads(text)
+        return cls(resize=int(d["resize"]), interpolation=str(d["interpolation"]), crop=int(d["crop"]),
+                   scale=float(d["scale"]), mean=tuple(d["mean"]), std=tuple(d["std"]))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an exported file says about itself (``metadata_props``)."""
+
+    format_version: str
+    task: int
+    checkpoint: str
+    checkpoint_sha256: str
+    model: str
+    embedding_dim: int
+    input_size: int
+    top_k: int
+    pool: str
+    selection: str
+    precision: str
+    preprocessing: Preprocessing
+    versions: dict
+
+    def to_props(self) -> dict[str, str]:
+        props = {k: str(v) for k, v in asdict(self).items() if k not in ("preprocessing", "versions")}
+        props["preprocessing"] = self.preprocessing.to_json()
+        props["versions"] = json.dumps(self.versions, sort_keys=True)
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str) -> "ModelInfo":
+        """Parse ``metadata_props``; ``source`` (the file) is named in any error."""
+        missing = sorted(set(cls.__dataclass_fields__) - set(props))
+        if missing:
+            raise InputError(f"{source}: not a dpcompat export (metadata lacks {', '.join(missing)})")
+        if props["format_version"] != FORMAT_VERSION:
+            raise InputError(f"{source}: export format {props['format_version']}, this toolkit reads {FORMAT_VERSION}")
+        try:
+            return cls(format_version=props["format_version"], task=int(props["task"]),
+                       checkpoint=props["checkpoint"], checkpoint_sha256=props["checkpoint_sha256"],
+                       model=props["model"], embedding_dim=int(props["embedding_dim"]),
+                       input_size=int(props["input_size"]), top_k=int(props["top_k"]), pool=props["pool"],
+                       selection=props["selection"], precision=props["precision"],
+                       preprocessing=Preprocessing.from_json(props["preprocessing"]),
+                       versions=json.loads(props["versions"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{source}: malformed export metadata ({e})") from None

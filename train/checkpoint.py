@@ -1,0 +1,136 @@
+"""Checkpoints in the public reference's layout: ``<dir>/task{t}_checkpoint.pth`` holding
+``{'model', 'optimizer', 'epoch', 'args'}`` with ``args`` an ``argparse.Namespace``.
+
+Loading uses ``torch.load(weights_only=True)`` with only ``argparse.Namespace`` allowed besides
+tensors and plain containers, so a checkpoint that carries any other object is refused before any of
+its code runs.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from infer.atomic import atomic_file
+from infer.errors import InputError
+from train.model import DualPromptConfig, DualPromptViT
+
+CHECKPOINT_RE = re.compile(r"^task(\d+)_checkpoint\.pth$")
+
+
+def checkpoint_path(checkpoint_dir: str | Path, task: int) -> Path:
+    return Path(checkpoint_dir) / f"task{task}_checkpoint.pth"
+
+
+def list_checkpoints(checkpoint_dir: str | Path) -> dict[int, Path]:
+    """Task number (1-based) -> checkpoint file, for every ``task{N}_checkpoint.pth`` in the folder."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        return {}
+    found = {int(m.group(1)): p for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))}
+    return dict(sorted(found.items()))
+
+
+def config_to_args(cfg: DualPromptConfig, **training: Any) -> argparse.Namespace:
+    """The reference's ``args`` fields for this architecture, plus training settings and the
+    explicit widths (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``) that the reference
+    derives from the model name."""
+    return argparse.Namespace(
+        model=cfg.model, input_size=cfg.img_size, nb_classes=cfg.num_classes, size=cfg.pool_size,
+        length=cfg.prompt_length, top_k=cfg.top_k, g_prompt_length=cfg.g_prompt_length,
+        g_prompt_layer_idx=list(cfg.g_prompt_layers), e_prompt_layer_idx=list(cfg.e_prompt_layers),
+        use_g_prompt=True, use_e_prompt=True, prompt_pool=True, prompt_key=True,
+        use_prefix_tune_for_g_prompt=True, use_prefix_tune_for_e_prompt=True, same_key_value=False,
+        head_type="token", embedding_key="cls", prompt_key_init="uniform", prompt_init="uniform",
+        use_prompt_mask=True, shared_prompt_pool=True, shared_prompt_key=False, pull_constraint=True,
+        train_mask=True, task_inc=False,
+        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
+        mlp_ratio=cfg.mlp_ratio, **training)
+
+
+def config_from_args(args: argparse.Namespace, **fallback: Any) -> DualPromptConfig:
+    """Architecture from a checkpoint's ``args``; ``fallback`` supplies what the args lack."""
+    a = vars(args) if args is not None else {}
+
+    def get(key, name):
+        return a[key] if a.get(key) is not None else fallback.get(name)
+
+    model = get("model", "model") or "vit_base_patch16_224"
+    layers = {k: tuple(v) if v is not None else None
+              for k, v in (("e_prompt_layers", get("e_prompt_layer_idx", "e_prompt_layers")),
+                           ("g_prompt_layers", get("g_prompt_layer_idx", "g_prompt_layers")))}
+    return DualPromptConfig.from_name(
+        model, img_size=get("input_size", "img_size"), num_classes=get("nb_classes", "num_classes"),
+        pool_size=get("size", "pool_size"), prompt_length=get("length", "prompt_length"),
+        top_k=get("top_k", "top_k"), g_prompt_length=get("g_prompt_length", "g_prompt_length"),
+        embed_dim=get("embed_dim", "embed_dim"), depth=get("depth", "depth"),
+        num_heads=get("num_heads", "num_heads"), patch_size=get("patch_size", "patch_size"),
+        mlp_ratio=get("mlp_ratio", "mlp_ratio"), **layers)
+
+
+def save_checkpoint(path: str | Path, model: DualPromptViT, optimizer: Optional[torch.optim.Optimizer],
+                    epoch: int, args: argparse.Namespace) -> Path:
+    """Write a reference-layout checkpoint atomically (temporary file, then rename)."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict() if optimizer else {},
+             "epoch": epoch, "args": args}
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint safely; any problem is an ``InputError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        raise InputError(f"{path}: refused, it carries objects other than tensors and argparse.Namespace "
+                         f"and none of its code was run ({detail.strip()})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path}: not a readable checkpoint (truncated or corrupt: {detail})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise InputError(f"{path}: not a DualPrompt checkpoint (no 'model' state dict)")
+    if ckpt.get("args") is not None and not isinstance(ckpt["args"], argparse.Namespace):
+        raise InputError(f"{path}: 'args' is a {type(ckpt['args']).__name__}, expected argparse.Namespace")
+    return ckpt
+
+
+def check_state_dict(model: DualPromptViT, state: dict, source: str | Path) -> None:
+    """Raise one ``InputError`` listing every missing, unexpected or wrongly shaped key."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = []
+    for k, shape in expected.items():
+        if k not in state:
+            problems.append(f"{k} missing")
+        elif not torch.is_tensor(state[k]) or tuple(state[k].shape) != shape:
+            got = tuple(state[k].shape) if torch.is_tensor(state[k]) else type(state[k]).__name__
+            problems.append(f"{k} is {got}, the architecture needs {shape}")
+    problems += [f"{k} unexpected" for k in state if k not in expected]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise InputError(f"{source}: weights do not fit the architecture ({model.cfg.model}, "
+                         f"dim {model.cfg.embed_dim}, depth {model.cfg.depth}): {shown}")
+
+
+def model_from_checkpoint(path: str | Path, **fallback: Any) -> tuple[DualPromptViT, dict]:
+    """Build the model the checkpoint describes (its ``args``, else ``fallback``) and load it strictly."""
+    ckpt = load_checkpoint(path)
+    try:
+        cfg = config_from_args(ckpt.get("args"), **fallback)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{path}: {e}") from None
+    model = DualPromptViT(cfg)
+    check_state_dict(model, ckpt["model"], path)
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.eval(), ckpt

@@ -1,0 +1,78 @@
+"""Split CIFAR-100 for continual learning: tasks of consecutive labels, the reference's transforms."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from infer.cifar import CifarSplit, cifar_dir, load_cifar
+from infer.errors import InputError
+
+
+def train_transform(input_size: int) -> transforms.Compose:
+    return transforms.Compose([
+        transforms.RandomResizedCrop(input_size, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3)),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+    ])
+
+
+def eval_transform(input_size: int) -> transforms.Compose:
+    return transforms.Compose([
+        transforms.Resize(int(256 / 224 * input_size), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(input_size),
+        transforms.ToTensor(),
+    ])
+
+
+class ImageArrayDataset(torch.utils.data.Dataset):
+    """uint8 [N, H, W, 3] images and int labels, transformed as PIL images."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def load_split(data_path: str | Path, split: str, download: bool) -> CifarSplit:
+    """CIFAR-100 ``split`` from ``data_path``; with ``download``, fetched by torchvision first if absent."""
+    if cifar_dir(data_path, "cifar100").is_dir() or not download:
+        try:
+            return load_cifar(data_path, "cifar100", split)
+        except InputError as e:
+            if cifar_dir(data_path, "cifar100").is_dir():
+                raise
+            raise InputError(f"{e} (pass --download to fetch CIFAR-100, or --data-path to point at it)") from None
+    from torchvision.datasets import CIFAR100
+
+    try:
+        CIFAR100(str(data_path), train=split == "train", download=True)
+    except Exception as e:
+        raise InputError(f"downloading CIFAR-100 into {data_path} failed ({type(e).__name__}: {e})") from None
+    return load_cifar(data_path, "cifar100", split)
+
+
+def task_classes(num_classes: int, num_tasks: int) -> list[list[int]]:
+    """Classes of each task: consecutive labels, the reference's order 0..C-1."""
+    if num_tasks < 1 or num_classes % num_tasks:
+        raise InputError(f"--num-tasks {num_tasks} must divide the {num_classes} classes")
+    per = num_classes // num_tasks
+    return [list(range(t * per, (t + 1) * per)) for t in range(num_tasks)]
+
+
+def limit_per_class(labels: np.ndarray, classes: list[int], limit: int | None) -> np.ndarray:
+    """Indices of the samples of ``classes``, the first ``limit`` of each class (all when None)."""
+    keep = [np.flatnonzero(labels == c)[:limit] for c in classes]
+    return np.sort(np.concatenate(keep))
+
+
+def task_dataset(split: CifarSplit, classes: list[int], transform, limit: int | None) -> ImageArrayDataset:
+    idx = limit_per_class(split.labels, classes, limit)
+    return ImageArrayDataset(split.images[idx], split.labels[idx], transform)

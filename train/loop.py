@@ -1,0 +1,260 @@
+"""Continual training over Split CIFAR-100, reproducing the reference's procedure (REFERENCE.md §1).
+
+Per task t: pool entry t starts as a copy of entry t-1 (shared pool), a fresh Adam over the trainable
+parameters (g_prompt, e-prompts, keys, head), cross-entropy with logits of classes outside the task
+set to -inf, minus the pull constraint, gradient clipping at 1.0. Then accuracy on every seen task,
+average accuracy and forgetting; a checkpoint per task. Distributed when launched with torchrun.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from infer.atomic import atomic_file
+from infer.errors import InputError
+from train.checkpoint import (check_state_dict, checkpoint_path, config_to_args, list_checkpoints, load_checkpoint,
+                              save_checkpoint)
+from train.data import eval_transform, load_split, task_classes, task_dataset, train_transform
+from train.model import DualPromptConfig, DualPromptViT
+from train.weights import load_pretrained_backbone
+
+
+@dataclass
+class TrainOptions:
+    """Training settings; defaults are the reference's `cifar100_dualprompt` ones."""
+
+    data_path: str = "data"
+    output_dir: str = "output"
+    download: bool = False
+    num_tasks: int = 10
+    epochs: int = 5
+    batch_size: int = 24
+    lr: float = 0.03  # scaled by batch_size / 256, as the reference does
+    clip_grad: float = 1.0
+    pull_constraint_coeff: float = 1.0
+    seed: int = 42
+    limit_per_class: Optional[int] = None
+    device: str = "auto"
+    workers: int = 2
+    resume: bool = False
+    quiet: bool = False
+    selection: str = "per-sample"
+    pretrained: bool = True
+    pretrained_weights: Optional[str] = None
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str) -> _Dist:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _Dist()
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _device(name: str, d: _Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and d.world > 1:
+        name = f"cuda:{d.local_rank}"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available to this torch build or machine")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def forgetting(acc: np.ndarray, t: int) -> float:
+    """Reference forgetting after task t (0-based) from the accuracy matrix acc[i][t']:
+    mean over i < t of max over t' <= t of acc[i][t'] minus acc[i][t]."""
+    if t == 0:
+        return 0.0
+    return float(np.mean((acc[:t, :t + 1].max(axis=1) - acc[:t, t])))
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["task"] <= upto]
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@torch.no_grad()
+def evaluate_task(model: torch.nn.Module, dataset, device: torch.device, batch_size: int, d: _Dist,
+                  selection: str, amp: bool) -> float:
+    """Top-1 accuracy (%) over all classes, the samples split across ranks and the counts summed."""
+    subset = torch.utils.data.Subset(dataset, range(d.rank, len(dataset), d.world))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
+    correct = torch.zeros(2, dtype=torch.float64, device=device)
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x, selection=selection)["logits"]
+        correct += torch.tensor([(logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64, device=device)
+    if d.world > 1:
+        dist.all_reduce(correct)
+    return float(100.0 * correct[0] / max(correct[1].item(), 1))
+
+
+@dataclass
+class TrainResult:
+    rows: list[dict]  # one metrics row per trained task, as in metrics.jsonl
+    model: DualPromptViT
+
+
+def train(opts: TrainOptions, arch: dict, log: Callable[[str], None] = print) -> TrainResult:
+    """Run (or resume) continual training; returns the metric rows and the final model.
+
+    ``arch``: architecture keywords for ``DualPromptConfig.from_name`` (``model`` and overrides).
+    """
+    d = _init_distributed(opts.device)
+    try:
+        return _train(opts, arch, d, _device(opts.device, d), log if d.main else (lambda _: None))
+    finally:
+        if d.world > 1:
+            dist.destroy_process_group()
+
+
+def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: Callable[[str], None]) -> TrainResult:
+    out = Path(opts.output_dir)
+    ckpt_dir, metrics_path = out / "checkpoint", out / "metrics.jsonl"
+    train_split = load_split(opts.data_path, "train", opts.download and d.main)
+    test_split = load_split(opts.data_path, "test", opts.download and d.main)
+    tasks = task_classes(len(train_split.classes), opts.num_tasks)
+    try:
+        cfg = DualPromptConfig.from_name(**{**arch, "num_classes": len(train_split.classes)})
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+    _seed(opts.seed)
+    model = DualPromptViT(cfg)
+    start = 0
+    if opts.resume and (found := list_checkpoints(ckpt_dir)):
+        start = max(k for k in found if all(j in found for j in range(1, k + 1))) if 1 in found else 0
+    if start:
+        ckpt = load_checkpoint(checkpoint_path(ckpt_dir, start))
+        check_state_dict(model, ckpt["model"], checkpoint_path(ckpt_dir, start))
+        model.load_state_dict(ckpt["model"])
+        log(f"resuming after task {start} ({checkpoint_path(ckpt_dir, start)})")
+    elif opts.pretrained:
+        log(f"pretrained backbone: {load_pretrained_backbone(model, opts.pretrained_weights)}")
+    else:
+        log("backbone: random initialisation (--no-pretrained)")
+    if start >= len(tasks):
+        log(f"all {len(tasks)} tasks already trained in {ckpt_dir}")
+        return TrainResult(_read_metrics(metrics_path, start), model.eval())
+    model.freeze_backbone()
+    model.to(device)
+    amp = device.type == "cuda"
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if amp else None) if d.world > 1 else model
+
+    rows = _read_metrics(metrics_path, start)
+    acc = np.zeros((len(tasks), len(tasks)))
+    for r in rows:
+        acc[: r["task"], r["task"] - 1] = r["accuracy"]
+    args = config_to_args(cfg, num_tasks=len(tasks), epochs=opts.epochs, batch_size=opts.batch_size,
+                          lr=opts.lr, clip_grad=opts.clip_grad, pull_constraint_coeff=opts.pull_constraint_coeff,
+                          seed=opts.seed, data_path=str(opts.data_path), dataset="Split-CIFAR100",
+                          output_dir=str(out), batchwise_prompt=opts.selection == "batchwise",
+                          limit_per_class=opts.limit_per_class, opt="adam", weight_decay=0.0, sched="constant",
+                          reinit_optimizer=True, distributed=d.world > 1, world_size=d.world)
+    test_sets = [task_dataset(test_split, c, eval_transform(cfg.img_size), opts.limit_per_class) for c in tasks]
+    k = cfg.top_k
+
+    for t in range(start, len(tasks)):
+        t0 = time.time()
+        _seed(opts.seed + t)
+        if t > 0 and (t + 1) * k <= cfg.pool_size:
+            with torch.no_grad():
+                model.e_prompt.prompt[:, :, t * k:(t + 1) * k] = model.e_prompt.prompt[:, :, (t - 1) * k:t * k]
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=opts.lr * opts.batch_size / 256, betas=(0.9, 0.999), eps=1e-8,
+                                     weight_decay=0.0)
+        train_set = task_dataset(train_split, tasks[t], train_transform(cfg.img_size), opts.limit_per_class)
+        sampler = torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=opts.seed + t) \
+            if d.world > 1 else torch.utils.data.RandomSampler(train_set)
+        loader = torch.utils.data.DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler,
+                                             num_workers=opts.workers, drop_last=False,
+                                             persistent_workers=opts.workers > 0)
+        outside = torch.tensor(sorted(set(range(cfg.num_classes)) - set(tasks[t])), dtype=torch.long, device=device)
+        model.train()
+        epochs = tqdm(range(opts.epochs), desc=f"task {t + 1}/{len(tasks)}", disable=opts.quiet or not d.main,
+                      leave=False)
+        epoch_losses = []
+        for epoch in epochs:
+            if d.world > 1:
+                sampler.set_epoch(epoch)
+            seen = correct = 0
+            loss_sum = 0.0
+            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=opts.quiet or not d.main,
+                           leave=False)
+            for x, y in batches:
+                x, y = x.to(device), y.to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    res = net(x, task_id=t)
+                logits = res["logits"].float().index_fill(1, outside, float("-inf"))
+                loss = F.cross_entropy(logits, y) - opts.pull_constraint_coeff * res["reduce_sim"].float()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, opts.clip_grad)
+                optimizer.step()
+                seen += len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                loss_sum += loss.item() * len(y)
+                batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}")
+            epoch_losses.append(round(loss_sum / max(seen, 1), 6))
+            epochs.set_postfix(loss=f"{epoch_losses[-1]:.4f}", acc=f"{100 * correct / max(seen, 1):.1f}")
+
+        model.eval()
+        for i in range(t + 1):
+            acc[i, t] = evaluate_task(model, test_sets[i], device, opts.batch_size, d, opts.selection, amp)
+        row = {"task": t + 1, "accuracy": [round(float(a), 4) for a in acc[: t + 1, t]],
+               "average_accuracy": round(float(acc[: t + 1, t].mean()), 4), "forgetting": round(forgetting(acc, t), 4),
+               "epoch_losses": epoch_losses, "train_accuracy": round(100 * correct / max(seen, 1), 4),
+               "seconds": round(time.time() - t0, 2), "checkpoint": str(checkpoint_path(ckpt_dir, t + 1))}
+        rows = [r for r in rows if r["task"] < t + 1] + [row]
+        if d.main:
+            save_checkpoint(checkpoint_path(ckpt_dir, t + 1), model, optimizer, opts.epochs - 1, args)
+            _write_metrics(metrics_path, rows)
+        if d.world > 1:
+            dist.barrier()
+        log(f"task {t + 1}/{len(tasks)}: accuracy per seen task {row['accuracy']}  "
+            f"average {row['average_accuracy']:.2f}  forgetting {row['forgetting']:.2f}  "
+            f"loss {epoch_losses[0]:.4f} -> {epoch_losses[-1]:.4f}  ({row['seconds']:.0f} s)")
+    log(f"done: {len(tasks)} tasks, average accuracy {rows[-1]['average_accuracy']:.2f}, "
+        f"forgetting {rows[-1]['forgetting']:.2f}; checkpoints in {ckpt_dir}, metrics in {metrics_path}")
+    return TrainResult(rows, model.eval())
+

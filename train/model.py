@@ -1,0 +1,229 @@
+"""DualPrompt on a ViT built from timm 1.x layers, with the public reference's parameter layout.
+
+One backbone serves two passes: the unprompted query pass q(x) ([CLS] after the final norm) picks
+e-prompts by cosine similarity with the key pool; the prompted pass prepends g-prompt and e-prompt
+prefixes to the keys and values of chosen layers (prefix-tuning). Unlike the reference, every sample
+gathers its own e-prompt, so an embedding does not depend on the batch it is computed in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp, PatchEmbed, trunc_normal_
+
+SELECTIONS = ("per-sample", "batchwise")
+POOLS = ("cls", "mean")
+
+# Widths of the timm ViT families, keyed by the name's size word.
+_VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
+
+
+@dataclass(frozen=True)
+class DualPromptConfig:
+    """Architecture of a DualPrompt ViT; field defaults are the reference's `cifar100_dualprompt`."""
+
+    model: str = "vit_base_patch16_224"
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    num_classes: int = 100
+    pool_size: int = 10
+    prompt_length: int = 5
+    top_k: int = 1
+    e_prompt_layers: tuple[int, ...] = (2, 3, 4)
+    g_prompt_length: int = 5
+    g_prompt_layers: tuple[int, ...] = field(default=(0, 1))
+
+    @classmethod
+    def from_name(cls, model: str, **overrides) -> "DualPromptConfig":
+        """Config for a timm ViT name such as ``vit_tiny_patch16_224``, with explicit overrides."""
+        parts = model.split(".")[0].split("_")
+        try:
+            size = next(p for p in parts if p in _VIT_SIZES)
+            patch = int(next(p for p in parts if p.startswith("patch"))[5:])
+            img = int(parts[-1])
+        except (StopIteration, ValueError):
+            raise ValueError(f"unsupported model name {model!r}: expected vit_<tiny|small|base|large>_patch<P>_<size>")
+        dim, depth, heads = _VIT_SIZES[size]
+        base = cls(model=model.split(".")[0], img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads)
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    def __post_init__(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        layers = set(self.e_prompt_layers) | set(self.g_prompt_layers)
+        if set(self.e_prompt_layers) & set(self.g_prompt_layers) or any(not 0 <= i < self.depth for i in layers):
+            raise ValueError(f"prompt layers g={list(self.g_prompt_layers)} e={list(self.e_prompt_layers)} "
+                             f"must be distinct layers of a {self.depth}-block model")
+        if not 1 <= self.top_k <= self.pool_size:
+            raise ValueError(f"top_k {self.top_k} must be between 1 and the pool size {self.pool_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def asdict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
+    """The reference's normalisation: x / sqrt(max(sum x^2, eps))."""
+    return x * torch.rsqrt(torch.clamp(x.pow(2).sum(dim=dim, keepdim=True), min=eps))
+
+
+class PrefixAttention(nn.Module):
+    """Multi-head self-attention; an optional prefix [B, 2, L, heads, head_dim] is prepended to keys and values."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if prefix is not None:
+            key_prefix, value_prefix = prefix.permute(1, 0, 3, 2, 4).unbind(0)  # each [B, heads, L, head_dim]
+            k = torch.cat([key_prefix, k], dim=2)
+            v = torch.cat([value_prefix, v], dim=2)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (timm's layout and parameter names) with an optional attention prefix."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = PrefixAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), prefix)
+        return x + self.mlp(self.norm2(x))
+
+
+class EPrompt(nn.Module):
+    """The e-prompt pool: ``prompt`` [layers, 2, pool, length, heads, head_dim] and ``prompt_key`` [pool, dim]."""
+
+    def __init__(self, cfg: DualPromptConfig):
+        super().__init__()
+        self.top_k = cfg.top_k
+        self.pool_size = cfg.pool_size
+        shape = (len(cfg.e_prompt_layers), 2, cfg.pool_size, cfg.prompt_length, cfg.num_heads, cfg.head_dim)
+        self.prompt = nn.Parameter(torch.empty(shape).uniform_(-1, 1))
+        self.prompt_key = nn.Parameter(torch.empty(cfg.pool_size, cfg.embed_dim).uniform_(-1, 1))
+
+    def similarity(self, query: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity [B, pool] between queries [B, dim] and the keys."""
+        return l2_normalize(query) @ l2_normalize(self.prompt_key).t()
+
+    def select(self, similarity: torch.Tensor, selection: str = "per-sample") -> torch.Tensor:
+        """Prompt indices [B, top_k] from similarities [B, pool].
+
+        ``per-sample``: each sample's own top_k. ``batchwise`` (the reference's inference): every
+        sample gets the batch's most frequent indices; count ties go to the lower index.
+        """
+        idx = similarity.topk(self.top_k, dim=1).indices
+        if selection == "per-sample":
+            return idx
+        if selection != "batchwise":
+            raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
+        counts = F.one_hot(idx.flatten(), self.pool_size).sum(0)
+        # Integer keys without ties, so torch and ONNX TopK agree on the order.
+        keys = counts * self.pool_size + torch.arange(self.pool_size - 1, -1, -1, device=counts.device)
+        major = keys.topk(self.top_k).indices
+        return major.unsqueeze(0).expand(similarity.shape[0], -1)
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """Per-sample prefixes [layers, B, 2, top_k * length, heads, head_dim] for indices [B, top_k]."""
+        p = self.prompt[:, :, idx]  # [layers, 2, B, top_k, length, heads, head_dim]
+        layers, _, B, k, length, heads, hd = p.shape
+        # The reference reshapes without this permute, which mixes samples and key/value roles for B > 1.
+        return p.permute(0, 2, 1, 3, 4, 5, 6).reshape(layers, B, 2, k * length, heads, hd)
+
+
+class DualPromptViT(nn.Module):
+    """ViT + DualPrompt. ``state_dict()`` keys and shapes equal the public reference's."""
+
+    def __init__(self, cfg: DualPromptConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.patch_embed = PatchEmbed(img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=3, embed_dim=D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, D))
+        self.g_prompt = nn.Parameter(torch.empty(
+            len(cfg.g_prompt_layers), 2, cfg.g_prompt_length, cfg.num_heads, cfg.head_dim).uniform_(-1, 1))
+        self.e_prompt = EPrompt(cfg)
+        self.blocks = nn.ModuleList([Block(D, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.head = nn.Linear(D, cfg.num_classes)
+        trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    BACKBONE = ("patch_embed", "cls_token", "pos_embed", "blocks", "norm")
+
+    def freeze_backbone(self) -> None:
+        """Freeze what the reference freezes; g_prompt, e_prompt and head stay trainable."""
+        for name, p in self.named_parameters():
+            p.requires_grad_(not name.startswith(self.BACKBONE))
+
+    def tokens(self, x: torch.Tensor, e_prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tokens [B, 1 + patches, dim] after the final norm; unprompted when ``e_prefix`` is None."""
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        g_layers, e_layers = self.cfg.g_prompt_layers, self.cfg.e_prompt_layers
+        for i, block in enumerate(self.blocks):
+            prefix = None
+            if e_prefix is not None:
+                if i in g_layers:
+                    prefix = self.g_prompt[g_layers.index(i)].unsqueeze(0).expand(x.shape[0], -1, -1, -1, -1)
+                elif i in e_layers:
+                    prefix = e_prefix[e_layers.index(i)]
+            x = block(x, prefix)
+        return self.norm(x)
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """q(x): [CLS] of the unprompted backbone after the final norm, [B, dim]."""
+        return self.tokens(x)[:, 0]
+
+    def forward(self, x: torch.Tensor, task_id: Optional[int] = None, selection: str = "per-sample",
+                pool: str = "cls") -> dict[str, torch.Tensor]:
+        """Logits, embedding and prompt choice for images [B, 3, H, W] in [0, 1].
+
+        ``task_id`` (training) forces task t's own prompts (the reference's prompt mask) while the
+        pool has room for them. Returns ``logits`` [B, classes], ``embedding`` [B, dim] (``pool`` 'cls':
+        the pre-logits; 'mean': the token mean), ``prompt_idx`` [B, top_k] and ``reduce_sim``, the
+        mean cosine between each query and its chosen keys (the pull constraint's term).
+        """
+        with torch.no_grad():
+            q = self.query(x)
+        similarity = self.e_prompt.similarity(q)
+        k = self.e_prompt.top_k
+        if task_id is not None and (task_id + 1) * k <= self.e_prompt.pool_size:
+            idx = torch.arange(task_id * k, (task_id + 1) * k, device=x.device).expand(x.shape[0], -1)
+        else:
+            idx = self.e_prompt.select(similarity.detach(), selection)
+        reduce_sim = similarity.gather(1, idx).sum() / x.shape[0]
+        tokens = self.tokens(x, self.e_prompt.gather(idx))
+        pre_logits = tokens[:, 0]
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, not {pool!r}")
+        return {"logits": self.head(pre_logits), "embedding": pre_logits if pool == "cls" else tokens.mean(dim=1),
+                "prompt_idx": idx, "reduce_sim": reduce_sim}
