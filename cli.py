@@ -100,11 +100,301 @@ def train(data_path, download, output_dir, model, input_size, patch_size, embed_
 
 # ---- commands: export ----
 
+
+def _chosen_tasks(task, tasks, all_tasks):
+    if sum(x is not None and x is not False for x in (task, tasks, all_tasks)) != 1:
+        raise InputError("give exactly one of --task N, --tasks 1,3,5 or --all")
+    return None if all_tasks else ([task] if task is not None else list(tasks))
+
+
+@cli.command("export")
+@click.option("--task", type=int, help="Task number to export (task{N}_checkpoint.pth).")
+@click.option("--tasks", callback=_int_list, help="Comma-separated task numbers, e.g. 1,3,5.")
+@click.option("--all", "all_tasks", is_flag=True, default=None, help="Every task*_checkpoint.pth in --checkpoint-dir.")
+@click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
+@click.option("--output-dir", default="exports", show_default=True, help="Writes task{N}.onnx here.")
+@click.option("--selection", type=click.Choice(["per-sample", "batchwise"]), default="per-sample", show_default=True,
+              help="Prompt selection in the graph; batchwise is the reference's batch-dependent inference "
+                   "(every image gets its batch's most frequent prompt).")
+@click.option("--pool", type=click.Choice(["cls", "mean"]), default="cls", show_default=True,
+              help="Embedding: [CLS] after the final norm, or the mean of all tokens (the original study's report).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: half-precision weights and compute; input and output stay float32.")
+@click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18 or newer; 20 needs onnxruntime >= 1.17).")
+def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset):
+    """Export task feature extractors to ONNX for hosts with onnxruntime and no PyTorch."""
+    from export.onnx_export import export_task_result, select_checkpoints
+
+    chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
+    for t, ckpt in chosen.items():
+        r = export_task_result(ckpt, Path(output_dir) / f"task{t}.onnx", selection, pool, precision, opset, task=t)
+        click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
+                   f"bytes, {r.seconds:.1f} s)")
+
+
+@cli.command("verify")
+@click.option("--task", type=int, help="Verify <export-dir>/task{N}.onnx against task{N}_checkpoint.pth.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An exported file; its metadata names the checkpoint.")
+@click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
+@click.option("--export-dir", default="exports", show_default=True, help="Where --task looks for task{N}.onnx.")
+@click.option("--images", "images_dir", type=click.Path(), help="A folder: every jpg/jpeg/png/webp below it.")
+@click.option("--dataset", help="A data set: cifar10:test, cifar100:test, folder:PATH, ...")
+@click.option("--data-path", default="data", show_default=True, help="Folder holding the CIFAR folders.")
+@click.option("--limit", default=64, show_default=True, help="At most this many images from --images or --dataset.")
+@click.option("--random", "random_count", type=int, help="N random images (the default: 64).")
+@click.option("--seed", default=0, show_default=True, help="Seed of --random.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt", "auto"]), default="cpu", show_default=True,
+              help="onnxruntime execution provider.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@click.pass_context
+def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir, dataset, data_path, limit,
+                   random_count, seed, provider, report_path):
+    """Check an export against its PyTorch checkpoint at batch sizes 1, 7 and 32.
+
+    Exit code 0: within tolerance; 1: parity failure; 2: bad input.
+    """
+    import json
+
+    from export.parity import format_table
+    from export.verify import Inputs, verify_export
+    from infer.atomic import atomic_file
+    from train.checkpoint import checkpoint_path
+
+    if (task is None) == (onnx_path is None):
+        raise InputError("give exactly one of --task N or --onnx PATH")
+    if random_count is not None and (images_dir or dataset):
+        raise InputError("--random cannot be combined with --images or --dataset")
+    ckpt = None
+    if task is not None:
+        onnx_path = Path(export_dir) / f"task{task}.onnx"
+        if not onnx_path.is_file():
+            raise InputError(f"{onnx_path}: no such ONNX file (run: python cli.py export --task {task})")
+        ckpt = checkpoint_path(checkpoint_dir, task)
+    inputs = Inputs(images_dir=images_dir, dataset=dataset, data_path=data_path,
+                    count=random_count if random_count is not None else limit, seed=seed)
+    report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider)
+    c = report.context
+    click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}, {report.precision}, {report.selection}, pool {c['pool']}) "
+               f"vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}")
+    click.echo(format_table(report))
+    if report_path:
+        try:
+            with atomic_file(report_path) as tmp:
+                tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        except OSError as e:
+            raise InputError(f"{report_path}: cannot write ({e.strerror or e})") from None
+    ctx.exit(0 if report.passed else 1)
+
+
 # ---- commands: infer ----
+
+_PROVIDER = click.option("--provider", type=click.Choice(["auto", "cuda", "tensorrt", "cpu"]), default="auto",
+                         show_default=True, help="onnxruntime execution provider; auto = CUDA when it really "
+                                                 "initialises, else CPU (said on stderr). Never a silent fallback.")
+_DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or folder:PATH (one sub-folder per class)."
+
+
+@cli.command()
+@click.option("--model", required=True, type=click.Path(dir_okay=False), help="Exported ONNX file, e.g. exports/task3.onnx.")
+@click.option("--dataset", required=True, help=_DATASET_HELP)
+@click.option("--data-path", default="data", show_default=True, help="Folder holding cifar-10-batches-py/ or cifar-100-python/.")
+@click.option("--store", default="embeddings", show_default=True, help="Writes <store>/<model-id>/<dataset>-<split>/.")
+@click.option("--model-id", help="Store name of the model (default: the file stem, e.g. task3).")
+@_PROVIDER
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--force", is_flag=True, help="Recompute even when the store holds this model's set of this data.")
+@click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (listed in the manifest) instead of stopping.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def embed(model, dataset, data_path, store, model_id, provider, batch_size, force, skip_bad, quiet):
+    """Embed a data set with one exported model into the embedding store (onnxruntime only)."""
+    from infer.datasets import open_dataset
+    from infer.embed import embed_dataset
+
+    r = embed_dataset(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
+                      batch_size=batch_size, force=force, skip_bad=skip_bad, progress=not quiet)
+    if r.reused:
+        click.echo(f"reused {r.set.path} ({r.set.count} x {r.set.dim}; same model file and data; --force recomputes)")
+    else:
+        skipped = len(r.set.manifest["skipped"])
+        click.echo(f"wrote {r.set.path}: {r.set.count} x {r.set.dim} on {r.provider} in {r.seconds:.1f} s"
+                   + (f", {skipped} unreadable image(s) skipped (listed in manifest.json)" if skipped else ""))
+
+
+@cli.command()
+@click.argument("model_files", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--models", "models_flag", is_flag=True,
+              help="The ONNX files follow, oldest first: --models exports/task1.onnx ... exports/task10.onnx.")
+@click.option("--exports-dir", type=click.Path(file_okay=False), help="Every .onnx file there, ordered by task.")
+@click.option("--from-store", help="Comma-separated stored model ids (task1,task2,...): no ONNX files needed.")
+@click.option("--query", default="cifar10:test", show_default=True, help="Query data set. " + _DATASET_HELP)
+@click.option("--gallery", help="Gallery data set (default: the query set; each query's own image is then left out).")
+@click.option("--data-path", default="data", show_default=True, help="Folder holding CIFAR's folders.")
+@click.option("--store", default="embeddings", show_default=True, help="Embedding store (read, and filled when missing).")
+@click.option("--out", default="reports", show_default=True, help="Folder for compatibility.{json,csv,md} and heatmaps.")
+@click.option("--k", default=5, show_default=True, help="Neighbours of the kNN majority vote.")
+@click.option("--include-self", is_flag=True, help="Keep each query's own image in its gallery (the original study's protocol).")
+@_PROVIDER
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Leave unreadable images out when embedding.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, store, out, k,
+             include_self, provider, batch_size, skip_bad, quiet):
+    """Backward compatibility of every newer model's queries against every older model's gallery.
+
+    Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model).
+    """
+    from evaluate.pipeline import collect_from_models, collect_from_store, evaluate_sets, model_files as find_models
+    from evaluate.report import summary, write_reports
+    from tqdm import tqdm
+
+    gallery = gallery or query
+    if from_store is not None:
+        if model_files or exports_dir:
+            raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
+        q, g = collect_from_store([m.strip() for m in from_store.split(",") if m.strip()], query, gallery, store)
+    else:
+        files = find_models(model_files, exports_dir)
+        q, g = collect_from_models(files, query, gallery, data_path, store, by_task=bool(exports_dir),
+                                   provider=provider, batch_size=batch_size, skip_bad=skip_bad, progress=not quiet)
+    with tqdm(desc="cells", unit="cell", disable=quiet, file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        ev = evaluate_sets(q, g, k=k, include_self=include_self, progress=progress)
+    written = write_reports(ev.result, ev.models, ev.query, ev.gallery, ev.protocol, out)
+    click.echo(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
+    click.echo(f"reports: {', '.join(str(p) for p in written)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor(as_json):
+    """Versions, onnxruntime providers (listed and actually working) and GPUs of this host."""
+    import json
+
+    from infer.session import doctor_report, format_doctor
+
+    report = doctor_report()
+    click.echo(json.dumps(report, indent=2) if as_json else format_doctor(report))
 
 # ---- commands: demo ----
 
+
+@cli.command()
+@click.option("--workdir", default="demo-run", show_default=True, help="Everything the demo writes goes here.")
+@click.option("--data-path", default="data", show_default=True,
+              help="Real CIFAR-100/CIFAR-10 (python layout) are used when present here.")
+@click.option("--download", is_flag=True, help="Fetch CIFAR-100 and CIFAR-10 first (needs network).")
+@click.option("--pretrained-weights", type=click.Path(dir_okay=False),
+              help="Local ViT-Tiny weights (timm .pth/.safetensors or .npz); else downloaded when the network allows.")
+@click.option("--smoke", is_flag=True, help="A miniature model on 32x32 inputs: the same chain in well under a minute.")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "tensorrt", "cpu"]), default="auto", show_default=True)
+def demo(workdir, data_path, download, pretrained_weights, smoke, provider):
+    """Run train -> export -> verify -> embed -> evaluate on a small setting, offline if need be."""
+    import time
+
+    from demo import run_demo
+
+    start = time.perf_counter()
+    result = run_demo(workdir, data_path, download, pretrained_weights, smoke, provider, log=click.echo)
+    click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s "
+               f"({', '.join(f'{k} {v} s' for k, v in result['times'].items())})")
+    for note in result["notes"]:
+        click.echo(f"NOTE: {note}")
+    click.echo(f"report: {Path(workdir) / 'reports' / 'compatibility.md'}")
+    click.echo(f"heatmap: {Path(workdir) / 'reports' / 'heatmap_top1.png'}")
+
 # ---- commands: bench ----
+
+
+@cli.group()
+def bench():
+    """Benchmarks with trustworthy figures: table on the terminal, everything in JSON (--json)."""
+
+
+def _emit(result: dict, table: str, json_path) -> None:
+    import json
+
+    from infer.atomic import atomic_file
+
+    click.echo(table)
+    if json_path:
+        with atomic_file(json_path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+
+
+@bench.command("embed")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="An exported .onnx file.")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "tensorrt", "cpu"]), default="cpu", show_default=True)
+@click.option("--batch-sizes", default="1,8,32,128", show_default=True, callback=_int_list)
+@click.option("--repeats", default=5, show_default=True, help="Timed runs per batch size (after one warm-up); the median is reported.")
+@click.option("--compare-torch", is_flag=True, help="Also time the source checkpoint in PyTorch eager, same device and batch.")
+@click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure as JSON here.")
+def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torch, checkpoint_dir, json_path):
+    """images/s of an export per batch size, as a fraction of the measured matmul peak, optionally vs PyTorch."""
+    from infer.bench import bench_embed, format_table
+
+    runner = None
+    if compare_torch:
+        from export.bench import torch_throughput
+
+        def runner(info, device, sizes):
+            ckpt = Path(checkpoint_dir) / info.checkpoint
+            if not ckpt.is_file():
+                raise InputError(f"{ckpt}: the source checkpoint of {model_path} is needed for --compare-torch")
+            return torch_throughput(ckpt, info, device, sizes, repeats)
+
+    try:
+        result = bench_embed(model_path, provider, batch_sizes, repeats, runner,
+                             warn=lambda m: click.echo(m, err=True))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    cols = [("batch_size", "batch", "d"), ("images_per_s", "onnxruntime img/s", ".2f"),
+            ("fraction_of_peak", "of matmul peak", ".1%"), ("torch_images_per_s", "torch img/s", ".2f"),
+            ("speedup_vs_torch", "ort/torch", ".2f")]
+    peak = result["matmul_peak"]
+    head = (f"{model_path} on {result['provider']} ({result['precision']}), {result['flops_per_image'] / 1e9:.1f} "
+            f"GFLOP/image, measured {peak['precision']} matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s")
+    pre = result["preprocessing_images_per_s_per_process"]
+    tail = "preprocessing per process: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in pre.items())
+    _emit(result, "\n".join([head, format_table(result["onnxruntime"], cols), tail]), json_path)
+
+
+@bench.command("evaluate")
+@click.option("--models", default=10, show_default=True)
+@click.option("--queries", default=10_000, show_default=True, help="Query and gallery size (the same split).")
+@click.option("--dim", default=768, show_default=True)
+@click.option("--classes", default=10, show_default=True)
+@click.option("--workdir", default="bench-evaluate", show_default=True, help="Where the synthetic store is written.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
+    """Time and peak memory of the compatibility evaluation on random unit vectors."""
+    from evaluate.bench import bench_evaluate
+    from infer.bench import format_table
+
+    result = bench_evaluate(workdir, models, queries, dim, classes)
+    cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
+            ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("peak_extra_mib", "peak extra MiB", ".0f")]
+    _emit(result, format_table([result], cols), json_path)
+
+
+@bench.command("export")
+@click.option("--model", "model_name", default="vit_base_patch16_224", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--workdir", default="bench-export", show_default=True, help="Receives checkpoint/ and task1.onnx.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+def bench_export_command(model_name, precision, workdir, json_path):
+    """Export time and file size for an architecture with random weights."""
+    from export.bench import bench_export
+    from infer.bench import format_table
+
+    result = bench_export(model_name, workdir, precision)
+    cols = [("seconds", "export s", ".1f"), ("file_bytes", "file bytes", ",d"),
+            ("unique_parameter_bytes", "parameter bytes", ",d"), ("size_ratio", "ratio", ".4f")]
+    _emit(result, f"{model_name} ({precision})\n" + format_table([result], cols), json_path)
 
 
 def main() -> None:

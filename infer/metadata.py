@@ -9,7 +9,7 @@ Every value in ``metadata_props`` is a string; structured values are JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from infer.errors import InputError
 
@@ -62,17 +62,19 @@ class ModelInfo:
     precision: str
     preprocessing: Preprocessing
     versions: dict
+    architecture: dict = field(default_factory=dict)  # the DualPromptConfig fields, for FLOPs and inspection
 
     def to_props(self) -> dict[str, str]:
-        props = {k: str(v) for k, v in asdict(self).items() if k not in ("preprocessing", "versions")}
+        props = {k: str(v) for k, v in asdict(self).items() if k not in ("preprocessing", "versions", "architecture")}
         props["preprocessing"] = self.preprocessing.to_json()
         props["versions"] = json.dumps(self.versions, sort_keys=True)
+        props["architecture"] = json.dumps(self.architecture, sort_keys=True)
         return props
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> "ModelInfo":
         """Parse ``metadata_props``; ``source`` (the file) is named in any error."""
-        missing = sorted(set(cls.__dataclass_fields__) - set(props))
+        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"architecture"})
         if missing:
             raise InputError(f"{source}: not a dpcompat export (metadata lacks {', '.join(missing)})")
         if props["format_version"] != FORMAT_VERSION:
@@ -84,6 +86,7 @@ class ModelInfo:
                        input_size=int(props["input_size"]), top_k=int(props["top_k"]), pool=props["pool"],
                        selection=props["selection"], precision=props["precision"],
                        preprocessing=Preprocessing.from_json(props["preprocessing"]),
-                       versions=json.loads(props["versions"]))
+                       versions=json.loads(props["versions"]),
+                       architecture=json.loads(props.get("architecture", "{}")))
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(f"{source}: malformed export metadata ({e})") from None

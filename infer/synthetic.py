@@ -29,11 +29,16 @@ def synthetic_images(labels: np.ndarray, num_classes: int, seed: int) -> np.ndar
 
 
 def write_synthetic_cifar(root: str | Path, name: str, num_classes: int, train_per_class: int,
-                          test_per_class: int, seed: int = 0) -> Path:
-    """Write a generated dataset as ``cifar10`` or ``cifar100`` under ``root``; returns its folder."""
+                          test_per_class: int, seed: int = 0, first_class: int = 0) -> Path:
+    """Write a generated dataset as ``cifar10`` or ``cifar100`` under ``root``; returns its folder.
+
+    Its labels are 0..num_classes-1, drawn as generator classes ``first_class`` onwards, so two
+    datasets with disjoint ranges have disjoint classes (as CIFAR-10 and CIFAR-100 do).
+    """
     splits = {}
     for i, (split, per) in enumerate((("train", train_per_class), ("test", test_per_class))):
         labels = np.tile(np.arange(num_classes), per)
-        splits[split] = (synthetic_images(labels, num_classes, seed * 2 + i + (0 if name == "cifar100" else 1000)), labels)
-    classes = [f"generated_{c:02d}" for c in range(num_classes)]
+        images = synthetic_images(labels + first_class, first_class + num_classes, seed * 2 + i)
+        splits[split] = (images, labels)
+    classes = [f"generated_{first_class + c:02d}" for c in range(num_classes)]
     return write_cifar(root, name, splits, classes)

@@ -1,0 +1,199 @@
+"""The whole chain in one run: train -> export -> verify -> embed -> evaluate -> report.
+
+Every stage calls the same library functions as its own command; nothing here is demo-only except
+choosing small settings and, offline, generating data in CIFAR's on-disk format.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from infer.atomic import atomic_file
+from infer.cifar import load_cifar, write_cifar
+from infer.errors import InputError
+from infer.synthetic import write_synthetic_cifar
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How small the demo runs. ``arch`` overrides the timm model's widths (the smoke setting)."""
+
+    model: str
+    arch: tuple[tuple[str, int], ...]
+    num_tasks: int
+    classes_per_task: int
+    train_per_class: int
+    test_per_class: int
+    eval_per_class: int
+    epochs: int
+    batch_size: int
+    lr: float
+    verify_count: int
+
+
+DEMO = DemoSettings(model="vit_tiny_patch16_224", arch=(), num_tasks=3, classes_per_task=2, train_per_class=60,
+                    test_per_class=20, eval_per_class=40, epochs=2, batch_size=24, lr=0.03, verify_count=32)
+# A miniature ViT on 32x32 inputs: the same code paths in well under a minute, for CI and the tests.
+SMOKE = DemoSettings(model="vit_tiny_patch16_224",
+                     arch=(("img_size", 32), ("patch_size", 8), ("embed_dim", 64), ("depth", 6), ("num_heads", 4)),
+                     num_tasks=2, classes_per_task=2, train_per_class=16, test_per_class=6, eval_per_class=8,
+                     epochs=2, batch_size=8, lr=0.3, verify_count=16)
+
+GENERATED_NOTE = ("GENERATED DATA: no CIFAR files were found under --data-path and none could be downloaded, "
+                  "so these figures come from generated images (classes of hue and stripe orientation), "
+                  "not from CIFAR")
+RANDOM_BACKBONE_NOTE = ("RANDOM BACKBONE: no pretrained weights were given or downloadable, so the ViT backbone "
+                        "is randomly initialised and frozen")
+
+
+def _network_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    # A quick probe, so an offline machine does not spend minutes in download retries.
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _real_cifar(data_path: Path, download: bool) -> Optional[tuple]:
+    """(CIFAR-100 train, CIFAR-100 test, CIFAR-10 test) when present or downloadable, else None."""
+    try:
+        if download:
+            from torchvision.datasets import CIFAR10, CIFAR100
+
+            CIFAR100(str(data_path), train=True, download=True)
+            CIFAR100(str(data_path), train=False, download=True)
+            CIFAR10(str(data_path), train=False, download=True)
+        return (load_cifar(data_path, "cifar100", "train"), load_cifar(data_path, "cifar100", "test"),
+                load_cifar(data_path, "cifar10", "test"))
+    except (InputError, OSError, RuntimeError):
+        return None
+
+
+def _subset(split, classes: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.concatenate([np.flatnonzero(split.labels == c)[:per_class] for c in range(classes)])
+    return split.images[idx], split.labels[idx]
+
+
+def prepare_data(workdir: Path, data_path: Path, download: bool, s: DemoSettings) -> tuple[Path, bool]:
+    """Write the demo's CIFAR-100 (training) and CIFAR-10 (evaluation) subsets under ``workdir/data``.
+
+    Returns the folder and whether the data is generated.
+    """
+    out = workdir / "data"
+    classes = s.num_tasks * s.classes_per_task
+    real = _real_cifar(data_path, download)
+    if real is not None:
+        train, test, eval10 = real
+        write_cifar(out, "cifar100", {"train": _subset(train, classes, s.train_per_class),
+                                      "test": _subset(test, classes, s.test_per_class)}, train.classes[:classes])
+        write_cifar(out, "cifar10", {"train": _subset(eval10, 10, 1), "test": _subset(eval10, 10, s.eval_per_class)},
+                    eval10.classes)
+        return out, False
+    write_synthetic_cifar(out, "cifar100", classes, s.train_per_class, s.test_per_class, seed=1)
+    # Evaluation classes disjoint from the training classes, as CIFAR-10 is from CIFAR-100.
+    write_synthetic_cifar(out, "cifar10", 10, 1, s.eval_per_class, seed=2, first_class=classes)
+    return out, True
+
+
+def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", download: bool = False,
+             pretrained_weights: Optional[str] = None, smoke: bool = False, provider: str = "auto",
+             log: Callable[[str], None] = print) -> dict:
+    """Run every stage into ``workdir``; returns a summary with the report's location and stage times."""
+    from evaluate.pipeline import collect_from_models, evaluate_sets
+    from evaluate.report import summary, write_reports
+    from export.onnx_export import export_task_result
+    from export.verify import Inputs, verify_export
+    from train.loop import TrainOptions, train
+
+    s = SMOKE if smoke else DEMO
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    notes: list[str] = []
+
+    def stage(name: str):
+        log(f"== {name}")
+        return time.perf_counter()
+
+    def done(name: str, t0: float) -> None:
+        times[name] = round(time.perf_counter() - t0, 1)
+        log(f"   {name}: {times[name]} s")
+
+    if provider == "auto":
+        from infer.session import gpu_problem
+
+        if problem := gpu_problem("cuda"):
+            log(f"   CUDA unavailable ({problem}); running on CPU")
+            provider = "cpu"
+
+    t0 = stage("data")
+    data, generated = prepare_data(workdir, Path(data_path), download, s)
+    if generated:
+        notes.append(GENERATED_NOTE)
+        log(f"   !!! {GENERATED_NOTE}")
+    done("data", t0)
+
+    t0 = stage("train")
+    pretrained = pretrained_weights is not None or (not smoke and _network_reachable())
+    if not pretrained:
+        notes.append(RANDOM_BACKBONE_NOTE)
+        log(f"   !!! {RANDOM_BACKBONE_NOTE}")
+    opts = TrainOptions(data_path=str(data), output_dir=str(workdir / "output"), num_tasks=s.num_tasks,
+                        epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, workers=0, quiet=True,
+                        pretrained=pretrained, pretrained_weights=pretrained_weights, device="cpu")
+    try:
+        rows = train(opts, {"model": s.model, **dict(s.arch)}, log=lambda m: log(f"   {m}")).rows
+    except InputError:
+        if pretrained_weights is not None:
+            raise
+        notes.append(RANDOM_BACKBONE_NOTE)
+        log(f"   !!! pretrained download failed; {RANDOM_BACKBONE_NOTE}")
+        rows = train(TrainOptions(**{**asdict(opts), "pretrained": False}), {"model": s.model, **dict(s.arch)},
+                     log=lambda m: log(f"   {m}")).rows
+    done("train", t0)
+
+    t0 = stage("export")
+    exports = []
+    for t in range(1, s.num_tasks + 1):
+        r = export_task_result(workdir / "output" / "checkpoint" / f"task{t}_checkpoint.pth",
+                               workdir / "exports" / f"task{t}.onnx", task=t)
+        exports.append(r.path)
+        log(f"   {r.path} ({r.file_bytes / 1e6:.1f} MB)")
+    done("export", t0)
+
+    t0 = stage("verify")
+    parity = []
+    for path in exports:
+        report = verify_export(path, checkpoint_dir=workdir / "output" / "checkpoint",
+                               inputs=Inputs(dataset="cifar10:test", data_path=str(data), count=s.verify_count),
+                               provider=provider)
+        with atomic_file(workdir / "reports" / f"verify_{path.stem}.json") as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        parity.append(report.passed)
+        log(f"   {path.name}: {'PASS' if report.passed else 'FAIL'}")
+    if not all(parity):
+        raise RuntimeError("ONNX parity failed; see the verify_*.json reports")
+    done("verify", t0)
+
+    t0 = stage("embed")
+    query, gallery = collect_from_models(exports, "cifar10:test", "cifar10:test", data, workdir / "embeddings",
+                                         by_task=True, provider=provider)
+    done("embed", t0)
+
+    t0 = stage("evaluate")
+    ev = evaluate_sets(query, gallery)
+    provenance = {"data": "generated" if generated else "CIFAR-100 (training) / CIFAR-10 (evaluation)",
+                  "backbone": "pretrained" if RANDOM_BACKBONE_NOTE not in notes else "random", "notes": notes,
+                  "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows}
+    written = write_reports(ev.result, ev.models, ev.query, ev.gallery, {**ev.protocol, "provenance": provenance},
+                            workdir / "reports", notes=notes)
+    log(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
+    done("evaluate", t0)
+    return {"reports": [str(p) for p in written], "times": times, "generated": generated, "notes": notes}

@@ -1,0 +1,54 @@
+"""Synthetic embedding stores for timing ``evaluate --from-store`` at full size without any model."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from infer.datasets import dataset_key
+from infer.metadata import Preprocessing
+from infer.store import set_path, write_set
+
+
+def write_random_store(store: str | Path, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
+                       spec: str = "cifar10:test", seed: int = 0) -> list[str]:
+    """Write ``models`` sets ``task1..taskT`` of ``n`` random unit vectors (float32 [n, dim]) with
+    labels ``i % classes``, all claiming the same data ``spec``; returns the model ids."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int64) % classes
+    ids = [f"task{t}" for t in range(1, models + 1)]
+    for t, model_id in enumerate(ids, 1):
+        x = rng.standard_normal((n, dim), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        manifest = {"model": {"id": model_id, "sha256": "0" * 64, "task": t, "file": None},
+                    "dataset": {"spec": spec, "name": spec.split(":")[0], "split": spec.split(":")[-1],
+                                "fingerprint": f"random-{seed}-{n}", "size": n},
+                    "skipped": [], "count": n, "dim": dim,
+                    "preprocessing": asdict(Preprocessing()), "provider": None}
+        write_set(set_path(store, model_id, dataset_key(spec)), x, labels, manifest)
+    return ids
+
+
+def bench_evaluate(workdir: str | Path, models: int = 10, n: int = 10_000, dim: int = 768,
+                   classes: int = 10) -> dict:
+    """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
+    (not timed). Extra memory is what the evaluation allocates beyond the memory-mapped sets
+    (tracemalloc, which numpy reports its buffers to)."""
+    import time
+    import tracemalloc
+
+    from evaluate.pipeline import collect_from_store, evaluate_sets
+    from infer.bench import machine_info
+
+    ids = write_random_store(Path(workdir) / "store", models, n, dim, classes)
+    tracemalloc.start()
+    start = time.perf_counter()
+    query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
+    ev = evaluate_sets(query, gallery)
+    seconds = time.perf_counter() - start
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"benchmark": "evaluate", "models": models, "queries": n, "gallery": n, "dim": dim, "classes": classes,
+            "cells": models * (models + 1) // 2, "seconds": seconds, "peak_extra_mib": peak / 2**20,
+            "own_image_left_out": ev.protocol["own_image_left_out"], "machine": machine_info()}

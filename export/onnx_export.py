@@ -1,0 +1,322 @@
+"""Export a task's DualPrompt feature extractor to one self-contained ONNX file.
+
+The graph: ``image`` float32 [N, 3, S, S] -> unprompted query pass -> cosine against the prompt keys
+-> per-sample (or the reference's batchwise) top_k -> per-sample e-prompt gather -> prompted pass ->
+``embedding`` float32 [N, D] and ``prompt_index`` int64 [N] ([N, top_k] when top_k > 1). Both passes
+read the same backbone initializers, so the file holds each weight once. The contract (names,
+metadata) is :mod:`infer.metadata`'s.
+
+Exporter: torch's dynamo-based ``torch.onnx.export`` (needs onnxscript). Its constant folding
+materialises transposed copies of small weights once per use; :func:`dedupe_initializers` merges them.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import time
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import onnx
+import timm
+import torch
+import torch.nn as nn
+
+from infer.atomic import atomic_file
+from infer.errors import InputError
+from infer.metadata import (EMBEDDING_OUTPUT, FORMAT_VERSION, INPUT_NAME, PROMPT_INDEX_OUTPUT, ModelInfo,
+                            Preprocessing)
+from train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, list_checkpoints,
+                              model_from_checkpoint, save_checkpoint)
+from train.model import POOLS, SELECTIONS, Block, DualPromptConfig, DualPromptViT, l2_normalize
+
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_OPSET = 20  # onnxruntime >= 1.17; its Gelu op is what onnxruntime fuses with the bias (18 spells it with Erf)
+MIN_OPSET = 18  # the dynamo exporter's lowest
+SIZE_FACTOR = 1.05  # file bytes allowed per byte of unique parameters (backbone, prompts, keys)
+PROTOBUF_LIMIT = 2 ** 31 - 1
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+class EmbeddingExport(nn.Module):
+    """What the ONNX file computes, as a module: image -> (embedding, prompt_index).
+
+    Equal to ``DualPromptViT.forward(x, selection=..., pool=...)``'s ``embedding`` and ``prompt_idx``
+    except that work nothing reads is skipped: the last block of the query pass (and of the prompted
+    pass with ``pool='cls'``) runs its attention output and MLP for the [CLS] token only.
+    With ``precision='fp16'`` a half-precision copy of the model computes and the key cosines are taken
+    in float32, so prompt choice does not hinge on fp16 rounding of values near 1.
+    """
+
+    def __init__(self, model: DualPromptViT, selection: str = "per-sample", pool: str = "cls",
+                 precision: str = "fp32"):
+        super().__init__()
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, not {pool!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        self.model = (model if precision == "fp32" else copy.deepcopy(model).to(_DTYPES[precision])).eval()
+        self.selection, self.pool, self.precision = selection, pool, precision
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.model
+        x = image.to(_DTYPES[self.precision])
+        query = self._tokens(x, None, cls_only=True)[:, 0]
+        similarity = l2_normalize(query.float()) @ l2_normalize(m.e_prompt.prompt_key.float()).t()
+        idx = m.e_prompt.select(similarity, self.selection)
+        tokens = self._tokens(x, m.e_prompt.gather(idx), cls_only=self.pool == "cls")
+        embedding = tokens[:, 0] if self.pool == "cls" else tokens.mean(dim=1)
+        return embedding.float(), (idx[:, 0] if m.cfg.top_k == 1 else idx)
+
+    def _tokens(self, x: torch.Tensor, e_prefix: Optional[torch.Tensor], cls_only: bool) -> torch.Tensor:
+        """``DualPromptViT.tokens``; with ``cls_only`` the result holds the [CLS] token alone."""
+        m = self.model
+        x = m.patch_embed(x)
+        x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + m.pos_embed
+        g_layers, e_layers = m.cfg.g_prompt_layers, m.cfg.e_prompt_layers
+        last = len(m.blocks) - 1
+        for i, block in enumerate(m.blocks):
+            prefix = None
+            if e_prefix is not None:
+                if i in g_layers:
+                    prefix = m.g_prompt[g_layers.index(i)].unsqueeze(0).expand(x.shape[0], -1, -1, -1, -1)
+                elif i in e_layers:
+                    prefix = e_prefix[e_layers.index(i)]
+            x = _cls_block(block, x, prefix) if cls_only and i == last else block(x, prefix)
+        return m.norm(x)
+
+
+def _cls_block(block: Block, x: torch.Tensor, prefix: Optional[torch.Tensor]) -> torch.Tensor:
+    """``block(x, prefix)[:, :1]``: keys and values from every token, the rest for [CLS] only.
+
+    Mirrors ``PrefixAttention.forward`` operation for operation so the results match it.
+    """
+    attn = block.attn
+    h = block.norm1(x)
+    B, N, C = h.shape
+    q, k, v = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+    q = q[:, :, :1]
+    if prefix is not None:
+        key_prefix, value_prefix = prefix.permute(1, 0, 3, 2, 4).unbind(0)
+        k = torch.cat([key_prefix, k], dim=2)
+        v = torch.cat([value_prefix, v], dim=2)
+    a = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    x = x[:, :1] + attn.proj((a @ v).transpose(1, 2).reshape(B, 1, C))
+    return x + block.mlp(block.norm2(x))
+
+
+def unique_parameter_bytes(model: DualPromptViT, precision: str = "fp32") -> int:
+    """Bytes of the parameters the file must hold once: everything but the classification head."""
+    width = torch.empty((), dtype=_DTYPES[precision]).element_size()
+    return sum(p.numel() * width for name, p in model.named_parameters() if not name.startswith("head."))
+
+
+def initializer_bytes(proto: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in proto.graph.initializer)
+
+
+def dedupe_initializers(proto: onnx.ModelProto) -> int:
+    """Merge initializers with equal type, shape and bytes (in place); returns how many were removed.
+    Only node inputs are rewritten: the exported graph has no subgraphs and no initializer outputs."""
+    graph = proto.graph
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    keep = []
+    for t in graph.initializer:
+        if not t.raw_data:  # the exporter writes raw_data; anything else is kept as it is
+            keep.append(t)
+            continue
+        key = (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest())
+        if key in first:
+            rename[t.name] = first[key]
+        else:
+            first[key] = t.name
+            keep.append(t)
+    if not rename:
+        return 0
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    return len(rename)
+
+
+def _strip_annotations(proto: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node provenance (Python stack traces, FX names) and the shapes of
+    intermediate values, which runtimes infer again: together over half of a small model's graph bytes."""
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del proto.graph.value_info[:]
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    import onnxscript
+
+    return {"torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__}
+
+
+def _check_options(selection: str, pool: str, precision: str, opset: int) -> None:
+    for name, value, allowed in (("selection", selection, SELECTIONS), ("pool", pool, POOLS),
+                                 ("precision", precision, PRECISIONS)):
+        if value not in allowed:
+            raise InputError(f"--{name} {value!r}: expected one of {', '.join(allowed)}")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise InputError(f"--opset {opset}: this exporter writes opsets {MIN_OPSET} to {newest}")
+
+
+def build_onnx(model: DualPromptViT, info: ModelInfo, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Trace ``model`` per ``info`` (selection, pool, precision) into a checked ONNX model carrying ``info``."""
+    _check_options(info.selection, info.pool, info.precision, opset)
+    module = EmbeddingExport(model, info.selection, info.pool, info.precision).eval()
+    size = model.cfg.img_size
+    example = torch.rand(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, verbose=False,
+                                    input_names=[INPUT_NAME], output_names=[EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT],
+                                    dynamic_shapes={"image": {0: batch}}, optimize=True)
+    proto = program.model_proto
+    dedupe_initializers(proto)
+    _strip_annotations(proto)
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    proto.doc_string = _describe(info)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, info.to_props())
+    if proto.ByteSize() > PROTOBUF_LIMIT:
+        raise InputError(f"{info.model}: the export would exceed protobuf's 2 GB limit for one file")
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _describe(info: ModelInfo) -> str:
+    selection = ("per-sample: each image's own nearest prompt key, so an embedding does not depend on its batch"
+                 if info.selection == "per-sample" else
+                 "batchwise (the reference's inference): every image gets the batch's most frequent prompt, "
+                 "so an embedding depends on the other images in its batch")
+    pooling = "[CLS] after the final norm" if info.pool == "cls" else "mean of all tokens after the final norm"
+    return (f"DualPrompt {info.model} after task {info.task}: image [N, 3, {info.input_size}, {info.input_size}] "
+            f"in [0, 1] -> embedding [N, {info.embedding_dim}] ({pooling}, {info.precision}) and prompt_index. "
+            f"Prompt selection {selection}.")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """One written file and what it cost."""
+
+    path: Path
+    seconds: float
+    file_bytes: int
+    parameter_bytes: int  # unique parameters at the export's precision
+
+    @property
+    def size_ratio(self) -> float:
+        return self.file_bytes / self.parameter_bytes
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "seconds": round(self.seconds, 3), "file_bytes": self.file_bytes,
+                "parameter_bytes": self.parameter_bytes, "size_ratio": round(self.size_ratio, 5)}
+
+
+def export_model(model: DualPromptViT, out_path: str | Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> ExportResult:
+    """Write ``model`` as ONNX to ``out_path`` (temporary file, then rename) and check the size bound."""
+    out_path = Path(out_path)
+    start = time.perf_counter()
+    try:  # fail before the minutes of tracing, not after
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{out_path}: cannot write ({e.strerror or e})") from None
+    proto = build_onnx(model, info, opset)
+    weights = unique_parameter_bytes(model, info.precision)
+    stored = initializer_bytes(proto)
+    if stored > SIZE_FACTOR * weights:
+        raise RuntimeError(f"export stores {stored} bytes of weights for {weights} bytes of parameters: "
+                           "a weight is duplicated in the graph")
+    try:
+        with atomic_file(out_path) as tmp:
+            onnx.save_model(proto, tmp)
+    except OSError as e:
+        raise InputError(f"{out_path}: cannot write ({e.strerror or e})") from None
+    return ExportResult(out_path, time.perf_counter() - start, out_path.stat().st_size, weights)
+
+
+def task_of(checkpoint: str | Path) -> int:
+    """The task number in a ``task{N}_checkpoint.pth`` file name."""
+    match = CHECKPOINT_RE.match(Path(checkpoint).name)
+    if not match:
+        raise InputError(f"{checkpoint}: cannot tell the task from the name (expected task<N>_checkpoint.pth)")
+    return int(match.group(1))
+
+
+def export_task(checkpoint: str | Path, out_path: str | Path, selection: str = "per-sample", pool: str = "cls",
+                precision: str = "fp32", opset: int = DEFAULT_OPSET, task: Optional[int] = None) -> Path:
+    """Export the checkpoint's feature extractor to ``out_path``; returns the path written."""
+    return export_task_result(checkpoint, out_path, selection, pool, precision, opset, task).path
+
+
+def export_task_result(checkpoint: str | Path, out_path: str | Path, selection: str = "per-sample",
+                       pool: str = "cls", precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                       task: Optional[int] = None) -> ExportResult:
+    """:func:`export_task`, returning the time taken (checkpoint loading included) and the sizes."""
+    start = time.perf_counter()
+    checkpoint = Path(checkpoint)
+    _check_options(selection, pool, precision, opset)
+    task = task_of(checkpoint) if task is None else task
+    model, _ = model_from_checkpoint(checkpoint)
+    cfg = model.cfg
+    info = ModelInfo(format_version=FORMAT_VERSION, task=task, checkpoint=checkpoint.name,
+                     checkpoint_sha256=file_sha256(checkpoint), model=cfg.model, embedding_dim=cfg.embed_dim,
+                     input_size=cfg.img_size, top_k=cfg.top_k, pool=pool, selection=selection,
+                     precision=precision, preprocessing=Preprocessing.for_input_size(cfg.img_size),
+                     versions=tool_versions(), architecture=cfg.asdict())
+    result = export_model(model, out_path, info, opset)
+    return ExportResult(result.path, time.perf_counter() - start, result.file_bytes, result.parameter_bytes)
+
+
+def select_checkpoints(checkpoint_dir: str | Path, tasks: Optional[Sequence[int]]) -> dict[int, Path]:
+    """Checkpoints for ``tasks`` (None: every one found); a missing task is an error naming those found."""
+    found = list_checkpoints(checkpoint_dir)
+    if not found:
+        raise InputError(f"{checkpoint_dir}: no task<N>_checkpoint.pth files")
+    if tasks is None:
+        return found
+    missing = [t for t in tasks if t not in found]
+    if missing:
+        raise InputError(f"{checkpoint_dir}: no checkpoint for task {', '.join(map(str, missing))} "
+                         f"(tasks found: {', '.join(map(str, found))})")
+    return {t: found[t] for t in tasks}
+
+
+def export_random(model_name: str, workdir: str | Path, seed: int = 0, selection: str = "per-sample",
+                  pool: str = "cls", precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                  **arch: object) -> ExportResult:
+    """Export a random-weight model of a timm ViT name (``arch`` overrides its config) as a user would:
+    writes ``<workdir>/checkpoint/task1_checkpoint.pth`` (not timed), then times the export of it to
+    ``<workdir>/task1.onnx``."""
+    torch.manual_seed(seed)
+    model = DualPromptViT(DualPromptConfig.from_name(model_name, **arch))
+    ckpt = save_checkpoint(checkpoint_path(Path(workdir) / "checkpoint", 1), model, None, 0,
+                           config_to_args(model.cfg, seed=seed))
+    del model
+    return export_task_result(ckpt, Path(workdir) / "task1.onnx", selection, pool, precision, opset)
+

@@ -1,0 +1,140 @@
+"""``verify``: an exported file on onnxruntime against its source checkpoint in PyTorch.
+
+Both sides get the same float32 arrays: images preprocessed once with the export's own metadata
+(:mod:`infer.preprocess`), or seeded random pixels in [0, 1].
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+
+from export.onnx_export import file_sha256
+from export.parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, Similarity, compare
+from infer.datasets import IMAGE_SUFFIXES, open_dataset
+from infer.errors import InputError
+from infer.metadata import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, ModelInfo
+from infer.preprocess import preprocess_batch
+from infer.session import create_session, model_info, run_model
+from train.checkpoint import model_from_checkpoint
+from train.model import POOLS, SELECTIONS, DualPromptViT
+
+DEFAULT_COUNT = 64
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where the compared images come from: ``images_dir`` (every image file below it), ``dataset``
+    (an :func:`infer.datasets.open_dataset` spec such as ``cifar10:test``, read from ``data_path``), or
+    else ``count`` random images from ``seed``. At most ``count`` images are used."""
+
+    images_dir: Optional[str] = None
+    dataset: Optional[str] = None
+    data_path: str = "data"
+    count: int = DEFAULT_COUNT
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.images_dir is not None and self.dataset is not None:
+            raise InputError("give --images or --dataset, not both")
+        if self.count < 2:
+            raise InputError(f"{self.count} images: need at least 2 to compare neighbours")
+
+    def describe(self) -> str:
+        if self.images_dir is not None:
+            return f"images under {self.images_dir}"
+        if self.dataset is not None:
+            return f"{self.dataset} from {self.data_path}"
+        return f"random pixels (seed {self.seed})"
+
+    def load(self, info: ModelInfo) -> np.ndarray:
+        """float32 [N, 3, S, S] model inputs for an export with metadata ``info``."""
+        if self.images_dir is not None:
+            return preprocess_batch([_open_image(p) for p in _image_files(Path(self.images_dir))[:self.count]],
+                                    info.preprocessing)
+        if self.dataset is not None:
+            data = open_dataset(self.dataset, self.data_path)
+            return preprocess_batch([data.image(i) for i in range(min(self.count, len(data)))], info.preprocessing)
+        size = info.input_size
+        return np.random.default_rng(self.seed).random((self.count, 3, size, size), dtype=np.float32)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InputError(f"--images {folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if len(files) < 2:
+        raise InputError(f"--images {folder}: {len(files)} image files ({', '.join(IMAGE_SUFFIXES)}), need at least 2")
+    return files
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+def torch_forward(model: DualPromptViT, selection: str, pool: str) -> Forward:
+    """The PyTorch model as a :data:`~export.parity.Forward` (prompt index [B] when top_k is 1)."""
+    def forward(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(images), selection=selection, pool=pool)
+        idx = out["prompt_idx"].numpy()
+        return out["embedding"].numpy(), (idx[:, 0] if idx.shape[1] == 1 else idx)
+
+    return forward
+
+
+def torch_similarity(model: DualPromptViT) -> Similarity:
+    """Cosines between the PyTorch model's queries and its prompt keys."""
+    def similarity(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model.e_prompt.similarity(model.query(torch.from_numpy(images))).numpy()
+
+    return similarity
+
+
+def onnx_forward(session: ort.InferenceSession) -> Forward:
+    """An onnxruntime session of an export as a :data:`~export.parity.Forward`."""
+    def forward(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = run_model(session, images)
+        return out[EMBEDDING_OUTPUT], out[PROMPT_INDEX_OUTPUT]
+
+    return forward
+
+
+def verify_export(onnx_path: str | Path, checkpoint: Optional[str | Path] = None,
+                  checkpoint_dir: str | Path = "output/checkpoint", inputs: Inputs = Inputs(),
+                  provider: str = "cpu", batch_sizes: Sequence[int] = BATCH_SIZES) -> ParityReport:
+    """Compare ``onnx_path`` on onnxruntime with ``checkpoint`` in PyTorch (default: the file the
+    metadata names, in ``checkpoint_dir``), under the tolerances of the export's precision. The
+    checkpoint must be the one it was exported from (same sha256)."""
+    start = time.perf_counter()
+    session, used = create_session(onnx_path, provider)
+    info = model_info(session, onnx_path)
+    if info.precision not in TOLERANCES or info.selection not in SELECTIONS or info.pool not in POOLS:
+        raise InputError(f"{onnx_path}: metadata names an unknown precision {info.precision!r}, selection "
+                         f"{info.selection!r} or pool {info.pool!r}")
+    checkpoint = Path(checkpoint) if checkpoint is not None else Path(checkpoint_dir) / info.checkpoint
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: no such checkpoint (the source of {onnx_path} was {info.checkpoint})")
+    if file_sha256(checkpoint) != info.checkpoint_sha256:
+        raise InputError(f"{checkpoint}: not the checkpoint {onnx_path} was exported from "
+                         f"(its sha256 differs from the metadata's, source {info.checkpoint})")
+    model, _ = model_from_checkpoint(checkpoint)
+    images = inputs.load(info)
+    report = compare(torch_forward(model, info.selection, info.pool), onnx_forward(session), images,
+                     TOLERANCES[info.precision], torch_similarity(model), top_k=info.top_k,
+                     selection=info.selection, precision=info.precision, batch_sizes=batch_sizes)
+    report.context = {"onnx": str(onnx_path), "checkpoint": str(checkpoint), "task": info.task,
+                      "model": info.model, "pool": info.pool, "provider": used, "inputs": inputs.describe(),
+                      "count": len(images), "seconds": round(time.perf_counter() - start, 2)}
+    return report

@@ -1,0 +1,173 @@
+"""Benchmarks that need no torch: the machine, its measured matrix-product peak, FLOPs per image,
+onnxruntime throughput and preprocessing throughput."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from infer.metadata import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, ModelInfo
+from infer.preprocess import preprocess_batch
+from infer.session import create_session, list_gpus, model_info
+
+# c = a @ b with dynamic [m, k] x [k, n], opset 13 (made with onnx.helper; bytes, since production
+# hosts have no onnx package). Byte 37 and its two repeats hold the element type: 1 float32, 10 float16.
+_MATMUL = (b'\x08\x07\x12\x00:`\n\x11\n\x01a\n\x01b\x12\x01c"\x06MatMul\x12\x06matmulZ\x15\n\x01a\x12\x10\n\x0e'
+           b'\x08\x01\x12\n\n\x03\x12\x01m\n\x03\x12\x01kZ\x15\n\x01b\x12\x10\n\x0e\x08\x01\x12\n\n\x03\x12\x01k'
+           b'\n\x03\x12\x01nb\x15\n\x01c\x12\x10\n\x0e\x08\x01\x12\n\n\x03\x12\x01m\n\x03\x12\x01nB\x04\n\x00\x10\r')
+_DTYPES = {"fp32": (np.float32, b"\x08\x01"), "fp16": (np.float16, b"\x08\n")}
+
+
+def machine_info() -> dict:
+    """CPU model, usable cores, memory, GPUs and package versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpus, _ = list_gpus()
+    versions = {}
+    for pkg in ("numpy", "onnxruntime-gpu", "onnxruntime", "torch", "timm", "onnx"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "versions": versions,
+            "gpus": [{"name": g.name, "memory_gib": round(g.memory_bytes / 2**30, 1)} for g in gpus]}
+
+
+def median_seconds(fn: Callable[[], object], warmup: int = 1, repeats: int = 5) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def matmul_peak(provider: str = "cpu", precision: str = "fp32", n: int | None = None, repeats: int = 5) -> dict:
+    """Measured FLOP/s of an n x n x n matrix product in onnxruntime on ``provider`` (inputs bound on
+    the device for CUDA), and on the CPU also through numpy's BLAS; ``peak`` is the larger.
+    ``n`` defaults to 2048 on the CPU (enough to saturate its cores) and 8192 on a GPU."""
+    dtype, marker = _DTYPES[precision]
+    session, used = create_session(_MATMUL.replace(b"\x08\x01", marker), provider)
+    n = n or (2048 if used == "cpu" else 8192)
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+    run = _bound_runner(session, {"a": a, "b": b}, ["c"]) if used != "cpu" else \
+        (lambda: session.run(["c"], {"a": a, "b": b}))
+    flops = 2.0 * n**3
+    result = {"provider": used, "precision": precision, "n": n,
+              "onnxruntime_flops": flops / median_seconds(run, warmup=2, repeats=repeats)}
+    if used == "cpu":
+        result["numpy_flops"] = flops / median_seconds(lambda: a @ b, warmup=2, repeats=repeats)
+    result["peak"] = max(v for k, v in result.items() if k.endswith("_flops"))
+    return result
+
+
+def _bound_runner(session: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> Callable:
+    """A run with inputs copied to the GPU once and outputs left there: the model's time alone."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+    for name in outputs:
+        binding.bind_output(name, "cuda", 0)
+
+    def run():
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+    return run
+
+
+def dualprompt_flops(arch: dict) -> float:
+    """Nominal FLOPs (2 per multiply-add) per image of the two passes, query and prompted.
+
+    ``arch`` is an export's ``architecture`` metadata: img_size, patch_size, embed_dim, depth,
+    mlp_ratio, g_prompt_length, g_prompt_layers, prompt_length, top_k, e_prompt_layers.
+    """
+    patches = (arch["img_size"] // arch["patch_size"]) ** 2
+    n, d, hidden = patches + 1, arch["embed_dim"], int(arch["embed_dim"] * arch["mlp_ratio"])
+    prefix = {i: arch["g_prompt_length"] for i in arch["g_prompt_layers"]}
+    prefix.update({i: arch["prompt_length"] * arch["top_k"] for i in arch["e_prompt_layers"]})
+    one_pass = 2.0 * patches * 3 * arch["patch_size"] ** 2 * d
+    total = 0.0
+    for prefixes in ({}, prefix):
+        total += one_pass
+        for i in range(arch["depth"]):
+            keys = n + prefixes.get(i, 0)
+            total += 2.0 * n * d * (3 * d + d + 2 * hidden) + 4.0 * n * keys * d
+    return total
+
+
+def onnx_throughput(path: str | Path, provider: str, batch_sizes: Sequence[int], repeats: int = 5,
+                    warn: Callable[[str], None] = print) -> tuple[ModelInfo, str, list[dict]]:
+    """images/s of the exported model at each batch size (warm-up, then the median of ``repeats``)."""
+    session, used = create_session(path, provider, warn)
+    info = model_info(session, path)
+    rng = np.random.default_rng(0)
+    rows = []
+    for bs in batch_sizes:
+        images = rng.random((bs, 3, info.input_size, info.input_size), dtype=np.float32)
+        outputs = [EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT]
+        run = _bound_runner(session, {INPUT_NAME: images}, outputs) if used != "cpu" else \
+            (lambda: session.run(outputs, {INPUT_NAME: images}))
+        seconds = median_seconds(run, warmup=1, repeats=repeats)
+        rows.append({"batch_size": bs, "seconds": seconds, "images_per_s": bs / seconds})
+    return info, used, rows
+
+
+def preprocess_throughput(info: ModelInfo, source_size: tuple[int, int], count: int = 64) -> float:
+    """images/s of the numpy/Pillow eval transform in one process, for RGB images of ``source_size``."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (source_size[1], source_size[0], 3), dtype=np.uint8))
+              for _ in range(count)]
+    return count / median_seconds(lambda: preprocess_batch(images, info.preprocessing), warmup=1, repeats=3)
+
+
+def bench_embed(path: str | Path, provider: str, batch_sizes: Sequence[int], repeats: int = 5,
+                torch_runner: Callable[[ModelInfo, str, Sequence[int]], list[dict]] | None = None,
+                warn: Callable[[str], None] = print) -> dict:
+    """Throughput of an export at each batch size, as images/s and as a fraction of the device's
+    measured matrix-product peak; ``torch_runner(info, device, batch_sizes)`` adds PyTorch eager
+    figures from the same run and the onnxruntime/PyTorch ratio."""
+    info, used, rows = onnx_throughput(path, provider, batch_sizes, repeats, warn)
+    if not info.architecture:
+        raise ValueError(f"{path}: its metadata has no architecture, so FLOPs per image are unknown; re-export it")
+    flops = dualprompt_flops(info.architecture)
+    precision = info.precision if used != "cpu" else "fp32"
+    peak = matmul_peak(used if used != "tensorrt" else "cuda", precision)
+    for r in rows:
+        r["fraction_of_peak"] = r["images_per_s"] * flops / peak["peak"]
+    result = {"benchmark": "embed", "model": str(path), "task": info.task, "architecture": info.architecture,
+              "precision": info.precision, "provider": used, "flops_per_image": flops, "matmul_peak": peak,
+              "onnxruntime": rows, "machine": machine_info()}
+    if torch_runner is not None:
+        torch_rows = torch_runner(info, "cuda" if used != "cpu" else "cpu", batch_sizes)
+        for r, t in zip(rows, torch_rows):
+            r["torch_images_per_s"] = t["images_per_s"]
+            r["speedup_vs_torch"] = r["images_per_s"] / t["images_per_s"]
+        result["torch"] = torch_rows
+    sizes = {"cifar_32x32": (32, 32), "photo_500x375": (500, 375)}
+    result["preprocessing_images_per_s_per_process"] = {k: preprocess_throughput(info, v) for k, v in sizes.items()}
+    return result
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Rows as an aligned text table; ``columns`` are (key, heading, format spec)."""
+    cells = [[h for _, h, _ in columns]] + [[format(r[k], f) if k in r else "-" for k, _, f in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells)

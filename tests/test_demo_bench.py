@@ -1,0 +1,108 @@
+"""The demo's smoke setting end to end (its report checked), and the bench commands' output."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("top1", "top5", "knn", "mAP")
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("demo")
+    r = run_cli("demo", "--smoke", "--workdir", "run", "--data-path", "no-data-here", cwd=cwd)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return cwd / "run", r
+
+
+def test_demo_report_schema_and_matrices(demo_run):
+    workdir, r = demo_run
+    report = json.loads((workdir / "reports" / "compatibility.json").read_text())
+    assert set(report) >= {"models", "query", "gallery", "metrics", "criteria", "cka", "notes"}
+    models = report["models"]
+    assert models == ["task1", "task2"]
+    for name in METRICS:
+        c = report["metrics"][name]
+        assert len(c) == len(models) and all(len(row) == len(models) for row in c)
+        for i in range(len(models)):
+            for j in range(len(models)):
+                assert (c[i][j] is None) == (j > i)
+                if j <= i:
+                    assert 0.0 <= c[i][j] <= 1.0
+        crit = report["criteria"][name]
+        assert set(crit) >= {"AC", "AM", "compatible"}
+        assert [[i, j] for i, j, _ in crit["compatible"]] == [[1, 0]]
+        assert crit["compatible"][0][2] == (c[1][0] > c[0][0])
+        assert crit["AM"] == pytest.approx((c[0][0] + c[1][0] + c[1][1]) / 3)
+    cka = report["cka"]
+    assert cka[0][1] == pytest.approx(cka[1][0]) and cka[0][0] == pytest.approx(1.0)
+
+
+def test_demo_says_its_data_is_generated_everywhere(demo_run):
+    workdir, r = demo_run
+    assert "GENERATED DATA" in r.stdout and "RANDOM BACKBONE" in r.stdout
+    report = json.loads((workdir / "reports" / "compatibility.json").read_text())
+    assert any("GENERATED DATA" in n for n in report["notes"])
+    assert "GENERATED DATA" in (workdir / "reports" / "compatibility.md").read_text().split("## ")[0]
+
+
+def test_demo_writes_every_stage_and_valid_pngs(demo_run):
+    workdir, r = demo_run
+    for stage in ("data", "train", "export", "verify", "embed", "evaluate"):
+        assert f"== {stage}" in r.stdout
+    assert (workdir / "output" / "checkpoint" / "task2_checkpoint.pth").is_file()
+    assert sorted(p.name for p in (workdir / "exports").glob("*.onnx")) == ["task1.onnx", "task2.onnx"]
+    assert all(json.loads((workdir / "reports" / f"verify_task{t}.json").read_text())["passed"] for t in (1, 2))
+    pngs = sorted((workdir / "reports").glob("heatmap_*.png"))
+    assert [p.stem for p in pngs] == sorted(f"heatmap_{m}" for m in (*METRICS, "cka"))
+    from PIL import Image
+
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(p) as im:
+            im.verify()
+    assert "report:" in r.stdout and "compatibility.md" in r.stdout
+
+
+def test_bench_embed_compares_torch_and_reports_fraction_of_peak(demo_run, tmp_path):
+    workdir, _ = demo_run
+    r = run_cli("bench", "embed", "--model", str(workdir / "exports" / "task2.onnx"), "--batch-sizes", "1,4",
+                "--repeats", "2", "--compare-torch", "--checkpoint-dir", str(workdir / "output" / "checkpoint"),
+                "--json", "b.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert [row["batch_size"] for row in result["onnxruntime"]] == [1, 4]
+    for row in result["onnxruntime"]:
+        assert row["images_per_s"] > 0 and 0 < row["fraction_of_peak"] < 2 and row["speedup_vs_torch"] > 0
+    assert result["flops_per_image"] > 0 and result["matmul_peak"]["peak"] > 1e8
+    assert result["machine"]["cores"] >= 1 and "onnxruntime-gpu" in result["machine"]["versions"]
+    assert all(v > 0 for v in result["preprocessing_images_per_s_per_process"].values())
+
+
+def test_bench_evaluate_and_export(tmp_path):
+    r = run_cli("bench", "evaluate", "--models", "3", "--queries", "500", "--dim", "64", "--workdir", "be",
+                "--json", "e.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["cells"] == 6 and e["seconds"] > 0 and e["peak_extra_mib"] > 0
+    r = run_cli("bench", "export", "--model", "vit_tiny_patch16_224", "--workdir", "bx", "--json", "x.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    x = json.loads((tmp_path / "x.json").read_text())
+    assert x["seconds"] > 0 and 0.9 < x["size_ratio"] <= 1.05 and (tmp_path / "bx" / "task1.onnx").is_file()
+
+
+def test_flops_of_vit_b_dualprompt():
+    from infer.bench import dualprompt_flops
+    from train.model import DualPromptConfig
+
+    flops = dualprompt_flops(DualPromptConfig().asdict())
+    assert 69e9 < flops < 71.5e9  # two ViT-B/16 passes, about 35 GFLOP each
