@@ -341,11 +341,12 @@ def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torc
     if compare_torch:
         from export.bench import torch_throughput
 
-        def runner(info, device, sizes):
+        def torch_runner(info, device, sizes):
             ckpt = Path(checkpoint_dir) / info.checkpoint
             if not ckpt.is_file():
                 raise InputError(f"{ckpt}: the source checkpoint of {model_path} is needed for --compare-torch")
             return torch_throughput(ckpt, info, device, sizes, repeats)
+        runner = torch_runner
 
     try:
         result = bench_embed(model_path, provider, batch_sizes, repeats, runner,
@@ -377,7 +378,8 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
 
     result = bench_evaluate(workdir, models, queries, dim, classes)
     cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
-            ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("peak_extra_mib", "peak extra MiB", ".0f")]
+            ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("peak_extra_mib", "peak extra MiB", ".0f"),
+            ("max_rss_mib", "max RSS MiB", ".0f")]
     _emit(result, format_table([result], cols), json_path)
 
 

@@ -35,6 +35,7 @@ def bench_evaluate(workdir: str | Path, models: int = 10, n: int = 10_000, dim: 
     """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
     (not timed). Extra memory is what the evaluation allocates beyond the memory-mapped sets
     (tracemalloc, which numpy reports its buffers to)."""
+    import resource
     import time
     import tracemalloc
 
@@ -51,4 +52,6 @@ def bench_evaluate(workdir: str | Path, models: int = 10, n: int = 10_000, dim: 
     tracemalloc.stop()
     return {"benchmark": "evaluate", "models": models, "queries": n, "gallery": n, "dim": dim, "classes": classes,
             "cells": models * (models + 1) // 2, "seconds": seconds, "peak_extra_mib": peak / 2**20,
+            # the whole process: imports, the memory-mapped sets' pages and BLAS buffers included
+            "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "own_image_left_out": ev.protocol["own_image_left_out"], "machine": machine_info()}

@@ -27,12 +27,13 @@ import torch
 import torch.nn as nn
 
 from infer.atomic import atomic_file
+from infer.embed import file_sha256
 from infer.errors import InputError
 from infer.metadata import (EMBEDDING_OUTPUT, FORMAT_VERSION, INPUT_NAME, PROMPT_INDEX_OUTPUT, ModelInfo,
                             Preprocessing)
 from train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, list_checkpoints,
                               model_from_checkpoint, save_checkpoint)
-from train.model import POOLS, SELECTIONS, Block, DualPromptConfig, DualPromptViT, l2_normalize
+from train.model import POOLS, SELECTIONS, DualPromptConfig, DualPromptViT, l2_normalize
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 20  # onnxruntime >= 1.17; its Gelu op is what onnxruntime fuses with the bias (18 spells it with Erf)
@@ -67,48 +68,12 @@ class EmbeddingExport(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = self.model
         x = image.to(_DTYPES[self.precision])
-        query = self._tokens(x, None, cls_only=True)[:, 0]
+        query = m.tokens(x, cls_only=True)[:, 0]
         similarity = l2_normalize(query.float()) @ l2_normalize(m.e_prompt.prompt_key.float()).t()
         idx = m.e_prompt.select(similarity, self.selection)
-        tokens = self._tokens(x, m.e_prompt.gather(idx), cls_only=self.pool == "cls")
+        tokens = m.tokens(x, m.e_prompt.gather(idx), cls_only=self.pool == "cls")
         embedding = tokens[:, 0] if self.pool == "cls" else tokens.mean(dim=1)
         return embedding.float(), (idx[:, 0] if m.cfg.top_k == 1 else idx)
-
-    def _tokens(self, x: torch.Tensor, e_prefix: Optional[torch.Tensor], cls_only: bool) -> torch.Tensor:
-        """``DualPromptViT.tokens``; with ``cls_only`` the result holds the [CLS] token alone."""
-        m = self.model
-        x = m.patch_embed(x)
-        x = torch.cat([m.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + m.pos_embed
-        g_layers, e_layers = m.cfg.g_prompt_layers, m.cfg.e_prompt_layers
-        last = len(m.blocks) - 1
-        for i, block in enumerate(m.blocks):
-            prefix = None
-            if e_prefix is not None:
-                if i in g_layers:
-                    prefix = m.g_prompt[g_layers.index(i)].unsqueeze(0).expand(x.shape[0], -1, -1, -1, -1)
-                elif i in e_layers:
-                    prefix = e_prefix[e_layers.index(i)]
-            x = _cls_block(block, x, prefix) if cls_only and i == last else block(x, prefix)
-        return m.norm(x)
-
-
-def _cls_block(block: Block, x: torch.Tensor, prefix: Optional[torch.Tensor]) -> torch.Tensor:
-    """``block(x, prefix)[:, :1]``: keys and values from every token, the rest for [CLS] only.
-
-    Mirrors ``PrefixAttention.forward`` operation for operation so the results match it.
-    """
-    attn = block.attn
-    h = block.norm1(x)
-    B, N, C = h.shape
-    q, k, v = attn.qkv(h).reshape(B, N, 3, attn.num_heads, C // attn.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-    q = q[:, :, :1]
-    if prefix is not None:
-        key_prefix, value_prefix = prefix.permute(1, 0, 3, 2, 4).unbind(0)
-        k = torch.cat([key_prefix, k], dim=2)
-        v = torch.cat([value_prefix, v], dim=2)
-    a = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-    x = x[:, :1] + attn.proj((a @ v).transpose(1, 2).reshape(B, 1, C))
-    return x + block.mlp(block.norm2(x))
 
 
 def unique_parameter_bytes(model: DualPromptViT, precision: str = "fp32") -> int:
@@ -156,14 +121,6 @@ def _strip_annotations(proto: onnx.ModelProto) -> None:
         del node.metadata_props[:]
         node.doc_string = ""
     del proto.graph.value_info[:]
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tool_versions() -> dict[str, str]:

@@ -15,9 +15,9 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from export.onnx_export import file_sha256
 from export.parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, Similarity, compare
 from infer.datasets import IMAGE_SUFFIXES, open_dataset
+from infer.embed import file_sha256
 from infer.errors import InputError
 from infer.metadata import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, ModelInfo
 from infer.preprocess import preprocess_batch

@@ -59,24 +59,25 @@ def median_seconds(fn: Callable[[], object], warmup: int = 1, repeats: int = 5) 
     return statistics.median(times)
 
 
-def matmul_peak(provider: str = "cpu", precision: str = "fp32", n: int | None = None, repeats: int = 5) -> dict:
-    """Measured FLOP/s of an n x n x n matrix product in onnxruntime on ``provider`` (inputs bound on
-    the device for CUDA), and on the CPU also through numpy's BLAS; ``peak`` is the larger.
-    ``n`` defaults to 2048 on the CPU (enough to saturate its cores) and 8192 on a GPU."""
+def matmul_peak(provider: str = "cpu", precision: str = "fp32", sizes: Sequence[int] | None = None,
+                repeats: int = 5) -> dict:
+    """Measured FLOP/s of n x n x n matrix products in onnxruntime on ``provider`` (inputs bound on
+    the device for a GPU) and, on the CPU, through numpy's BLAS too. ``peak`` is the best of them.
+    ``sizes`` default: 2048 and 4096 on the CPU, 8192 and 16384 on a GPU."""
     dtype, marker = _DTYPES[precision]
     session, used = create_session(_MATMUL.replace(b"\x08\x01", marker), provider)
-    n = n or (2048 if used == "cpu" else 8192)
     rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
-    run = _bound_runner(session, {"a": a, "b": b}, ["c"]) if used != "cpu" else \
-        (lambda: session.run(["c"], {"a": a, "b": b}))
-    flops = 2.0 * n**3
-    result = {"provider": used, "precision": precision, "n": n,
-              "onnxruntime_flops": flops / median_seconds(run, warmup=2, repeats=repeats)}
-    if used == "cpu":
-        result["numpy_flops"] = flops / median_seconds(lambda: a @ b, warmup=2, repeats=repeats)
-    result["peak"] = max(v for k, v in result.items() if k.endswith("_flops"))
-    return result
+    runs = []
+    for n in sizes or ((2048, 4096) if used == "cpu" else (8192, 16384)):
+        a, b = (rng.standard_normal((n, n)).astype(dtype) for _ in range(2))
+        engines = {"onnxruntime": _bound_runner(session, {"a": a, "b": b}, ["c"]) if used != "cpu" else
+                   (lambda: session.run(["c"], {"a": a, "b": b}))}
+        if used == "cpu":
+            engines["numpy"] = lambda: a @ b
+        for engine, run in engines.items():
+            runs.append({"engine": engine, "n": n,
+                         "flops": 2.0 * n**3 / median_seconds(run, warmup=2, repeats=repeats)})
+    return {"provider": used, "precision": precision, "runs": runs, "peak": max(r["flops"] for r in runs)}
 
 
 def _bound_runner(session: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> Callable:
@@ -93,23 +94,25 @@ def _bound_runner(session: ort.InferenceSession, feeds: dict[str, np.ndarray], o
     return run
 
 
-def dualprompt_flops(arch: dict) -> float:
-    """Nominal FLOPs (2 per multiply-add) per image of the two passes, query and prompted.
+def dualprompt_flops(arch: dict, pool: str = "cls") -> float:
+    """FLOPs (2 per multiply-add) per image of the exported graph's two passes.
 
-    ``arch`` is an export's ``architecture`` metadata: img_size, patch_size, embed_dim, depth,
-    mlp_ratio, g_prompt_length, g_prompt_layers, prompt_length, top_k, e_prompt_layers.
+    ``arch`` is an export's ``architecture`` metadata (img_size, patch_size, embed_dim, depth,
+    mlp_ratio, g_prompt_length, g_prompt_layers, prompt_length, top_k, e_prompt_layers). As in the
+    graph, the last block of the query pass (and of the prompted pass when ``pool`` is 'cls')
+    computes keys and values for every token but everything else for the [CLS] token only.
     """
     patches = (arch["img_size"] // arch["patch_size"]) ** 2
     n, d, hidden = patches + 1, arch["embed_dim"], int(arch["embed_dim"] * arch["mlp_ratio"])
     prefix = {i: arch["g_prompt_length"] for i in arch["g_prompt_layers"]}
     prefix.update({i: arch["prompt_length"] * arch["top_k"] for i in arch["e_prompt_layers"]})
-    one_pass = 2.0 * patches * 3 * arch["patch_size"] ** 2 * d
     total = 0.0
-    for prefixes in ({}, prefix):
-        total += one_pass
+    for prefixes, cls_only in (({}, True), (prefix, pool == "cls")):
+        total += 2.0 * patches * 3 * arch["patch_size"] ** 2 * d
         for i in range(arch["depth"]):
             keys = n + prefixes.get(i, 0)
-            total += 2.0 * n * d * (3 * d + d + 2 * hidden) + 4.0 * n * keys * d
+            rows = 1 if cls_only and i == arch["depth"] - 1 else n  # tokens past the key/value projection
+            total += 2.0 * n * d * 2 * d + 2.0 * rows * d * (d + d + 2 * hidden) + 4.0 * rows * keys * d
     return total
 
 
@@ -147,7 +150,7 @@ def bench_embed(path: str | Path, provider: str, batch_sizes: Sequence[int], rep
     info, used, rows = onnx_throughput(path, provider, batch_sizes, repeats, warn)
     if not info.architecture:
         raise ValueError(f"{path}: its metadata has no architecture, so FLOPs per image are unknown; re-export it")
-    flops = dualprompt_flops(info.architecture)
+    flops = dualprompt_flops(info.architecture, info.pool)
     precision = info.precision if used != "cpu" else "fp32"
     peak = matmul_peak(used if used != "tensorrt" else "cuda", precision)
     for r in rows:

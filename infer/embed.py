@@ -46,7 +46,7 @@ def file_sha256(path: str | Path) -> str:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such ONNX file") from None
+        raise InputError(f"{path}: no such file") from None
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
     return h.hexdigest()
@@ -96,6 +96,8 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_
     model_id = check_model_id(model_id or model.stem)
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    if not model.is_file():
+        raise InputError(f"{model}: no such ONNX file")
     sha256 = file_sha256(model)
     path = set_path(store, model_id, dataset.key)
     stored = None if force else _stored_match(path, sha256, dataset, skip_bad, warn)

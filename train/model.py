@@ -88,15 +88,18 @@ class PrefixAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None, cls_only: bool = False) -> torch.Tensor:
+        """[B, N, C] -> [B, N, C]; with ``cls_only`` only the first token attends: [B, 1, C]."""
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if cls_only:
+            q = q[:, :, :1]
         if prefix is not None:
             key_prefix, value_prefix = prefix.permute(1, 0, 3, 2, 4).unbind(0)  # each [B, heads, L, head_dim]
             k = torch.cat([key_prefix, k], dim=2)
             v = torch.cat([value_prefix, v], dim=2)
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, q.shape[2], C))
 
 
 class Block(nn.Module):
@@ -109,8 +112,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), prefix)
+    def forward(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None, cls_only: bool = False) -> torch.Tensor:
+        """With ``cls_only`` the output holds the first token alone (keys and values still see every token)."""
+        x = (x[:, :1] if cls_only else x) + self.attn(self.norm1(x), prefix, cls_only)
         return x + self.mlp(self.norm2(x))
 
 
@@ -184,8 +188,12 @@ class DualPromptViT(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad_(not name.startswith(self.BACKBONE))
 
-    def tokens(self, x: torch.Tensor, e_prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Tokens [B, 1 + patches, dim] after the final norm; unprompted when ``e_prefix`` is None."""
+    def tokens(self, x: torch.Tensor, e_prefix: Optional[torch.Tensor] = None, cls_only: bool = False) -> torch.Tensor:
+        """Tokens [B, 1 + patches, dim] after the final norm; unprompted when ``e_prefix`` is None.
+
+        ``cls_only``: the last block computes the [CLS] token alone and the result is [B, 1, dim]
+        (what a [CLS] readout needs, for about 1/depth less work).
+        """
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         g_layers, e_layers = self.cfg.g_prompt_layers, self.cfg.e_prompt_layers
@@ -196,12 +204,12 @@ class DualPromptViT(nn.Module):
                     prefix = self.g_prompt[g_layers.index(i)].unsqueeze(0).expand(x.shape[0], -1, -1, -1, -1)
                 elif i in e_layers:
                     prefix = e_prefix[e_layers.index(i)]
-            x = block(x, prefix)
+            x = block(x, prefix, cls_only and i == len(self.blocks) - 1)
         return self.norm(x)
 
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """q(x): [CLS] of the unprompted backbone after the final norm, [B, dim]."""
-        return self.tokens(x)[:, 0]
+        return self.tokens(x, cls_only=True)[:, 0]
 
     def forward(self, x: torch.Tensor, task_id: Optional[int] = None, selection: str = "per-sample",
                 pool: str = "cls") -> dict[str, torch.Tensor]:
@@ -221,9 +229,9 @@ class DualPromptViT(nn.Module):
         else:
             idx = self.e_prompt.select(similarity.detach(), selection)
         reduce_sim = similarity.gather(1, idx).sum() / x.shape[0]
-        tokens = self.tokens(x, self.e_prompt.gather(idx))
-        pre_logits = tokens[:, 0]
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, not {pool!r}")
+        tokens = self.tokens(x, self.e_prompt.gather(idx), cls_only=pool == "cls")
+        pre_logits = tokens[:, 0]
         return {"logits": self.head(pre_logits), "embedding": pre_logits if pool == "cls" else tokens.mean(dim=1),
                 "prompt_idx": idx, "reduce_sim": reduce_sim}
