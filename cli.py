@@ -289,7 +289,7 @@ def doctor(as_json):
 @click.option("--pretrained-weights", type=click.Path(dir_okay=False),
               help="Local ViT-Tiny weights (timm .pth/.safetensors or .npz); else downloaded when the network allows.")
 @click.option("--smoke", is_flag=True, help="A miniature model on 32x32 inputs: the same chain in well under a minute.")
-@click.option("--provider", type=click.Choice(["auto", "cuda", "tensorrt", "cpu"]), default="auto", show_default=True)
+@_PROVIDER
 def demo(workdir, data_path, download, pretrained_weights, smoke, provider):
     """Run train -> export -> verify -> embed -> evaluate on a small setting, offline if need be."""
     import time
