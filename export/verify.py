@@ -13,10 +13,9 @@ from typing import Optional, Sequence
 import numpy as np
 import onnxruntime as ort
 import torch
-from PIL import Image
 
 from export.parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, Similarity, compare
-from infer.datasets import IMAGE_SUFFIXES, open_dataset
+from infer.datasets import IMAGE_SUFFIXES, image_files, open_dataset, open_image
 from infer.embed import file_sha256
 from infer.errors import InputError
 from infer.metadata import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, ModelInfo
@@ -56,7 +55,7 @@ class Inputs:
     def load(self, info: ModelInfo) -> np.ndarray:
         """float32 [N, 3, S, S] model inputs for an export with metadata ``info``."""
         if self.images_dir is not None:
-            return preprocess_batch([_open_image(p) for p in _image_files(Path(self.images_dir))[:self.count]],
+            return preprocess_batch([open_image(p) for p in _image_files(Path(self.images_dir))[:self.count]],
                                     info.preprocessing)
         if self.dataset is not None:
             data = open_dataset(self.dataset, self.data_path)
@@ -68,18 +67,10 @@ class Inputs:
 def _image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError(f"--images {folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = image_files(folder)
     if len(files) < 2:
         raise InputError(f"--images {folder}: {len(files)} image files ({', '.join(IMAGE_SUFFIXES)}), need at least 2")
     return files
-
-
-def _open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
 
 
 def torch_forward(model: DualPromptViT, selection: str, pool: str) -> Forward:

@@ -84,6 +84,21 @@ class CifarDataset(Dataset):
         return h.hexdigest()
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Every jpg/jpeg/png/webp below ``folder``, sorted, hidden files and folders left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def open_image(path: Path) -> Image.Image:
+    """The RGB image in ``path``; InputError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+
+
 class FolderDataset(Dataset):
     def __init__(self, spec: str, root: Path):
         if not root.is_dir():
@@ -94,9 +109,7 @@ class FolderDataset(Dataset):
             raise InputError(f"{spec}: {root} has no class sub-folders (expected one folder per class)")
         files, labels = [], []
         for label, name in enumerate(self.classes):
-            found = sorted(p for p in (root / name).rglob("*")
-                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                           and not any(part.startswith(".") for part in p.relative_to(root).parts))
+            found = image_files(root / name)
             files.extend(found)
             labels.extend([label] * len(found))
         if not files:
@@ -105,12 +118,7 @@ class FolderDataset(Dataset):
         self.labels = np.asarray(labels, dtype=np.int64)
 
     def image(self, index: int) -> Image.Image:
-        path = self.files[index]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+        return open_image(self.files[index])
 
     def item_name(self, index: int) -> str:
         return self.files[index].relative_to(self.root).as_posix()
