@@ -123,11 +123,11 @@ def _chosen_tasks(task, tasks, all_tasks):
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18 or newer; 20 needs onnxruntime >= 1.17).")
 def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset):
     """Export task feature extractors to ONNX for hosts with onnxruntime and no PyTorch."""
-    from export.onnx_export import export_task_result, select_checkpoints
+    from export.onnx_export import export_task, select_checkpoints
 
     chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     for t, ckpt in chosen.items():
-        r = export_task_result(ckpt, Path(output_dir) / f"task{t}.onnx", selection, pool, precision, opset, task=t)
+        r = export_task(ckpt, Path(output_dir) / f"task{t}.onnx", selection, pool, precision, opset, task=t)
         click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
                    f"bytes, {r.seconds:.1f} s)")
 

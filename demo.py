@@ -79,7 +79,9 @@ def _real_cifar(data_path: Path, download: bool) -> Optional[tuple]:
 
 
 def _subset(split, classes: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.concatenate([np.flatnonzero(split.labels == c)[:per_class] for c in range(classes)])
+    from train.data import limit_per_class
+
+    idx = limit_per_class(split.labels, list(range(classes)), per_class)
     return split.images[idx], split.labels[idx]
 
 
@@ -110,7 +112,7 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
     """Run every stage into ``workdir``; returns a summary with the report's location and stage times."""
     from evaluate.pipeline import collect_from_models, evaluate_sets
     from evaluate.report import summary, write_reports
-    from export.onnx_export import export_task_result
+    from export.onnx_export import export_task
     from export.verify import Inputs, verify_export
     from train.loop import TrainOptions, train
 
@@ -164,7 +166,7 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
     t0 = stage("export")
     exports = []
     for t in range(1, s.num_tasks + 1):
-        r = export_task_result(workdir / "output" / "checkpoint" / f"task{t}_checkpoint.pth",
+        r = export_task(workdir / "output" / "checkpoint" / f"task{t}_checkpoint.pth",
                                workdir / "exports" / f"task{t}.onnx", task=t)
         exports.append(r.path)
         log(f"   {r.path} ({r.file_bytes / 1e6:.1f} MB)")

@@ -226,15 +226,9 @@ def task_of(checkpoint: str | Path) -> int:
 
 
 def export_task(checkpoint: str | Path, out_path: str | Path, selection: str = "per-sample", pool: str = "cls",
-                precision: str = "fp32", opset: int = DEFAULT_OPSET, task: Optional[int] = None) -> Path:
-    """Export the checkpoint's feature extractor to ``out_path``; returns the path written."""
-    return export_task_result(checkpoint, out_path, selection, pool, precision, opset, task).path
-
-
-def export_task_result(checkpoint: str | Path, out_path: str | Path, selection: str = "per-sample",
-                       pool: str = "cls", precision: str = "fp32", opset: int = DEFAULT_OPSET,
-                       task: Optional[int] = None) -> ExportResult:
-    """:func:`export_task`, returning the time taken (checkpoint loading included) and the sizes."""
+                precision: str = "fp32", opset: int = DEFAULT_OPSET, task: Optional[int] = None) -> ExportResult:
+    """Export the checkpoint's feature extractor to ``out_path``; returns the file written with the
+    time taken (checkpoint loading included) and the sizes."""
     start = time.perf_counter()
     checkpoint = Path(checkpoint)
     _check_options(selection, pool, precision, opset)
@@ -275,5 +269,5 @@ def export_random(model_name: str, workdir: str | Path, seed: int = 0, selection
     ckpt = save_checkpoint(checkpoint_path(Path(workdir) / "checkpoint", 1), model, None, 0,
                            config_to_args(model.cfg, seed=seed))
     del model
-    return export_task_result(ckpt, Path(workdir) / "task1.onnx", selection, pool, precision, opset)
+    return export_task(ckpt, Path(workdir) / "task1.onnx", selection, pool, precision, opset)
 

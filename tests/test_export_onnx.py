@@ -47,10 +47,10 @@ def exported(ckpt_dir, tmp_path_factory):
     """Files of the default export, batchwise, fp16, and top_k 2 with mean pooling; the source models by task."""
     out = tmp_path_factory.mktemp("exports")
     files = {
-        "default": export_task(checkpoint_path(ckpt_dir, 1), out / "task1.onnx"),
-        "batchwise": export_task(checkpoint_path(ckpt_dir, 1), out / "batchwise.onnx", selection="batchwise"),
-        "fp16": export_task(checkpoint_path(ckpt_dir, 1), out / "fp16.onnx", precision="fp16"),
-        "top2mean": export_task(checkpoint_path(ckpt_dir, 2), out / "task2.onnx", pool="mean"),
+        "default": export_task(checkpoint_path(ckpt_dir, 1), out / "task1.onnx").path,
+        "batchwise": export_task(checkpoint_path(ckpt_dir, 1), out / "batchwise.onnx", selection="batchwise").path,
+        "fp16": export_task(checkpoint_path(ckpt_dir, 1), out / "fp16.onnx", precision="fp16").path,
+        "top2mean": export_task(checkpoint_path(ckpt_dir, 2), out / "task2.onnx", pool="mean").path,
     }
     models = {1: model_from_checkpoint(checkpoint_path(ckpt_dir, 1))[0],
               2: model_from_checkpoint(checkpoint_path(ckpt_dir, 2))[0]}
