@@ -8,15 +8,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This checkout's train/ export/ infer/ evaluate/ must win over unrelated installed distributions
-# with the same top-level names (Hugging Face's `evaluate`), also under `python -P` / PYTHONSAFEPATH.
-_ROOT = str(Path(__file__).resolve().parent)
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
+if not __package__:
+    # `python cli.py` (or torchrun cli.py) from a checkout: run as dpcompat.cli (PEP 366) on this checkout's code.
+    import runpy
 
-import click  # noqa: E402
+    runpy.run_path(str(Path(__file__).resolve().with_name("checkout.py")))["import_checkout"]()
+    __package__ = "dpcompat"
 
-from infer.errors import InputError  # noqa: E402
+import click
+
+from .common.contract import POOLS, PRECISIONS, PROVIDERS, SELECTIONS
+from .common.errors import InputError
 
 
 class _Group(click.Group):
@@ -73,7 +75,7 @@ def _int_list(ctx, param, value):
 @click.option("--g-prompt-length", default=5, show_default=True)
 @click.option("--g-prompt-layers", default="0,1", show_default=True, callback=_int_list)
 @click.option("--e-prompt-layers", default="2,3,4", show_default=True, callback=_int_list)
-@click.option("--selection", type=click.Choice(["per-sample", "batchwise"]), default="per-sample", show_default=True,
+@click.option("--selection", type=click.Choice(SELECTIONS), default="per-sample", show_default=True,
               help="Prompt selection when evaluating; batchwise is the reference's batch-dependent behaviour.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--workers", default=2, show_default=True, help="Data-loading worker processes.")
@@ -87,7 +89,7 @@ def train(data_path, download, output_dir, model, input_size, patch_size, embed_
 
     Multi-GPU or multi-node: torchrun --nproc-per-node 8 cli.py train ...
     """
-    from train.loop import TrainOptions, train as run_training
+    from .train.loop import TrainOptions, train as run_training
 
     opts = TrainOptions(data_path=data_path, output_dir=output_dir, download=download, num_tasks=num_tasks,
                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit_per_class=limit_per_class,
@@ -113,17 +115,17 @@ def _chosen_tasks(task, tasks, all_tasks):
 @click.option("--all", "all_tasks", is_flag=True, default=None, help="Every task*_checkpoint.pth in --checkpoint-dir.")
 @click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
 @click.option("--output-dir", default="exports", show_default=True, help="Writes task{N}.onnx here.")
-@click.option("--selection", type=click.Choice(["per-sample", "batchwise"]), default="per-sample", show_default=True,
+@click.option("--selection", type=click.Choice(SELECTIONS), default="per-sample", show_default=True,
               help="Prompt selection in the graph; batchwise is the reference's batch-dependent inference "
                    "(every image gets its batch's most frequent prompt).")
-@click.option("--pool", type=click.Choice(["cls", "mean"]), default="cls", show_default=True,
+@click.option("--pool", type=click.Choice(POOLS), default="cls", show_default=True,
               help="Embedding: [CLS] after the final norm, or the mean of all tokens (the original study's report).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="fp16: half-precision weights and compute; input and output stay float32.")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18 or newer; 20 needs onnxruntime >= 1.17).")
 def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset):
     """Export task feature extractors to ONNX for hosts with onnxruntime and no PyTorch."""
-    from export.onnx_export import export_task, select_checkpoints
+    from .export.onnx_export import export_task, select_checkpoints
 
     chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     for t, ckpt in chosen.items():
@@ -143,7 +145,7 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
 @click.option("--limit", default=64, show_default=True, help="At most this many images from --images or --dataset.")
 @click.option("--random", "random_count", type=int, help="N random images (the default: 64).")
 @click.option("--seed", default=0, show_default=True, help="Seed of --random.")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt", "auto"]), default="cpu", show_default=True,
+@click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True,
               help="onnxruntime execution provider.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.pass_context
@@ -153,12 +155,10 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 
     Exit code 0: within tolerance; 1: parity failure; 2: bad input.
     """
-    import json
-
-    from export.parity import format_table
-    from export.verify import Inputs, verify_export
-    from infer.atomic import atomic_file
-    from train.checkpoint import checkpoint_path
+    from .export.parity import format_table
+    from .export.verify import Inputs, verify_export
+    from .common.atomic import write_json
+    from .train.checkpoint import checkpoint_path
 
     if (task is None) == (onnx_path is None):
         raise InputError("give exactly one of --task N or --onnx PATH")
@@ -179,8 +179,7 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
     click.echo(format_table(report))
     if report_path:
         try:
-            with atomic_file(report_path) as tmp:
-                tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+            write_json(report_path, report.to_dict())
         except OSError as e:
             raise InputError(f"{report_path}: cannot write ({e.strerror or e})") from None
     ctx.exit(0 if report.passed else 1)
@@ -188,7 +187,7 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 
 # ---- commands: infer ----
 
-_PROVIDER = click.option("--provider", type=click.Choice(["auto", "cuda", "tensorrt", "cpu"]), default="auto",
+_PROVIDER = click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
                          show_default=True, help="onnxruntime execution provider; auto = CUDA when it really "
                                                  "initialises, else CPU (said on stderr). Never a silent fallback.")
 _DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or folder:PATH (one sub-folder per class)."
@@ -207,8 +206,8 @@ _DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or 
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def embed(model, dataset, data_path, store, model_id, provider, batch_size, force, skip_bad, quiet):
     """Embed a data set with one exported model into the embedding store (onnxruntime only)."""
-    from infer.datasets import open_dataset
-    from infer.embed import embed_dataset
+    from .infer.datasets import open_dataset
+    from .infer.embed import embed_dataset
 
     r = embed_dataset(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
                       batch_size=batch_size, force=force, skip_bad=skip_bad, progress=not quiet)
@@ -243,8 +242,8 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
 
     Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model).
     """
-    from evaluate.pipeline import collect_from_models, collect_from_store, evaluate_sets, model_files as find_models
-    from evaluate.report import summary, write_reports
+    from .evaluate.pipeline import collect_from_models, collect_from_store, evaluate_sets, model_files as find_models
+    from .evaluate.report import summary, write_reports
     from tqdm import tqdm
 
     gallery = gallery or query
@@ -273,7 +272,7 @@ def doctor(as_json):
     """Versions, onnxruntime providers (listed and actually working) and GPUs of this host."""
     import json
 
-    from infer.session import doctor_report, format_doctor
+    from .infer.session import doctor_report, format_doctor
 
     report = doctor_report()
     click.echo(json.dumps(report, indent=2) if as_json else format_doctor(report))
@@ -294,7 +293,7 @@ def demo(workdir, data_path, download, pretrained_weights, smoke, provider):
     """Run train -> export -> verify -> embed -> evaluate on a small setting, offline if need be."""
     import time
 
-    from demo import run_demo
+    from .demo import run_demo
 
     start = time.perf_counter()
     result = run_demo(workdir, data_path, download, pretrained_weights, smoke, provider, log=click.echo)
@@ -314,20 +313,17 @@ def bench():
 
 
 def _emit(result: dict, table: str, json_path) -> None:
-    import json
-
-    from infer.atomic import atomic_file
+    from .common.atomic import write_json
 
     click.echo(table)
     if json_path:
-        with atomic_file(json_path) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(json_path, result)
         click.echo(f"wrote {json_path}")
 
 
 @bench.command("embed")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="An exported .onnx file.")
-@click.option("--provider", type=click.Choice(["auto", "cuda", "tensorrt", "cpu"]), default="cpu", show_default=True)
+@click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True)
 @click.option("--batch-sizes", default="1,8,32,128", show_default=True, callback=_int_list)
 @click.option("--repeats", default=5, show_default=True, help="Timed runs per batch size (after one warm-up); the median is reported.")
 @click.option("--compare-torch", is_flag=True, help="Also time the source checkpoint in PyTorch eager, same device and batch.")
@@ -335,11 +331,11 @@ def _emit(result: dict, table: str, json_path) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure as JSON here.")
 def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torch, checkpoint_dir, json_path):
     """images/s of an export per batch size, as a fraction of the measured matmul peak, optionally vs PyTorch."""
-    from infer.bench import bench_embed, format_table
+    from .infer.bench import bench_embed, format_table
 
     runner = None
     if compare_torch:
-        from export.bench import torch_throughput
+        from .export.bench import torch_throughput
 
         def torch_runner(info, device, sizes):
             ckpt = Path(checkpoint_dir) / info.checkpoint
@@ -373,8 +369,8 @@ def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torc
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
     """Time and peak memory of the compatibility evaluation on random unit vectors."""
-    from evaluate.bench import bench_evaluate
-    from infer.bench import format_table
+    from .evaluate.bench import bench_evaluate
+    from .infer.bench import format_table
 
     result = bench_evaluate(workdir, models, queries, dim, classes)
     cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
@@ -385,13 +381,13 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
 
 @bench.command("export")
 @click.option("--model", "model_name", default="vit_base_patch16_224", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--workdir", default="bench-export", show_default=True, help="Receives checkpoint/ and task1.onnx.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 def bench_export_command(model_name, precision, workdir, json_path):
     """Export time and file size for an architecture with random weights."""
-    from export.bench import bench_export
-    from infer.bench import format_table
+    from .export.bench import bench_export
+    from .infer.bench import format_table
 
     result = bench_export(model_name, workdir, precision)
     cols = [("seconds", "export s", ".1f"), ("file_bytes", "file bytes", ",d"),

@@ -5,19 +5,19 @@ choosing small settings and, offline, generating data in CIFAR's on-disk format.
 """
 from __future__ import annotations
 
-import json
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from infer.atomic import atomic_file
-from infer.cifar import load_cifar, write_cifar
-from infer.errors import InputError
-from infer.synthetic import write_synthetic_cifar
+from .common.atomic import write_json
+from .common.cifar import load_cifar, write_cifar
+from .common.errors import InputError
+from .common.synthetic import write_synthetic_cifar
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def _real_cifar(data_path: Path, download: bool) -> Optional[tuple]:
 
 
 def _subset(split, classes: int, per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    from train.data import limit_per_class
+    from .train.data import limit_per_class
 
     idx = limit_per_class(split.labels, list(range(classes)), per_class)
     return split.images[idx], split.labels[idx]
@@ -106,45 +106,36 @@ def prepare_data(workdir: Path, data_path: Path, download: bool, s: DemoSettings
     return out, True
 
 
-def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", download: bool = False,
-             pretrained_weights: Optional[str] = None, smoke: bool = False, provider: str = "auto",
-             log: Callable[[str], None] = print) -> dict:
-    """Run every stage into ``workdir``; returns a summary with the report's location and stage times."""
-    from evaluate.pipeline import collect_from_models, evaluate_sets
-    from evaluate.report import summary, write_reports
-    from export.onnx_export import export_task
-    from export.verify import Inputs, verify_export
-    from train.loop import TrainOptions, train
+class _Stages:
+    """Logs each stage's start and records its time."""
 
-    s = SMOKE if smoke else DEMO
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-    notes: list[str] = []
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.times = log, {}
 
-    def stage(name: str):
-        log(f"== {name}")
-        return time.perf_counter()
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.log(f"== {name}")
+        t0 = time.perf_counter()
+        yield
+        self.times[name] = round(time.perf_counter() - t0, 1)
+        self.log(f"   {name}: {self.times[name]} s")
 
-    def done(name: str, t0: float) -> None:
-        times[name] = round(time.perf_counter() - t0, 1)
-        log(f"   {name}: {times[name]} s")
 
+def _choose_provider(provider: str, log: Callable[[str], None]) -> str:
     if provider == "auto":
-        from infer.session import gpu_problem
+        from .infer.session import gpu_problem
 
         if problem := gpu_problem("cuda"):
             log(f"   CUDA unavailable ({problem}); running on CPU")
-            provider = "cpu"
+            return "cpu"
+    return provider
 
-    t0 = stage("data")
-    data, generated = prepare_data(workdir, Path(data_path), download, s)
-    if generated:
-        notes.append(GENERATED_NOTE)
-        log(f"   !!! {GENERATED_NOTE}")
-    done("data", t0)
 
-    t0 = stage("train")
+def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: Optional[str], smoke: bool,
+                notes: list[str], log: Callable[[str], None]) -> list[dict]:
+    """Train every task; falls back to a random backbone (noted) when no pretrained weights can be had."""
+    from .train.loop import TrainOptions, train
+
     pretrained = pretrained_weights is not None or (not smoke and _network_reachable())
     if not pretrained:
         notes.append(RANDOM_BACKBONE_NOTE)
@@ -152,52 +143,86 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
     opts = TrainOptions(data_path=str(data), output_dir=str(workdir / "output"), num_tasks=s.num_tasks,
                         epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, workers=0, quiet=True,
                         pretrained=pretrained, pretrained_weights=pretrained_weights, device="cpu")
+    arch = {"model": s.model, **dict(s.arch)}
     try:
-        rows = train(opts, {"model": s.model, **dict(s.arch)}, log=lambda m: log(f"   {m}")).rows
+        return train(opts, arch, log=lambda m: log(f"   {m}")).rows
     except InputError:
         if pretrained_weights is not None:
             raise
         notes.append(RANDOM_BACKBONE_NOTE)
         log(f"   !!! pretrained download failed; {RANDOM_BACKBONE_NOTE}")
-        rows = train(TrainOptions(**{**asdict(opts), "pretrained": False}), {"model": s.model, **dict(s.arch)},
-                     log=lambda m: log(f"   {m}")).rows
-    done("train", t0)
+        return train(TrainOptions(**{**asdict(opts), "pretrained": False}), arch, log=lambda m: log(f"   {m}")).rows
 
-    t0 = stage("export")
+
+def export_stage(workdir: Path, s: DemoSettings, log: Callable[[str], None]) -> list[Path]:
+    from .export.onnx_export import export_task
+
     exports = []
     for t in range(1, s.num_tasks + 1):
         r = export_task(workdir / "output" / "checkpoint" / f"task{t}_checkpoint.pth",
-                               workdir / "exports" / f"task{t}.onnx", task=t)
+                        workdir / "exports" / f"task{t}.onnx", task=t)
         exports.append(r.path)
         log(f"   {r.path} ({r.file_bytes / 1e6:.1f} MB)")
-    done("export", t0)
+    return exports
 
-    t0 = stage("verify")
+
+def verify_stage(workdir: Path, data: Path, exports: list[Path], s: DemoSettings, provider: str,
+                 log: Callable[[str], None]) -> None:
+    """Verify every export against its checkpoint; a parity failure stops the demo."""
+    from .export.verify import Inputs, verify_export
+
     parity = []
     for path in exports:
         report = verify_export(path, checkpoint_dir=workdir / "output" / "checkpoint",
                                inputs=Inputs(dataset="cifar10:test", data_path=str(data), count=s.verify_count),
                                provider=provider)
-        with atomic_file(workdir / "reports" / f"verify_{path.stem}.json") as tmp:
-            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        write_json(workdir / "reports" / f"verify_{path.stem}.json", report.to_dict())
         parity.append(report.passed)
         log(f"   {path.name}: {'PASS' if report.passed else 'FAIL'}")
     if not all(parity):
         raise RuntimeError("ONNX parity failed; see the verify_*.json reports")
-    done("verify", t0)
 
-    t0 = stage("embed")
-    query, gallery = collect_from_models(exports, "cifar10:test", "cifar10:test", data, workdir / "embeddings",
-                                         by_task=True, provider=provider)
-    done("embed", t0)
 
-    t0 = stage("evaluate")
+def evaluate_stage(workdir: Path, query, gallery, provenance: dict, notes: list[str],
+                   log: Callable[[str], None]) -> list[Path]:
+    from .evaluate.pipeline import evaluate_sets
+    from .evaluate.report import summary, write_reports
+
     ev = evaluate_sets(query, gallery)
-    provenance = {"data": "generated" if generated else "CIFAR-100 (training) / CIFAR-10 (evaluation)",
-                  "backbone": "pretrained" if RANDOM_BACKBONE_NOTE not in notes else "random", "notes": notes,
-                  "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows}
     written = write_reports(ev.result, ev.models, ev.query, ev.gallery, {**ev.protocol, "provenance": provenance},
                             workdir / "reports", notes=notes)
     log(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
-    done("evaluate", t0)
-    return {"reports": [str(p) for p in written], "times": times, "generated": generated, "notes": notes}
+    return written
+
+
+def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", download: bool = False,
+             pretrained_weights: Optional[str] = None, smoke: bool = False, provider: str = "auto",
+             log: Callable[[str], None] = print) -> dict:
+    """Run every stage into ``workdir``; returns a summary with the report's location and stage times."""
+    from .evaluate.pipeline import collect_from_models
+
+    s = SMOKE if smoke else DEMO
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    stages, notes = _Stages(log), []
+    provider = _choose_provider(provider, log)
+    with stages.stage("data"):
+        data, generated = prepare_data(workdir, Path(data_path), download, s)
+        if generated:
+            notes.append(GENERATED_NOTE)
+            log(f"   !!! {GENERATED_NOTE}")
+    with stages.stage("train"):
+        rows = train_stage(workdir, data, s, pretrained_weights, smoke, notes, log)
+    with stages.stage("export"):
+        exports = export_stage(workdir, s, log)
+    with stages.stage("verify"):
+        verify_stage(workdir, data, exports, s, provider, log)
+    with stages.stage("embed"):
+        query, gallery = collect_from_models(exports, "cifar10:test", "cifar10:test", data, workdir / "embeddings",
+                                             by_task=True, provider=provider)
+    with stages.stage("evaluate"):
+        provenance = {"data": "generated" if generated else "CIFAR-100 (training) / CIFAR-10 (evaluation)",
+                      "backbone": "pretrained" if RANDOM_BACKBONE_NOTE not in notes else "random", "notes": notes,
+                      "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows}
+        written = evaluate_stage(workdir, query, gallery, provenance, notes, log)
+    return {"reports": [str(p) for p in written], "times": stages.times, "generated": generated, "notes": notes}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from infer.datasets import dataset_key
-from infer.metadata import Preprocessing
-from infer.store import set_path, write_set
+from ..infer.datasets import dataset_key
+from ..infer.metadata import Preprocessing
+from ..infer.store import set_path, write_set
 
 
 def write_random_store(store: str | Path, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
@@ -39,8 +39,8 @@ def bench_evaluate(workdir: str | Path, models: int = 10, n: int = 10_000, dim: 
     import time
     import tracemalloc
 
-    from evaluate.pipeline import collect_from_store, evaluate_sets
-    from infer.bench import machine_info
+    from .pipeline import collect_from_store, evaluate_sets
+    from ..infer.bench import machine_info
 
     ids = write_random_store(Path(workdir) / "store", models, n, dim, classes)
     tracemalloc.start()

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from evaluate.metrics import linear_cka_matrix, retrieval_metrics
+from .metrics import linear_cka_matrix, retrieval_metrics
 
 METRICS = ("top1", "top5", "knn", "mAP")
 

@@ -8,11 +8,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from evaluate.compat import Compatibility, compatibility
-from infer.datasets import dataset_key, open_dataset
-from infer.embed import embed_dataset
-from infer.errors import InputError
-from infer.store import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
+from .compat import Compatibility, compatibility
+from ..infer.datasets import dataset_key, open_dataset
+from ..infer.embed import embed_dataset
+from ..common.errors import InputError
+from ..infer.store import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
 
 
 @dataclass

@@ -7,7 +7,6 @@ marked with a star.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from evaluate.compat import METRICS, Compatibility
-from infer.atomic import atomic_file
+from .compat import METRICS, Compatibility
+from ..common.atomic import atomic_file, write_json
 
 JSON_FILE = "compatibility.json"
 CSV_FILE = "compatibility.csv"
@@ -133,9 +132,7 @@ def write_reports(result: Compatibility, models: Sequence[str], query: dict, gal
     """
     out = Path(out_dir)
     written = []
-    with atomic_file(out / JSON_FILE) as tmp:
-        tmp.write_text(json.dumps(report_dict(result, models, query, gallery, protocol, notes), indent=2) + "\n")
-    written.append(out / JSON_FILE)
+    written.append(write_json(out / JSON_FILE, report_dict(result, models, query, gallery, protocol, notes)))
     with atomic_file(out / CSV_FILE) as tmp:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)

@@ -7,9 +7,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from infer.bench import median_seconds
-from infer.metadata import ModelInfo
-from train.checkpoint import model_from_checkpoint
+from ..infer.bench import median_seconds
+from ..infer.metadata import ModelInfo
+from ..train.checkpoint import model_from_checkpoint
 
 
 def torch_throughput(checkpoint: str | Path, info: ModelInfo, device: str, batch_sizes: Sequence[int],
@@ -28,7 +28,7 @@ def torch_throughput(checkpoint: str | Path, info: ModelInfo, device: str, batch
         @torch.inference_mode()
         def run():
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=half):
-                out = model(images, selection=info.selection, pool=info.pool)["embedding"]
+                out = model.embed(images, info.selection, info.pool)[0]
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             return out
@@ -41,8 +41,8 @@ def torch_throughput(checkpoint: str | Path, info: ModelInfo, device: str, batch
 
 def bench_export(model_name: str, workdir: str | Path, precision: str = "fp32", **arch: object) -> dict:
     """Export time (checkpoint loading included) and file size of a random-weight model."""
-    from export.onnx_export import export_random
-    from infer.bench import machine_info
+    from .onnx_export import export_random
+    from ..infer.bench import machine_info
 
     r = export_random(model_name, workdir, precision=precision, **arch)
     return {"benchmark": "export", "model": model_name, "architecture": arch, "precision": precision,

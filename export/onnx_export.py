@@ -26,16 +26,16 @@ import timm
 import torch
 import torch.nn as nn
 
-from infer.atomic import atomic_file
-from infer.embed import file_sha256
-from infer.errors import InputError
-from infer.metadata import (EMBEDDING_OUTPUT, FORMAT_VERSION, INPUT_NAME, PROMPT_INDEX_OUTPUT, ModelInfo,
-                            Preprocessing)
-from train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, list_checkpoints,
+from ..common.atomic import atomic_file
+from ..infer.embed import file_sha256
+from ..common.errors import InputError
+from ..common.contract import (BATCH_AXIS, FORMAT_VERSION, INPUTS, OUTPUTS, POOLS, PRECISIONS, SELECTIONS,
+                               check_choice)
+from ..infer.metadata import ModelInfo, Preprocessing
+from ..train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, list_checkpoints,
                               model_from_checkpoint, save_checkpoint)
-from train.model import POOLS, SELECTIONS, DualPromptConfig, DualPromptViT, l2_normalize
+from ..train.model import DualPromptConfig, DualPromptViT
 
-PRECISIONS = ("fp32", "fp16")
 DEFAULT_OPSET = 20  # onnxruntime >= 1.17; its Gelu op is what onnxruntime fuses with the bias (18 spells it with Erf)
 MIN_OPSET = 18  # the dynamo exporter's lowest
 SIZE_FACTOR = 1.05  # file bytes allowed per byte of unique parameters (backbone, prompts, keys)
@@ -44,36 +44,28 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 class EmbeddingExport(nn.Module):
-    """What the ONNX file computes, as a module: image -> (embedding, prompt_index).
-
-    Equal to ``DualPromptViT.forward(x, selection=..., pool=...)``'s ``embedding`` and ``prompt_idx``
-    except that work nothing reads is skipped: the last block of the query pass (and of the prompted
-    pass with ``pool='cls'``) runs its attention output and MLP for the [CLS] token only.
-    With ``precision='fp16'`` a half-precision copy of the model computes and the key cosines are taken
-    in float32, so prompt choice does not hinge on fp16 rounding of values near 1.
+    """What the ONNX file computes, as a module: image -> (embedding, prompt_index), i.e.
+    :meth:`DualPromptViT.embed` with the contract's output shapes (prompt_index [N] when top_k is 1).
+    With ``precision='fp16'`` a half-precision copy of the model computes; the key cosines stay float32.
     """
 
     def __init__(self, model: DualPromptViT, selection: str = "per-sample", pool: str = "cls",
                  precision: str = "fp32"):
         super().__init__()
-        if selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, not {pool!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        check_choice("selection", selection, SELECTIONS)
+        check_choice("pool", pool, POOLS)
+        check_choice("precision", precision, PRECISIONS)
         self.model = (model if precision == "fp32" else copy.deepcopy(model).to(_DTYPES[precision])).eval()
         self.selection, self.pool, self.precision = selection, pool, precision
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.model
-        x = image.to(_DTYPES[self.precision])
-        query = m.tokens(x, cls_only=True)[:, 0]
-        similarity = l2_normalize(query.float()) @ l2_normalize(m.e_prompt.prompt_key.float()).t()
-        idx = m.e_prompt.select(similarity, self.selection)
-        tokens = m.tokens(x, m.e_prompt.gather(idx), cls_only=self.pool == "cls")
-        embedding = tokens[:, 0] if self.pool == "cls" else tokens.mean(dim=1)
-        return embedding.float(), (idx[:, 0] if m.cfg.top_k == 1 else idx)
+        embedding, idx = self.model.embed(image.to(_DTYPES[self.precision]), self.selection, self.pool)
+        return embedding.float(), contract_prompt_index(idx)
+
+
+def contract_prompt_index(idx: torch.Tensor) -> torch.Tensor:
+    """Prompt indices [B, top_k] in the contract's shape: [B] when top_k is 1."""
+    return idx[:, 0] if idx.shape[1] == 1 else idx
 
 
 def unique_parameter_bytes(model: DualPromptViT, precision: str = "fp32") -> int:
@@ -133,8 +125,7 @@ def tool_versions() -> dict[str, str]:
 def _check_options(selection: str, pool: str, precision: str, opset: int) -> None:
     for name, value, allowed in (("selection", selection, SELECTIONS), ("pool", pool, POOLS),
                                  ("precision", precision, PRECISIONS)):
-        if value not in allowed:
-            raise InputError(f"--{name} {value!r}: expected one of {', '.join(allowed)}")
+        check_choice(f"--{name}", value, allowed)
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
         raise InputError(f"--opset {opset}: this exporter writes opsets {MIN_OPSET} to {newest}")
@@ -146,17 +137,17 @@ def build_onnx(model: DualPromptViT, info: ModelInfo, opset: int = DEFAULT_OPSET
     module = EmbeddingExport(model, info.selection, info.pool, info.precision).eval()
     size = model.cfg.img_size
     example = torch.rand(2, 3, size, size)
-    batch = torch.export.Dim("batch", min=1)
+    batch = torch.export.Dim(BATCH_AXIS, min=1)
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                    input_names=[INPUT_NAME], output_names=[EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT],
-                                    dynamic_shapes={"image": {0: batch}}, optimize=True)
+                                    input_names=[s.name for s in INPUTS], output_names=[s.name for s in OUTPUTS],
+                                    dynamic_shapes={INPUTS[0].name: {0: batch}}, optimize=True)
     proto = program.model_proto
     dedupe_initializers(proto)
     _strip_annotations(proto)
     for value in (*proto.graph.input, *proto.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
     proto.doc_string = _describe(info)
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, info.to_props())
@@ -189,10 +180,6 @@ class ExportResult:
     @property
     def size_ratio(self) -> float:
         return self.file_bytes / self.parameter_bytes
-
-    def to_dict(self) -> dict:
-        return {"path": str(self.path), "seconds": round(self.seconds, 3), "file_bytes": self.file_bytes,
-                "parameter_bytes": self.parameter_bytes, "size_ratio": round(self.size_ratio, 5)}
 
 
 def export_model(model: DualPromptViT, out_path: str | Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> ExportResult:

@@ -14,15 +14,17 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, Similarity, compare
-from infer.datasets import IMAGE_SUFFIXES, image_files, open_dataset, open_image
-from infer.embed import file_sha256
-from infer.errors import InputError
-from infer.metadata import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, ModelInfo
-from infer.preprocess import preprocess_batch
-from infer.session import create_session, model_info, run_model
-from train.checkpoint import model_from_checkpoint
-from train.model import POOLS, SELECTIONS, DualPromptViT
+from .parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, Similarity, compare
+from ..infer.datasets import IMAGE_SUFFIXES, image_files, open_dataset, open_image
+from ..infer.embed import file_sha256
+from .onnx_export import contract_prompt_index
+from ..common.errors import InputError
+from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
+from ..infer.metadata import ModelInfo
+from ..infer.preprocess import preprocess_batch
+from ..infer.session import create_session, model_info, run_model
+from ..train.checkpoint import model_from_checkpoint
+from ..train.model import DualPromptViT
 
 DEFAULT_COUNT = 64
 
@@ -77,9 +79,8 @@ def torch_forward(model: DualPromptViT, selection: str, pool: str) -> Forward:
     """The PyTorch model as a :data:`~export.parity.Forward` (prompt index [B] when top_k is 1)."""
     def forward(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            out = model(torch.from_numpy(images), selection=selection, pool=pool)
-        idx = out["prompt_idx"].numpy()
-        return out["embedding"].numpy(), (idx[:, 0] if idx.shape[1] == 1 else idx)
+            embedding, idx = model.embed(torch.from_numpy(images), selection, pool)
+        return embedding.numpy(), contract_prompt_index(idx).numpy()
 
     return forward
 
@@ -88,7 +89,7 @@ def torch_similarity(model: DualPromptViT) -> Similarity:
     """Cosines between the PyTorch model's queries and its prompt keys."""
     def similarity(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model.e_prompt.similarity(model.query(torch.from_numpy(images))).numpy()
+            return model.prompt_similarity(model.query(torch.from_numpy(images))).numpy()
 
     return similarity
 
@@ -111,9 +112,6 @@ def verify_export(onnx_path: str | Path, checkpoint: Optional[str | Path] = None
     start = time.perf_counter()
     session, used = create_session(onnx_path, provider)
     info = model_info(session, onnx_path)
-    if info.precision not in TOLERANCES or info.selection not in SELECTIONS or info.pool not in POOLS:
-        raise InputError(f"{onnx_path}: metadata names an unknown precision {info.precision!r}, selection "
-                         f"{info.selection!r} or pool {info.pool!r}")
     checkpoint = Path(checkpoint) if checkpoint is not None else Path(checkpoint_dir) / info.checkpoint
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no such checkpoint (the source of {onnx_path} was {info.checkpoint})")

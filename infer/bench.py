@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -14,9 +15,10 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from infer.metadata import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, ModelInfo
-from infer.preprocess import preprocess_batch
-from infer.session import create_session, list_gpus, model_info
+from ..common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT
+from .metadata import ModelInfo
+from .preprocess import preprocess_batch
+from .session import create_session, list_gpus, model_info
 
 # c = a @ b with dynamic [m, k] x [k, n], opset 13 (made with onnx.helper; bytes, since production
 # hosts have no onnx package). Byte 37 and its two repeats hold the element type: 1 float32, 10 float16.
@@ -24,6 +26,10 @@ _MATMUL = (b'\x08\x07\x12\x00:`\n\x11\n\x01a\n\x01b\x12\x01c"\x06MatMul\x12\x06m
            b'\x08\x01\x12\n\n\x03\x12\x01m\n\x03\x12\x01kZ\x15\n\x01b\x12\x10\n\x0e\x08\x01\x12\n\n\x03\x12\x01k'
            b'\n\x03\x12\x01nb\x15\n\x01c\x12\x10\n\x0e\x08\x01\x12\n\n\x03\x12\x01m\n\x03\x12\x01nB\x04\n\x00\x10\r')
 _DTYPES = {"fp32": (np.float32, b"\x08\x01"), "fp16": (np.float16, b"\x08\n")}
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def machine_info() -> dict:
@@ -117,7 +123,7 @@ def dualprompt_flops(arch: dict, pool: str = "cls") -> float:
 
 
 def onnx_throughput(path: str | Path, provider: str, batch_sizes: Sequence[int], repeats: int = 5,
-                    warn: Callable[[str], None] = print) -> tuple[ModelInfo, str, list[dict]]:
+                    warn: Callable[[str], None] = _stderr) -> tuple[ModelInfo, str, list[dict]]:
     """images/s of the exported model at each batch size (warm-up, then the median of ``repeats``)."""
     session, used = create_session(path, provider, warn)
     info = model_info(session, path)
@@ -143,7 +149,7 @@ def preprocess_throughput(info: ModelInfo, source_size: tuple[int, int], count: 
 
 def bench_embed(path: str | Path, provider: str, batch_sizes: Sequence[int], repeats: int = 5,
                 torch_runner: Callable[[ModelInfo, str, Sequence[int]], list[dict]] | None = None,
-                warn: Callable[[str], None] = print) -> dict:
+                warn: Callable[[str], None] = _stderr) -> dict:
     """Throughput of an export at each batch size, as images/s and as a fraction of the device's
     measured matrix-product peak; ``torch_runner(info, device, batch_sizes)`` adds PyTorch eager
     figures from the same run and the onnxruntime/PyTorch ratio."""

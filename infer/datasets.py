@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from infer.cifar import load_cifar
-from infer.errors import InputError
+from ..common.cifar import load_cifar
+from ..common.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _CIFAR = ("cifar10", "cifar100")

@@ -17,12 +17,12 @@ import onnxruntime as ort
 import PIL
 from tqdm import tqdm
 
-from infer.datasets import Dataset
-from infer.errors import InputError
-from infer.metadata import EMBEDDING_OUTPUT
-from infer.preprocess import preprocess_batch
-from infer.session import create_session, model_info, run_model
-from infer.store import EmbeddingSet, check_model_id, read_set, set_path, write_set
+from .datasets import Dataset
+from ..common.errors import InputError
+from ..common.contract import EMBEDDING_OUTPUT
+from .preprocess import preprocess_batch
+from .session import create_session, model_info, run_model
+from .store import EmbeddingSet, check_model_id, read_set, set_path, write_set
 
 
 @dataclass

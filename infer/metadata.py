@@ -1,22 +1,15 @@
-"""The contract between an exported ONNX file and the hosts that run it.
+"""What an exported ONNX file says about itself (``metadata_props``), parsed and validated.
 
-Inputs/outputs:
-  ``image``        float32 [N, 3, S, S], RGB pixels in [0, 1] after :class:`Preprocessing`
-  ``embedding``    float32 [N, D]
-  ``prompt_index`` int64 [N] (top_k = 1) or [N, top_k]
-Every value in ``metadata_props`` is a string; structured values are JSON.
+The graph's inputs and outputs are declared in :mod:`dpcompat.common.contract`. Every value in
+``metadata_props`` is a string; structured values are JSON.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
 
-from infer.errors import InputError
-
-FORMAT_VERSION = "1"
-INPUT_NAME = "image"
-EMBEDDING_OUTPUT = "embedding"
-PROMPT_INDEX_OUTPUT = "prompt_index"
+from ..common.contract import FORMAT_VERSION, POOLS, PRECISIONS, SELECTIONS
+from ..common.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -63,30 +56,44 @@ class ModelInfo:
     preprocessing: Preprocessing
     versions: dict
     architecture: dict = field(default_factory=dict)  # the DualPromptConfig fields, for FLOPs and inspection
+    # Where the weights came from, carried to every store manifest and report made from this file:
+    # {"data": "cifar100" | "generated" | ..., "backbone": "pretrained ..." | "random"}; {} when unknown.
+    provenance: dict = field(default_factory=dict)
 
     def to_props(self) -> dict[str, str]:
-        props = {k: str(v) for k, v in asdict(self).items() if k not in ("preprocessing", "versions", "architecture")}
+        structured = ("versions", "architecture", "provenance")
+        props = {k: str(v) for k, v in asdict(self).items() if k not in ("preprocessing", *structured)}
         props["preprocessing"] = self.preprocessing.to_json()
-        props["versions"] = json.dumps(self.versions, sort_keys=True)
-        props["architecture"] = json.dumps(self.architecture, sort_keys=True)
+        props.update({k: json.dumps(getattr(self, k), sort_keys=True) for k in structured})
         return props
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> "ModelInfo":
         """Parse ``metadata_props``; ``source`` (the file) is named in any error."""
-        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"architecture"})
+        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"architecture", "provenance"})
         if missing:
             raise InputError(f"{source}: not a dpcompat export (metadata lacks {', '.join(missing)})")
         if props["format_version"] != FORMAT_VERSION:
             raise InputError(f"{source}: export format {props['format_version']}, this toolkit reads {FORMAT_VERSION}")
         try:
-            return cls(format_version=props["format_version"], task=int(props["task"]),
+            info = cls(format_version=props["format_version"], task=int(props["task"]),
                        checkpoint=props["checkpoint"], checkpoint_sha256=props["checkpoint_sha256"],
                        model=props["model"], embedding_dim=int(props["embedding_dim"]),
                        input_size=int(props["input_size"]), top_k=int(props["top_k"]), pool=props["pool"],
                        selection=props["selection"], precision=props["precision"],
                        preprocessing=Preprocessing.from_json(props["preprocessing"]),
                        versions=json.loads(props["versions"]),
-                       architecture=json.loads(props.get("architecture", "{}")))
+                       architecture=json.loads(props.get("architecture", "{}")),
+                       provenance=json.loads(props.get("provenance", "{}")))
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(f"{source}: malformed export metadata ({e})") from None
+        info.check(source)
+        return info
+
+    def check(self, source: str) -> None:
+        """Refuse choices outside the contract; ``source`` is named in the error."""
+        for name, value, allowed in (("selection", self.selection, SELECTIONS), ("pool", self.pool, POOLS),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise InputError(f"{source}: metadata names an unknown {name} {value!r} "
+                                 f"(expected one of {', '.join(allowed)})")

@@ -11,7 +11,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
-from infer.metadata import Preprocessing
+from .metadata import Preprocessing
 
 ImageLike = Union[Image.Image, np.ndarray]
 

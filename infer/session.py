@@ -22,10 +22,10 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from infer.errors import InputError
-from infer.metadata import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, ModelInfo
+from ..common.errors import InputError
+from ..common.contract import PROVIDERS, EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT
+from .metadata import ModelInfo
 
-PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
 ORT_PROVIDER = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
                 "cpu": "CPUExecutionProvider"}
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")

@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from infer.atomic import atomic_dir
-from infer.errors import InputError
+from ..common.atomic import atomic_dir
+from ..common.errors import InputError
 
 STORE_FORMAT = "1"
 EMBEDDINGS_FILE = "embeddings.npy"

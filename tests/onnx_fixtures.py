@@ -12,9 +12,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from infer.cifar import write_cifar
-from infer.metadata import EMBEDDING_OUTPUT, FORMAT_VERSION, INPUT_NAME, PROMPT_INDEX_OUTPUT, ModelInfo, Preprocessing
-from infer.store import write_set
+from dpcompat.common.cifar import write_cifar
+from dpcompat.common.contract import EMBEDDING_OUTPUT, FORMAT_VERSION, INPUT_NAME, PROMPT_INDEX_OUTPUT
+from dpcompat.infer.metadata import ModelInfo, Preprocessing
+from dpcompat.infer.store import write_set
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_SIZE = 32

@@ -101,8 +101,8 @@ def test_bench_evaluate_and_export(tmp_path):
 
 
 def test_flops_of_vit_b_dualprompt():
-    from infer.bench import dualprompt_flops
-    from train.model import DualPromptConfig
+    from dpcompat.infer.bench import dualprompt_flops
+    from dpcompat.train.model import DualPromptConfig
 
     arch = DualPromptConfig().asdict()
     full = dualprompt_flops(arch, pool="mean")  # the query pass skips its last block's non-[CLS] work

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from evaluate.compat import METRICS, compatibility, criteria
-from evaluate.metrics import retrieval_metrics
-from evaluate.report import report_dict, summary, write_reports
+from dpcompat.evaluate.compat import METRICS, compatibility, criteria
+from dpcompat.evaluate.metrics import retrieval_metrics
+from dpcompat.evaluate.report import report_dict, summary, write_reports
 
 NAN = float("nan")
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from evaluate import metrics
-from evaluate.metrics import (average_precision, knn_predict, linear_cka, linear_cka_matrix, retrieval_metrics,
+from dpcompat.evaluate import metrics
+from dpcompat.evaluate.metrics import (average_precision, knn_predict, linear_cka, linear_cka_matrix, retrieval_metrics,
                               topk_indices)
 
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import cli
-from export.onnx_export import (EmbeddingExport, export_random, export_task, file_sha256, initializer_bytes,
+from dpcompat.cli import cli
+from dpcompat.export.onnx_export import (EmbeddingExport, export_random, export_task, file_sha256, initializer_bytes,
                                 unique_parameter_bytes)
-from export.parity import TOLERANCES, compare, cosine_rows
-from infer.metadata import FORMAT_VERSION, ModelInfo, Preprocessing
-from train.checkpoint import checkpoint_path, config_to_args, model_from_checkpoint, save_checkpoint
+from dpcompat.export.parity import TOLERANCES, compare, cosine_rows
+from dpcompat.common.contract import FORMAT_VERSION
+from dpcompat.infer.metadata import ModelInfo, Preprocessing
+from dpcompat.train.checkpoint import checkpoint_path, config_to_args, model_from_checkpoint, save_checkpoint
 from train_fixtures import TINY_ARCH, tiny_model, varied_images
 
 
@@ -76,7 +77,7 @@ def _forwards(model, path, selection="per-sample", pool="cls"):
 
     def similarity(x):
         with torch.no_grad():
-            return model.e_prompt.similarity(model.query(torch.from_numpy(x))).numpy()
+            return model.prompt_similarity(model.query(torch.from_numpy(x))).numpy()
 
     return reference, candidate, similarity
 
@@ -239,7 +240,7 @@ def test_verify_passes_on_random_images_and_writes_report(exported, ckpt_dir, tm
 def test_verify_on_an_image_folder_and_a_cifar_split(exported, ckpt_dir, tmp_path):
     from PIL import Image
 
-    from infer.synthetic import synthetic_images, write_synthetic_cifar
+    from dpcompat.common.synthetic import synthetic_images, write_synthetic_cifar
 
     files, _ = exported
     folder = tmp_path / "images" / "nested"

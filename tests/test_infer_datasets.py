@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infer.datasets import dataset_key, open_dataset
-from infer.errors import InputError
+from dpcompat.infer.datasets import dataset_key, open_dataset
+from dpcompat.common.errors import InputError
 from onnx_fixtures import write_data
 
 
@@ -28,7 +28,7 @@ def test_fingerprint_covers_exact_images_and_labels(tmp_path):
     for root in (a, b, c):
         write_data(root, test_per_class=2)
     assert open_dataset("cifar10:test", a).fingerprint == open_dataset("cifar10:test", b).fingerprint
-    from infer.cifar import load_cifar, write_cifar
+    from dpcompat.common.cifar import load_cifar, write_cifar
     data = load_cifar(c, "cifar10", "test")
     images, labels = data.images.copy(), data.labels.copy()
     images[3, 0, 0, 0] ^= 1

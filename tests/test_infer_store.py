@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from infer.errors import InputError
-from infer.metadata import Preprocessing
-from infer.store import check_comparable, read_set, set_path
+from dpcompat.common.errors import InputError
+from dpcompat.infer.metadata import Preprocessing
+from dpcompat.infer.store import check_comparable, read_set, set_path
 from onnx_fixtures import write_random_set
 
 

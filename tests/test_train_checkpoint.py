@@ -6,9 +6,9 @@ import pickle
 import pytest
 import torch
 
-from infer.errors import InputError
-from train.checkpoint import config_to_args, load_checkpoint, model_from_checkpoint, save_checkpoint
-from train.weights import load_pretrained_backbone
+from dpcompat.common.errors import InputError
+from dpcompat.train.checkpoint import config_to_args, load_checkpoint, model_from_checkpoint, save_checkpoint
+from dpcompat.train.weights import load_pretrained_backbone
 from train_fixtures import reference_layout_keys, tiny_config, tiny_model
 
 

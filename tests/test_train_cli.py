@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from infer.synthetic import write_synthetic_cifar
-from train.checkpoint import list_checkpoints, model_from_checkpoint
+from dpcompat.common.synthetic import write_synthetic_cifar
+from dpcompat.train.checkpoint import list_checkpoints, model_from_checkpoint
 from train_fixtures import TINY_CLI
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +60,9 @@ def test_two_task_training_end_to_end_and_resume(tmp_path, data_dir):
 
 
 DDP_SCRIPT = """
-import os, sys, torch
-sys.path.insert(0, {root!r})
-from train.loop import TrainOptions, train
+import os, runpy, torch
+runpy.run_path({checkout!r})["import_checkout"]()
+from dpcompat.train.loop import TrainOptions, train
 opts = TrainOptions(data_path={data!r}, output_dir="out", num_tasks=2, epochs=2, batch_size=4, lr=0.3,
                     workers=0, quiet=True, pretrained=False, device="cpu")
 arch = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=6, num_heads=4)
@@ -76,7 +76,7 @@ def test_torchrun_two_cpu_processes(tmp_path, data_dir):
     dump = tmp_path / "dump"
     dump.mkdir()
     script = tmp_path / "ddp.py"
-    script.write_text(DDP_SCRIPT.format(root=str(ROOT), data=str(data_dir), dump=str(dump)))
+    script.write_text(DDP_SCRIPT.format(checkout=str(ROOT / "checkout.py"), data=str(data_dir), dump=str(dump)))
     torchrun = Path(sys.executable).with_name("torchrun")
     r = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", "29517", str(script)], cwd=tmp_path,
                        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from train.model import DualPromptConfig, DualPromptViT
+from dpcompat.train.model import DualPromptConfig, DualPromptViT
 from train_fixtures import TINY_ARCH, reference_forward, reference_layout_keys, tiny_model, varied_images
 
 

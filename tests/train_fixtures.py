@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from train.model import DualPromptConfig, DualPromptViT
+from dpcompat.train.model import DualPromptConfig, DualPromptViT
 
 TINY_ARCH = dict(model="vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=64, depth=6, num_heads=4)
 TINY_CLI = ["--model", "vit_tiny_patch16_224", "--input-size", "32", "--patch-size", "8", "--embed-dim", "64",
@@ -21,7 +21,8 @@ def tiny_model(seed: int = 0, **overrides) -> DualPromptViT:
 
 
 def reference_layout_keys(depth: int) -> list[str]:
-    """The state_dict keys of the public reference (REFERENCE.md §2), written out independently."""
+    """The state_dict keys of the public reference's checkpoints (``torch.save({'model': state_dict, ...})``
+    of its ``VisionTransformer`` with g-/e-prompts), written out independently."""
     keys = ["cls_token", "pos_embed", "g_prompt", "patch_embed.proj.weight", "patch_embed.proj.bias",
             "e_prompt.prompt", "e_prompt.prompt_key", "norm.weight", "norm.bias", "head.weight", "head.bias"]
     for i in range(depth):
@@ -34,7 +35,8 @@ def reference_layout_keys(depth: int) -> list[str]:
 def reference_forward(model: DualPromptViT, x: torch.Tensor) -> torch.Tensor:
     """Pre-logits as the public reference computes them (batchwise_prompt off), including its e-prompt
     gather, which reshapes [layers, 2, B, k, len, H, hd] to [layers, B, 2, k*len, H, hd] without a
-    permute. Written from REFERENCE.md §1 and §3 with the model's weights only."""
+    permute (at B > 1 positions then read the [key; value] block in the wrong chunks). Written from the
+    reference's description with the model's weights only."""
     sd = model.state_dict()
     cfg = model.cfg
     H, hd = cfg.num_heads, cfg.head_dim
@@ -76,7 +78,7 @@ def varied_images(n: int, seed: int = 0) -> torch.Tensor:
     """[n, 3, 32, 32] images in [0, 1] of many generated classes, so queries pick different prompts."""
     import numpy as np
 
-    from infer.synthetic import synthetic_images
+    from dpcompat.common.synthetic import synthetic_images
 
     imgs = synthetic_images(np.arange(n) % 20, 20, seed)
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255

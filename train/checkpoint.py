@@ -16,9 +16,9 @@ from typing import Any, Optional
 
 import torch
 
-from infer.atomic import atomic_file
-from infer.errors import InputError
-from train.model import DualPromptConfig, DualPromptViT
+from ..common.atomic import atomic_file
+from ..common.errors import InputError
+from .model import DualPromptConfig, DualPromptViT
 
 CHECKPOINT_RE = re.compile(r"^task(\d+)_checkpoint\.pth$")
 

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from infer.cifar import CifarSplit, cifar_dir, load_cifar
-from infer.errors import InputError
+from ..common.cifar import CifarSplit, cifar_dir, load_cifar
+from ..common.errors import InputError
 
 
 def train_transform(input_size: int) -> transforms.Compose:

@@ -1,4 +1,5 @@
-"""Continual training over Split CIFAR-100, reproducing the reference's procedure (REFERENCE.md §1).
+"""Continual training over Split CIFAR-100, reproducing the public reference's
+procedure (JH-LEE-KR/dualprompt-pytorch, config ``cifar100_dualprompt``).
 
 Per task t: pool entry t starts as a copy of entry t-1 (shared pool), a fresh Adam over the trainable
 parameters (g_prompt, e-prompts, keys, head), cross-entropy with logits of classes outside the task
@@ -21,13 +22,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from infer.atomic import atomic_file
-from infer.errors import InputError
-from train.checkpoint import (check_state_dict, checkpoint_path, config_to_args, list_checkpoints, load_checkpoint,
+from ..common.atomic import atomic_file
+from ..common.errors import InputError
+from .checkpoint import (check_state_dict, checkpoint_path, config_to_args, list_checkpoints, load_checkpoint,
                               save_checkpoint)
-from train.data import eval_transform, load_split, task_classes, task_dataset, train_transform
-from train.model import DualPromptConfig, DualPromptViT
-from train.weights import load_pretrained_backbone
+from .data import eval_transform, load_split, task_classes, task_dataset, train_transform
+from .model import DualPromptConfig, DualPromptViT
+from .weights import load_pretrained_backbone
 
 
 @dataclass

@@ -7,6 +7,7 @@ gathers its own e-prompt, so an embedding does not depend on the batch it is com
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, replace
 from typing import Optional
 
@@ -15,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed, trunc_normal_
 
-SELECTIONS = ("per-sample", "batchwise")
-POOLS = ("cls", "mean")
+from ..common.contract import POOLS, SELECTIONS, check_choice
+
 
 # Widths of the timm ViT families, keyed by the name's size word.
 _VIT_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}
@@ -129,10 +130,6 @@ class EPrompt(nn.Module):
         self.prompt = nn.Parameter(torch.empty(shape).uniform_(-1, 1))
         self.prompt_key = nn.Parameter(torch.empty(cfg.pool_size, cfg.embed_dim).uniform_(-1, 1))
 
-    def similarity(self, query: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity [B, pool] between queries [B, dim] and the keys."""
-        return l2_normalize(query) @ l2_normalize(self.prompt_key).t()
-
     def select(self, similarity: torch.Tensor, selection: str = "per-sample") -> torch.Tensor:
         """Prompt indices [B, top_k] from similarities [B, pool].
 
@@ -142,8 +139,7 @@ class EPrompt(nn.Module):
         idx = similarity.topk(self.top_k, dim=1).indices
         if selection == "per-sample":
             return idx
-        if selection != "batchwise":
-            raise ValueError(f"selection must be one of {SELECTIONS}, not {selection!r}")
+        check_choice("selection", selection, SELECTIONS)
         counts = F.one_hot(idx.flatten(), self.pool_size).sum(0)
         # Integer keys without ties, so torch and ONNX TopK agree on the order.
         keys = counts * self.pool_size + torch.arange(self.pool_size - 1, -1, -1, device=counts.device)
@@ -211,27 +207,51 @@ class DualPromptViT(nn.Module):
         """q(x): [CLS] of the unprompted backbone after the final norm, [B, dim]."""
         return self.tokens(x, cls_only=True)[:, 0]
 
+    def prompt_similarity(self, query: torch.Tensor) -> torch.Tensor:
+        """Cosine [B, pool] between queries [B, dim] and the prompt keys, always in float32, so the
+        prompt choice does not hinge on fp16/bf16 rounding of values near 1."""
+        with torch.autocast(query.device.type, enabled=False) if torch.is_autocast_enabled(query.device.type) else nullcontext():
+            return l2_normalize(query.float()) @ l2_normalize(self.e_prompt.prompt_key.float()).t()
+
+    def select_prompts(self, similarity: torch.Tensor, selection: str = "per-sample",
+                       task_id: Optional[int] = None) -> torch.Tensor:
+        """Prompt indices [B, top_k]. ``task_id`` (training) forces task t's own prompts (the
+        reference's prompt mask) while the pool has room for them; else ``selection`` picks."""
+        k = self.e_prompt.top_k
+        if task_id is not None and (task_id + 1) * k <= self.e_prompt.pool_size:
+            return torch.arange(task_id * k, (task_id + 1) * k, device=similarity.device).expand(similarity.shape[0], -1)
+        return self.e_prompt.select(similarity.detach(), selection)
+
+    def prompted_tokens(self, x: torch.Tensor, prompt_index: torch.Tensor, *, cls_only: bool = False) -> torch.Tensor:
+        """Tokens after the final norm of the pass prompted with e-prompts ``prompt_index`` [B, top_k]."""
+        return self.tokens(x, self.e_prompt.gather(prompt_index), cls_only=cls_only)
+
+    @staticmethod
+    def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
+        """The embedding [B, dim] of tokens [B, N, dim]: 'cls' the first token, 'mean' the token mean."""
+        check_choice("pool", pool, POOLS)
+        return tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)
+
+    def embed(self, x: torch.Tensor, selection: str = "per-sample", pool: str = "cls") -> tuple[torch.Tensor, torch.Tensor]:
+        """What an export computes: (embedding [B, dim], prompt_index [B, top_k]) for images [B, 3, H, W].
+
+        The last block of each pass computes only what the readout needs (``cls_only``)."""
+        idx = self.select_prompts(self.prompt_similarity(self.query(x)), selection)
+        return self.pool_tokens(self.prompted_tokens(x, idx, cls_only=pool == "cls"), pool), idx
+
     def forward(self, x: torch.Tensor, task_id: Optional[int] = None, selection: str = "per-sample",
                 pool: str = "cls") -> dict[str, torch.Tensor]:
-        """Logits, embedding and prompt choice for images [B, 3, H, W] in [0, 1].
+        """Logits, embedding and prompt choice for images [B, 3, H, W] in [0, 1] (training and evaluation).
 
-        ``task_id`` (training) forces task t's own prompts (the reference's prompt mask) while the
-        pool has room for them. Returns ``logits`` [B, classes], ``embedding`` [B, dim] (``pool`` 'cls':
-        the pre-logits; 'mean': the token mean), ``prompt_idx`` [B, top_k] and ``reduce_sim``, the
-        mean cosine between each query and its chosen keys (the pull constraint's term).
+        Returns ``logits`` [B, classes], ``embedding`` [B, dim] (see :meth:`pool_tokens`),
+        ``prompt_idx`` [B, top_k] and ``reduce_sim``, the mean cosine between each query and its
+        chosen keys (the pull constraint's term). ``task_id``: see :meth:`select_prompts`.
         """
         with torch.no_grad():
             q = self.query(x)
-        similarity = self.e_prompt.similarity(q)
-        k = self.e_prompt.top_k
-        if task_id is not None and (task_id + 1) * k <= self.e_prompt.pool_size:
-            idx = torch.arange(task_id * k, (task_id + 1) * k, device=x.device).expand(x.shape[0], -1)
-        else:
-            idx = self.e_prompt.select(similarity.detach(), selection)
+        similarity = self.prompt_similarity(q)
+        idx = self.select_prompts(similarity, selection, task_id)
         reduce_sim = similarity.gather(1, idx).sum() / x.shape[0]
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {POOLS}, not {pool!r}")
-        tokens = self.tokens(x, self.e_prompt.gather(idx), cls_only=pool == "cls")
-        pre_logits = tokens[:, 0]
-        return {"logits": self.head(pre_logits), "embedding": pre_logits if pool == "cls" else tokens.mean(dim=1),
+        tokens = self.prompted_tokens(x, idx, cls_only=pool == "cls")
+        return {"logits": self.head(tokens[:, 0]), "embedding": self.pool_tokens(tokens, pool),
                 "prompt_idx": idx, "reduce_sim": reduce_sim}

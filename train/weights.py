@@ -9,8 +9,8 @@ from typing import Optional
 
 import torch
 
-from infer.errors import InputError
-from train.model import DualPromptConfig, DualPromptViT
+from ..common.errors import InputError
+from .model import DualPromptConfig, DualPromptViT
 
 # The reference's backbone is the original ImageNet-21k ViT-B/16 (`ViT-B_16.npz`).
 _DEFAULT_TAGS = {"vit_base_patch16_224": "orig_in21k"}

@@ -1,6 +1,7 @@
 """Write files and folders so that an interrupted run never leaves a half-written result behind."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -50,3 +51,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, data: object) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically; returns the path.
+
+    NaN and infinities are refused (``ValueError``): a bare ``NaN`` is not JSON."""
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

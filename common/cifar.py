@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infer.errors import InputError
+from .errors import InputError
 
 FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _BATCHES = {

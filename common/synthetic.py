@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infer.cifar import write_cifar
+from .cifar import write_cifar
 
 
 def synthetic_images(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:

@@ -1,0 +1,45 @@
+"""The ONNX contract, declared once and torch-free: what an export takes and gives, and the choices
+that shape it. The exporter, ``ModelInfo``, the CLI's choice lists and the tests all read this.
+
+  ``image``        float32 [batch, 3, S, S], RGB pixels in [0, 1] after the metadata's preprocessing
+  ``embedding``    float32 [batch, D]
+  ``prompt_index`` int64 [batch] (top_k = 1) or [batch, top_k]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+
+FORMAT_VERSION = "1"
+BATCH_AXIS = "batch"  # the one dynamic axis, dimension 0 of every input and output
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: its name, element type and rank (with top_k > 1 an index gains a rank)."""
+
+    name: str
+    dtype: str  # numpy dtype name
+    rank: int
+
+
+IMAGE = TensorSpec("image", "float32", 4)
+EMBEDDING = TensorSpec("embedding", "float32", 2)
+PROMPT_INDEX = TensorSpec("prompt_index", "int64", 1)
+INPUTS = (IMAGE,)
+OUTPUTS = (EMBEDDING, PROMPT_INDEX)
+
+INPUT_NAME, EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT = IMAGE.name, EMBEDDING.name, PROMPT_INDEX.name
+
+SELECTIONS = ("per-sample", "batchwise")  # per-sample: batch-invariant; batchwise: the reference's inference
+POOLS = ("cls", "mean")  # [CLS] after the final norm; mean of all tokens (the original study's report)
+PRECISIONS = ("fp32", "fp16")
+PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
+
+
+def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``; else :class:`InputError` naming ``option`` and the choices."""
+    if value not in allowed:
+        raise InputError(f"{option} {value!r}: expected one of {', '.join(allowed)}")
+    return value
