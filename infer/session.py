@@ -12,6 +12,7 @@ import functools
 import importlib.metadata
 import io
 import platform
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -250,6 +251,43 @@ def _probe(provider: str) -> Optional[str]:
     return None
 
 
+# Oldest Linux driver of each CUDA major release (NVIDIA's CUDA toolkit release notes, minor-version
+# compatibility): what a host needs before any CUDA library of that major version can load.
+_MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+_NVIDIA_REQ = re.compile(r"^(nvidia-[a-z-]+?)(?:-cu(\d+))?\s*~=\s*(\d+)")
+
+
+def gpu_runtime_requirements(distribution: str = "onnxruntime-gpu") -> Optional[dict]:
+    """The CUDA and cuDNN versions the installed onnxruntime-gpu wheel declares (its ``cuda`` and
+    ``cudnn`` extras), the driver that implies, and the pip command that brings the libraries.
+    None when that distribution is not installed or declares no CUDA runtime."""
+    try:
+        requires = importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = {}
+    for req in requires:
+        if m := _NVIDIA_REQ.match(req):
+            found[m.group(1)] = (int(m.group(3)), m.group(2))
+    if "nvidia-cuda-runtime" not in found:
+        return None
+    cuda = found["nvidia-cuda-runtime"][0]
+    cudnn, cudnn_cuda = found.get("nvidia-cudnn", (None, None))
+    return {"package": f"{distribution} {importlib.metadata.version(distribution)}", "cuda": cuda,
+            "cudnn": cudnn, "cudnn_for_cuda": int(cudnn_cuda) if cudnn_cuda else None,
+            "min_driver": _MIN_DRIVER.get(cuda), "pip": f'pip install "{distribution}[cuda,cudnn]"'}
+
+
+def describe_gpu_requirements(req: Optional[dict]) -> str:
+    """One line for :func:`gpu_runtime_requirements`."""
+    if req is None:
+        return "no onnxruntime-gpu with declared CUDA requirements is installed"
+    cudnn = f"cuDNN {req['cudnn']} for CUDA {req['cudnn_for_cuda'] or req['cuda']}" if req["cudnn"] else "cuDNN"
+    driver = f"NVIDIA driver >= {req['min_driver']}" if req["min_driver"] else "a driver for that CUDA release"
+    return (f"{req['package']} is built for CUDA {req['cuda']} and {cudnn} ({driver}); "
+            f"the libraries come with `{req['pip']}` or from the system")
+
+
 def doctor_report() -> dict:
     """Versions, providers (listed and actually working, by running a tiny model on each) and GPUs."""
     gpus, gpu_missing = list_gpus()
@@ -269,6 +307,7 @@ def doctor_report() -> dict:
         "gpus": [{"index": g.index, "name": g.name, "memory_gib": round(g.memory_bytes / 2 ** 30, 1)} for g in gpus],
         "gpu_problem": gpu_missing,
         "gpu_libraries": preload_gpu_libraries() or None,
+        "gpu_requirements": gpu_runtime_requirements(),
     }
 
 
@@ -286,6 +325,7 @@ def format_doctor(report: dict) -> str:
         lines.extend(f"gpu {g['index']}        {g['name']}, {g['memory_gib']} GiB" for g in report["gpus"])
     else:
         lines.append(f"gpu          none ({report['gpu_problem']})")
+    lines.append("needs        " + describe_gpu_requirements(report["gpu_requirements"]))
     if report["gpu_libraries"]:
         lines.append("onnxruntime.preload_dlls: " + " | ".join(report["gpu_libraries"].splitlines()))
     return "\n".join(lines)
