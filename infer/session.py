@@ -11,6 +11,7 @@ import ctypes
 import functools
 import importlib.metadata
 import io
+import os
 import platform
 import re
 import sys
@@ -133,9 +134,15 @@ def gpu_problem(provider: str) -> Optional[str]:
     return "; ".join(problems) or None
 
 
-def _open(model: str | Path | bytes, providers: list[str]) -> ort.InferenceSession:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which onnxruntime's default ignores)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _open(model: str | Path | bytes, providers: list[str], threads: Optional[int] = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: node-placement warnings are expected on GPUs
+    options.intra_op_num_threads = threads or usable_cores()
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(source, options, providers=providers)
@@ -145,7 +152,8 @@ def _open(model: str | Path | bytes, providers: list[str]) -> ort.InferenceSessi
 
 
 def create_session(path: str | Path | bytes, provider: str = "auto",
-                   warn: Callable[[str], None] = _warn) -> tuple[ort.InferenceSession, str]:
+                   warn: Callable[[str], None] = _warn, *,
+                   threads: Optional[int] = None) -> tuple[ort.InferenceSession, str]:
     """Open an ONNX model on ``provider`` ('auto', 'cuda', 'tensorrt' or 'cpu').
 
     Parameters
@@ -154,6 +162,8 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
     provider : 'cpu'; 'cuda' or 'tensorrt' (error unless the session really runs there); 'auto'
         (CUDA when it initialises, otherwise CPU with a message through ``warn``).
     warn : where the CPU-fallback message of 'auto' goes (stderr by default).
+    threads : onnxruntime's intra-op threads; default :func:`usable_cores` (onnxruntime's own default
+        is every core of the machine, which oversubscribes a host shared through affinity masks).
 
     Returns
     -------
@@ -167,20 +177,22 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
         raise InputError(f"--provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
     if not isinstance(path, bytes) and not Path(path).is_file():
         raise InputError(f"{path}: no such ONNX file")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
     if provider == "cpu":
-        return _open(path, [ORT_PROVIDER["cpu"]]), "cpu"
+        return _open(path, [ORT_PROVIDER["cpu"]], threads), "cpu"
     wanted = "cuda" if provider == "auto" else provider
     chain = [ORT_PROVIDER[wanted]] + ([ORT_PROVIDER["cuda"]] if wanted == "tensorrt" else []) + [ORT_PROVIDER["cpu"]]
     problem = gpu_problem(wanted)
     session = None
     if problem is None:
-        session = _open(path, chain)
+        session = _open(path, chain, threads)
         if session.get_providers()[0] == ORT_PROVIDER[wanted]:
             return session, wanted
         problem = f"onnxruntime could not initialise {ORT_PROVIDER[wanted]} (its log above says why)"
     if provider == "auto":
         warn(f"CUDA unavailable ({problem}); running on CPU")
-        return session or _open(path, [ORT_PROVIDER["cpu"]]), "cpu"
+        return session or _open(path, [ORT_PROVIDER["cpu"]], threads), "cpu"
     raise ProviderUnavailable(f"--provider {provider}: {problem}")
 
 

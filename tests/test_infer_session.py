@@ -111,3 +111,21 @@ def test_gpu_requirements_without_cuda_runtime(monkeypatch):
     monkeypatch.setattr(sess.importlib.metadata, "requires", lambda dist: ["numpy"])
     assert sess.gpu_runtime_requirements() is None
     assert "no onnxruntime-gpu" in sess.describe_gpu_requirements(None)
+
+
+def test_threads_default_to_the_affinity_mask(tmp_path, monkeypatch):
+    path = write_model(tmp_path / "m.onnx", task=1, dim=4)
+    seen = []
+    real = sess.ort.InferenceSession
+
+    def spy(source, options, providers):
+        seen.append(options.intra_op_num_threads)
+        return real(source, options, providers=providers)
+
+    monkeypatch.setattr(sess.ort, "InferenceSession", spy)
+    monkeypatch.setattr(sess.os, "sched_getaffinity", lambda pid: {0})
+    create_session(path, "cpu")
+    create_session(path, "cpu", threads=3)
+    assert seen == [1, 3]
+    with pytest.raises(InputError, match="--threads 0"):
+        create_session(path, "cpu", threads=0)
