@@ -396,7 +396,7 @@ def bench_export_command(model_name, precision, workdir, json_path):
 
 
 def main() -> None:
-    cli(prog_name="cli.py")
+    cli(prog_name=Path(sys.argv[0]).name)  # `cli.py` from a checkout, `dpcompat` when installed
 
 
 if __name__ == "__main__":
