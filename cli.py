@@ -190,7 +190,8 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 _PROVIDER = click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
                          show_default=True, help="onnxruntime execution provider; auto = CUDA when it really "
                                                  "initialises, else CPU (said on stderr). Never a silent fallback.")
-_DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or folder:PATH (one sub-folder per class)."
+_DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), folder:PATH (one sub-folder per class) "
+                 "or npz:PATH[:train|val|test] (MedMNIST layout).")
 
 
 @cli.command()
