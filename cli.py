@@ -319,6 +319,31 @@ def audit(ctx, specs, data_path, model, feature, threshold, k, within, store, ou
     ctx.exit(1 if result.found else 0)
 
 
+@cli.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--depth", default=3, show_default=True, help="Module levels in a checkpoint's table (torchinfo).")
+def inspect_command(path, as_json, depth):
+    """What a model is: a checkpoint (.pth, needs torch) or an ONNX export (.onnx, torch-free).
+
+    Architecture, per-layer table (output shape, parameters, trainable or frozen), prompt against
+    backbone parameters, FLOPs per image; for an export also its metadata, inputs and outputs.
+    """
+    import json
+
+    from .infer.summary import format_inspection
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    if Path(path).suffix.lower() == ".onnx":
+        from .infer.summary import inspect_onnx
+        report = inspect_onnx(path)
+    else:
+        from .export.summary import inspect_checkpoint
+        report = inspect_checkpoint(path, depth=depth)
+    click.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
+
+
 # ---- commands: demo ----
 
 
