@@ -190,7 +190,8 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 _PROVIDER = click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
                          show_default=True, help="onnxruntime execution provider; auto = CUDA when it really "
                                                  "initialises, else CPU (said on stderr). Never a silent fallback.")
-_DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or folder:PATH (one sub-folder per class)."
+_DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), folder:PATH (one sub-folder per class) "
+                 "or npz:PATH[:train|val|test] (MedMNIST layout).")
 
 
 @cli.command()
@@ -276,6 +277,72 @@ def doctor(as_json):
 
     report = doctor_report()
     click.echo(json.dumps(report, indent=2) if as_json else format_doctor(report))
+
+# ---- commands: study (audit, inspect) ----
+
+
+@cli.command()
+@click.argument("specs", nargs=-1, required=True)
+@click.option("--data-path", default="data", show_default=True, help="Folder holding CIFAR's folders.")
+@click.option("--model", type=click.Path(dir_okay=False), help="An export: also find near-duplicates by cosine.")
+@click.option("--feature", type=click.Choice(("auto", "embedding", "query")), default="auto", show_default=True,
+              help="Model output compared; auto = the frozen-backbone 'query' output if the export has one.")
+@click.option("--threshold", default=0.95, show_default=True, help="Cosine at or above which a pair is a near-duplicate.")
+@click.option("--k", default=5, show_default=True, help="Nearest neighbours examined per item.")
+@click.option("--within/--no-within", default=None, help="Also audit each set against itself (default: only with one spec).")
+@click.option("--store", default="embeddings", show_default=True, help="Embedding store (read, and filled when missing).")
+@click.option("--out", default="audit", show_default=True, help="Folder for audit.json, audit.csv, contact_sheet.png.")
+@click.option("--sheet-pairs", default=24, show_default=True, help="Pairs shown on the contact sheet.")
+@_PROVIDER
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def audit(ctx, specs, data_path, model, feature, threshold, k, within, store, out, sheet_pairs, provider, batch_size,
+          quiet):
+    """Duplicates between data sets: exact (pixel and byte hashes) and, with --model, near (cosine).
+
+    SPECS: two or more data sets (every two are compared), or one (audited against itself).
+    Exit code 0: no pair found; 1: pairs found; 2: bad input.
+    """
+    from .evaluate.audit import run_audit
+    from .evaluate.audit_report import audit_dict, write_audit
+
+    result = run_audit(specs, data_path, model=model, feature=feature, threshold=threshold, k=k, within=within,
+                       store=store, provider=provider, batch_size=batch_size, progress=not quiet)
+    written = write_audit(result, out, sheet_count=sheet_pairs)
+    for c in audit_dict(result)["comparisons"]:
+        near = f", {c['near_duplicates']} near (cosine >= {threshold})" if model else ""
+        top = f", closest cosine {c['max_cosine']:.4f}" if c["max_cosine"] is not None else ""
+        click.echo(f"{c['left']} vs {c['right']}: {c['pixel_duplicates']} same pixels, "
+                   f"{c['byte_duplicates']} same bytes{near}{top}")
+    click.echo(f"wrote {', '.join(str(p) for p in written)}")
+    ctx.exit(1 if result.found else 0)
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--depth", default=3, show_default=True, help="Module levels in a checkpoint's table (torchinfo).")
+def inspect_command(path, as_json, depth):
+    """What a model is: a checkpoint (.pth, needs torch) or an ONNX export (.onnx, torch-free).
+
+    Architecture, per-layer table (output shape, parameters, trainable or frozen), prompt against
+    backbone parameters, FLOPs per image; for an export also its metadata, inputs and outputs.
+    """
+    import json
+
+    from .infer.summary import format_inspection
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such file")
+    if Path(path).suffix.lower() == ".onnx":
+        from .infer.summary import inspect_onnx
+        report = inspect_onnx(path)
+    else:
+        from .export.summary import inspect_checkpoint
+        report = inspect_checkpoint(path, depth=depth)
+    click.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
+
 
 # ---- commands: demo ----
 

@@ -7,6 +7,8 @@ Specs:
       one sub-folder per class (sorted names -> labels 0, 1, ...), images below it (jpg, jpeg, png,
       webp, any letter case, sub-folders included), in sorted path order. PATH is relative to the
       working directory.
+  ``npz:PATH[:split]``
+      a MedMNIST-layout ``.npz`` file, split train, val or test (default); see :mod:`infer.npz`.
 """
 from __future__ import annotations
 
@@ -63,6 +65,10 @@ class Dataset(ABC):
     @abstractmethod
     def _fingerprint(self) -> str:
         ...
+
+    def stored_bytes(self, index: int) -> bytes:
+        """The item's bytes as stored; here its decoded RGB pixels (sets stored as RGB pixel arrays)."""
+        return np.asarray(self.image(index)).tobytes()
 
 
 class CifarDataset(Dataset):
@@ -123,6 +129,12 @@ class FolderDataset(Dataset):
     def item_name(self, index: int) -> str:
         return self.files[index].relative_to(self.root).as_posix()
 
+    def stored_bytes(self, index: int) -> bytes:
+        try:
+            return self.files[index].read_bytes()
+        except OSError as e:
+            raise InputError(f"{self.files[index]}: cannot read ({e.strerror})") from None
+
     def _fingerprint(self) -> str:
         h = hashlib.sha256(f"folder {len(self.files)}\n".encode())
         for path, label in zip(self.files, self.labels):
@@ -137,12 +149,13 @@ class FolderDataset(Dataset):
 def _parse(spec: str) -> tuple[str, str]:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
-        raise InputError(f"dataset {spec!r}: expected cifar10:train|test, cifar100:train|test or folder:PATH")
+        raise InputError(f"dataset {spec!r}: expected cifar10:train|test, cifar100:train|test, folder:PATH "
+                         "or npz:PATH[:train|val|test]")
     if kind in _CIFAR:
         if rest not in _SPLITS:
             raise InputError(f"dataset {spec!r}: unknown split {rest!r}, expected train or test")
-    elif kind != "folder":
-        raise InputError(f"dataset {spec!r}: unknown kind {kind!r}, expected cifar10, cifar100 or folder")
+    elif kind not in ("folder", "npz"):
+        raise InputError(f"dataset {spec!r}: unknown kind {kind!r}, expected cifar10, cifar100, folder or npz")
     return kind, rest
 
 
@@ -151,6 +164,11 @@ def dataset_key(spec: str) -> str:
     from the spec alone, so stored sets can be found without the data."""
     kind, rest = _parse(spec)
     split = Path(rest).resolve().name if kind == "folder" else rest
+    if kind == "npz":
+        from .npz import parse_npz_spec
+
+        path, part = parse_npz_spec(rest)
+        split = f"{path.stem}-{part}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{kind}-{split}")
 
 
@@ -159,4 +177,8 @@ def open_dataset(spec: str, data_path: str | Path = "data") -> Dataset:
     kind, rest = _parse(spec)
     if kind == "folder":
         return FolderDataset(spec, Path(rest))
+    if kind == "npz":
+        from .npz import NpzDataset, parse_npz_spec
+
+        return NpzDataset(spec, *parse_npz_spec(rest))
     return CifarDataset(spec, kind, rest, data_path)

@@ -63,7 +63,7 @@ def versions() -> dict[str, Optional[str]]:
 
 
 def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
-                  warn: Callable[[str], None]) -> Optional[EmbeddingSet]:
+                  warn: Callable[[str], None], output: str = EMBEDDING_OUTPUT) -> Optional[EmbeddingSet]:
     """The valid set at ``path`` if it was made from this exact model file and data.
 
     A set made with ``--skip-bad`` (some items left out) matches only when ``skip_bad`` is set too.
@@ -76,21 +76,24 @@ def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
         warn(f"{e}; recomputing")
         return None
     m = stored.manifest
-    if m["model"]["sha256"] != sha256 or m["dataset"]["fingerprint"] != dataset.fingerprint:
-        warn(f"{path}: stored from another model file or other data; recomputing")
+    if (m["model"]["sha256"] != sha256 or m["dataset"]["fingerprint"] != dataset.fingerprint
+            or m["model"].get("output", EMBEDDING_OUTPUT) != output):
+        warn(f"{path}: stored from another model file, output or other data; recomputing")
         return None
     return stored if skip_bad or not m["skipped"] else None
 
 
 def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_id: Optional[str] = None,
                   provider: str = "auto", batch_size: int = 64, force: bool = False, skip_bad: bool = False,
-                  progress: bool = False, warn: Callable[[str], None] = _warn) -> EmbedResult:
+                  progress: bool = False, warn: Callable[[str], None] = _warn, *,
+                  output: str = EMBEDDING_OUTPUT) -> EmbedResult:
     """Embed every image of ``dataset`` with the ONNX file ``model`` into
     ``<store>/<model_id>/<dataset.key>/`` (``model_id`` defaults to the file stem).
 
     An existing set of the same model file (sha256) and data (fingerprint) is reused unless
     ``force``. An unreadable image is an error, or with ``skip_bad`` left out and listed in the
     manifest. NaN or Inf (or an all-zero vector) in an output is an error and nothing is stored.
+    ``output`` names the graph output stored (``embedding``; another [N, D] output such as a query).
     """
     model = Path(model)
     model_id = check_model_id(model_id or model.stem)
@@ -100,7 +103,7 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_
         raise InputError(f"{model}: no such ONNX file")
     sha256 = file_sha256(model)
     path = set_path(store, model_id, dataset.key)
-    stored = None if force else _stored_match(path, sha256, dataset, skip_bad, warn)
+    stored = None if force else _stored_match(path, sha256, dataset, skip_bad, warn, output)
     if stored is not None:
         return EmbedResult(stored, True, None, 0.0)
     start = time.perf_counter()
@@ -132,14 +135,14 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_
             x, good = pending.result()  # the next batch decodes while this one runs
             pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
             if good:
-                out = run_model(session, x, (EMBEDDING_OUTPUT,))[EMBEDDING_OUTPUT]
-                embeddings[len(kept):len(kept) + len(good)] = _normalised(out, good, dim, model, dataset)
+                out = run_model(session, x, (output,))[output]
+                embeddings[len(kept):len(kept) + len(good)] = _normalised(out, good, dim, model, dataset, output)
                 kept.extend(good)
             bar.update(len(batches[b]))
     if not kept:
         raise InputError(f"{dataset.spec}: no readable image ({len(skipped)} skipped); nothing stored")
     manifest = {
-        "model": {"id": model_id, "file": str(model), "sha256": sha256, "task": info.task,
+        "model": {"id": model_id, "file": str(model), "sha256": sha256, "task": info.task, "output": output,
                   "checkpoint_sha256": info.checkpoint_sha256, "architecture": info.model,
                   "embedding_dim": dim, "input_size": info.input_size, "top_k": info.top_k, "pool": info.pool,
                   "selection": info.selection, "precision": info.precision, "export_versions": info.versions},
@@ -159,15 +162,16 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_
     return EmbedResult(stored, False, used, manifest["seconds"])
 
 
-def _normalised(out: np.ndarray, items: list[int], dim: int, model: Path, dataset: Dataset) -> np.ndarray:
-    """L2-normalised rows of a batch's ``embedding`` output, or InputError naming the first bad item."""
+def _normalised(out: np.ndarray, items: list[int], dim: int, model: Path, dataset: Dataset,
+                output: str = EMBEDDING_OUTPUT) -> np.ndarray:
+    """L2-normalised rows of a batch's ``output``, or InputError naming the first bad item."""
     if out.shape != (len(items), dim):
-        raise InputError(f"{model}: '{EMBEDDING_OUTPUT}' output is {out.shape} for a batch of {len(items)}, "
+        raise InputError(f"{model}: '{output}' output is {out.shape} for a batch of {len(items)}, "
                          f"metadata says dimension {dim}")
     norms = np.linalg.norm(out.astype(np.float64), axis=1)
     bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if bad.size:
         what = "zeros" if np.isfinite(out[bad[0]]).all() else "NaN or Inf"
-        raise InputError(f"{model}: '{EMBEDDING_OUTPUT}' is {what} for {dataset.item_name(items[bad[0]])}; "
+        raise InputError(f"{model}: '{output}' is {what} for {dataset.item_name(items[bad[0]])}; "
                          "nothing stored")
     return (out / norms[:, None]).astype(np.float32)

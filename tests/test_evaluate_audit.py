@@ -1,0 +1,125 @@
+"""Overlap audit: exact duplicates found and not found, near-duplicates against brute force, the CLI."""
+import csv
+import json
+from itertools import product
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dpcompat.common.cifar import write_cifar
+from dpcompat.common.errors import InputError
+from dpcompat.common.synthetic import synthetic_images
+from dpcompat.evaluate.audit import equal_pairs, run_audit
+from dpcompat.evaluate.audit_report import sheet_pairs, write_audit
+from dpcompat.infer.store import read_set
+from onnx_fixtures import run_cli, write_model
+
+
+def write_sets(root, copies=((7, 5), (100, 40))):
+    """cifar10:test (60 images) and cifar100:train (50 images) of generated classes, with the test
+    images ``i`` copied into train position ``j`` for each (i, j) of ``copies``."""
+    test_labels, train_labels = np.arange(60) % 10, np.arange(50) % 20
+    test, train = synthetic_images(test_labels, 10, 0), synthetic_images(train_labels + 10, 30, 1)
+    for i, j in copies:
+        train[j] = test[i % 60]
+    write_cifar(root, "cifar10", {"test": (test, test_labels)}, [str(c) for c in range(10)])
+    write_cifar(root, "cifar100", {"train": (train, train_labels)}, [str(c) for c in range(20)])
+    return test, train
+
+
+def test_equal_pairs_against_nested_loops():
+    rng = np.random.default_rng(0)
+    a = [bytes([v]) for v in rng.integers(0, 12, 40)]
+    b = [bytes([v]) for v in rng.integers(0, 12, 30)]
+    assert equal_pairs(a, b) == {(i, j) for i, j in product(range(40), range(30)) if a[i] == b[j]}
+    assert equal_pairs(a, None) == {(i, j) for i, j in product(range(40), repeat=2) if i < j and a[i] == a[j]}
+
+
+def test_exact_duplicates_found_and_not_found(tmp_path):
+    write_sets(tmp_path, copies=((7, 5), (30, 40)))
+    audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path)
+    pairs = [(p.left_index, p.right_index, p.pixels_equal, p.bytes_equal) for p in audit.comparisons[0].pairs]
+    assert pairs == [(7, 5, True, True), (30, 40, True, True)] and audit.found
+    clean = tmp_path / "clean"
+    write_sets(clean, copies=())
+    audit = run_audit(["cifar10:test", "cifar100:train"], clean)
+    assert not audit.found and audit.comparisons[0].pairs == []
+
+
+def test_within_one_set_and_pixels_versus_bytes(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3, 20, 20, 3), dtype=np.uint8)
+    for c in ("a", "b"):
+        (tmp_path / "f" / c).mkdir(parents=True)
+    Image.fromarray(pixels[0]).save(tmp_path / "f" / "a" / "x.png")
+    Image.fromarray(pixels[0]).save(tmp_path / "f" / "b" / "x.png", compress_level=1)  # same pixels, other bytes
+    Image.fromarray(pixels[1]).save(tmp_path / "f" / "a" / "y.png")
+    (tmp_path / "f" / "b" / "z.png").write_bytes((tmp_path / "f" / "a" / "y.png").read_bytes())
+    Image.fromarray(pixels[2]).save(tmp_path / "f" / "b" / "w.png")
+    audit = run_audit([f"folder:{tmp_path / 'f'}"])
+    got = {(audit.datasets[0].item_name(p.left_index), audit.datasets[0].item_name(p.right_index),
+            p.pixels_equal, p.bytes_equal) for p in audit.comparisons[0].pairs}
+    assert got == {("a/x.png", "b/x.png", True, False), ("a/y.png", "b/z.png", True, True)}
+
+
+def test_near_duplicates_equal_brute_force(tmp_path):
+    test, train = write_sets(tmp_path)
+    write_model(tmp_path / "m.onnx", seed=5)
+    threshold, k = 0.99, 3
+    audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=tmp_path / "m.onnx", threshold=threshold,
+                      k=k, store=tmp_path / "store", provider="cpu")
+    q = read_set(tmp_path / "store" / "m" / "cifar10-test").embeddings
+    g = read_set(tmp_path / "store" / "m" / "cifar100-train").embeddings
+    full = q.astype(np.float64) @ g.astype(np.float64).T  # brute force: the whole matrix
+    top = np.argsort(-full, axis=1, kind="stable")[:, :k]
+    want = {(i, int(j)) for i in range(len(q)) for j in top[i] if full[i, j] >= threshold} | {(7, 5), (100 % 60, 40)}
+    comparison = audit.comparisons[0]
+    assert {(p.left_index, p.right_index) for p in comparison.pairs} == want
+    for p in comparison.pairs:
+        assert p.cosine == pytest.approx(full[p.left_index, p.right_index], abs=1e-5)
+    assert len(comparison.closest) == len(q) * k
+    assert sheet_pairs(audit, 4)[:2] == comparison.pairs[:2]  # the exact copies lead
+
+
+def test_bad_options_before_any_work(tmp_path):
+    write_sets(tmp_path)
+    with pytest.raises(InputError, match="given twice"):
+        run_audit(["cifar10:test", "cifar10:test"], tmp_path)
+    with pytest.raises(InputError, match="--threshold 1.5"):
+        run_audit(["cifar10:test"], tmp_path, threshold=1.5)
+    with pytest.raises(InputError, match="no such ONNX file"):
+        run_audit(["cifar10:test"], tmp_path, model=tmp_path / "none.onnx")
+    write_model(tmp_path / "m.onnx")
+    with pytest.raises(InputError, match="no output 'query'"):
+        run_audit(["cifar10:test"], tmp_path, model=tmp_path / "m.onnx", feature="query")
+
+
+def test_cli_end_to_end(tmp_path):
+    write_sets(tmp_path / "data")
+    write_model(tmp_path / "m.onnx")
+    args = ("audit", "cifar10:test", "cifar100:train", "--data-path", "data", "--quiet", "--provider", "cpu")
+    found = run_cli(*args, "--model", "m.onnx", "--out", "found", cwd=tmp_path)
+    assert found.returncode == 1, found.stderr
+    assert "cifar10:test vs cifar100:train: 2 same pixels, 2 same bytes" in found.stdout
+    report = json.loads((tmp_path / "found" / "audit.json").read_text())
+    assert report["found"] and report["feature"] == "embedding" and report["comparisons"][0]["pixel_duplicates"] == 2
+    rows = list(csv.DictReader(open(tmp_path / "found" / "audit.csv")))
+    assert (rows[0]["left_item"], rows[0]["right_item"]) == ("cifar10:test[7]", "cifar100:train[5]")
+    with Image.open(tmp_path / "found" / "contact_sheet.png") as sheet:
+        assert sheet.format == "PNG" and sheet.width > 300
+    write_sets(tmp_path / "clean", copies=())
+    clean = run_cli("audit", "cifar10:test", "cifar100:train", "--data-path", "clean", "--quiet", cwd=tmp_path)
+    assert clean.returncode == 0 and "0 same pixels, 0 same bytes" in clean.stdout
+    bad = run_cli("audit", "cifar10:test", "--data-path", "nowhere", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_reports_without_pairs(tmp_path):
+    write_sets(tmp_path, copies=())
+    audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path)
+    written = write_audit(audit, tmp_path / "out")
+    assert [p.name for p in written] == ["audit.json", "audit.csv", "contact_sheet.png"]
+    assert json.loads(written[0].read_text())["pairs"] == []
+    assert written[1].read_text().splitlines() == [
+        "left,left_index,left_item,right,right_index,right_item,pixels_equal,bytes_equal,cosine"]
