@@ -236,12 +236,53 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out when embedding.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--index", "indexes", multiple=True, help="Also search through FAISS indexes: flat, hnsw, ivf, "
+              "ivfpq (comma-separated or repeated; needs the [faiss] extra). Writes production.json/.md.")
+@click.option("--index-depth", default=100, show_default=True, help="K: neighbours each index search returns.")
+@click.option("--nlist", type=int, help="IVF lists (default: sqrt(gallery size), at least 39 vectors per list).")
+@click.option("--nprobe", default=16, show_default=True, help="IVF lists scanned per query.")
+@click.option("--pq-m", type=int, help="PQ sub-vectors (default: the largest divisor of the dimension <= dim/8).")
+@click.option("--pq-bits", type=int, help="Bits per PQ code (default: 8, fewer for galleries under 256 items).")
+@click.option("--hnsw-m", default=32, show_default=True, help="HNSW links per node.")
+@click.option("--ef-construction", default=100, show_default=True, help="HNSW candidates while building.")
+@click.option("--ef-search", default=64, show_default=True, help="HNSW candidates while searching.")
+@click.option("--backfill", is_flag=True, help="Backfilling curves: every metric as the old gallery is re-embedded.")
+@click.option("--backfill-pairs", help="NEW:OLD model ids, comma-separated (default: each model vs the first and vs the previous).")
+@click.option("--backfill-steps", default=10, show_default=True, help="f = 0, 1/steps, ..., 1.")
+@click.option("--backfill-seed", default=0, show_default=True, help="Seed of the random re-embedding order.")
+@click.option("--backfill-order", type=click.Path(dir_okay=False), help="Re-embedding order: gallery row numbers, one per line.")
+@click.option("--gallery-precision", "gallery_precisions", multiple=True,
+              help="Also store the galleries as fp16 and/or int8 (scalar-quantised) and report the metric change.")
+@click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
+              help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
 def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, store, out, k,
-             include_self, provider, batch_size, skip_bad, quiet):
+             include_self, provider, batch_size, skip_bad, quiet, indexes, index_depth, nlist, nprobe, pq_m, pq_bits,
+             hnsw_m, ef_construction, ef_search, backfill, backfill_pairs, backfill_steps, backfill_seed,
+             backfill_order, gallery_precisions, precision_exports):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
-    Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model).
+    Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model); with
+    --index, --backfill, --gallery-precision or --precision-exports also production.json/.md.
     """
+    from .evaluate.indexes import IndexParams
+    from .evaluate.production import ProductionOptions
+
+    def split(values):
+        return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+    production = ProductionOptions(
+        indexes=split(indexes), depth=index_depth, backfill=backfill, backfill_pairs=backfill_pairs,
+        params=IndexParams(nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m,
+                           ef_construction=ef_construction, ef_search=ef_search),
+        backfill_steps=backfill_steps, backfill_seed=backfill_seed, backfill_order=backfill_order,
+        gallery_precisions=split(gallery_precisions))
+    production.check()
+    if production.indexes:
+        from .evaluate.indexes import faiss_module
+
+        faiss_module()
+    if precision_exports and from_store is not None:
+        raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
     from .evaluate.pipeline import collect_from_models, collect_from_store, evaluate_sets, model_files as find_models
     from .evaluate.report import summary, write_reports
     from tqdm import tqdm
@@ -264,6 +305,36 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     written = write_reports(ev.result, ev.models, ev.query, ev.gallery, ev.protocol, out)
     click.echo(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
     click.echo(f"reports: {', '.join(str(p) for p in written)}")
+    if production.wanted or precision_exports:
+        _evaluate_production(q, g, ev, production, files if precision_exports else [], precision_exports, store,
+                             data_path, query, out, provider=provider, batch_size=batch_size, skip_bad=skip_bad,
+                             quiet=quiet)
+
+
+def _evaluate_production(q, g, ev, production, files, precision_exports, store, data_path, query_spec, out, *,
+                         provider, batch_size, skip_bad, quiet):
+    """Indexes, backfilling and reduced precision (evaluate's production.json/.md and backfill figures)."""
+    from .evaluate.production import collect_precision_sets, evaluate_production, precision_rows
+    from .evaluate.production_report import write_production
+    from tqdm import tqdm
+
+    exclude_self = ev.protocol["own_image_left_out"]
+    with tqdm(desc="index cells", unit="cell", disable=quiet or not production.indexes, file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate_production(q, g, ev.result, ev.models, production, store, k=ev.protocol["k"],
+                                     exclude_self=exclude_self, progress=progress)
+    rows = []
+    if precision_exports:
+        by_id = {f.stem: f for f in files}
+        sets, speeds = collect_precision_sets([by_id[s.model_id] for s in q], precision_exports, q, query_spec, data_path, store,
+                                              provider=provider, batch_size=batch_size, skip_bad=skip_bad,
+                                              progress=not quiet)
+        rows = precision_rows(q, g, sets, speeds, k=ev.protocol["k"], exclude_self=exclude_self)
+    written = write_production(result, out, precision_rows=rows)
+    click.echo(f"production reports: {', '.join(str(p) for p in written)}")
 
 
 @cli.command()
