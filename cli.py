@@ -17,7 +17,7 @@ if not __package__:
 
 import click
 
-from .common.contract import POOLS, PRECISIONS, PROVIDERS, SELECTIONS
+from .common.contract import FILE_PRECISIONS, POOLS, PRECISIONS, PROVIDERS, QUANTIZED_PRECISIONS, SELECTIONS
 from .common.errors import InputError
 
 
@@ -102,6 +102,8 @@ def train(data_path, download, output_dir, model, input_size, patch_size, embed_
 
 # ---- commands: export ----
 
+_DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or folder:PATH (one sub-folder per class)."
+
 
 def _chosen_tasks(task, tasks, all_tasks):
     if sum(x is not None and x is not False for x in (task, tasks, all_tasks)) != 1:
@@ -120,18 +122,49 @@ def _chosen_tasks(task, tasks, all_tasks):
                    "(every image gets its batch's most frequent prompt).")
 @click.option("--pool", type=click.Choice(POOLS), default="cls", show_default=True,
               help="Embedding: [CLS] after the final norm, or the mean of all tokens (the original study's report).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="fp16: half-precision weights and compute; input and output stay float32.")
+@click.option("--precision", type=click.Choice(FILE_PRECISIONS), default="fp32", show_default=True,
+              help="fp16: half-precision weights and compute; int8: static quantisation of the fp32 export "
+                   "calibrated on --calibration images. Input and output stay float32.")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18 or newer; 20 needs onnxruntime >= 1.17).")
-def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset):
+@click.option("--calibration", help="int8: the data set whose images calibrate the activation ranges. " + _DATASET_HELP)
+@click.option("--calibration-count", default=64, show_default=True, help="int8: calibration images (spread over the set).")
+@click.option("--data-path", default="data", show_default=True, help="int8: folder holding the calibration set.")
+def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset,
+                   calibration, calibration_count, data_path):
     """Export task feature extractors to ONNX for hosts with onnxruntime and no PyTorch."""
+    import tempfile
+
     from .export.onnx_export import export_task, select_checkpoints
 
+    quantized = precision in QUANTIZED_PRECISIONS
+    if quantized != bool(calibration):
+        raise InputError("--precision int8 needs --calibration SPEC (and only int8 takes it)")
+    dataset = _calibration_set(calibration, calibration_count, data_path) if quantized else None
     chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     for t, ckpt in chosen.items():
-        r = export_task(ckpt, Path(output_dir) / f"task{t}.onnx", selection, pool, precision, opset, task=t)
-        click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
-                   f"bytes, {r.seconds:.1f} s)")
+        out = Path(output_dir) / f"task{t}.onnx"
+        if not quantized:
+            r = export_task(ckpt, out, selection, pool, precision, opset, task=t)
+            click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
+                       f"bytes, {r.seconds:.1f} s)")
+            continue
+        from .export.quantize import quantize_int8
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fp32.") as tmp:
+            fp32 = export_task(ckpt, Path(tmp) / out.name, selection, pool, "fp32", opset, task=t)
+            q = quantize_int8(fp32.path, out, dataset, count=calibration_count)
+        click.echo(f"task {t}: {q.path} (int8, {q.file_bytes / 1e6:.1f} MB, {fp32.seconds + q.seconds:.1f} s); vs fp32 on "
+                   f"{q.images} calibration images: cosine mean {q.mean_cosine:.5f}, min {q.min_cosine:.5f}, same "
+                   f"e-prompt {q.prompt_agreement:.1%}")
+
+
+def _calibration_set(spec, count, data_path):
+    from .infer.datasets import open_dataset
+
+    if count < 1:
+        raise InputError(f"--calibration-count {count}: must be at least 1")
+    return open_dataset(spec, data_path)
 
 
 @cli.command("verify")
@@ -190,7 +223,6 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 _PROVIDER = click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
                          show_default=True, help="onnxruntime execution provider; auto = CUDA when it really "
                                                  "initialises, else CPU (said on stderr). Never a silent fallback.")
-_DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or folder:PATH (one sub-folder per class)."
 
 
 @cli.command()
