@@ -482,6 +482,38 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
     _emit(result, format_table([result], cols), json_path)
 
 
+@bench.command("index")
+@click.option("--gallery", "gallery_size", default=1_000_000, show_default=True, help="Generated gallery vectors.")
+@click.option("--queries", default=10_000, show_default=True)
+@click.option("--dim", default=768, show_default=True)
+@click.option("--classes", default=1000, show_default=True, help="Clusters (and labels) of the generated data.")
+@click.option("--index", "indexes", default="ivfpq", show_default=True, help="Comma-separated index kinds.")
+@click.option("--depth", default=10, show_default=True, help="Neighbours per query (recall@1 and @depth).")
+@click.option("--nlist", type=int, help="IVF lists (default: sqrt(gallery)).")
+@click.option("--nprobe", default=16, show_default=True)
+@click.option("--pq-m", type=int, help="PQ sub-vectors (default: dim / 8).")
+@click.option("--workdir", default="bench-index", show_default=True, help="Where the generated .npy files go (GBs).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+def bench_index_command(gallery_size, queries, dim, classes, indexes, depth, nlist, nprobe, pq_m, workdir, json_path):
+    """Exact streamed search vs FAISS indexes on a generated gallery: time, recall, memory beyond the inputs."""
+    from .evaluate.index_bench import bench_index
+    from .evaluate.indexes import IndexParams, check_kinds, faiss_module
+    from .infer.bench import format_table
+
+    kinds = tuple(k.strip() for k in indexes.split(",") if k.strip())
+    params = IndexParams(nlist=nlist, nprobe=nprobe, pq_m=pq_m)
+    check_kinds(kinds, params)
+    faiss_module()
+    result = bench_index(workdir, gallery=gallery_size, queries=queries, dim=dim, classes=classes, kinds=kinds,
+                         params=params, depth=depth)
+    cols = [("kind", "method", "s"), ("build_seconds", "build s", ".1f"), ("search_seconds", "search s", ".1f"),
+            ("recall@1", "recall@1", ".4f"), (f"recall@{depth}", f"recall@{depth}", ".4f"), ("top1", "top1", ".4f"),
+            ("peak_extra_mib", "peak extra MiB", ".0f")]
+    head = (f"{gallery_size} x {dim} gallery, {queries} queries, inputs {result['input_bytes'] / 2**30:.2f} GiB "
+            "(memory-mapped; not counted)")
+    _emit(result, head + "\n" + format_table(result["methods"], cols), json_path)
+
+
 @bench.command("export")
 @click.option("--model", "model_name", default="vit_base_patch16_224", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)

@@ -191,3 +191,18 @@ def cache_name_matches(path, resolved):
     from dpcompat.evaluate.indexes import cache_name
 
     return path.name.split("-")[1] == cache_name("ivf", resolved, "0" * 16, 0).split("-")[1]
+
+
+def test_bench_index_on_a_small_generated_gallery(tmp_path):
+    from dpcompat.evaluate.index_bench import bench_index
+
+    result = bench_index(tmp_path, gallery=3000, queries=50, dim=32, classes=20, kinds=("ivf", "ivfpq"),
+                         params=IndexParams(nlist=20, nprobe=20), depth=10)
+    g, q = np.load(tmp_path / "gallery.npy"), np.load(tmp_path / "queries.npy")
+    np.testing.assert_allclose(np.linalg.norm(g, axis=1), 1, rtol=1e-5)
+    exact, ivf, ivfpq = result["methods"]
+    want = retrieval_metrics(q, np.arange(50) % 20, g, np.arange(3000) % 20, k=5)
+    assert [exact[n] for n in ("top1", "top5", "knn")] == [want[n] for n in ("top1", "top5", "knn")]
+    assert ivf["recall@1"] == 1.0 and ivf["recall@10"] == 1.0  # every list probed
+    assert 0 < ivfpq["recall@10"] <= 1 and ivfpq["params"]["pq_m"] == 4
+    assert result["input_bytes"] == g.nbytes + q.nbytes and exact["peak_extra_mib"] >= 0
