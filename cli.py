@@ -17,7 +17,7 @@ if not __package__:
 
 import click
 
-from .common.contract import POOLS, PRECISIONS, PROVIDERS, SELECTIONS
+from .common.contract import FILE_PRECISIONS, POOLS, PRECISIONS, PROVIDERS, QUANTIZED_PRECISIONS, SELECTIONS
 from .common.errors import InputError
 
 
@@ -102,6 +102,8 @@ def train(data_path, download, output_dir, model, input_size, patch_size, embed_
 
 # ---- commands: export ----
 
+_DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or folder:PATH (one sub-folder per class)."
+
 
 def _chosen_tasks(task, tasks, all_tasks):
     if sum(x is not None and x is not False for x in (task, tasks, all_tasks)) != 1:
@@ -120,18 +122,49 @@ def _chosen_tasks(task, tasks, all_tasks):
                    "(every image gets its batch's most frequent prompt).")
 @click.option("--pool", type=click.Choice(POOLS), default="cls", show_default=True,
               help="Embedding: [CLS] after the final norm, or the mean of all tokens (the original study's report).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="fp16: half-precision weights and compute; input and output stay float32.")
+@click.option("--precision", type=click.Choice(FILE_PRECISIONS), default="fp32", show_default=True,
+              help="fp16: half-precision weights and compute; int8: static quantisation of the fp32 export "
+                   "calibrated on --calibration images. Input and output stay float32.")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18 or newer; 20 needs onnxruntime >= 1.17).")
-def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset):
+@click.option("--calibration", help="int8: the data set whose images calibrate the activation ranges. " + _DATASET_HELP)
+@click.option("--calibration-count", default=64, show_default=True, help="int8: calibration images (spread over the set).")
+@click.option("--data-path", default="data", show_default=True, help="int8: folder holding the calibration set.")
+def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset,
+                   calibration, calibration_count, data_path):
     """Export task feature extractors to ONNX for hosts with onnxruntime and no PyTorch."""
+    import tempfile
+
     from .export.onnx_export import export_task, select_checkpoints
 
+    quantized = precision in QUANTIZED_PRECISIONS
+    if quantized != bool(calibration):
+        raise InputError("--precision int8 needs --calibration SPEC (and only int8 takes it)")
+    dataset = _calibration_set(calibration, calibration_count, data_path) if quantized else None
     chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     for t, ckpt in chosen.items():
-        r = export_task(ckpt, Path(output_dir) / f"task{t}.onnx", selection, pool, precision, opset, task=t)
-        click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
-                   f"bytes, {r.seconds:.1f} s)")
+        out = Path(output_dir) / f"task{t}.onnx"
+        if not quantized:
+            r = export_task(ckpt, out, selection, pool, precision, opset, task=t)
+            click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
+                       f"bytes, {r.seconds:.1f} s)")
+            continue
+        from .export.quantize import quantize_int8
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fp32.") as tmp:
+            fp32 = export_task(ckpt, Path(tmp) / out.name, selection, pool, "fp32", opset, task=t)
+            q = quantize_int8(fp32.path, out, dataset, count=calibration_count)
+        click.echo(f"task {t}: {q.path} (int8, {q.file_bytes / 1e6:.1f} MB, {fp32.seconds + q.seconds:.1f} s); vs fp32 on "
+                   f"{q.images} calibration images: cosine mean {q.mean_cosine:.5f}, min {q.min_cosine:.5f}, same "
+                   f"e-prompt {q.prompt_agreement:.1%}")
+
+
+def _calibration_set(spec, count, data_path):
+    from .infer.datasets import open_dataset
+
+    if count < 1:
+        raise InputError(f"--calibration-count {count}: must be at least 1")
+    return open_dataset(spec, data_path)
 
 
 @cli.command("verify")
@@ -237,12 +270,53 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out when embedding.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--index", "indexes", multiple=True, help="Also search through FAISS indexes: flat, hnsw, ivf, "
+              "ivfpq (comma-separated or repeated; needs the [faiss] extra). Writes production.json/.md.")
+@click.option("--index-depth", default=100, show_default=True, help="K: neighbours each index search returns.")
+@click.option("--nlist", type=int, help="IVF lists (default: sqrt(gallery size), at least 39 vectors per list).")
+@click.option("--nprobe", default=16, show_default=True, help="IVF lists scanned per query.")
+@click.option("--pq-m", type=int, help="PQ sub-vectors (default: the largest divisor of the dimension <= dim/8).")
+@click.option("--pq-bits", type=int, help="Bits per PQ code (default: 8, fewer for galleries under 256 items).")
+@click.option("--hnsw-m", default=32, show_default=True, help="HNSW links per node.")
+@click.option("--ef-construction", default=100, show_default=True, help="HNSW candidates while building.")
+@click.option("--ef-search", default=64, show_default=True, help="HNSW candidates while searching.")
+@click.option("--backfill", is_flag=True, help="Backfilling curves: every metric as the old gallery is re-embedded.")
+@click.option("--backfill-pairs", help="NEW:OLD model ids, comma-separated (default: each model vs the first and vs the previous).")
+@click.option("--backfill-steps", default=10, show_default=True, help="f = 0, 1/steps, ..., 1.")
+@click.option("--backfill-seed", default=0, show_default=True, help="Seed of the random re-embedding order.")
+@click.option("--backfill-order", type=click.Path(dir_okay=False), help="Re-embedding order: gallery row numbers, one per line.")
+@click.option("--gallery-precision", "gallery_precisions", multiple=True,
+              help="Also store the galleries as fp16 and/or int8 (scalar-quantised) and report the metric change.")
+@click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
+              help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
 def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, store, out, k,
-             include_self, provider, batch_size, skip_bad, quiet):
+             include_self, provider, batch_size, skip_bad, quiet, indexes, index_depth, nlist, nprobe, pq_m, pq_bits,
+             hnsw_m, ef_construction, ef_search, backfill, backfill_pairs, backfill_steps, backfill_seed,
+             backfill_order, gallery_precisions, precision_exports):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
-    Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model).
+    Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model); with
+    --index, --backfill, --gallery-precision or --precision-exports also production.json/.md.
     """
+    from .evaluate.indexes import IndexParams
+    from .evaluate.production import ProductionOptions
+
+    def split(values):
+        return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+    production = ProductionOptions(
+        indexes=split(indexes), depth=index_depth, backfill=backfill, backfill_pairs=backfill_pairs,
+        params=IndexParams(nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m,
+                           ef_construction=ef_construction, ef_search=ef_search),
+        backfill_steps=backfill_steps, backfill_seed=backfill_seed, backfill_order=backfill_order,
+        gallery_precisions=split(gallery_precisions))
+    production.check()
+    if production.indexes:
+        from .evaluate.indexes import faiss_module
+
+        faiss_module()
+    if precision_exports and from_store is not None:
+        raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
     from .evaluate.pipeline import collect_from_models, collect_from_store, evaluate_sets, model_files as find_models
     from .evaluate.report import summary, write_reports
     from tqdm import tqdm
@@ -265,6 +339,36 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     written = write_reports(ev.result, ev.models, ev.query, ev.gallery, ev.protocol, out)
     click.echo(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
     click.echo(f"reports: {', '.join(str(p) for p in written)}")
+    if production.wanted or precision_exports:
+        _evaluate_production(q, g, ev, production, files if precision_exports else [], precision_exports, store,
+                             data_path, query, out, provider=provider, batch_size=batch_size, skip_bad=skip_bad,
+                             quiet=quiet)
+
+
+def _evaluate_production(q, g, ev, production, files, precision_exports, store, data_path, query_spec, out, *,
+                         provider, batch_size, skip_bad, quiet):
+    """Indexes, backfilling and reduced precision (evaluate's production.json/.md and backfill figures)."""
+    from .evaluate.production import collect_precision_sets, evaluate_production, precision_rows
+    from .evaluate.production_report import write_production
+    from tqdm import tqdm
+
+    exclude_self = ev.protocol["own_image_left_out"]
+    with tqdm(desc="index cells", unit="cell", disable=quiet or not production.indexes, file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate_production(q, g, ev.result, ev.models, production, store, k=ev.protocol["k"],
+                                     exclude_self=exclude_self, progress=progress)
+    rows = []
+    if precision_exports:
+        by_id = {f.stem: f for f in files}
+        sets, speeds = collect_precision_sets([by_id[s.model_id] for s in q], precision_exports, q, query_spec, data_path, store,
+                                              provider=provider, batch_size=batch_size, skip_bad=skip_bad,
+                                              progress=not quiet)
+        rows = precision_rows(q, g, sets, speeds, k=ev.protocol["k"], exclude_self=exclude_self)
+    written = write_production(result, out, precision_rows=rows)
+    click.echo(f"production reports: {', '.join(str(p) for p in written)}")
 
 
 @cli.command()
@@ -444,6 +548,38 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
             ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("peak_extra_mib", "peak extra MiB", ".0f"),
             ("max_rss_mib", "max RSS MiB", ".0f")]
     _emit(result, format_table([result], cols), json_path)
+
+
+@bench.command("index")
+@click.option("--gallery", "gallery_size", default=1_000_000, show_default=True, help="Generated gallery vectors.")
+@click.option("--queries", default=10_000, show_default=True)
+@click.option("--dim", default=768, show_default=True)
+@click.option("--classes", default=1000, show_default=True, help="Clusters (and labels) of the generated data.")
+@click.option("--index", "indexes", default="ivfpq", show_default=True, help="Comma-separated index kinds.")
+@click.option("--depth", default=10, show_default=True, help="Neighbours per query (recall@1 and @depth).")
+@click.option("--nlist", type=int, help="IVF lists (default: sqrt(gallery)).")
+@click.option("--nprobe", default=16, show_default=True)
+@click.option("--pq-m", type=int, help="PQ sub-vectors (default: dim / 8).")
+@click.option("--workdir", default="bench-index", show_default=True, help="Where the generated .npy files go (GBs).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+def bench_index_command(gallery_size, queries, dim, classes, indexes, depth, nlist, nprobe, pq_m, workdir, json_path):
+    """Exact streamed search vs FAISS indexes on a generated gallery: time, recall, memory beyond the inputs."""
+    from .evaluate.index_bench import bench_index
+    from .evaluate.indexes import IndexParams, check_kinds, faiss_module
+    from .infer.bench import format_table
+
+    kinds = tuple(k.strip() for k in indexes.split(",") if k.strip())
+    params = IndexParams(nlist=nlist, nprobe=nprobe, pq_m=pq_m)
+    check_kinds(kinds, params)
+    faiss_module()
+    result = bench_index(workdir, gallery=gallery_size, queries=queries, dim=dim, classes=classes, kinds=kinds,
+                         params=params, depth=depth)
+    cols = [("kind", "method", "s"), ("build_seconds", "build s", ".1f"), ("search_seconds", "search s", ".1f"),
+            ("recall@1", "recall@1", ".4f"), (f"recall@{depth}", f"recall@{depth}", ".4f"), ("top1", "top1", ".4f"),
+            ("peak_extra_mib", "peak extra MiB", ".0f")]
+    head = (f"{gallery_size} x {dim} gallery, {queries} queries, inputs {result['input_bytes'] / 2**30:.2f} GiB "
+            "(memory-mapped; not counted)")
+    _emit(result, head + "\n" + format_table(result["methods"], cols), json_path)
 
 
 @bench.command("export")

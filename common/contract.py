@@ -34,7 +34,9 @@ INPUT_NAME, EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT = IMAGE.name, EMBEDDING.name, 
 
 SELECTIONS = ("per-sample", "batchwise")  # per-sample: batch-invariant; batchwise: the reference's inference
 POOLS = ("cls", "mean")  # [CLS] after the final norm; mean of all tokens (the original study's report)
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16")  # traced by the exporter
+QUANTIZED_PRECISIONS = ("int8",)  # onnxruntime static quantisation of an fp32 export (export/quantize.py)
+FILE_PRECISIONS = PRECISIONS + QUANTIZED_PRECISIONS  # what an export's metadata may say
 PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
 
 
