@@ -430,7 +430,9 @@ def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_
             ("speedup_vs_torch", "ort/torch", ".2f")]
     peak = result["matmul_peak"]
     head = (f"{model_path} on {result['provider']} ({result['precision']}), {result['flops_per_image'] / 1e9:.1f} "
-            f"GFLOP/image, measured {peak['precision']} matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s")
+            f"GFLOP/image, measured {peak['precision']} matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s\n"
+            f"session created in {result['onnxruntime'][0]['session_seconds']:.2f} s; first run "
+            f"{result['onnxruntime'][0]['first_run_seconds']:.2f} s (TensorRT builds its engine there unless --trt-cache has it)")
     pre = result["preprocessing_images_per_s_per_process"]
     tail = "preprocessing per process: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in pre.items())
     _emit(result, "\n".join([head, format_table(result["onnxruntime"], cols), tail] + _feeding_lines(result)), json_path)
