@@ -17,7 +17,7 @@ if not __package__:
 
 import click
 
-from .common.contract import FILE_PRECISIONS, POOLS, PRECISIONS, PROVIDERS, QUANTIZED_PRECISIONS, SELECTIONS
+from .common.contract import FILE_PRECISIONS, POOLS, PRECISIONS, PROVIDERS, QUANTIZED_PRECISIONS, SELECTIONS, parse_provider
 from .common.errors import InputError
 
 
@@ -39,6 +39,44 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Train DualPrompt models, export them to ONNX and measure backward compatibility."""
     ctx.meta["debug"] = debug
 
+
+# ---- options shared by the commands that run an export ----
+
+
+def _provider_option(default: str, help_text: str = ""):
+    def check(ctx, param, value):
+        parse_provider(value)  # an InputError here is one line and exit code 2, before any work
+        return value
+    return click.option("--provider", default=default, show_default=True, callback=check,
+                        metavar="|".join(PROVIDERS) + "|cuda:N|tensorrt:N",
+                        help="onnxruntime execution provider; cuda:N / tensorrt:N for GPU N. " + help_text)
+
+
+_PROVIDER = _provider_option("auto", "auto = CUDA when it really initialises, else CPU (said on stderr). "
+                                     "Never a silent fallback.")
+_WORKERS = click.option("--workers", type=int, help="Processes that decode and preprocess images while the model "
+                                                    "runs (default: the usable cores; 0 or 1: in this process).")
+
+
+def _runtime_options(command):
+    """--threads and the TensorRT options, for every command that opens a session on an export."""
+    options = [
+        click.option("--threads", type=int, help="onnxruntime intra-op threads (default: the cores this process "
+                                                 "may use, from its CPU affinity mask)."),
+        click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels."),
+        click.option("--trt-cache", type=click.Path(file_okay=False),
+                     help="TensorRT: keep built engines in this folder, so later runs skip the build."),
+        click.option("--trt-workspace", type=float, help="TensorRT: GPU memory (GiB) it may use to build engines."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _trt(trt_fp16, trt_cache, trt_workspace):
+    from .infer.device import TensorRTOptions
+
+    return TensorRTOptions(fp16=trt_fp16, cache=Path(trt_cache) if trt_cache else None, workspace_gib=trt_workspace)
 
 # ---- commands: train ----
 
@@ -178,12 +216,12 @@ def _calibration_set(spec, count, data_path):
 @click.option("--limit", default=64, show_default=True, help="At most this many images from --images or --dataset.")
 @click.option("--random", "random_count", type=int, help="N random images (the default: 64).")
 @click.option("--seed", default=0, show_default=True, help="Seed of --random.")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True,
-              help="onnxruntime execution provider.")
+@_provider_option("cpu")
+@_runtime_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.pass_context
 def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir, dataset, data_path, limit,
-                   random_count, seed, provider, report_path):
+                   random_count, seed, provider, threads, trt_fp16, trt_cache, trt_workspace, report_path):
     """Check an export against its PyTorch checkpoint at batch sizes 1, 7 and 32.
 
     Exit code 0: within tolerance; 1: parity failure; 2: bad input.
@@ -205,7 +243,8 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
         ckpt = checkpoint_path(checkpoint_dir, task)
     inputs = Inputs(images_dir=images_dir, dataset=dataset, data_path=data_path,
                     count=random_count if random_count is not None else limit, seed=seed)
-    report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider)
+    report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider, threads=threads,
+                           trt=_trt(trt_fp16, trt_cache, trt_workspace))
     c = report.context
     click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}, {report.precision}, {report.selection}, pool {c['pool']}) "
                f"vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}")
@@ -220,9 +259,6 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 
 # ---- commands: infer ----
 
-_PROVIDER = click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
-                         show_default=True, help="onnxruntime execution provider; auto = CUDA when it really "
-                                                 "initialises, else CPU (said on stderr). Never a silent fallback.")
 _DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), folder:PATH (one sub-folder per class) "
                  "or npz:PATH[:train|val|test] (MedMNIST layout).")
 
@@ -234,17 +270,34 @@ _DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), f
 @click.option("--store", default="embeddings", show_default=True, help="Writes <store>/<model-id>/<dataset>-<split>/.")
 @click.option("--model-id", help="Store name of the model (default: the file stem, e.g. task3).")
 @_PROVIDER
+@_runtime_options
+@_WORKERS
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--force", is_flag=True, help="Recompute even when the store holds this model's set of this data.")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (listed in the manifest) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed(model, dataset, data_path, store, model_id, provider, batch_size, force, skip_bad, quiet):
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process (and --workers); ray: an actor pool on a Ray cluster (extra [ray]).")
+@click.option("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster).")
+@click.option("--actors", default=2, show_default=True, help="--engine ray: onnxruntime sessions running at once.")
+@click.option("--gpus-per-actor", default=0.0, show_default=True, help="--engine ray: GPUs each actor reserves.")
+def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp16, trt_cache, trt_workspace, workers,
+          batch_size, force, skip_bad, quiet, engine, ray_address, actors, gpus_per_actor):
     """Embed a data set with one exported model into the embedding store (onnxruntime only)."""
     from .infer.datasets import open_dataset
     from .infer.embed import embed_dataset
+    from .infer.ray_engine import RayOptions
+
+    ray = None
+    if engine == "ray":
+        ray = RayOptions(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor)
+        ray.check()
+    elif ray_address or gpus_per_actor:
+        raise InputError("--ray-address and --gpus-per-actor need --engine ray")
 
     r = embed_dataset(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
-                      batch_size=batch_size, force=force, skip_bad=skip_bad, progress=not quiet)
+                      batch_size=batch_size, force=force, skip_bad=skip_bad, progress=not quiet, workers=workers,
+                      threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace), ray=ray)
     if r.reused:
         click.echo(f"reused {r.set.path} ({r.set.count} x {r.set.dim}; same model file and data; --force recomputes)")
     else:
@@ -267,6 +320,8 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @click.option("--k", default=5, show_default=True, help="Neighbours of the kNN majority vote.")
 @click.option("--include-self", is_flag=True, help="Keep each query's own image in its gallery (the original study's protocol).")
 @_PROVIDER
+@_runtime_options
+@_WORKERS
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out when embedding.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -290,9 +345,9 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
               help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
 def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, store, out, k,
-             include_self, provider, batch_size, skip_bad, quiet, indexes, index_depth, nlist, nprobe, pq_m, pq_bits,
-             hnsw_m, ef_construction, ef_search, backfill, backfill_pairs, backfill_steps, backfill_seed,
-             backfill_order, gallery_precisions, precision_exports):
+             include_self, provider, threads, trt_fp16, trt_cache, trt_workspace, workers, batch_size, skip_bad, quiet,
+             indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_m, ef_construction, ef_search, backfill,
+             backfill_pairs, backfill_steps, backfill_seed, backfill_order, gallery_precisions, precision_exports):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
     Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model); with
@@ -329,7 +384,8 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     else:
         files = find_models(model_files, exports_dir)
         q, g = collect_from_models(files, query, gallery, data_path, store, by_task=bool(exports_dir),
-                                   provider=provider, batch_size=batch_size, skip_bad=skip_bad, progress=not quiet)
+                                   provider=provider, batch_size=batch_size, skip_bad=skip_bad, progress=not quiet,
+                                   workers=workers, threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace))
     with tqdm(desc="cells", unit="cell", disable=quiet, file=sys.stderr) as bar:
         def progress(done, total):
             bar.total = total
@@ -494,15 +550,34 @@ def _emit(result: dict, table: str, json_path) -> None:
 
 @bench.command("embed")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="An exported .onnx file.")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True)
+@_provider_option("cpu")
+@_runtime_options
 @click.option("--batch-sizes", default="1,8,32,128", show_default=True, callback=_int_list)
 @click.option("--repeats", default=5, show_default=True, help="Timed runs per batch size (after one warm-up); the median is reported.")
 @click.option("--compare-torch", is_flag=True, help="Also time the source checkpoint in PyTorch eager, same device and batch.")
 @click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
+@click.option("--workers", "worker_counts", default="1,2", show_default=True, callback=_int_list,
+              help="Worker counts whose input pipeline (decode + preprocess, no model) is timed, alternately.")
+@click.option("--photos", default=384, show_default=True,
+              help="Photo-sized (500x375) JPEGs generated under --workdir for the input pipeline; 0: skip it.")
+@click.option("--pipeline-dataset", help="Time the input pipeline on this data set instead (e.g. folder:/srv/gallery).")
+@click.option("--workdir", default="bench-embed", show_default=True, help="Where the generated photos are kept.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure as JSON here.")
-def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torch, checkpoint_dir, json_path):
-    """images/s of an export per batch size, as a fraction of the measured matmul peak, optionally vs PyTorch."""
+def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_workspace, batch_sizes, repeats,
+                        compare_torch, checkpoint_dir, worker_counts, photos, pipeline_dataset, workdir, json_path):
+    """images/s of an export per batch size, as a fraction of the measured matmul peak, optionally vs PyTorch;
+    the input pipeline per worker count, and which of the two limits embed."""
+    from .common.synthetic import write_photo_folder
     from .infer.bench import bench_embed, format_table
+    from .infer.datasets import open_dataset
+
+    if not worker_counts or min(worker_counts) < 0:
+        raise InputError(f"--workers {worker_counts}: give one or more worker counts, each 0 or more")
+    pipeline = None
+    if pipeline_dataset:
+        pipeline = open_dataset(pipeline_dataset)
+    elif photos > 0:
+        pipeline = open_dataset(f"folder:{write_photo_folder(Path(workdir) / 'photos', photos)}")
 
     runner = None
     if compare_torch:
@@ -516,8 +591,9 @@ def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torc
         runner = torch_runner
 
     try:
-        result = bench_embed(model_path, provider, batch_sizes, repeats, runner,
-                             warn=lambda m: click.echo(m, err=True))
+        result = bench_embed(model_path, provider, batch_sizes, repeats, runner, warn=lambda m: click.echo(m, err=True),
+                             threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace), photos=pipeline,
+                             worker_counts=worker_counts)
     except ValueError as e:
         raise InputError(str(e)) from None
     cols = [("batch_size", "batch", "d"), ("images_per_s", "onnxruntime img/s", ".2f"),
@@ -525,10 +601,28 @@ def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torc
             ("speedup_vs_torch", "ort/torch", ".2f")]
     peak = result["matmul_peak"]
     head = (f"{model_path} on {result['provider']} ({result['precision']}), {result['flops_per_image'] / 1e9:.1f} "
-            f"GFLOP/image, measured {peak['precision']} matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s")
+            f"GFLOP/image, measured {peak['precision']} matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s\n"
+            f"session created in {result['onnxruntime'][0]['session_seconds']:.2f} s; first run "
+            f"{result['onnxruntime'][0]['first_run_seconds']:.2f} s (TensorRT builds its engine there unless --trt-cache has it)")
     pre = result["preprocessing_images_per_s_per_process"]
     tail = "preprocessing per process: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in pre.items())
-    _emit(result, "\n".join([head, format_table(result["onnxruntime"], cols), tail]), json_path)
+    _emit(result, "\n".join([head, format_table(result["onnxruntime"], cols), tail] + _feeding_lines(result)), json_path)
+
+
+def _feeding_lines(result: dict) -> list[str]:
+    from .infer.bench import format_table
+
+    if "pipeline" not in result:
+        return []
+    p, f = result["pipeline"], result["feeding"]
+    cols = [("workers", "workers", "d"), ("images_per_s", "pipeline img/s", ".0f"),
+            ("per_worker", "per worker", ".0f"), ("speedup", "speedup", ".2f")]
+    needed = ", ".join(f"{s} img/s: {n}" for s, n in f["workers_needed_by_model_speed"].items())
+    return [f"input pipeline on {p['dataset']} ({p['images']} images, batch {p['batch_size']}, no model):",
+            format_table(p["rows"], cols),
+            f"model {f['model_images_per_s']:.1f} img/s -> bottleneck: {f['bottleneck']}; it needs "
+            f"{f['workers_needed']} worker(s) at {f['per_worker_images_per_s']:.0f} img/s per worker",
+            f"workers a model needs, by its speed: {needed}"]
 
 
 @bench.command("evaluate")
