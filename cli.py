@@ -236,9 +236,12 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @_PROVIDER
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out when embedding.")
+@click.option("--projections", help="Also draw 2-D projections of the query embeddings: pca, tsne or pca,tsne "
+                                    "(needs scikit-learn, the 'analysis' extra).")
+@click.option("--projection-sample", default=2000, show_default=True, help="Items projected (a seeded sample).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, store, out, k,
-             include_self, provider, batch_size, skip_bad, quiet):
+             include_self, provider, batch_size, skip_bad, projections, projection_sample, quiet):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
     Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model).
@@ -248,6 +251,9 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     from tqdm import tqdm
 
     gallery = gallery or query
+    if projections is not None:
+        from .evaluate.projections import parse_methods
+        projections = parse_methods(projections)
     if from_store is not None:
         if model_files or exports_dir:
             raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
@@ -263,6 +269,10 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
 
         ev = evaluate_sets(q, g, k=k, include_self=include_self, progress=progress)
     written = write_reports(ev.result, ev.models, ev.query, ev.gallery, ev.protocol, out)
+    if projections:
+        from .evaluate.projections import write_projections
+        written.append(write_projections([s.embeddings for s in q], q[0].labels, ev.models, out, methods=projections,
+                                         sample=projection_sample))
     click.echo(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
     click.echo(f"reports: {', '.join(str(p) for p in written)}")
 
