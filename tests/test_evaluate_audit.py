@@ -14,6 +14,7 @@ from dpcompat.evaluate.audit import equal_pairs, run_audit
 from dpcompat.evaluate.audit_report import sheet_pairs, write_audit
 from dpcompat.infer.store import read_set
 from onnx_fixtures import run_cli, write_model
+from test_evaluate_cli import BLOCK_TORCH
 
 
 def write_sets(root, copies=((7, 5), (100, 40))):
@@ -98,8 +99,9 @@ def test_bad_options_before_any_work(tmp_path):
 def test_cli_end_to_end(tmp_path):
     write_sets(tmp_path / "data")
     write_model(tmp_path / "m.onnx")
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_TORCH)  # the audit runs where torch cannot be imported
     args = ("audit", "cifar10:test", "cifar100:train", "--data-path", "data", "--quiet", "--provider", "cpu")
-    found = run_cli(*args, "--model", "m.onnx", "--out", "found", cwd=tmp_path)
+    found = run_cli(*args, "--model", "m.onnx", "--out", "found", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert found.returncode == 1, found.stderr
     assert "cifar10:test vs cifar100:train: 2 same pixels, 2 same bytes" in found.stdout
     report = json.loads((tmp_path / "found" / "audit.json").read_text())
