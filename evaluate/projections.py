@@ -81,6 +81,7 @@ def plot_projections(coords: dict[str, list[np.ndarray]], labels: np.ndarray, mo
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     rows, cols = list(coords), len(models)
     classes = int(labels.max()) + 1
@@ -107,11 +108,16 @@ def plot_projections(coords: dict[str, list[np.ndarray]], labels: np.ndarray, mo
                 ax.set_xlim(low[0] - pad[0], high[0] + pad[0])
                 ax.set_ylim(low[1] - pad[1], high[1] + pad[1])
                 ax.scatter(centroids[:, 0], centroids[:, 1], marker="x", c="black", s=14, linewidths=0.8)
-    title = f"Embeddings of {len(labels)} items by each model, coloured by class" + (f" ({subtitle})" if subtitle else "")
-    if notes:
-        title += "\n" + "\n".join(textwrap.wrap(" + ".join(n.split(":")[0] for n in notes), 90))
-    fig.suptitle(title, fontsize=11, color="red" if notes else "black")
-    fig.tight_layout()
+    width = 30 * cols
+    title = textwrap.wrap(f"Embeddings of {len(labels)} items by each model, coloured by class"
+                          + (f" ({subtitle})" if subtitle else ""), width)
+    title += textwrap.wrap(" + ".join(n.split(":")[0] for n in notes), width)
+    fig.suptitle("\n".join(title), fontsize=10, color="red" if notes else "black")
+    if classes <= 20:
+        handles = [Line2D([], [], ls="", marker="o", ms=4, color=cmap(k)) for k in range(classes)]
+        fig.legend(handles, [str(k) for k in range(classes)], title="class", loc="lower center",
+                   ncol=min(classes, 5 * cols), fontsize=7, title_fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 if classes <= 20 else 0, 1, 1))
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     return Path(path)
