@@ -125,3 +125,28 @@ def test_reports_without_pairs(tmp_path):
     assert json.loads(written[0].read_text())["pairs"] == []
     assert written[1].read_text().splitlines() == [
         "left,left_index,left_item,right,right_index,right_item,pixels_equal,bytes_equal,cosine"]
+
+
+def test_auto_feature_prefers_a_query_output(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    write_sets(tmp_path)
+    path = write_model(tmp_path / "m.onnx", dim=16)
+    proto = onnx.load(path)
+    weight = np.random.default_rng(9).standard_normal((48, 16)).astype(np.float32)
+    proto.graph.initializer.append(numpy_helper.from_array(weight, "query_weight"))
+    proto.graph.node.append(helper.make_node("MatMul", ["flat", "query_weight"], ["query"]))
+    proto.graph.output.append(helper.make_tensor_value_info("query", onnx.TensorProto.FLOAT, ["N", 16]))
+    onnx.save(proto, path)
+    store = tmp_path / "store"
+    audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, store=store, provider="cpu")
+    assert audit.feature == "query"
+    stored = read_set(store / "m-query" / "cifar10-test")
+    assert stored.manifest["model"]["output"] == "query"
+    pair = audit.comparisons[0].pairs[0]
+    q, g = stored.embeddings, read_set(store / "m-query" / "cifar100-train").embeddings
+    assert pair.cosine == pytest.approx(float(q[pair.left_index] @ g[pair.right_index]), abs=1e-6)
+    embedding = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, feature="embedding",
+                          store=store, provider="cpu")
+    assert embedding.feature == "embedding" and (store / "m" / "cifar10-test").is_dir()
