@@ -150,3 +150,10 @@ def test_auto_feature_prefers_a_query_output(tmp_path):
     embedding = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, feature="embedding",
                           store=store, provider="cpu")
     assert embedding.feature == "embedding" and (store / "m" / "cifar10-test").is_dir()
+    from dpcompat.infer.datasets import open_dataset
+    from dpcompat.infer.embed import embed_dataset
+
+    warnings = []
+    again = embed_dataset(path, open_dataset("cifar10:test", tmp_path), store, model_id="m", provider="cpu",
+                          warn=warnings.append, output="query")  # the stored 'm' set holds the other output
+    assert not again.reused and "output" in warnings[0] and again.set.manifest["model"]["output"] == "query"
