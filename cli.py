@@ -324,6 +324,9 @@ def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp1
 @_WORKERS
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out when embedding.")
+@click.option("--projections", help="Also draw 2-D projections of the query embeddings: pca, tsne or pca,tsne "
+                                    "(needs scikit-learn, the 'analysis' extra).")
+@click.option("--projection-sample", default=2000, show_default=True, help="Items projected (a seeded sample).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--index", "indexes", multiple=True, help="Also search through FAISS indexes: flat, hnsw, ivf, "
               "ivfpq (comma-separated or repeated; needs the [faiss] extra). Writes production.json/.md.")
@@ -346,8 +349,9 @@ def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp1
               help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
 def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, store, out, k,
              include_self, provider, threads, trt_fp16, trt_cache, trt_workspace, workers, batch_size, skip_bad, quiet,
-             indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_m, ef_construction, ef_search, backfill,
-             backfill_pairs, backfill_steps, backfill_seed, backfill_order, gallery_precisions, precision_exports):
+             projections, projection_sample, indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_m,
+             ef_construction, ef_search, backfill, backfill_pairs, backfill_steps, backfill_seed, backfill_order,
+             gallery_precisions, precision_exports):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
     Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model); with
@@ -377,6 +381,9 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     from tqdm import tqdm
 
     gallery = gallery or query
+    if projections is not None:
+        from .evaluate.projections import parse_methods
+        projections = parse_methods(projections)
     if from_store is not None:
         if model_files or exports_dir:
             raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
@@ -393,6 +400,10 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
 
         ev = evaluate_sets(q, g, k=k, include_self=include_self, progress=progress)
     written = write_reports(ev.result, ev.models, ev.query, ev.gallery, ev.protocol, out)
+    if projections:
+        from .evaluate.projections import write_projections
+        written.append(write_projections([s.embeddings for s in q], q[0].labels, ev.models, out, methods=projections,
+                                         sample=projection_sample))
     click.echo(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
     click.echo(f"reports: {', '.join(str(p) for p in written)}")
     if production.wanted or precision_exports:

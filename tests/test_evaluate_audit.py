@@ -14,6 +14,7 @@ from dpcompat.evaluate.audit import equal_pairs, run_audit
 from dpcompat.evaluate.audit_report import sheet_pairs, write_audit
 from dpcompat.infer.store import read_set
 from onnx_fixtures import run_cli, write_model
+from test_evaluate_cli import BLOCK_TORCH
 
 
 def write_sets(root, copies=((7, 5), (100, 40))):
@@ -98,8 +99,9 @@ def test_bad_options_before_any_work(tmp_path):
 def test_cli_end_to_end(tmp_path):
     write_sets(tmp_path / "data")
     write_model(tmp_path / "m.onnx")
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_TORCH)  # the audit runs where torch cannot be imported
     args = ("audit", "cifar10:test", "cifar100:train", "--data-path", "data", "--quiet", "--provider", "cpu")
-    found = run_cli(*args, "--model", "m.onnx", "--out", "found", cwd=tmp_path)
+    found = run_cli(*args, "--model", "m.onnx", "--out", "found", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert found.returncode == 1, found.stderr
     assert "cifar10:test vs cifar100:train: 2 same pixels, 2 same bytes" in found.stdout
     report = json.loads((tmp_path / "found" / "audit.json").read_text())
@@ -123,3 +125,35 @@ def test_reports_without_pairs(tmp_path):
     assert json.loads(written[0].read_text())["pairs"] == []
     assert written[1].read_text().splitlines() == [
         "left,left_index,left_item,right,right_index,right_item,pixels_equal,bytes_equal,cosine"]
+
+
+def test_auto_feature_prefers_a_query_output(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    write_sets(tmp_path)
+    path = write_model(tmp_path / "m.onnx", dim=16)
+    proto = onnx.load(path)
+    weight = np.random.default_rng(9).standard_normal((48, 16)).astype(np.float32)
+    proto.graph.initializer.append(numpy_helper.from_array(weight, "query_weight"))
+    proto.graph.node.append(helper.make_node("MatMul", ["flat", "query_weight"], ["query"]))
+    proto.graph.output.append(helper.make_tensor_value_info("query", onnx.TensorProto.FLOAT, ["N", 16]))
+    onnx.save(proto, path)
+    store = tmp_path / "store"
+    audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, store=store, provider="cpu")
+    assert audit.feature == "query"
+    stored = read_set(store / "m-query" / "cifar10-test")
+    assert stored.manifest["model"]["output"] == "query"
+    pair = audit.comparisons[0].pairs[0]
+    q, g = stored.embeddings, read_set(store / "m-query" / "cifar100-train").embeddings
+    assert pair.cosine == pytest.approx(float(q[pair.left_index] @ g[pair.right_index]), abs=1e-6)
+    embedding = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, feature="embedding",
+                          store=store, provider="cpu")
+    assert embedding.feature == "embedding" and (store / "m" / "cifar10-test").is_dir()
+    from dpcompat.infer.datasets import open_dataset
+    from dpcompat.infer.embed import embed_dataset
+
+    warnings = []
+    again = embed_dataset(path, open_dataset("cifar10:test", tmp_path), store, model_id="m", provider="cpu",
+                          warn=warnings.append, output="query")  # the stored 'm' set holds the other output
+    assert not again.reused and "output" in warnings[0] and again.set.manifest["model"]["output"] == "query"

@@ -1,4 +1,6 @@
 """npz:PATH[:split] data sets in the MedMNIST layout: grey and RGB, label shapes, refusals."""
+import json
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,17 @@ def test_bad_files_are_input_errors(tmp_path, make, message):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="is not a file"):
         open_dataset(f"npz:{tmp_path / 'none.npz'}:train")
+
+
+def test_evaluate_on_an_npz_query_end_to_end(tmp_path):
+    from onnx_fixtures import run_cli, write_model
+
+    write_npz(tmp_path / "blood.npz", rgb=False, size=28, n=20)
+    for task in (1, 2):
+        write_model(tmp_path / "exports" / f"task{task}.onnx", task=task, dim=8)
+    r = run_cli("evaluate", "--exports-dir", "exports", "--query", "npz:blood.npz:test", "--gallery",
+                "npz:blood.npz:train", "--provider", "cpu", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "reports" / "compatibility.json").read_text())
+    assert (report["query"]["spec"], report["query"]["count"], report["gallery"]["count"]) == ("npz:blood.npz:test", 22, 20)
+    assert (tmp_path / "embeddings" / "task1" / "npz-blood-test" / "manifest.json").is_file()
