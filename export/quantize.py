@@ -38,7 +38,7 @@ class QuantizeResult:
     prompt_agreement: float  # share of images whose e-prompt choice equals the fp32 file's
 
 
-def calibration_batches(dataset: Dataset, source: Path, count: int, batch_size: int = 16) -> list[np.ndarray]:
+def calibration_batches(dataset: Dataset, source: Path, count: int, batch_size: int = 4) -> list[np.ndarray]:
     """The first ``count`` images of ``dataset`` (evenly spaced over it), preprocessed as ``source``'s
     metadata says, in float32 batches [B, 3, S, S]."""
     if not 1 <= count:
@@ -103,7 +103,10 @@ def quantize_int8(source: str | Path, out_path: str | Path, dataset: Dataset, *,
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize.") as tmp:
         raw = Path(tmp) / "int8.onnx"
         quantize_static(str(source), str(raw), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        # merge ranges after every batch: keeping every activation of every batch would
+                        # take tens of GB for ViT-B (min/max of the merged ranges is the same)
+                        extra_options={"CalibMaxIntermediateOutputs": 1})
         with atomic_file(out_path) as final:
             onnx.save_model(_relabel(raw), str(final))
             mean_cos, min_cos, agreement = compare_outputs(source, final, batches)
