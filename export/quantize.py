@@ -2,7 +2,10 @@
 
 Weights are quantised per channel to int8 and activations to uint8 (the U8S8 form onnxruntime's CPU
 kernels run fastest), with QuantizeLinear/DequantizeLinear pairs around each quantised operator (QDQ);
-activation ranges are the min/max observed on the calibration images. The metadata is the fp32
+activation ranges are the min/max observed on the calibration images. onnxruntime's calibrator keeps
+every activation of every calibration image until the end (its option to merge ranges per batch
+drops the data instead, in onnxruntime 1.31), so memory grows with ``count`` times every activation
+of one image: keep ``count`` small for large models. The metadata is the fp32
 export's with ``precision`` = ``int8``. The result is compared with the fp32 file on the calibration
 images, so a quantisation that changes embeddings or prompt choices is seen at once.
 """
@@ -103,10 +106,7 @@ def quantize_int8(source: str | Path, out_path: str | Path, dataset: Dataset, *,
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quantize.") as tmp:
         raw = Path(tmp) / "int8.onnx"
         quantize_static(str(source), str(raw), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        # merge ranges after every batch: keeping every activation of every batch would
-                        # take tens of GB for ViT-B (min/max of the merged ranges is the same)
-                        extra_options={"CalibMaxIntermediateOutputs": 1})
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         with atomic_file(out_path) as final:
             onnx.save_model(_relabel(raw), str(final))
             mean_cos, min_cos, agreement = compare_outputs(source, final, batches)
