@@ -679,7 +679,8 @@ def bench_index_command(gallery_size, queries, dim, classes, indexes, depth, nli
     faiss_module()
     result = bench_index(workdir, gallery=gallery_size, queries=queries, dim=dim, classes=classes, kinds=kinds,
                          params=params, depth=depth)
-    cols = [("kind", "method", "s"), ("build_seconds", "build s", ".1f"), ("search_seconds", "search s", ".1f"),
+    cols = [("kind", "method", "s"), ("build_seconds", "build s", ".1f"), ("build_cpu_seconds", "build CPU s", ".1f"),
+            ("search_seconds", "search s", ".1f"), ("search_cpu_seconds", "search CPU s", ".1f"),
             ("recall@1", "recall@1", ".4f"), (f"recall@{depth}", f"recall@{depth}", ".4f"), ("top1", "top1", ".4f"),
             ("peak_extra_mib", "peak extra MiB", ".0f")]
     head = (f"{gallery_size} x {dim} gallery, {queries} queries, inputs {result['input_bytes'] / 2**30:.2f} GiB "

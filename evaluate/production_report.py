@@ -23,11 +23,11 @@ def _index_lines(section: dict, models: Sequence[str]) -> list[str]:
              f"`mAP@K` is the average precision over those K (normalised by min(relevant, K)); recall@k is the "
              "share of the exact top-k the method returns. `exact` is streamed exact search.", ""]
     for m in section["methods"]:
-        recall = f"recall@{depth}"
+        recall = f"recall@{min(10, depth)}"
         params = ", ".join(f"{k}={v}" for k, v in (m["params"][0] if m["params"] else {}).items()) or "—"
         crit = "; ".join(f"{n} AC {_fmt(c['AC'], '.2f')} AM {_fmt(c['AM'])}" for n, c in m["criteria"].items())
         lines += [f"### {m['kind']} ({params})", "", crit + ".", "",
-                  f"top1 (recall@{depth}) — rows: query model, columns: gallery model", "",
+                  f"top1 ({recall}) — rows: query model, columns: gallery model", "",
                   "| query \\ gallery | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
         for i, row in enumerate(m["metrics"]["top1"]):
             cells = [f"{_fmt(v)} ({_fmt(m['recall'][recall][i][j], '.3f')})" if v is not None else ""

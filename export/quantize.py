@@ -2,7 +2,10 @@
 
 Weights are quantised per channel to int8 and activations to uint8 (the U8S8 form onnxruntime's CPU
 kernels run fastest), with QuantizeLinear/DequantizeLinear pairs around each quantised operator (QDQ);
-activation ranges are the min/max observed on the calibration images. The metadata is the fp32
+activation ranges are the min/max observed on the calibration images. onnxruntime's calibrator keeps
+every activation of every calibration image until the end (its option to merge ranges per batch
+drops the data instead, in onnxruntime 1.31), so memory grows with ``count`` times every activation
+of one image: keep ``count`` small for large models. The metadata is the fp32
 export's with ``precision`` = ``int8``. The result is compared with the fp32 file on the calibration
 images, so a quantisation that changes embeddings or prompt choices is seen at once.
 """
@@ -38,7 +41,7 @@ class QuantizeResult:
     prompt_agreement: float  # share of images whose e-prompt choice equals the fp32 file's
 
 
-def calibration_batches(dataset: Dataset, source: Path, count: int, batch_size: int = 16) -> list[np.ndarray]:
+def calibration_batches(dataset: Dataset, source: Path, count: int, batch_size: int = 4) -> list[np.ndarray]:
     """The first ``count`` images of ``dataset`` (evenly spaced over it), preprocessed as ``source``'s
     metadata says, in float32 batches [B, 3, S, S]."""
     if not 1 <= count:
