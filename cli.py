@@ -190,32 +190,39 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 _PROVIDER = click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
                          show_default=True, help="onnxruntime execution provider; auto = CUDA when it really "
                                                  "initialises, else CPU (said on stderr). Never a silent fallback.")
-_DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or folder:PATH (one sub-folder per class)."
+_DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), folder:PATH (one sub-folder per class) "
+                 "or generated:N (N generated 8x8 images, for benchmarks).")
 
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(dir_okay=False), help="Exported ONNX file, e.g. exports/task3.onnx.")
 @click.option("--dataset", required=True, help=_DATASET_HELP)
 @click.option("--data-path", default="data", show_default=True, help="Folder holding cifar-10-batches-py/ or cifar-100-python/.")
-@click.option("--store", default="embeddings", show_default=True, help="Writes <store>/<model-id>/<dataset>-<split>/.")
+@click.option("--store", default="embeddings", show_default=True,
+              help="Writes <store>/<model-id>/<data-key>/ (the key names the data's resolved location).")
 @click.option("--model-id", help="Store name of the model (default: the file stem, e.g. task3).")
 @_PROVIDER
 @click.option("--batch-size", default=64, show_default=True)
+@click.option("--shard-rows", default=65_536, show_default=True,
+              help="Rows per shard file: memory is bounded by one shard, and a killed run resumes after the last complete one.")
 @click.option("--force", is_flag=True, help="Recompute even when the store holds this model's set of this data.")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (listed in the manifest) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed(model, dataset, data_path, store, model_id, provider, batch_size, force, skip_bad, quiet):
+def embed(model, dataset, data_path, store, model_id, provider, batch_size, shard_rows, force, skip_bad, quiet):
     """Embed a data set with one exported model into the embedding store (onnxruntime only)."""
     from .infer.datasets import open_dataset
     from .infer.embed import embed_dataset
 
     r = embed_dataset(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
-                      batch_size=batch_size, force=force, skip_bad=skip_bad, progress=not quiet)
+                      batch_size=batch_size, shard_rows=shard_rows, force=force, skip_bad=skip_bad,
+                      progress=not quiet)
     if r.reused:
         click.echo(f"reused {r.set.path} ({r.set.count} x {r.set.dim}; same model file and data; --force recomputes)")
     else:
-        skipped = len(r.set.manifest["skipped"])
-        click.echo(f"wrote {r.set.path}: {r.set.count} x {r.set.dim} on {r.provider} in {r.seconds:.1f} s"
+        skipped = len(r.set.manifest.skipped)
+        click.echo(f"wrote {r.set.path}: {r.set.count} x {r.set.dim} in {len(r.set.manifest.shards)} shard(s) on "
+                   f"{r.provider} in {r.seconds:.1f} s"
+                   + (f" ({r.resumed_rows} rows resumed from an interrupted run)" if r.resumed_rows else "")
                    + (f", {skipped} unreadable image(s) skipped (listed in manifest.json)" if skipped else ""))
 
 
@@ -250,7 +257,8 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     if from_store is not None:
         if model_files or exports_dir:
             raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
-        q, g = collect_from_store([m.strip() for m in from_store.split(",") if m.strip()], query, gallery, store)
+        q, g = collect_from_store([m.strip() for m in from_store.split(",") if m.strip()], query, gallery, store,
+                                  data_path=data_path)
     else:
         files = find_models(model_files, exports_dir)
         q, g = collect_from_models(files, query, gallery, data_path, store, by_task=bool(exports_dir),

@@ -1,7 +1,12 @@
-"""Embed a data set with an exported model into the embedding store (see :mod:`infer.store`)."""
+"""Embed a data set with an exported model into the embedding store (see :mod:`infer.store`).
+
+The loop is three swappable parts: :func:`iter_batches` (decode and preprocess), the model
+(:func:`embed_items` runs it and checks every output) and :class:`~infer.shards.ShardWriter` (one
+shard of ``shard_rows`` items at a time, so memory does not grow with the data set, and a killed run
+resumes after its last complete shard).
+"""
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import platform
 import sys
@@ -10,46 +15,51 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import onnxruntime as ort
 import PIL
 from tqdm import tqdm
 
-from .datasets import Dataset
-from ..common.errors import InputError
+from ..common.atomic import recover_swap, swap_lock
 from ..common.contract import EMBEDDING_OUTPUT
+from ..common.digest import file_sha256
+from ..common.errors import InputError
+from ..common.faults import fault_point
+from ..common.locks import locked
+from .datasets import Dataset
+from .manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manifest, ModelRecord
+from .metadata import ModelInfo, Preprocessing
 from .preprocess import preprocess_batch
 from .session import create_session, model_info, run_model
-from .store import EmbeddingSet, check_model_id, read_set, set_path, write_set
-
+from .shards import ShardWriter, writer_lock
+from .store import EmbeddingSet, check_model_id, read_set, set_path
 
 @dataclass
 class EmbedResult:
-    """``set`` as stored; ``reused`` when an existing set matched; ``provider`` used (None if reused)."""
+    """``set`` as stored; ``reused`` when an existing set matched; ``provider`` used (None if reused);
+    ``resumed_rows`` taken over from an interrupted run."""
 
     set: EmbeddingSet
     reused: bool
     provider: Optional[str]
     seconds: float
+    resumed_rows: int = 0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive items: those decoded (``indices``, ``images`` float32 [len(indices), 3, S, S]) and
+    the names of those left out as unreadable (``skipped``)."""
+
+    indices: list[int]
+    images: np.ndarray
+    skipped: tuple[str, ...]
 
 
 def _warn(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    return h.hexdigest()
 
 
 def versions() -> dict[str, Optional[str]]:
@@ -60,6 +70,76 @@ def versions() -> dict[str, Optional[str]]:
         own = None
     return {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": ort.__version__,
             "pillow": PIL.__version__, "dpcompat": own}
+
+
+def iter_batches(dataset: Dataset, items: range, batch_size: int, preprocessing: Preprocessing, *,
+                 skip_bad: bool = False) -> Iterator[Batch]:
+    """Batches of ``batch_size`` consecutive ``items``, decoded and preprocessed; the next batch is
+    decoded in a thread while the caller works on this one. An unreadable image is an InputError, or
+    with ``skip_bad`` left out and named in its batch's ``skipped``."""
+    chunks = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+
+    def load(chunk: range) -> Batch:
+        images, good, skipped = [], [], []
+        for i in chunk:
+            try:
+                images.append(dataset.image(i))
+            except InputError:
+                if not skip_bad:
+                    raise
+                skipped.append(dataset.item_name(i))
+                continue
+            good.append(i)
+        return Batch(good, preprocess_batch(images, preprocessing), tuple(skipped))
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(load, chunks[0]) if chunks else None
+        for b in range(len(chunks)):
+            batch = pending.result()
+            pending = pool.submit(load, chunks[b + 1]) if b + 1 < len(chunks) else None
+            yield batch
+
+
+def embed_items(session: ort.InferenceSession, info: ModelInfo, dataset: Dataset, items: range, *,
+                batch_size: int, skip_bad: bool, model: Path,
+                on_batch: Callable[[int], object] = lambda n: None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Embeddings float32 [kept, D] (L2-normalised), labels int64 [kept] and skipped item names of
+    ``items``; ``on_batch(n)`` after each batch of n items."""
+    dim = info.embedding_dim
+    out = np.empty((len(items), dim), np.float32)
+    kept: list[int] = []
+    skipped: list[str] = []
+    for batch in iter_batches(dataset, items, batch_size, info.preprocessing, skip_bad=skip_bad):
+        if batch.indices:
+            emb = run_model(session, batch.images, (EMBEDDING_OUTPUT,))[EMBEDDING_OUTPUT]
+            out[len(kept):len(kept) + len(batch.indices)] = _normalised(emb, batch.indices, dim, model, dataset)
+            kept.extend(batch.indices)
+        skipped.extend(batch.skipped)
+        on_batch(len(batch.indices) + len(batch.skipped))
+        fault_point("embed.batch")
+    return out[:len(kept)], dataset.labels[kept], tuple(skipped)
+
+
+def _normalised(out: np.ndarray, items: list[int], dim: int, model: Path, dataset: Dataset) -> np.ndarray:
+    """L2-normalised rows of a batch's ``embedding`` output, or InputError naming the first bad item."""
+    if out.shape != (len(items), dim):
+        raise InputError(f"{model}: '{EMBEDDING_OUTPUT}' output is {out.shape} for a batch of {len(items)}, "
+                         f"metadata says dimension {dim}")
+    norms = np.linalg.norm(out.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if bad.size:
+        what = "zeros" if np.isfinite(out[bad[0]]).all() else "NaN or Inf"
+        raise InputError(f"{model}: '{EMBEDDING_OUTPUT}' is {what} for {dataset.item_name(items[bad[0]])}; "
+                         "nothing stored")
+    return (out / norms[:, None]).astype(np.float32)
+
+
+def expected_labels(dataset: Dataset, skipped: tuple[str, ...]) -> np.ndarray:
+    """The labels int64 [N - len(skipped)] a set of ``dataset`` without the ``skipped`` items holds."""
+    if not skipped:
+        return dataset.labels
+    left_out = set(skipped)
+    return dataset.labels[[i for i in range(len(dataset)) if dataset.item_name(i) not in left_out]]
 
 
 def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
@@ -76,98 +156,93 @@ def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
         warn(f"{e}; recomputing")
         return None
     m = stored.manifest
-    if m["model"]["sha256"] != sha256 or m["dataset"]["fingerprint"] != dataset.fingerprint:
+    if (m.model.sha256, m.dataset.location, m.dataset.fingerprint) != (sha256, dataset.location, dataset.fingerprint):
         warn(f"{path}: stored from another model file or other data; recomputing")
         return None
-    return stored if skip_bad or not m["skipped"] else None
+    if not np.array_equal(stored.labels, expected_labels(dataset, m.skipped)):
+        warn(f"{path}: its labels are not the data's; recomputing")
+        return None
+    return stored if skip_bad or not m.skipped else None
 
 
-def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_id: Optional[str] = None,
-                  provider: str = "auto", batch_size: int = 64, force: bool = False, skip_bad: bool = False,
-                  progress: bool = False, warn: Callable[[str], None] = _warn) -> EmbedResult:
+def _manifest(model_id: str, model: Path, sha256: str, info: ModelInfo, dataset: Dataset, provider: str,
+              batch_size: int, seconds: float) -> Manifest:
+    """The manifest of a set computed now (its shards are filled in by the writer)."""
+    record = ModelRecord(id=model_id, file=str(model), sha256=sha256, task=info.task,
+                         checkpoint_sha256=info.checkpoint_sha256, architecture=info.model,
+                         embedding_dim=info.embedding_dim, input_size=info.input_size, top_k=info.top_k,
+                         pool=info.pool, selection=info.selection, precision=info.precision,
+                         export_versions=info.versions)
+    data = DataRecord(spec=dataset.spec, location=dataset.location, name=dataset.name, split=dataset.split,
+                      fingerprint=dataset.fingerprint, size=len(dataset))
+    return Manifest(model=record, dataset=data, preprocessing=asdict(info.preprocessing),
+                    provenance=dict(info.provenance), provider=provider, batch_size=batch_size, versions=versions(),
+                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"), seconds=round(seconds, 3))
+
+
+def _prepare(store: str | Path, path: Path) -> None:
+    """Create the set's model folder, or InputError naming ``--store`` when it cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(writer_lock(path), "a"):
+            pass
+    except OSError as e:
+        raise InputError(f"--store {store}: cannot write {path.parent} ({e.strerror or e})") from None
+
+
+def _compute(model: Path, model_id: str, sha256: str, dataset: Dataset, path: Path, *, provider: str,
+             batch_size: int, shard_rows: int, skip_bad: bool, progress: bool,
+             warn: Callable[[str], None]) -> EmbedResult:
+    """Embed ``dataset`` shard by shard into ``path``, resuming an interrupted run of the same identity."""
+    start = time.perf_counter()
+    session, used = create_session(model, provider, warn)
+    info = model_info(session, model)
+    identity = {"format": STORE_FORMAT, "model_sha256": sha256, "location": dataset.location,
+                "fingerprint": dataset.fingerprint, "batch_size": batch_size, "skip_bad": skip_bad}
+    writer = ShardWriter(path, identity, dim=info.embedding_dim, shard_rows=shard_rows, warn=warn)
+    resumed, n = writer.rows, len(dataset)
+    first = len(writer.done) * shard_rows
+    with tqdm(total=n, initial=min(first, n), desc=f"{model_id} {dataset.spec}", unit="img",
+              disable=not progress, file=sys.stderr) as bar:
+        for begin in range(first, n, shard_rows):
+            items = range(begin, min(begin + shard_rows, n))
+            writer.write(*embed_items(session, info, dataset, items, batch_size=batch_size, skip_bad=skip_bad,
+                                      model=model, on_batch=bar.update))
+    manifest = _manifest(model_id, model, sha256, info, dataset, used, batch_size, time.perf_counter() - start)
+    stored = writer.finish(manifest)
+    return EmbedResult(stored, False, used, manifest.seconds, resumed)
+
+
+def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, *, model_id: Optional[str] = None,
+                  provider: str = "auto", batch_size: int = 64, shard_rows: int = DEFAULT_SHARD_ROWS,
+                  force: bool = False, skip_bad: bool = False, progress: bool = False,
+                  warn: Callable[[str], None] = _warn) -> EmbedResult:
     """Embed every image of ``dataset`` with the ONNX file ``model`` into
     ``<store>/<model_id>/<dataset.key>/`` (``model_id`` defaults to the file stem).
 
-    An existing set of the same model file (sha256) and data (fingerprint) is reused unless
-    ``force``. An unreadable image is an error, or with ``skip_bad`` left out and listed in the
-    manifest. NaN or Inf (or an all-zero vector) in an output is an error and nothing is stored.
+    An existing set of the same model file (sha256) and data (location and fingerprint) is reused
+    unless ``force``; one that fails verification is recomputed. An unreadable image is an error,
+    or with ``skip_bad`` left out and listed in the manifest. NaN or Inf (or an all-zero vector) in
+    an output is an error and nothing is stored. Writers of one set run one at a time (a lock file);
+    a killed run leaves its complete shards, and the next run of the same command resumes after them.
     """
     model = Path(model)
     model_id = check_model_id(model_id or model.stem)
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    if not 1 <= shard_rows <= 2**31:
+        raise InputError(f"--shard-rows {shard_rows}: must be from 1 to {2**31}")
     if not model.is_file():
         raise InputError(f"{model}: no such ONNX file")
     sha256 = file_sha256(model)
     path = set_path(store, model_id, dataset.key)
-    stored = None if force else _stored_match(path, sha256, dataset, skip_bad, warn)
-    if stored is not None:
-        return EmbedResult(stored, True, None, 0.0)
-    start = time.perf_counter()
-    session, used = create_session(model, provider, warn)
-    info = model_info(session, model)
-    n, dim = len(dataset), info.embedding_dim
-    embeddings = np.empty((n, dim), np.float32)
-    kept: list[int] = []
-    skipped: list[str] = []
-
-    def load(indices: range) -> tuple[np.ndarray, list[int]]:
-        images, good = [], []
-        for i in indices:
-            try:
-                images.append(dataset.image(i))
-            except InputError:
-                if not skip_bad:
-                    raise
-                skipped.append(dataset.item_name(i))
-                continue
-            good.append(i)
-        return preprocess_batch(images, info.preprocessing), good
-
-    batches = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    with ThreadPoolExecutor(1) as pool, tqdm(total=n, desc=f"{model_id} {dataset.spec}", unit="img",
-                                             disable=not progress, file=sys.stderr) as bar:
-        pending = pool.submit(load, batches[0]) if batches else None
-        for b in range(len(batches)):
-            x, good = pending.result()  # the next batch decodes while this one runs
-            pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
-            if good:
-                out = run_model(session, x, (EMBEDDING_OUTPUT,))[EMBEDDING_OUTPUT]
-                embeddings[len(kept):len(kept) + len(good)] = _normalised(out, good, dim, model, dataset)
-                kept.extend(good)
-            bar.update(len(batches[b]))
-    if not kept:
-        raise InputError(f"{dataset.spec}: no readable image ({len(skipped)} skipped); nothing stored")
-    manifest = {
-        "model": {"id": model_id, "file": str(model), "sha256": sha256, "task": info.task,
-                  "checkpoint_sha256": info.checkpoint_sha256, "architecture": info.model,
-                  "embedding_dim": dim, "input_size": info.input_size, "top_k": info.top_k, "pool": info.pool,
-                  "selection": info.selection, "precision": info.precision, "export_versions": info.versions},
-        "dataset": {"spec": dataset.spec, "name": dataset.name, "split": dataset.split,
-                    "fingerprint": dataset.fingerprint, "size": n},
-        "skipped": skipped,
-        "count": len(kept),
-        "dim": dim,
-        "preprocessing": asdict(info.preprocessing),
-        "provider": used,
-        "batch_size": batch_size,
-        "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    stored = write_set(path, embeddings[:len(kept)], dataset.labels[kept], manifest)
-    return EmbedResult(stored, False, used, manifest["seconds"])
-
-
-def _normalised(out: np.ndarray, items: list[int], dim: int, model: Path, dataset: Dataset) -> np.ndarray:
-    """L2-normalised rows of a batch's ``embedding`` output, or InputError naming the first bad item."""
-    if out.shape != (len(items), dim):
-        raise InputError(f"{model}: '{EMBEDDING_OUTPUT}' output is {out.shape} for a batch of {len(items)}, "
-                         f"metadata says dimension {dim}")
-    norms = np.linalg.norm(out.astype(np.float64), axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if bad.size:
-        what = "zeros" if np.isfinite(out[bad[0]]).all() else "NaN or Inf"
-        raise InputError(f"{model}: '{EMBEDDING_OUTPUT}' is {what} for {dataset.item_name(items[bad[0]])}; "
-                         "nothing stored")
-    return (out / norms[:, None]).astype(np.float32)
+    _prepare(store, path)
+    with locked(writer_lock(path), waiting=lambda: warn(f"{path}: another embed is writing this set; waiting")):
+        with locked(swap_lock(path)):
+            recover_swap(path)
+        stored = None if force else _stored_match(path, sha256, dataset, skip_bad, warn)
+        if stored is not None:
+            ShardWriter.discard_partial(path)
+            return EmbedResult(stored, True, None, 0.0)
+        return _compute(model, model_id, sha256, dataset, path, provider=provider, batch_size=batch_size,
+                        shard_rows=shard_rows, skip_bad=skip_bad, progress=progress, warn=warn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import asdict
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 from dpcompat.common.cifar import write_cifar
 from dpcompat.common.contract import EMBEDDING_OUTPUT, FORMAT_VERSION, INPUT_NAME, PROMPT_INDEX_OUTPUT
 from dpcompat.infer.metadata import ModelInfo, Preprocessing
-from dpcompat.infer.store import write_set
+from dpcompat.infer.datasets import dataset_location
+from dpcompat.infer.manifest import DataRecord, Manifest, ModelRecord
+from dpcompat.infer.shards import write_set
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_SIZE = 32
@@ -74,19 +77,22 @@ def write_data(root: Path, name: str = "cifar10", test_per_class: int = 4, class
 
 def write_random_set(path: Path, model_id: str, n: int = 40, dim: int = 8, classes: int = 4, seed: int = 0,
                      spec: str = "cifar10:test", fingerprint: str = "f" * 64, labels: Optional[np.ndarray] = None,
-                     preprocessing: Preprocessing = PREPROCESSING):
-    """A stored set of random unit vectors, as ``embed`` would write it."""
+                     preprocessing: Preprocessing = PREPROCESSING, shard_rows: int = 16, data_path: str = "data"):
+    """A stored set of random unit vectors, as ``embed`` would write it (3 shards by default)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = np.arange(n) % classes if labels is None else labels
-    manifest = {"model": {"id": model_id, "sha256": "0" * 64, "task": seed}, "count": n, "dim": dim, "skipped": [],
-                "dataset": {"spec": spec, "name": spec.split(":")[0], "split": spec.split(":")[1],
-                            "fingerprint": fingerprint, "size": n},
-                "preprocessing": {"resize": preprocessing.resize, "crop": preprocessing.crop,
-                                  "interpolation": preprocessing.interpolation, "scale": preprocessing.scale,
-                                  "mean": list(preprocessing.mean), "std": list(preprocessing.std)}}
-    return write_set(path, x, np.asarray(labels, np.int64), manifest)
+    data = DataRecord(spec=spec, location=dataset_location(spec, data_path), name=spec.split(":")[0],
+                      split=spec.split(":")[1], fingerprint=fingerprint, size=n)
+    manifest = Manifest(model=ModelRecord(id=model_id, sha256="0" * 64, task=seed), dataset=data,
+                        preprocessing=asdict(preprocessing))
+    return write_set(path, x, np.asarray(labels, np.int64), manifest, shard_rows=shard_rows)
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Hidden files and folders under ``root`` other than lock files (which stay by design)."""
+    return [p for p in root.rglob(".*") if not p.name.endswith(".lock")]
 
 
 def run_cli(*args: str, cwd: Path, env: Optional[dict] = None) -> subprocess.CompletedProcess:
