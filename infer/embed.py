@@ -22,7 +22,6 @@ import onnxruntime as ort
 import PIL
 from tqdm import tqdm
 
-from ..common.atomic import recover_swap, swap_lock
 from ..common.contract import EMBEDDING_OUTPUT
 from ..common.digest import file_sha256
 from ..common.errors import InputError
@@ -33,7 +32,7 @@ from .manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manifest, Mo
 from .metadata import ModelInfo, Preprocessing
 from .preprocess import preprocess_batch
 from .session import create_session, model_info, run_model
-from .shards import ShardWriter, writer_lock
+from .shards import ShardWriter, tidy, writer_lock
 from .store import EmbeddingSet, check_model_id, read_set, set_path
 
 @dataclass
@@ -238,8 +237,7 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, *, mod
     path = set_path(store, model_id, dataset.key)
     _prepare(store, path)
     with locked(writer_lock(path), waiting=lambda: warn(f"{path}: another embed is writing this set; waiting")):
-        with locked(swap_lock(path)):
-            recover_swap(path)
+        tidy(path)
         stored = None if force else _stored_match(path, sha256, dataset, skip_bad, warn)
         if stored is not None:
             ShardWriter.discard_partial(path)

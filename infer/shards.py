@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..common.atomic import atomic_file, swap_dir, swap_lock
+from ..common.atomic import atomic_file, recover_swap, swap_dir, swap_lock
 from ..common.digest import file_sha256
 from ..common.errors import InputError
 from ..common.faults import fault_point
@@ -36,6 +36,14 @@ def partial_path(path: Path) -> Path:
 def writer_lock(path: Path) -> Path:
     """The lock file held by the one process writing the set at ``path``."""
     return path.with_name(f".{path.name}.embed.lock")
+
+
+def tidy(path: Path) -> None:
+    """Finish what a writer of the set at ``path`` killed during its swap left: the set restored
+    under its name, its progress file removed (call under :func:`writer_lock`)."""
+    with locked(swap_lock(path)):
+        recover_swap(path)
+    (path / PROGRESS_FILE).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,6 @@ class ShardWriter:
         self.path, self.partial = Path(path), partial_path(Path(path))
         self.dim, self.shard_rows = dim, shard_rows
         self.identity = {**identity, "dim": dim, "shard_rows": shard_rows}
-        (self.path / PROGRESS_FILE).unlink(missing_ok=True)  # left in a finished set by a kill after its swap
         self.done = self._resume(warn) if resume else self._restart()
 
     @property
