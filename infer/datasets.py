@@ -62,6 +62,13 @@ class Dataset(ABC):
         """sha256 over the exact stored bytes of every image and every label, in order."""
         return self._fingerprint()
 
+    def labels_without(self, skipped: tuple[str, ...]) -> np.ndarray:
+        """int64 [N - len(skipped)]: the labels of every item but those named in ``skipped``."""
+        if not skipped:
+            return self.labels
+        left_out = set(skipped)
+        return self.labels[[i for i in range(len(self)) if self.item_name(i) not in left_out]]
+
     @abstractmethod
     def image(self, index: int) -> Image.Image:
         """The RGB image at ``index``; InputError naming it when it cannot be decoded."""

@@ -12,7 +12,7 @@ import platform
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -30,6 +30,7 @@ from ..common.locks import locked
 from .datasets import Dataset
 from .manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manifest, ModelRecord
 from .metadata import ModelInfo, Preprocessing
+from .migrate import migrate_legacy
 from .preprocess import preprocess_batch
 from .session import create_session, model_info, run_model
 from .shards import ShardWriter, tidy, writer_lock
@@ -133,14 +134,6 @@ def _normalised(out: np.ndarray, items: list[int], dim: int, model: Path, datase
     return (out / norms[:, None]).astype(np.float32)
 
 
-def expected_labels(dataset: Dataset, skipped: tuple[str, ...]) -> np.ndarray:
-    """The labels int64 [N - len(skipped)] a set of ``dataset`` without the ``skipped`` items holds."""
-    if not skipped:
-        return dataset.labels
-    left_out = set(skipped)
-    return dataset.labels[[i for i in range(len(dataset)) if dataset.item_name(i) not in left_out]]
-
-
 def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
                   warn: Callable[[str], None]) -> Optional[EmbeddingSet]:
     """The valid set at ``path`` if it was made from this exact model file and data.
@@ -158,14 +151,18 @@ def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
     if (m.model.sha256, m.dataset.location, m.dataset.fingerprint) != (sha256, dataset.location, dataset.fingerprint):
         warn(f"{path}: stored from another model file or other data; recomputing")
         return None
-    if not np.array_equal(stored.labels, expected_labels(dataset, m.skipped)):
+    if not np.array_equal(stored.labels, dataset.labels_without(m.skipped)):
         warn(f"{path}: its labels are not the data's; recomputing")
         return None
     return stored if skip_bad or not m.skipped else None
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def _manifest(model_id: str, model: Path, sha256: str, info: ModelInfo, dataset: Dataset, provider: str,
-              batch_size: int, seconds: float) -> Manifest:
+              batch_size: int) -> Manifest:
     """The manifest of a set computed now (its shards are filled in by the writer)."""
     record = ModelRecord(id=model_id, file=str(model), sha256=sha256, task=info.task,
                          checkpoint_sha256=info.checkpoint_sha256, architecture=info.model,
@@ -176,7 +173,7 @@ def _manifest(model_id: str, model: Path, sha256: str, info: ModelInfo, dataset:
                       fingerprint=dataset.fingerprint, size=len(dataset))
     return Manifest(model=record, dataset=data, preprocessing=asdict(info.preprocessing),
                     provenance=dict(info.provenance), provider=provider, batch_size=batch_size, versions=versions(),
-                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"), seconds=round(seconds, 3))
+                    created=_now())
 
 
 def _prepare(store: str | Path, path: Path) -> None:
@@ -189,13 +186,20 @@ def _prepare(store: str | Path, path: Path) -> None:
         raise InputError(f"--store {store}: cannot write {path.parent} ({e.strerror or e})") from None
 
 
-def _compute(model: Path, model_id: str, sha256: str, dataset: Dataset, path: Path, *, provider: str,
-             batch_size: int, shard_rows: int, skip_bad: bool, progress: bool,
+def _compute(model: Path, model_id: str, sha256: str, dataset: Dataset, store: str | Path, path: Path, *,
+             provider: str, batch_size: int, shard_rows: int, skip_bad: bool, migrate: bool, progress: bool,
              warn: Callable[[str], None]) -> EmbedResult:
-    """Embed ``dataset`` shard by shard into ``path``, resuming an interrupted run of the same identity."""
+    """Embed ``dataset`` shard by shard into ``path``, resuming an interrupted run of the same identity
+    (or, with ``migrate``, taking over a store format 1 set of this model and data)."""
     start = time.perf_counter()
     session, used = create_session(model, provider, warn)
     info = model_info(session, model)
+    manifest = _manifest(model_id, model, sha256, info, dataset, used, batch_size)
+    if migrate:
+        migrated = migrate_legacy(store, path, sha256, dataset, manifest, skip_bad=skip_bad, shard_rows=shard_rows,
+                                  warn=warn)
+        if migrated is not None:
+            return EmbedResult(migrated, True, None, 0.0)
     identity = {"format": STORE_FORMAT, "model_sha256": sha256, "location": dataset.location,
                 "fingerprint": dataset.fingerprint, "batch_size": batch_size, "skip_bad": skip_bad}
     writer = ShardWriter(path, identity, dim=info.embedding_dim, shard_rows=shard_rows, warn=warn)
@@ -207,9 +211,9 @@ def _compute(model: Path, model_id: str, sha256: str, dataset: Dataset, path: Pa
             items = range(begin, min(begin + shard_rows, n))
             writer.write(*embed_items(session, info, dataset, items, batch_size=batch_size, skip_bad=skip_bad,
                                       model=model, on_batch=bar.update))
-    manifest = _manifest(model_id, model, sha256, info, dataset, used, batch_size, time.perf_counter() - start)
-    stored = writer.finish(manifest)
-    return EmbedResult(stored, False, used, manifest.seconds, resumed)
+    seconds = round(time.perf_counter() - start, 3)
+    stored = writer.finish(replace(manifest, seconds=seconds, created=_now()))
+    return EmbedResult(stored, False, used, seconds, resumed)
 
 
 def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, *, model_id: Optional[str] = None,
@@ -242,5 +246,6 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, *, mod
         if stored is not None:
             ShardWriter.discard_partial(path)
             return EmbedResult(stored, True, None, 0.0)
-        return _compute(model, model_id, sha256, dataset, path, provider=provider, batch_size=batch_size,
-                        shard_rows=shard_rows, skip_bad=skip_bad, progress=progress, warn=warn)
+        return _compute(model, model_id, sha256, dataset, store, path, provider=provider, batch_size=batch_size,
+                        shard_rows=shard_rows, skip_bad=skip_bad, migrate=not force and not path.exists(),
+                        progress=progress, warn=warn)

@@ -151,3 +151,41 @@ def test_an_edited_set_is_recomputed(setup, edit):
     again = embed_dataset(model, ds, tmp_path / "store", provider="cpu", shard_rows=16, warn=said.append)
     assert not again.reused and "sha256 differs" in said[0] and said[0].endswith("recomputing")
     np.testing.assert_array_equal(read_set(first.path).labels, ds.labels)
+
+
+def _as_format_1(stored, folder, **changes):
+    """Write ``stored`` as store format 1 wrote sets: one file per array, a manifest without digests."""
+    folder.mkdir(parents=True)
+    np.save(folder / "embeddings.npy", np.asarray(stored.embeddings))
+    np.save(folder / "labels.npy", stored.labels)
+    m = stored.manifest
+    old = {"format_version": "1", "model": {"id": m.model.id, "sha256": m.model.sha256, "task": m.model.task},
+           "dataset": {"spec": m.dataset.spec, "fingerprint": m.dataset.fingerprint, "size": m.dataset.size},
+           "skipped": list(m.skipped), "count": m.count, "dim": m.dim, "preprocessing": m.preprocessing,
+           "provider": "cpu", "created": "2024-01-01T00:00:00+00:00", **changes}
+    (folder / "manifest.json").write_text(json.dumps(old))
+
+
+def test_format_1_sets_are_migrated_when_they_match(setup):
+    import shutil
+
+    tmp_path, model = setup
+    ds = open_dataset("cifar10:test", tmp_path / "data")
+    fresh = embed_dataset(model, ds, tmp_path / "store", provider="cpu").set
+    legacy = tmp_path / "store" / "task3" / "cifar10-test"
+    _as_format_1(fresh, legacy)
+    embeddings = np.asarray(fresh.embeddings).copy()
+    shutil.rmtree(fresh.path)
+    said = []
+    migrated = embed_dataset(model, ds, tmp_path / "store", provider="cpu", shard_rows=8, warn=said.append)
+    assert migrated.reused and said == [f"migrated {legacy} (store format 1) to {fresh.path}; the old folder "
+                                        "can be deleted"]
+    again = read_set(fresh.path)
+    np.testing.assert_array_equal(again.embeddings, embeddings)
+    assert again.manifest.created == "2024-01-01T00:00:00+00:00" and len(again.manifest.shards) == 4
+    shutil.rmtree(fresh.path)
+    np.save(legacy / "labels.npy", np.zeros(30, np.int64))  # edited labels: not taken over
+    said.clear()
+    recomputed = embed_dataset(model, ds, tmp_path / "store", provider="cpu", warn=said.append)
+    assert not recomputed.reused and "labels or dimension are not this data's" in said[0]
+    np.testing.assert_array_equal(recomputed.set.labels, ds.labels)
