@@ -403,6 +403,45 @@ def bench_export_command(model_name, precision, workdir, json_path):
     _emit(result, f"{model_name} ({precision})\n" + format_table([result], cols), json_path)
 
 
+@bench.command("store")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="An export to run (default: a tiny stand-in export on 8x8 inputs, written to --workdir).")
+@click.option("--small", default=10_000, show_default=True, help="Rows of the smaller memory run.")
+@click.option("--large", default=1_000_000, show_default=True, help="Rows of the larger memory run.")
+@click.option("--resume-rows", default=200_000, show_default=True, help="Rows of the kill-and-resume runs.")
+@click.option("--shard-rows", default=65_536, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--workdir", default="bench-store", show_default=True, help="Receives the stores (replaced).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+def bench_store_command(model_path, small, large, resume_rows, shard_rows, batch_size, workdir, json_path):
+    """Peak RSS of embed on generated data at two sizes; cost of resuming after a SIGKILL at 50 %."""
+    import shutil
+
+    from .infer.bench import format_table
+    from .infer.store_bench import bench_store
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    if model_path is None:
+        from .common.contract import FORMAT_VERSION
+        from .export.tiny import write_tiny_model
+        from .infer.metadata import ModelInfo, Preprocessing
+
+        info = ModelInfo(format_version=FORMAT_VERSION, task=1, checkpoint="none", checkpoint_sha256="0" * 64,
+                         model="tiny-stand-in", embedding_dim=16, input_size=8, top_k=1, pool="cls",
+                         selection="per-sample", precision="fp32", preprocessing=Preprocessing(resize=8, crop=8),
+                         versions={}, provenance={"data": "generated", "backbone": "random"})
+        model_path = write_tiny_model(Path(workdir) / "tiny.onnx", info)
+    result = bench_store(Path(model_path), Path(workdir), small=small, large=large, resume_rows=resume_rows,
+                         shard_rows=shard_rows, batch_size=batch_size)
+    r = result["resume"]
+    table = format_table(result["memory"], [("rows", "rows", ",d"), ("seconds", "embed s", ".1f"),
+                                            ("max_rss_mib", "max RSS MiB", ".1f")])
+    _emit(result, f"{table}\nRSS at {large:,} / (RSS at {small:,} + labels {result['labels_mib_at_large']:.1f} MiB): "
+                  f"{result['rss_ratio']:.3f}\nresume after SIGKILL at 50 % of {r['rows']:,} rows: "
+                  f"{r['killed_s']:.1f} s + {r['resumed_s']:.1f} s vs {r['uninterrupted_s']:.1f} s uninterrupted = "
+                  f"{r['ratio']:.3f}; shards identical: {r['identical']}", json_path)
+
+
 def main() -> None:
     cli(prog_name="cli.py")
 

@@ -107,9 +107,9 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest.from_json(text, str(file))
 
 
-def _load(file: Path) -> np.ndarray:
+def _load(file: Path, mmap: bool) -> np.ndarray:
     try:
-        return np.load(file, mmap_mode="r", allow_pickle=False)
+        return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"{file}: missing (an incomplete embedding set)") from None
     except (OSError, ValueError, EOFError) as e:
@@ -135,13 +135,15 @@ def _open_shard(path: Path, index: int, shard: Shard, dim: int, first_row: int) 
         if actual != digest:
             raise InputError(f"{file}: its sha256 differs from the manifest's (the file was changed); "
                              "embed recomputes the set")
-    embeddings, labels = _load(emb_file), _load(lab_file)
+    # Checked read into memory (one shard at a time), then mapped: pages of a mapping, once read, count
+    # in the reader's resident memory, and checking every row would read every page.
+    embeddings, labels = _load(emb_file, mmap=False), _load(lab_file, mmap=False)
     if embeddings.dtype != np.float32 or embeddings.shape != (shard.rows, dim):
         raise InputError(f"{emb_file}: {embeddings.dtype} {embeddings.shape}, manifest says float32 {(shard.rows, dim)}")
     if labels.dtype != np.int64 or labels.shape != (shard.rows,):
         raise InputError(f"{lab_file}: {labels.dtype} {labels.shape}, manifest says int64 ({shard.rows},)")
     check_rows(embeddings, emb_file, first_row)
-    return Block(embeddings, labels)
+    return Block(_load(emb_file, mmap=True), labels)
 
 
 def read_set(path: str | Path) -> EmbeddingSet:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import asdict
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from dpcompat.common.cifar import write_cifar
-from dpcompat.common.contract import EMBEDDING_OUTPUT, FORMAT_VERSION, INPUT_NAME, PROMPT_INDEX_OUTPUT
+from dpcompat.common.contract import FORMAT_VERSION
+from dpcompat.export.tiny import write_tiny_model
 from dpcompat.infer.metadata import ModelInfo, Preprocessing
 from dpcompat.infer.datasets import dataset_location
 from dpcompat.infer.manifest import DataRecord, Manifest, ModelRecord
@@ -23,7 +23,6 @@ from dpcompat.infer.shards import write_set
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_SIZE = 32
 PREPROCESSING = Preprocessing(resize=36, crop=INPUT_SIZE)
-POOL = 4
 
 
 def model_info(task: int = 1, dim: int = 16, preprocessing: Preprocessing = PREPROCESSING) -> ModelInfo:
@@ -35,32 +34,8 @@ def model_info(task: int = 1, dim: int = 16, preprocessing: Preprocessing = PREP
 
 def write_model(path: Path, task: int = 1, dim: int = 16, seed: Optional[int] = None, poison: Optional[float] = None,
                 info: Optional[ModelInfo] = None) -> Path:
-    """image [N, 3, S, S] -> 8x8 average pool -> flatten -> matmul -> ``embedding`` [N, dim];
-    ``prompt_index`` = argmax of another projection. ``poison`` (nan, inf) is put in one weight,
-    so every embedding carries it."""
-    rng = np.random.default_rng(task if seed is None else seed)
-    features = 3 * (INPUT_SIZE // 8) ** 2
-    weight = rng.standard_normal((features, dim)).astype(np.float32)
-    if poison is not None:
-        weight[0, 0] = poison
-    keys = rng.standard_normal((features, POOL)).astype(np.float32)
-    nodes = [helper.make_node("AveragePool", [INPUT_NAME], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
-             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "weight"], [EMBEDDING_OUTPUT]),
-             helper.make_node("MatMul", ["flat", "keys"], ["scores"]),
-             helper.make_node("ArgMax", ["scores"], [PROMPT_INDEX_OUTPUT], axis=1, keepdims=0)]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, INPUT_SIZE, INPUT_SIZE])],
-        [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", dim]),
-         helper.make_tensor_value_info(PROMPT_INDEX_OUTPUT, TensorProto.INT64, ["N"])],
-        [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(keys, "keys")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, (info or model_info(task, dim)).to_props())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
+    """The tiny export of :mod:`dpcompat.export.tiny` at ``path``; ``poison`` (nan, inf) in one weight."""
+    return write_tiny_model(path, info or model_info(task, dim), seed=task if seed is None else seed, poison=poison)
 
 
 def write_data(root: Path, name: str = "cifar10", test_per_class: int = 4, classes: int = 10, seed: int = 0) -> Path:

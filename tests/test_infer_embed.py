@@ -189,3 +189,19 @@ def test_format_1_sets_are_migrated_when_they_match(setup):
     recomputed = embed_dataset(model, ds, tmp_path / "store", provider="cpu", warn=said.append)
     assert not recomputed.reused and "labels or dimension are not this data's" in said[0]
     np.testing.assert_array_equal(recomputed.set.labels, ds.labels)
+
+
+def test_provenance_is_copied_and_an_unwritable_store_is_refused_first(tmp_path):
+    from dataclasses import replace
+
+    from onnx_fixtures import model_info
+
+    info = replace(model_info(), provenance={"data": "generated", "backbone": "random"})
+    model = write_model(tmp_path / "task1.onnx", info=info)
+    ds = open_dataset("generated:20")
+    stored = embed_dataset(model, ds, tmp_path / "store", provider="cpu").set
+    assert stored.manifest.provenance == {"data": "generated", "backbone": "random"}
+    assert stored.manifest.dataset.location == "generated:20" and stored.count == 20
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(InputError, match=r"--store .*file: cannot write"):
+        embed_dataset(model, ds, tmp_path / "file", provider="cpu")
