@@ -18,13 +18,13 @@ def locked(lock_file: str | os.PathLike, *, shared: bool = False,
            waiting: Optional[Callable[[], None]] = None) -> Iterator[bool]:
     """Hold ``lock_file`` exclusively (or ``shared``) for the block; yields whether a lock is held.
 
-    ``waiting()`` is called once if another process holds it first. A shared lock on a folder this
-    process cannot write (a read-only store) is skipped: yields False.
+    ``waiting()`` is called once if another process holds it first. A shared lock that cannot be
+    created (a read-only store, a folder that does not exist) is skipped: yields False.
     """
     lock_file = Path(lock_file)
     try:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:
+    except OSError:
         if not shared:
             raise
         try:

@@ -154,3 +154,9 @@ def test_a_reader_beside_a_rewriting_writer_sees_whole_sets(tmp_path):
         reads += 1
     writer.join()
     assert not errors and not leftovers(tmp_path)
+
+
+def test_a_missing_set_is_named(tmp_path):
+    for path in (tmp_path / "none" / "x", tmp_path / "x"):
+        with pytest.raises(InputError, match=f"{path}: no stored embeddings there"):
+            read_set(path)
