@@ -259,20 +259,23 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 
 # ---- commands: infer ----
 
-_DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), folder:PATH (one sub-folder per class) "
-                 "or npz:PATH[:train|val|test] (MedMNIST layout).")
+_DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), folder:PATH (one sub-folder per class), "
+                 "npz:PATH[:train|val|test] (MedMNIST layout) or generated:N (N generated 8x8 images, for benchmarks).")
 
 
 @cli.command()
 @click.option("--model", required=True, type=click.Path(dir_okay=False), help="Exported ONNX file, e.g. exports/task3.onnx.")
 @click.option("--dataset", required=True, help=_DATASET_HELP)
 @click.option("--data-path", default="data", show_default=True, help="Folder holding cifar-10-batches-py/ or cifar-100-python/.")
-@click.option("--store", default="embeddings", show_default=True, help="Writes <store>/<model-id>/<dataset>-<split>/.")
+@click.option("--store", default="embeddings", show_default=True,
+              help="Writes <store>/<model-id>/<data-key>/ (the key names the data's resolved location).")
 @click.option("--model-id", help="Store name of the model (default: the file stem, e.g. task3).")
 @_PROVIDER
 @_runtime_options
 @_WORKERS
 @click.option("--batch-size", default=64, show_default=True)
+@click.option("--shard-rows", default=65_536, show_default=True,
+              help="Rows per shard file: memory is bounded by one shard, and a killed run resumes after the last complete one.")
 @click.option("--force", is_flag=True, help="Recompute even when the store holds this model's set of this data.")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (listed in the manifest) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -282,10 +285,10 @@ _DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), f
 @click.option("--actors", default=2, show_default=True, help="--engine ray: onnxruntime sessions running at once.")
 @click.option("--gpus-per-actor", default=0.0, show_default=True, help="--engine ray: GPUs each actor reserves.")
 def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp16, trt_cache, trt_workspace, workers,
-          batch_size, force, skip_bad, quiet, engine, ray_address, actors, gpus_per_actor):
+          batch_size, shard_rows, force, skip_bad, quiet, engine, ray_address, actors, gpus_per_actor):
     """Embed a data set with one exported model into the embedding store (onnxruntime only)."""
     from .infer.datasets import open_dataset
-    from .infer.embed import embed_dataset
+    from .infer.embed import Engine, embed_dataset
     from .infer.ray_engine import RayOptions
 
     ray = None
@@ -296,13 +299,17 @@ def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp1
         raise InputError("--ray-address and --gpus-per-actor need --engine ray")
 
     r = embed_dataset(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
-                      batch_size=batch_size, force=force, skip_bad=skip_bad, progress=not quiet, workers=workers,
-                      threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace), ray=ray)
+                      batch_size=batch_size, shard_rows=shard_rows, force=force, skip_bad=skip_bad,
+                      progress=not quiet,
+                      engine=Engine(workers=workers, threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace),
+                                    ray=ray))
     if r.reused:
         click.echo(f"reused {r.set.path} ({r.set.count} x {r.set.dim}; same model file and data; --force recomputes)")
     else:
-        skipped = len(r.set.manifest["skipped"])
-        click.echo(f"wrote {r.set.path}: {r.set.count} x {r.set.dim} on {r.provider} in {r.seconds:.1f} s"
+        skipped = len(r.set.manifest.skipped)
+        click.echo(f"wrote {r.set.path}: {r.set.count} x {r.set.dim} in {len(r.set.manifest.shards)} shard(s) on "
+                   f"{r.provider} in {r.seconds:.1f} s"
+                   + (f" ({r.resumed_rows} rows resumed from an interrupted run)" if r.resumed_rows else "")
                    + (f", {skipped} unreadable image(s) skipped (listed in manifest.json)" if skipped else ""))
 
 
@@ -387,7 +394,8 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     if from_store is not None:
         if model_files or exports_dir:
             raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
-        q, g = collect_from_store([m.strip() for m in from_store.split(",") if m.strip()], query, gallery, store)
+        q, g = collect_from_store([m.strip() for m in from_store.split(",") if m.strip()], query, gallery, store,
+                                  data_path=data_path)
     else:
         files = find_models(model_files, exports_dir)
         q, g = collect_from_models(files, query, gallery, data_path, store, by_task=bool(exports_dir),
@@ -702,6 +710,45 @@ def bench_export_command(model_name, precision, workdir, json_path):
     cols = [("seconds", "export s", ".1f"), ("file_bytes", "file bytes", ",d"),
             ("unique_parameter_bytes", "parameter bytes", ",d"), ("size_ratio", "ratio", ".4f")]
     _emit(result, f"{model_name} ({precision})\n" + format_table([result], cols), json_path)
+
+
+@bench.command("store")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="An export to run (default: a tiny stand-in export on 8x8 inputs, written to --workdir).")
+@click.option("--small", default=10_000, show_default=True, help="Rows of the smaller memory run.")
+@click.option("--large", default=1_000_000, show_default=True, help="Rows of the larger memory run.")
+@click.option("--resume-rows", default=200_000, show_default=True, help="Rows of the kill-and-resume runs.")
+@click.option("--shard-rows", default=65_536, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--workdir", default="bench-store", show_default=True, help="Receives the stores (replaced).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+def bench_store_command(model_path, small, large, resume_rows, shard_rows, batch_size, workdir, json_path):
+    """Peak RSS of embed on generated data at two sizes; cost of resuming after a SIGKILL at 50 %."""
+    import shutil
+
+    from .infer.bench import format_table
+    from .infer.store_bench import bench_store
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    if model_path is None:
+        from .common.contract import FORMAT_VERSION
+        from .export.tiny import write_tiny_model
+        from .infer.metadata import ModelInfo, Preprocessing
+
+        info = ModelInfo(format_version=FORMAT_VERSION, task=1, checkpoint="none", checkpoint_sha256="0" * 64,
+                         model="tiny-stand-in", embedding_dim=16, input_size=8, top_k=1, pool="cls",
+                         selection="per-sample", precision="fp32", preprocessing=Preprocessing(resize=8, crop=8),
+                         versions={}, provenance={"data": "generated", "backbone": "random"})
+        model_path = write_tiny_model(Path(workdir) / "tiny.onnx", info)
+    result = bench_store(Path(model_path), Path(workdir), small=small, large=large, resume_rows=resume_rows,
+                         shard_rows=shard_rows, batch_size=batch_size)
+    r = result["resume"]
+    table = format_table(result["memory"], [("rows", "rows", ",d"), ("seconds", "embed s", ".1f"),
+                                            ("max_rss_mib", "max RSS MiB", ".1f")])
+    _emit(result, f"{table}\nRSS at {large:,} / (RSS at {small:,} + labels {result['labels_mib_at_large']:.1f} MiB): "
+                  f"{result['rss_ratio']:.3f}\nresume after SIGKILL at 50 % of {r['rows']:,} rows: "
+                  f"{r['killed_s']:.1f} s + {r['resumed_s']:.1f} s vs {r['uninterrupted_s']:.1f} s uninterrupted = "
+                  f"{r['ratio']:.3f}; shards identical: {r['identical']}", json_path)
 
 
 def main() -> None:

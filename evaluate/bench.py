@@ -1,14 +1,17 @@
 """Synthetic embedding stores for timing ``evaluate --from-store`` at full size without any model."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from ..infer.datasets import dataset_key
+from ..infer.datasets import dataset_key, dataset_location
+from ..infer.manifest import DataRecord, Manifest, ModelRecord
 from ..infer.metadata import Preprocessing
-from ..infer.store import set_path, write_set
+from ..infer.shards import write_set
+from ..infer.store import set_path
 
 
 def write_random_store(store: str | Path, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
@@ -21,11 +24,11 @@ def write_random_store(store: str | Path, models: int = 10, n: int = 10_000, dim
     for t, model_id in enumerate(ids, 1):
         x = rng.standard_normal((n, dim), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        manifest = {"model": {"id": model_id, "sha256": "0" * 64, "task": t, "file": None},
-                    "dataset": {"spec": spec, "name": spec.split(":")[0], "split": spec.split(":")[-1],
-                                "fingerprint": f"random-{seed}-{n}", "size": n},
-                    "skipped": [], "count": n, "dim": dim,
-                    "preprocessing": asdict(Preprocessing()), "provider": None}
+        data = DataRecord(spec=spec, location=dataset_location(spec), name=spec.split(":")[0],
+                          split=spec.split(":")[-1], fingerprint=hashlib.sha256(f"random-{seed}-{n}".encode()).hexdigest(),
+                          size=n)
+        manifest = Manifest(model=ModelRecord(id=model_id, sha256="0" * 64, task=t), dataset=data,
+                            preprocessing=asdict(Preprocessing()))
         write_set(set_path(store, model_id, dataset_key(spec)), x, labels, manifest)
     return ids
 

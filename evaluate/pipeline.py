@@ -9,8 +9,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .compat import Compatibility, compatibility
-from ..infer.datasets import dataset_key, open_dataset
-from ..infer.embed import embed_dataset
+from ..infer.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
+from ..infer.embed import Engine, embed_dataset
 from ..common.errors import InputError
 from ..infer.store import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
 
@@ -81,12 +81,13 @@ def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: s
     specs = list(dict.fromkeys([query_spec, gallery_spec]))
     datasets = {spec: open_dataset(spec, data_path) for spec in specs}
     warn = warn or _once_to_stderr()
+    engine = Engine(**runtime)
     sets = {spec: [embed_dataset(m, datasets[spec], store, provider=provider, batch_size=batch_size,
-                                 skip_bad=skip_bad, progress=progress, warn=warn, **runtime).set for m in models]
+                                 skip_bad=skip_bad, progress=progress, warn=warn, engine=engine).set for m in models]
             for spec in specs}
     query, gallery = sets[query_spec], sets[gallery_spec]
     if by_task:
-        tasks = [s.manifest["model"]["task"] for s in query]
+        tasks = [s.manifest.model.task for s in query]
         for t in set(tasks):
             same = [str(m) for m, task in zip(models, tasks) if task == t]
             if len(same) > 1:
@@ -96,26 +97,39 @@ def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: s
     return query, gallery
 
 
-def collect_from_store(model_ids: Sequence[str], query_spec: str, gallery_spec: str,
-                       store: str | Path) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
-    """Stored query and gallery sets of ``model_ids``, in that order; no ONNX file or data needed."""
+def _stored_set(store: str | Path, model_id: str, spec: str, data_path: str | Path) -> EmbeddingSet:
+    """The stored set of ``model_id`` on ``spec``, refused unless its manifest names the data asked for."""
+    location = dataset_location(spec, data_path)
+    path = set_path(store, model_id, dataset_key(spec, data_path))
+    if not path.is_dir():
+        legacy = set_path(store, model_id, legacy_dataset_key(spec))
+        hint = (f"; {legacy} is a set in store format 1, which does not record its data's location: run embed "
+                "with its model and data once to migrate it") if (legacy / "embeddings.npy").is_file() else ""
+        raise InputError(f"{path}: no stored set of {model_id} on {spec} (embed it first, or pass the ONNX files)"
+                         + hint)
+    stored = read_set(path)
+    if stored.manifest.dataset.location != location:
+        raise InputError(f"{path}: holds embeddings of {stored.manifest.dataset.location}, not of the data asked "
+                         f"for, {location}")
+    return stored
+
+
+def collect_from_store(model_ids: Sequence[str], query_spec: str, gallery_spec: str, store: str | Path, *,
+                       data_path: str | Path = "data") -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
+    """Stored query and gallery sets of ``model_ids``, in that order; no ONNX file or data needed
+    (``data_path`` only places CIFAR specs, as when they were embedded)."""
     _unique_ids(model_ids, model_ids)
     if not model_ids:
         raise InputError("--from-store: no model ids (expected e.g. task1,task2,task3)")
-    sets = {}
-    for spec in dict.fromkeys([query_spec, gallery_spec]):
-        paths = [set_path(store, m, dataset_key(spec)) for m in model_ids]
-        for m, path in zip(model_ids, paths):
-            if not path.is_dir():
-                raise InputError(f"{path}: no stored set of {m} on {spec} (embed it first, or pass the ONNX files)")
-        sets[spec] = [read_set(p) for p in paths]
+    sets = {spec: [_stored_set(store, m, spec, data_path) for m in model_ids]
+            for spec in dict.fromkeys([query_spec, gallery_spec])}
     return sets[query_spec], sets[gallery_spec]
 
 
 def _describe(sets: Sequence[EmbeddingSet]) -> dict:
     m = sets[0].manifest
-    return {"spec": m["dataset"]["spec"], "fingerprint": m["dataset"]["fingerprint"], "count": sets[0].count,
-            "skipped": len(m["skipped"]), "sets": [str(s.path) for s in sets]}
+    return {"spec": m.dataset.spec, "location": m.dataset.location, "fingerprint": m.dataset.fingerprint,
+            "count": sets[0].count, "skipped": len(m.skipped), "sets": [str(s.path) for s in sets]}
 
 
 def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet], k: int = 5,

@@ -165,9 +165,9 @@ def collect_precision_sets(files: Sequence[Path], folders: Sequence[str], query:
                                          batch_size=batch_size, skip_bad=skip_bad, progress=progress).set
                            for p in paths]
         for s, fp32 in zip(sets[precision], query):
-            if s.manifest["model"]["checkpoint_sha256"] != fp32.manifest["model"].get("checkpoint_sha256"):
-                raise InputError(f"{s.manifest['model']['file']}: exported from another checkpoint than "
-                                 f"{fp32.manifest['model'].get('file')}")
+            if s.manifest.model.checkpoint_sha256 != fp32.manifest.model.checkpoint_sha256:
+                raise InputError(f"{s.manifest.model.file}: exported from another checkpoint than "
+                                 f"{fp32.manifest.model.file}")
             if s.data != fp32.data:
                 raise InputError(f"{s.path}: other query items than {fp32.path} (unreadable images differ)")
     speeds = {}

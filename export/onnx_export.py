@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..common.atomic import atomic_file
-from ..infer.embed import file_sha256
+from ..common.digest import file_sha256
 from ..common.errors import InputError
 from ..common.contract import (BATCH_AXIS, FORMAT_VERSION, INPUTS, OUTPUTS, POOLS, PRECISIONS, SELECTIONS,
                                check_choice)

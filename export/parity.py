@@ -74,17 +74,20 @@ def near_ties(similarity: np.ndarray, top_k: int, eps: float = NEAR_TIE) -> np.n
 
 @dataclass
 class BatchParity:
-    """One batch size's comparison over all inputs."""
+    """One batch size's comparison over all inputs. Rows with NaN or Inf on either side are counted
+    (a failure) and left out of the other figures, which are None when no row is left."""
 
     batch_size: int
     inputs: int
-    max_abs: float  # over inputs whose prompt indices agree
-    max_reference: float
-    min_cosine: float
+    max_abs: Optional[float]  # over finite inputs whose prompt indices agree
+    max_reference: Optional[float]
+    min_cosine: Optional[float]
     prompt_agree: int
     prompt_near_tie: int  # disagreements where the reference's key similarities nearly tie
     prompt_disagree: int  # other disagreements: a failure
-    knn_same: int  # inputs whose 5 nearest neighbours among the inputs are the same
+    knn_same: int  # finite inputs whose 5 nearest neighbours among the finite inputs are the same
+    nonfinite_reference: int = 0  # rows with NaN or Inf in the reference's embedding
+    nonfinite_candidate: int = 0  # ... in the candidate's
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -137,58 +140,88 @@ def _tie_mask(ref_idx: np.ndarray, got_idx: np.ndarray, images: np.ndarray, simi
     return differ, excused
 
 
+def finite_rows(embeddings: np.ndarray) -> np.ndarray:
+    """bool [N]: rows of an [N, D] array with no NaN and no Inf."""
+    return np.isfinite(embeddings).all(axis=1)
+
+
+def judge_batch(batch_size: int, ref_emb: np.ndarray, got_emb: np.ndarray, differ: np.ndarray, excused: np.ndarray,
+                tolerances: Tolerances, k: int = KNN_K) -> BatchParity:
+    """One batch size's figures and failures from the two sides' embeddings [N, D] and the prompt
+    disagreements (``differ``, of which ``excused`` are near ties), both bool [N]."""
+    bad_ref, bad_got = ~finite_rows(ref_emb), ~finite_rows(got_emb)
+    finite = ~(bad_ref | bad_got)
+    same = ~differ & finite
+    row = BatchParity(batch_size=batch_size, inputs=len(ref_emb), max_abs=None, max_reference=None, min_cosine=None,
+                      prompt_agree=int((~differ).sum()), prompt_near_tie=int(excused.sum()),
+                      prompt_disagree=int((differ & ~excused).sum()), knn_same=0,
+                      nonfinite_reference=int(bad_ref.sum()), nonfinite_candidate=int(bad_got.sum()))
+    if finite.any():
+        row.max_reference = float(np.abs(ref_emb[finite]).max())
+        row.knn_same = int(knn_agreement(ref_emb[finite], got_emb[finite], k).sum()) if finite.sum() > 1 else 0
+    if same.any():
+        row.max_abs = float(np.abs(ref_emb[same] - got_emb[same]).max())
+        row.min_cosine = float(cosine_rows(ref_emb[same], got_emb[same]).min())
+    if bad_ref.any() or bad_got.any():
+        row.failures.append(f"batch {batch_size}: NaN or Inf in {row.nonfinite_candidate} candidate and "
+                            f"{row.nonfinite_reference} reference embedding rows of {row.inputs}")
+    if row.min_cosine is not None and row.min_cosine < tolerances.min_cosine:
+        row.failures.append(f"batch {batch_size}: min cosine {row.min_cosine:.7f} < {tolerances.min_cosine}")
+    if row.max_abs is not None and row.max_abs > tolerances.max_abs_rel * row.max_reference:
+        row.failures.append(f"batch {batch_size}: max abs {row.max_abs:.3g} > {tolerances.max_abs_rel} x max "
+                            f"|reference| {row.max_reference:.3g}")
+    if row.prompt_disagree:
+        row.failures.append(f"batch {batch_size}: {row.prompt_disagree} prompt indices differ outside near ties")
+    return row
+
+
 def compare(reference: Forward, candidate: Forward, images: np.ndarray, tolerances: Tolerances,
             similarity: Similarity, top_k: int = 1, selection: str = "per-sample", precision: str = "fp32",
             batch_sizes: Sequence[int] = BATCH_SIZES, k: int = KNN_K) -> ParityReport:
-    """Run both forwards on ``images`` at each batch size and judge the candidate against the reference."""
+    """Run both forwards on ``images`` at each batch size and judge the candidate against the reference.
+
+    NaN or Inf anywhere in either side's embeddings is a failure (comparisons with NaN are false, so
+    tolerances alone would pass them)."""
     rows, first = [], None
     invariance = 0.0 if selection == "per-sample" else None
     for bs in batch_sizes:
         ref_emb, ref_idx = run_batched(reference, images, bs)
         got_emb, got_idx = run_batched(candidate, images, bs)
         differ, excused = _tie_mask(ref_idx, got_idx, images, similarity, bs, selection, top_k, tolerances.near_tie)
-        same = ~differ
-        max_ref = float(np.abs(ref_emb).max())
-        max_abs = float(np.abs(ref_emb[same] - got_emb[same]).max()) if same.any() else 0.0
-        min_cos = float(cosine_rows(ref_emb[same], got_emb[same]).min()) if same.any() else 1.0
-        row = BatchParity(batch_size=bs, inputs=len(images), max_abs=max_abs, max_reference=max_ref,
-                          min_cosine=min_cos, prompt_agree=int(same.sum()), prompt_near_tie=int(excused.sum()),
-                          prompt_disagree=int((differ & ~excused).sum()),
-                          knn_same=int(knn_agreement(ref_emb, got_emb, k).sum()))
-        if min_cos < tolerances.min_cosine:
-            row.failures.append(f"batch {bs}: min cosine {min_cos:.7f} < {tolerances.min_cosine}")
-        if max_abs > tolerances.max_abs_rel * max_ref:
-            row.failures.append(f"batch {bs}: max abs {max_abs:.3g} > {tolerances.max_abs_rel} x max |reference| "
-                                f"{max_ref:.3g}")
-        if row.prompt_disagree:
-            row.failures.append(f"batch {bs}: {row.prompt_disagree} prompt indices differ outside near ties")
-        rows.append(row)
+        rows.append(judge_batch(bs, ref_emb, got_emb, differ, excused, tolerances, k))
         if invariance is not None:
             if first is None:
                 first = got_emb
-            else:
-                invariance = max(invariance, float(np.abs(got_emb - first).max()))
+            both = finite_rows(got_emb) & finite_rows(first)
+            if both.any():
+                invariance = max(invariance, float(np.abs(got_emb[both] - first[both]).max()))
     failures = []
-    max_ref = max(r.max_reference for r in rows)
+    max_ref = max((r.max_reference for r in rows if r.max_reference is not None), default=0.0)
     if invariance is not None and invariance > tolerances.max_abs_rel * max_ref:
         failures.append(f"candidate embeddings change with the batch size by up to {invariance:.3g}")
     return ParityReport(precision, selection, tolerances, rows, invariance, failures)
 
 
+def _num(value: Optional[float], spec: str, width: int) -> str:
+    return format(value, f">{width}{spec}") if value is not None else f"{'-':>{width}}"
+
+
 def format_table(report: ParityReport) -> str:
     """The report as a fixed-width table with a verdict line."""
     head = f"{'batch':>5} {'max abs':>10} {'max |ref|':>10} {'min cosine':>12} {'prompt agree':>13} " \
-           f"{'near-tie':>8} {'other':>6} {'5-NN same':>10}  result"
+           f"{'near-tie':>8} {'other':>6} {'5-NN same':>10} {'NaN/Inf':>7}  result"
     lines = [head]
     for r in report.rows:
-        lines.append(f"{r.batch_size:>5} {r.max_abs:>10.3g} {r.max_reference:>10.3g} {r.min_cosine:>12.10f} "
-                     f"{r.prompt_agree:>6}/{r.inputs:<6} {r.prompt_near_tie:>8} {r.prompt_disagree:>6} "
-                     f"{r.knn_same:>4}/{r.inputs:<5}  {'pass' if r.passed else 'FAIL'}")
+        lines.append(f"{r.batch_size:>5} {_num(r.max_abs, '.3g', 10)} {_num(r.max_reference, '.3g', 10)} "
+                     f"{_num(r.min_cosine, '.10f', 12)} {r.prompt_agree:>6}/{r.inputs:<6} {r.prompt_near_tie:>8} "
+                     f"{r.prompt_disagree:>6} {r.knn_same:>4}/{r.inputs:<5} "
+                     f"{max(r.nonfinite_candidate, r.nonfinite_reference):>7}  {'pass' if r.passed else 'FAIL'}")
     t = report.tolerances
     if report.batch_invariance is not None:
         lines.append(f"batch invariance (candidate, max abs across batch sizes): {report.batch_invariance:.3g}")
     lines.append(f"tolerances ({report.precision}): min cosine >= {t.min_cosine}, max abs <= {t.max_abs_rel} x "
-                 f"max |reference|, prompt indices equal unless key similarities within {t.near_tie}")
+                 f"max |reference|, prompt indices equal unless key similarities within {t.near_tie}, "
+                 "no NaN or Inf")
     lines.extend(report.failures + [f for r in report.rows for f in r.failures])
     lines.append("PASS" if report.passed else "FAIL")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import torch
 
 from .parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, Similarity, compare
 from ..infer.datasets import IMAGE_SUFFIXES, image_files, open_dataset, open_image
-from ..infer.embed import file_sha256
+from ..common.digest import file_sha256
 from .onnx_export import contract_prompt_index
 from ..common.errors import InputError
 from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT

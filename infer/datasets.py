@@ -9,6 +9,12 @@ Specs:
       working directory.
   ``npz:PATH[:split]``
       a MedMNIST-layout ``.npz`` file, split train, val or test (default); see :mod:`infer.npz`.
+  ``generated:N``
+      N generated 8x8 RGB images (a pure function of the index, no files) in 10 classes
+      (label = index mod 10): for benchmarks and tests of the embedding loop at any size.
+
+A data set's ``location`` is its spec resolved to an absolute place (the folder, or CIFAR's folder
+under ``--data-path``); the store names a set by it, never by a name two data sets can share.
 """
 from __future__ import annotations
 
@@ -21,30 +27,34 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..common.cifar import load_cifar
+from ..common.cifar import cifar_dir, load_cifar
 from ..common.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _CIFAR = ("cifar10", "cifar100")
 _SPLITS = ("train", "test")
+MAX_GENERATED = 10**9
+_GENERATED_SIZE, _GENERATED_CLASSES = 8, 10
 
 
 class Dataset(ABC):
     """Images with int64 labels, addressed by index.
 
-    Attributes: ``spec`` (as given), ``name`` ('cifar10', 'cifar100', 'folder'), ``split``, ``key``
-    (store folder name ``<name>-<split>``), ``labels`` int64 [N], ``classes``.
+    Attributes: ``spec`` (as given), ``name`` ('cifar10', 'cifar100', 'folder', 'generated'),
+    ``split``, ``location`` (see the module doc), ``key`` (its store folder name), ``labels`` int64
+    [N], ``classes``.
     """
 
     spec: str
     name: str
     split: str
+    location: str
     labels: np.ndarray
     classes: list[str]
 
     @property
     def key(self) -> str:
-        return dataset_key(self.spec)
+        return location_key(self.location)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -53,6 +63,13 @@ class Dataset(ABC):
     def fingerprint(self) -> str:
         """sha256 over the exact stored bytes of every image and every label, in order."""
         return self._fingerprint()
+
+    def labels_without(self, skipped: tuple[str, ...]) -> np.ndarray:
+        """int64 [N - len(skipped)]: the labels of every item but those named in ``skipped``."""
+        if not skipped:
+            return self.labels
+        left_out = set(skipped)
+        return self.labels[[i for i in range(len(self)) if self.item_name(i) not in left_out]]
 
     @abstractmethod
     def image(self, index: int) -> Image.Image:
@@ -74,6 +91,7 @@ class Dataset(ABC):
 class CifarDataset(Dataset):
     def __init__(self, spec: str, name: str, split: str, data_path: str | Path):
         self.spec, self.name, self.split = spec, name, split
+        self.location = dataset_location(spec, data_path)
         data = load_cifar(data_path, name, split)
         self.images, self.labels, self.classes = data.images, data.labels, data.classes
 
@@ -110,6 +128,7 @@ class FolderDataset(Dataset):
         if not root.is_dir():
             raise InputError(f"{spec}: {root} is not a folder")
         self.spec, self.name, self.split, self.root = spec, "folder", root.resolve().name, root
+        self.location = dataset_location(spec)
         self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not self.classes:
             raise InputError(f"{spec}: {root} has no class sub-folders (expected one folder per class)")
@@ -146,22 +165,81 @@ class FolderDataset(Dataset):
         return h.hexdigest()
 
 
+class GeneratedDataset(Dataset):
+    def __init__(self, spec: str, count: int):
+        self.spec, self.name, self.split, self.location = spec, "generated", str(count), f"generated:{count}"
+        self.labels = np.arange(count, dtype=np.int64) % _GENERATED_CLASSES
+        self.classes = [f"generated_{c}" for c in range(_GENERATED_CLASSES)]
+        self._pixels = np.arange(_GENERATED_SIZE * _GENERATED_SIZE * 3, dtype=np.uint64)
+
+    def image(self, index: int) -> Image.Image:
+        # A multiplicative hash of (index, pixel): cheap, deterministic, different for every index.
+        x = (self._pixels + np.uint64(index) * np.uint64(193)) * np.uint64(2654435761) >> np.uint64(11)
+        return Image.fromarray((x & np.uint64(255)).astype(np.uint8).reshape(_GENERATED_SIZE, _GENERATED_SIZE, 3))
+
+    def item_name(self, index: int) -> str:
+        return f"{self.spec}[{index}]"
+
+    def _fingerprint(self) -> str:
+        # The images are a pure function of the index: the generator's definition is the content.
+        return hashlib.sha256(f"generated v1 {len(self)} {_GENERATED_SIZE} {_GENERATED_CLASSES}\n".encode()).hexdigest()
+
+
 def _parse(spec: str) -> tuple[str, str]:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise InputError(f"dataset {spec!r}: expected cifar10:train|test, cifar100:train|test, folder:PATH "
-                         "or npz:PATH[:train|val|test]")
+                         "npz:PATH[:train|val|test] or generated:N")
     if kind in _CIFAR:
         if rest not in _SPLITS:
             raise InputError(f"dataset {spec!r}: unknown split {rest!r}, expected train or test")
+    elif kind == "generated":
+        if not rest.isdigit() or not 1 <= int(rest) <= MAX_GENERATED:
+            raise InputError(f"dataset {spec!r}: expected generated:N with N from 1 to {MAX_GENERATED}")
     elif kind not in ("folder", "npz"):
-        raise InputError(f"dataset {spec!r}: unknown kind {kind!r}, expected cifar10, cifar100, folder or npz")
+        raise InputError(f"dataset {spec!r}: unknown kind {kind!r}, expected cifar10, cifar100, folder, npz "
+                         "or generated")
     return kind, rest
 
 
-def dataset_key(spec: str) -> str:
-    """The store folder of a spec, ``<name>-<split>`` (``cifar10-test``, ``folder-<folder name>``),
-    from the spec alone, so stored sets can be found without the data."""
+def dataset_location(spec: str, data_path: str | Path = "data") -> str:
+    """Where the data of ``spec`` is, absolute and without symbolic links, from the spec alone
+    (``folder:/abs/images``, ``cifar10:test:/abs/data/cifar-10-batches-py``, ``generated:N``)."""
+    kind, rest = _parse(spec)
+    if kind == "folder":
+        return f"folder:{Path(rest).resolve()}"
+    if kind == "generated":
+        return f"generated:{int(rest)}"
+    if kind == "npz":
+        from .npz import parse_npz_spec
+
+        path, split = parse_npz_spec(rest)
+        return f"npz:{split}:{path.resolve()}"
+    return f"{kind}:{rest}:{cifar_dir(data_path, kind).resolve()}"
+
+
+def location_key(location: str) -> str:
+    """The store folder of a data location: readable ``<kind>-<split or folder name>`` plus 16 hex
+    digits of the location's sha256, so two data sets never share a folder."""
+    kind, _, rest = location.partition(":")
+    if kind in _CIFAR:
+        readable = rest.partition(":")[0]
+    elif kind == "npz":
+        split, _, path = rest.partition(":")
+        readable = f"{Path(path).stem}-{split}"
+    else:
+        readable = Path(rest).name if kind == "folder" else rest
+    digest = hashlib.sha256(location.encode()).hexdigest()[:16]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{kind}-{readable}"[:80]) + f"-{digest}"
+
+
+def dataset_key(spec: str, data_path: str | Path = "data") -> str:
+    """The store folder of a spec (see :func:`location_key`), so stored sets can be found without the data."""
+    return location_key(dataset_location(spec, data_path))
+
+
+def legacy_dataset_key(spec: str) -> str:
+    """The folder name store format 1 used, ``<name>-<split>``, which two data sets could share."""
     kind, rest = _parse(spec)
     split = Path(rest).resolve().name if kind == "folder" else rest
     if kind == "npz":
@@ -181,4 +259,6 @@ def open_dataset(spec: str, data_path: str | Path = "data") -> Dataset:
         from .npz import NpzDataset, parse_npz_spec
 
         return NpzDataset(spec, *parse_npz_spec(rest))
+    if kind == "generated":
+        return GeneratedDataset(spec, int(rest))
     return CifarDataset(spec, kind, rest, data_path)

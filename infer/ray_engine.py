@@ -25,7 +25,7 @@ from ..common.errors import InputError
 from .datasets import Dataset
 from .device import TensorRTOptions
 from .metadata import ModelInfo
-from .workers import Embedded, load_batch
+from .workers import Embedded, batch_bounds, load_batch
 
 
 @dataclass(frozen=True)
@@ -141,43 +141,47 @@ def _connect(options: RayOptions):
 
 def embed_with_ray(model: str | Path, dataset: Dataset, *, options: RayOptions = RayOptions(), provider: str = "cpu",
                    batch_size: int = 64, skip_bad: bool = False, threads: Optional[int] = None,
-                   trt: Optional[TensorRTOptions] = None) -> Iterator[Embedded]:
+                   trt: Optional[TensorRTOptions] = None, start: int = 0,
+                   align: Optional[int] = None) -> Iterator[Embedded]:
     """Raw model outputs of every ``batch_size`` rows of ``dataset``, in order, computed by Ray actors
     (one onnxruntime session each). Batches are the local engine's (same rows, same preprocessing,
     same session options), so on the CPU the outputs are equal bit for bit. Options are checked and
     Ray is connected before the first batch is asked for; a cluster this call started is shut down
-    when the iterator ends or is closed."""
+    when the iterator ends or is closed. ``start`` and ``align``: see :func:`infer.workers.batch_bounds`."""
     options.check()
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     ray, started = _connect(options)
-    return _ordered_batches(ray, started, Path(model), dataset, options, provider, batch_size, skip_bad,
+    bounds = batch_bounds(start, len(dataset), batch_size, align)
+    return _ordered_batches(ray, started, Path(model), dataset, options, provider, bounds, skip_bad,
                             threads or max(1, int(options.cpus_per_actor)), trt)
 
 
-def _ordered_batches(ray, started, model, dataset, options, provider, batch_size, skip_bad, threads, trt):
+def _ordered_batches(ray, started, model, dataset, options, provider, bounds, skip_bad, threads, trt):
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
-        bounds = [{"start": s, "stop": min(s + batch_size, len(dataset))} for s in range(0, len(dataset), batch_size)]
+        items = [{"start": s, "stop": e} for s, e in bounds]
         refs = (ray.put(model.read_bytes()), ray.put(_portable(dataset)))
-        results = ray.data.from_items(bounds, override_num_blocks=len(bounds)).map_batches(
+        results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             EmbedActor, batch_size=1, concurrency=options.actors, num_gpus=options.gpus_per_actor,
             num_cpus=options.cpus_per_actor,
             fn_constructor_args=(*refs, provider, threads, skip_bad, trt, code_digest()))
-        expected = 0
+        due = iter(bounds)
+        expected = bounds[0][0] if bounds else 0
         for block in results.iter_batches(batch_size=None, batch_format="numpy"):
             rows = block["row"]
             if len(rows) and not np.array_equal(rows, np.arange(expected, expected + len(rows))):
                 raise RuntimeError(f"Ray returned rows {rows[0]}..{rows[-1]} where row {expected} was due")
-            for start in range(expected, expected + len(rows), batch_size):
-                part = slice(start - expected, start - expected + batch_size)
-                ok = block["ok"][part]
-                yield Embedded(start=start, rows=rows[part][ok], embeddings=block["embedding"][part][ok],
+            first, expected = expected, expected + len(rows)
+            while len(rows) and (bound := next(due)):  # a block holds whole batches (one per actor call)
+                part, ok = slice(bound[0] - first, bound[1] - first), block["ok"][bound[0] - first:bound[1] - first]
+                yield Embedded(start=bound[0], rows=rows[part][ok], embeddings=block["embedding"][part][ok],
                                prompt_index=block["prompt_index"][part][ok],
                                skipped=[dataset.item_name(int(r)) for r in rows[part][~ok]],
                                provider=str(block["provider"][part][0]))
-            expected += len(rows)
+                if bound[1] == expected:
+                    break
     finally:
         if started:
             ray.shutdown()

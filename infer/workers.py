@@ -99,10 +99,24 @@ def default_start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
+def batch_bounds(start: int, stop: int, batch_size: int, align: Optional[int] = None) -> list[tuple[int, int]]:
+    """Row ranges [s, e) of at most ``batch_size`` rows covering [start, stop); with ``align`` no range
+    crosses a multiple of ``align`` (a store shard boundary), so every shard ends with a batch."""
+    bounds, s = [], start
+    while s < stop:
+        e = min(s + batch_size, stop)
+        if align:
+            e = min(e, (s // align + 1) * align)
+        bounds.append((s, e))
+        s = e
+    return bounds
+
+
 def batch_source(dataset: Dataset, spec: Preprocessing, *, batch_size: int = 64, workers: Optional[int] = None,
-                 skip_bad: bool = False, start: int = 0, prefetch: Optional[int] = None,
+                 skip_bad: bool = False, start: int = 0, align: Optional[int] = None, prefetch: Optional[int] = None,
                  start_method: Optional[str] = None) -> Iterator[Batch]:
-    """Batches of ``batch_size`` dataset rows from row ``start`` on, in order (see the module doc).
+    """Batches of ``batch_size`` dataset rows from row ``start`` on, in order (see the module doc);
+    ``align``: see :func:`batch_bounds`.
 
     ``workers``: decoding processes (default: the usable cores; 0 or 1: in this process).
     ``prefetch``: batches decoded ahead of the consumer (default 2 per worker, 1 in-process), which
@@ -125,7 +139,7 @@ def batch_source(dataset: Dataset, spec: Preprocessing, *, batch_size: int = 64,
         raise InputError(f"start method {method!r}: expected one of {', '.join(START_METHODS)}")
     if not 0 <= start <= len(dataset):
         raise InputError(f"start row {start}: the data set has {len(dataset)} rows")
-    bounds = [(s, min(s + batch_size, len(dataset))) for s in range(start, len(dataset), batch_size)]
+    bounds = batch_bounds(start, len(dataset), batch_size, align)
     state = (dataset, spec, skip_bad)
     if workers <= 1:
         return _ordered(lambda: ThreadPoolExecutor(1), lambda pool, b: pool.submit(load_batch, dataset, *b, spec,

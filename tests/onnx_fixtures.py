@@ -5,22 +5,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from dpcompat.common.cifar import write_cifar
-from dpcompat.common.contract import EMBEDDING_OUTPUT, FORMAT_VERSION, INPUT_NAME, PROMPT_INDEX_OUTPUT
+from dpcompat.common.contract import FORMAT_VERSION
+from dpcompat.export.tiny import write_tiny_model
 from dpcompat.infer.metadata import ModelInfo, Preprocessing
-from dpcompat.infer.store import write_set
+from dpcompat.infer.datasets import dataset_location
+from dpcompat.infer.manifest import DataRecord, Manifest, ModelRecord
+from dpcompat.infer.shards import write_set
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_SIZE = 32
 PREPROCESSING = Preprocessing(resize=36, crop=INPUT_SIZE)
-POOL = 4
 
 
 def model_info(task: int = 1, dim: int = 16, preprocessing: Preprocessing = PREPROCESSING) -> ModelInfo:
@@ -32,32 +34,8 @@ def model_info(task: int = 1, dim: int = 16, preprocessing: Preprocessing = PREP
 
 def write_model(path: Path, task: int = 1, dim: int = 16, seed: Optional[int] = None, poison: Optional[float] = None,
                 info: Optional[ModelInfo] = None) -> Path:
-    """image [N, 3, S, S] -> 8x8 average pool -> flatten -> matmul -> ``embedding`` [N, dim];
-    ``prompt_index`` = argmax of another projection. ``poison`` (nan, inf) is put in one weight,
-    so every embedding carries it."""
-    rng = np.random.default_rng(task if seed is None else seed)
-    features = 3 * (INPUT_SIZE // 8) ** 2
-    weight = rng.standard_normal((features, dim)).astype(np.float32)
-    if poison is not None:
-        weight[0, 0] = poison
-    keys = rng.standard_normal((features, POOL)).astype(np.float32)
-    nodes = [helper.make_node("AveragePool", [INPUT_NAME], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
-             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-             helper.make_node("MatMul", ["flat", "weight"], [EMBEDDING_OUTPUT]),
-             helper.make_node("MatMul", ["flat", "keys"], ["scores"]),
-             helper.make_node("ArgMax", ["scores"], [PROMPT_INDEX_OUTPUT], axis=1, keepdims=0)]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, INPUT_SIZE, INPUT_SIZE])],
-        [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", dim]),
-         helper.make_tensor_value_info(PROMPT_INDEX_OUTPUT, TensorProto.INT64, ["N"])],
-        [numpy_helper.from_array(weight, "weight"), numpy_helper.from_array(keys, "keys")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, (info or model_info(task, dim)).to_props())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
-    return path
+    """The tiny export of :mod:`dpcompat.export.tiny` at ``path``; ``poison`` (nan, inf) in one weight."""
+    return write_tiny_model(path, info or model_info(task, dim), seed=task if seed is None else seed, poison=poison)
 
 
 def write_data(root: Path, name: str = "cifar10", test_per_class: int = 4, classes: int = 10, seed: int = 0) -> Path:
@@ -74,19 +52,22 @@ def write_data(root: Path, name: str = "cifar10", test_per_class: int = 4, class
 
 def write_random_set(path: Path, model_id: str, n: int = 40, dim: int = 8, classes: int = 4, seed: int = 0,
                      spec: str = "cifar10:test", fingerprint: str = "f" * 64, labels: Optional[np.ndarray] = None,
-                     preprocessing: Preprocessing = PREPROCESSING):
-    """A stored set of random unit vectors, as ``embed`` would write it."""
+                     preprocessing: Preprocessing = PREPROCESSING, shard_rows: int = 16, data_path: str = "data"):
+    """A stored set of random unit vectors, as ``embed`` would write it (3 shards by default)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = np.arange(n) % classes if labels is None else labels
-    manifest = {"model": {"id": model_id, "sha256": "0" * 64, "task": seed}, "count": n, "dim": dim, "skipped": [],
-                "dataset": {"spec": spec, "name": spec.split(":")[0], "split": spec.split(":")[1],
-                            "fingerprint": fingerprint, "size": n},
-                "preprocessing": {"resize": preprocessing.resize, "crop": preprocessing.crop,
-                                  "interpolation": preprocessing.interpolation, "scale": preprocessing.scale,
-                                  "mean": list(preprocessing.mean), "std": list(preprocessing.std)}}
-    return write_set(path, x, np.asarray(labels, np.int64), manifest)
+    data = DataRecord(spec=spec, location=dataset_location(spec, data_path), name=spec.split(":")[0],
+                      split=spec.split(":")[1], fingerprint=fingerprint, size=n)
+    manifest = Manifest(model=ModelRecord(id=model_id, sha256="0" * 64, task=seed), dataset=data,
+                        preprocessing=asdict(preprocessing))
+    return write_set(path, x, np.asarray(labels, np.int64), manifest, shard_rows=shard_rows)
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Hidden files and folders under ``root`` other than lock files (which stay by design)."""
+    return [p for p in root.rglob(".*") if not p.name.endswith(".lock")]
 
 
 def run_cli(*args: str, cwd: Path, env: Optional[dict] = None) -> subprocess.CompletedProcess:

@@ -143,7 +143,7 @@ def test_auto_feature_prefers_a_query_output(tmp_path):
     audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, store=store, provider="cpu")
     assert audit.feature == "query"
     stored = read_set(store / "m-query" / "cifar10-test")
-    assert stored.manifest["model"]["output"] == "query"
+    assert stored.manifest.model.output == "query"
     pair = audit.comparisons[0].pairs[0]
     q, g = stored.embeddings, read_set(store / "m-query" / "cifar100-train").embeddings
     assert pair.cosine == pytest.approx(float(q[pair.left_index] @ g[pair.right_index]), abs=1e-6)
@@ -156,4 +156,4 @@ def test_auto_feature_prefers_a_query_output(tmp_path):
     warnings = []
     again = embed_dataset(path, open_dataset("cifar10:test", tmp_path), store, model_id="m", provider="cpu",
                           warn=warnings.append, output="query")  # the stored 'm' set holds the other output
-    assert not again.reused and "output" in warnings[0] and again.set.manifest["model"]["output"] == "query"
+    assert not again.reused and "output" in warnings[0] and again.set.manifest.model.output == "query"

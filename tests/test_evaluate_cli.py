@@ -5,7 +5,13 @@ import sys
 
 import pytest
 
+from dpcompat.infer.datasets import dataset_key
 from onnx_fixtures import run_cli, write_data, write_model, write_random_set
+
+
+def KEY(workdir):
+    """The store folder of cifar10:test under the work folder's data/."""
+    return dataset_key("cifar10:test", workdir / "data")
 
 BLOCK_TORCH = '''
 import sys
@@ -57,7 +63,7 @@ def test_evaluate_from_exports_dir_orders_by_task_then_from_store(workdir):
     assert "cells" in first.stderr and "3 models: task1, task2, task10" in first.stdout
     assert "top1" in first.stdout and "AC" in first.stdout
     for model in ("task1", "task2", "task10"):
-        assert (workdir / "embeddings" / model / "cifar10-test" / "manifest.json").is_file()
+        assert (workdir / "embeddings" / model / KEY(workdir) / "manifest.json").is_file()
     (workdir / "exports").rename(workdir / "gone")  # --from-store needs no ONNX file and no data
     (workdir / "data").rename(workdir / "gone-data")
     again = run_cli("evaluate", "--from-store", "task1,task2,task10", "--out", "r2", "--quiet", cwd=workdir)
@@ -69,11 +75,16 @@ def test_evaluate_from_exports_dir_orders_by_task_then_from_store(workdir):
 
 
 def test_evaluate_refusals_are_one_line(workdir):
-    store = workdir / "embeddings"
-    write_random_set(store / "a" / "cifar10-test", "a")
-    write_random_set(store / "b" / "cifar10-test", "b", dim=16)
-    write_random_set(store / "c" / "cifar10-test", "c", fingerprint="e" * 64)
+    store, key, data = workdir / "embeddings", KEY(workdir), str(workdir / "data")
+    write_random_set(store / "a" / key, "a", data_path=data)
+    write_random_set(store / "b" / key, "b", dim=16, data_path=data)
+    write_random_set(store / "c" / key, "c", fingerprint="e" * 64, data_path=data)
+    write_random_set(store / "d" / key, "d", spec="cifar10:train", data_path=data)  # under another data set's name
+    write_random_set(store / "e" / "cifar10-test", "e")  # where store format 1 put it
     cases = {
+        ("--from-store", "a,d"): f"holds embeddings of cifar10:train:{workdir / 'data' / 'cifar-10-batches-py'}, "
+                                 f"not of the data asked for, cifar10:test:{workdir / 'data' / 'cifar-10-batches-py'}",
+        ("--from-store", "e"): "no stored set of e on cifar10:test",
         ("--from-store", "a,b"): "dimension 16",
         ("--from-store", "a,c"): "other query data",
         ("--from-store", "a,zz"): "no stored set of zz on cifar10:test",
@@ -96,3 +107,21 @@ def test_evaluate_gallery_of_other_data(workdir):
     report = json.loads((workdir / "reports" / "compatibility.json").read_text())
     assert report["protocol"]["own_image_left_out"] is False
     assert report["gallery"]["spec"] == "cifar100:test" and report["gallery"]["count"] == 100
+
+
+def test_from_store_never_takes_another_folder_of_the_same_name(workdir):
+    """Issue 10: folder:a/images and folder:b/images once shared one set, so --from-store compared the wrong data."""
+    from test_infer_datasets import write_folder
+
+    write_folder(workdir / "a" / "images")
+    write_folder(workdir / "b" / "images", bad=True)
+    for model in ("task1", "task2"):
+        r = run_cli("embed", "--model", f"exports/{model}.onnx", "--dataset", "folder:a/images", "--provider", "cpu",
+                    "--quiet", cwd=workdir)
+        assert r.returncode == 0, r.stderr
+    ok = run_cli("evaluate", "--from-store", "task1,task2", "--query", "folder:a/images", "--k", "1", "--quiet",
+                 cwd=workdir)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((workdir / "reports" / "compatibility.json").read_text())["query"]["count"] == 6
+    other = run_cli("evaluate", "--from-store", "task1,task2", "--query", "folder:b/images", "--quiet", cwd=workdir)
+    assert other.returncode == 2 and "no stored set of task1 on folder:b/images" in other.stderr

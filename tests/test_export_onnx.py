@@ -273,6 +273,21 @@ def test_verify_fails_on_perturbed_weights(exported, ckpt_dir, tmp_path):
     assert not json.loads((tmp_path / "r.json").read_text())["passed"]
 
 
+def test_verify_fails_on_nan_embeddings_with_valid_json(tmp_path):
+    # A NaN weight makes both sides NaN: every tolerance comparison is false, so this once passed.
+    model = _model(4)
+    with torch.no_grad():
+        model.norm.weight[0] = float("nan")
+    _write(tmp_path / "ckpt", 1, model)
+    export_task(checkpoint_path(tmp_path / "ckpt", 1), tmp_path / "task1.onnx")
+    r = _run("verify", "--onnx", str(tmp_path / "task1.onnx"), "--checkpoint-dir", str(tmp_path / "ckpt"),
+             "--random", "8", "--report", str(tmp_path / "r.json"))
+    assert r.exit_code == 1, r.output
+    assert "NaN or Inf in 8 candidate and 8 reference embedding rows of 8" in r.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is False and report["batches"][0]["nonfinite_candidate"] == 8
+
+
 def test_verify_bad_input_exits_2(exported, ckpt_dir, tmp_path):
     import subprocess
     import sys

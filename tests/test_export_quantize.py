@@ -42,7 +42,7 @@ def test_quantized_file_is_qdq_int8_and_close_to_fp32(tmp_path):
     assert 0.99 < r.mean_cosine <= 1.0 + 1e-6 and r.min_cosine <= r.mean_cosine
     assert not [p for p in (tmp_path / "int8").iterdir() if p.name.startswith(".")]
     stored = embed_dataset(r.path, dataset, tmp_path / "store")  # the int8 file passes the contract checks
-    assert stored.set.manifest["model"]["precision"] == "int8"
+    assert stored.set.manifest.model.precision == "int8"
     with pytest.raises(InputError, match="starts from an fp32 export"):
         quantize_int8(r.path, tmp_path / "again.onnx", dataset)
 

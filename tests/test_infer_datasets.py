@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpcompat.infer.datasets import dataset_key, open_dataset
+from dpcompat.infer.datasets import dataset_key, dataset_location, open_dataset
 from dpcompat.common.errors import InputError
 from onnx_fixtures import write_data
 
@@ -14,7 +14,7 @@ from onnx_fixtures import write_data
 def test_cifar_spec_reads_the_python_layout(tmp_path):
     write_data(tmp_path, "cifar10", test_per_class=3)
     ds = open_dataset("cifar10:test", tmp_path)
-    assert (ds.name, ds.split, ds.key, len(ds)) == ("cifar10", "test", "cifar10-test", 30)
+    assert (ds.name, ds.split, len(ds)) == ("cifar10", "test", 30) and ds.key.startswith("cifar10-test-")
     assert ds.labels.dtype == np.int64 and ds.classes[0] == "class0"
     img = ds.image(4)
     assert img.mode == "RGB" and img.size == (32, 32)
@@ -69,7 +69,7 @@ def write_folder(root, bad=False):
 
 def test_folder_dataset(tmp_path):
     ds = open_dataset(f"folder:{write_folder(tmp_path / 'pets')}")
-    assert ds.classes == ["cat", "dog"] and ds.key == "folder-pets"
+    assert ds.classes == ["cat", "dog"] and ds.key.startswith("folder-pets-")
     assert len(ds) == 6 and ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert [ds.item_name(i) for i in range(3)] == ["cat/0.png", "cat/1.jpg", "cat/2.webp"]
     assert all(ds.image(i).mode == "RGB" for i in range(6))
@@ -104,3 +104,28 @@ def test_missing_data_is_named(tmp_path):
         open_dataset(f"folder:{tmp_path / 'empty'}")
     with pytest.raises(InputError, match="no class sub-folders"):
         open_dataset(f"folder:{tmp_path / 'empty' / 'cls'}")
+
+
+def test_location_and_key_name_the_data_not_its_folder_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a" / "images").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "images").symlink_to(tmp_path / "a" / "images")
+    assert dataset_location("folder:a/images") == f"folder:{tmp_path.resolve() / 'a' / 'images'}"
+    assert dataset_key("folder:a/images") == dataset_key(f"folder:{tmp_path}/b/images")  # the same folder
+    assert dataset_key("folder:a/images") != dataset_key("folder:b")
+    assert dataset_key("cifar10:test", "x") != dataset_key("cifar10:test", "y")  # two --data-path
+    assert dataset_key("cifar10:test", "x") != dataset_key("cifar10:train", "x")
+    assert dataset_location("cifar10:test", "x") == f"cifar10:test:{tmp_path.resolve() / 'x' / 'cifar-10-batches-py'}"
+
+
+def test_generated_spec():
+    ds = open_dataset("generated:25")
+    assert (len(ds), ds.location, ds.labels[:12].tolist()) == (25, "generated:25", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1])
+    images = [np.asarray(ds.image(i)) for i in range(25)]
+    assert images[3].shape == (8, 8, 3) and images[3].dtype == np.uint8
+    assert len({im.tobytes() for im in images}) == 25 and np.array_equal(np.asarray(ds.image(3)), images[3])
+    assert ds.fingerprint == open_dataset("generated:25").fingerprint != open_dataset("generated:26").fingerprint
+    for bad in ("generated:0", "generated:x", "generated:10000000000"):
+        with pytest.raises(InputError, match="expected generated:N"):
+            open_dataset(bad)

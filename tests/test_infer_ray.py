@@ -31,7 +31,7 @@ def test_ray_engine_stores_the_local_set_bit_for_bit(tmp_path, local_ray):
                            ray=RayOptions(actors=2)).set
     assert remote.count == len(ds) == 100
     assert remote.embeddings.tobytes() == local.embeddings.tobytes()
-    assert remote.labels.tolist() == local.labels.tolist() and remote.manifest["provider"] == "cpu"
+    assert remote.labels.tolist() == local.labels.tolist() and remote.manifest.provider == "cpu"
     batches = list(embed_with_ray(model, ds, provider="cpu", batch_size=16, threads=1))
     assert [b.start for b in batches] == list(range(0, 100, 16))
     assert np.concatenate([b.rows for b in batches]).tolist() == list(range(100))
@@ -44,7 +44,7 @@ def test_ray_engine_skips_bad_images_like_the_local_engine(tmp_path, local_ray, 
     local = embed_dataset(model, ds, tmp_path / "a", provider="cpu", batch_size=3, skip_bad=True, workers=0).set
     remote = embed_dataset(model, ds, tmp_path / "b", provider="cpu", batch_size=3, skip_bad=True,
                            ray=RayOptions(actors=1)).set
-    assert remote.manifest["skipped"] == local.manifest["skipped"] == ["cat/broken.png"]
+    assert remote.manifest.skipped == local.manifest.skipped == ("cat/broken.png",)
     assert remote.embeddings.tobytes() == local.embeddings.tobytes()
 
 

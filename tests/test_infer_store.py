@@ -1,67 +1,103 @@
-"""The embedding store refuses corrupt sets and sets that cannot be compared."""
+"""The embedding store: sharded sets with digests, refused when corrupt or not comparable, read whole
+or streamed, never seen half-replaced by a reader."""
 import json
+import threading
 
 import numpy as np
 import pytest
 
+from dpcompat.common.digest import file_sha256
 from dpcompat.common.errors import InputError
+from dpcompat.infer.manifest import shard_files
 from dpcompat.infer.metadata import Preprocessing
+from dpcompat.infer.shards import write_set
 from dpcompat.infer.store import check_comparable, read_set, set_path
-from onnx_fixtures import write_random_set
+from onnx_fixtures import leftovers, write_random_set
 
 
-def test_round_trip(tmp_path):
+def test_round_trip_in_shards(tmp_path):
     written = write_random_set(tmp_path / "task1" / "cifar10-test", "task1")
     stored = read_set(tmp_path / "task1" / "cifar10-test")
+    assert [s.rows for s in stored.manifest.shards] == [16, 16, 8]
     np.testing.assert_array_equal(stored.embeddings, written.embeddings)
-    np.testing.assert_array_equal(stored.labels, written.labels)
+    np.testing.assert_array_equal(stored.labels, np.arange(40) % 4)
     assert stored.manifest == written.manifest and stored.model_id == "task1" and (stored.count, stored.dim) == (40, 8)
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temporary leftovers
+    blocks = list(stored.blocks())
+    assert all(isinstance(b.embeddings, np.memmap) for b in blocks)  # streamed, not loaded
+    np.testing.assert_array_equal(np.concatenate([b.embeddings for b in blocks]), stored.embeddings)
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in blocks]), stored.labels)
+    assert not leftovers(tmp_path)
+
+
+def _edit_manifest(path, change):
+    m = json.loads((path / "manifest.json").read_text())
+    change(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def _redigest(path, index=0):
+    """Make the manifest agree with shard ``index``'s files again (an edit that also forges the digests)."""
+    emb, lab = shard_files(index)
+
+    def change(m):
+        m["shards"][index].update(embeddings_sha256=file_sha256(path / emb), labels_sha256=file_sha256(path / lab))
+    _edit_manifest(path, change)
+
+
+def _rewrite(path, name, change, forge=True):
+    x = np.load(path / name)
+    x = change(x)
+    with open(path / name, "wb") as f:
+        np.save(f, x, allow_pickle=x.dtype == object)
+    if forge:
+        _redigest(path, int(name.split("-")[1][:5]))
 
 
 def corrupt(path, how):
+    emb, lab = shard_files(1)
     if how == "truncated embeddings":
-        data = (path / "embeddings.npy").read_bytes()
-        (path / "embeddings.npy").write_bytes(data[: len(data) // 2])
+        data = (path / emb).read_bytes()
+        (path / emb).write_bytes(data[: len(data) // 2])
     elif how == "missing labels":
-        (path / "labels.npy").unlink()
+        (path / lab).unlink()
+    elif how == "edited labels":
+        _rewrite(path, lab, lambda x: (x + 1) % 4, forge=False)
+    elif how == "edited embeddings":
+        _rewrite(path, emb, lambda x: x[::-1].copy(), forge=False)
     elif how == "labels count":
-        np.save(path / "labels.npy", np.zeros(39, np.int64))
+        _rewrite(path, lab, lambda x: x[:-1])
     elif how == "labels dtype":
-        np.save(path / "labels.npy", np.zeros(40, np.float32))
+        _rewrite(path, lab, lambda x: x.astype(np.float32))
     elif how == "manifest count":
-        m = json.loads((path / "manifest.json").read_text())
-        m["count"] = 41
-        (path / "manifest.json").write_text(json.dumps(m))
+        _edit_manifest(path, lambda m: m.update(count=41))
     elif how == "manifest json":
         (path / "manifest.json").write_text("{not json")
     elif how == "manifest field":
-        m = json.loads((path / "manifest.json").read_text())
-        del m["dataset"]["fingerprint"]
-        (path / "manifest.json").write_text(json.dumps(m))
+        _edit_manifest(path, lambda m: m["dataset"].pop("fingerprint"))
     elif how == "not normalised":
-        x = np.load(path / "embeddings.npy")
-        x[5] *= 2
-        np.save(path / "embeddings.npy", x)
+        _rewrite(path, emb, lambda x: x * np.where(np.arange(16) == 5, 2, 1)[:, None].astype(np.float32))
     elif how == "nan":
-        x = np.load(path / "embeddings.npy")
-        x[7, 0] = np.nan
-        np.save(path / "embeddings.npy", x)
+        _rewrite(path, emb, lambda x: np.where(np.arange(16)[:, None] == 7, np.nan, x).astype(np.float32))
     elif how == "pickled object":
-        np.save(path / "labels.npy", np.array([{"a": 1}] * 40, dtype=object), allow_pickle=True)
+        _rewrite(path, lab, lambda x: np.array([{"a": 1}] * 16, dtype=object))
+    elif how == "format 1":
+        _edit_manifest(path, lambda m: m.update(format_version="1"))
 
 
 @pytest.mark.parametrize("how, message", [
-    ("truncated embeddings", "embeddings.npy: not a readable .npy array"),
-    ("missing labels", "labels.npy: missing"),
-    ("labels count", "40 embeddings, 39 labels"),
-    ("labels dtype", "labels.npy: float32"),
-    ("manifest count", "manifest count 41"),
+    ("truncated embeddings", "embeddings-00001.npy: its sha256 differs from the manifest's"),
+    ("missing labels", "labels-00001.npy: missing or unreadable"),
+    ("edited labels", "labels-00001.npy: its sha256 differs from the manifest's"),
+    ("edited embeddings", "embeddings-00001.npy: its sha256 differs"),
+    ("labels count", r"labels-00001.npy: int64 \(15,\), manifest says int64 \(16,\)"),
+    ("labels dtype", "labels-00001.npy: float32"),
+    ("manifest count", "count 41 is not the sum of its shards' rows"),
     ("manifest json", "manifest.json: not readable JSON"),
-    ("manifest field", "malformed manifest"),
-    ("not normalised", "row 5 is not a finite unit vector"),
-    ("nan", "row 7 is not a finite unit vector"),
-    ("pickled object", "labels.npy: not a readable .npy array"),
+    ("manifest field", r"malformed manifest \(no 'fingerprint'\)"),
+    ("not normalised", "row 21 is not a finite unit vector"),
+    ("nan", "row 23 is not a finite unit vector"),
+    ("pickled object", "labels-00001.npy: not a readable .npy array"),
+    ("format 1", "store format 1, this toolkit reads 2 .*run embed"),
 ])
 def test_corrupt_sets_are_refused_with_the_file_named(tmp_path, how, message):
     path = tmp_path / "task1" / "cifar10-test"
@@ -91,3 +127,36 @@ def test_mismatched_sets_are_refused(tmp_path):
 def test_model_id_must_be_a_folder_name(tmp_path):
     with pytest.raises(InputError, match="model id '../x'"):
         set_path(tmp_path, "../x", "cifar10-test")
+
+
+def test_a_reader_beside_a_rewriting_writer_sees_whole_sets(tmp_path):
+    path = tmp_path / "m" / "set"
+    versions = [write_random_set(path, "m", seed=s, n=64, shard_rows=8) for s in (1, 2)]
+    versions = [(v.embeddings.copy(), v.manifest) for v in versions]
+    stop, errors = threading.Event(), []
+
+    def rewrite():
+        try:
+            for i in range(16):
+                embeddings, manifest = versions[i % 2]
+                write_set(path, embeddings, np.arange(64) % 4, manifest, shard_rows=8)
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+        finally:
+            stop.set()
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    reads = 0
+    while not stop.is_set() or reads < 5:
+        got = read_set(path)
+        assert any(np.array_equal(got.embeddings, v[0]) and got.manifest == v[1] for v in versions)
+        reads += 1
+    writer.join()
+    assert not errors and not leftovers(tmp_path)
+
+
+def test_a_missing_set_is_named(tmp_path):
+    for path in (tmp_path / "none" / "x", tmp_path / "x"):
+        with pytest.raises(InputError, match=f"{path}: no stored embeddings there"):
+            read_set(path)
