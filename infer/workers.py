@@ -15,7 +15,9 @@ package and then calls :func:`init_worker_from_bytes` by module name.
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import pickle
 import runpy
 import signal
@@ -168,6 +170,9 @@ def _ordered(make_pool: Callable[[], Executor], submit: Callable[[Executor, tupl
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
 def _process_pool(workers: int, state: tuple, method: str) -> ProcessPoolExecutor:
     context = multiprocessing.get_context(method)
     if method == "fork":  # the child inherits the state and the imported package: nothing is pickled
@@ -182,7 +187,24 @@ def init_worker(state: tuple[Dataset, Preprocessing, bool]) -> None:
     which stops the pool (a worker killed mid-batch would only turn it into a broken pool)."""
     global _STATE
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     _STATE = state
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the main process dies. A main process killed outright cannot
+    stop its pool, and its workers would otherwise wait forever on a queue nobody closes (holding the
+    caller's stdout and stderr open)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def init_worker_from_bytes(state: bytes) -> None:

@@ -70,8 +70,8 @@ def leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob(".*") if not p.name.endswith(".lock")]
 
 
-def run_cli(*args: str, cwd: Path, env: Optional[dict] = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, env: Optional[dict] = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python cli.py ARGS`` in a subprocess (as a user runs it)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=timeout)

@@ -13,7 +13,7 @@ from dpcompat.infer.store import read_set
 from onnx_fixtures import ROOT, leftovers, run_cli, write_data, write_model
 
 EMBED = ["embed", "--model", "m.onnx", "--dataset", "cifar10:test", "--store", "emb", "--shard-rows", "8",
-         "--batch-size", "4", "--provider", "cpu", "--quiet"]
+         "--batch-size", "4", "--provider", "cpu", "--quiet", "--workers", "0"]
 RUN_FACTS = ("created", "seconds")  # when and how long: the only fields two runs may differ in
 
 
@@ -52,7 +52,9 @@ def test_embed_killed_anywhere_resumes_to_the_same_bytes(tmp_path, reference, po
     old = file_sha256(tmp_path / "m.onnx")
     write_model(tmp_path / "m.onnx", dim=8)  # re-exported: the set must be recomputed
     path = tmp_path / "emb" / "m" / dataset_key("cifar10:test", tmp_path / "data")
-    killed = run_cli(*EMBED, cwd=tmp_path, env={ENV: f"{point}:{hit}"})
+    # Killed mid-loop with two decoding processes: they must die with it (else they hold its pipes open).
+    workers = ["--workers", "2"] if point == "embed.batch" else []
+    killed = run_cli(*EMBED, *workers, cwd=tmp_path, env={ENV: f"{point}:{hit}"}, timeout=120)
     assert killed.returncode == -9, killed.stderr
     survivor = read_set(path)  # a whole set, the old or the new one, never a part (the reader recovers a cut swap)
     assert survivor.count == 30 and survivor.manifest.model.sha256 in (old, new)
