@@ -748,7 +748,8 @@ def bench_store_command(model_path, small, large, resume_rows, shard_rows, batch
     _emit(result, f"{table}\nRSS at {large:,} / (RSS at {small:,} + labels {result['labels_mib_at_large']:.1f} MiB): "
                   f"{result['rss_ratio']:.3f}\nresume after SIGKILL at 50 % of {r['rows']:,} rows: "
                   f"{r['killed_s']:.1f} s + {r['resumed_s']:.1f} s vs {r['uninterrupted_s']:.1f} s uninterrupted = "
-                  f"{r['ratio']:.3f}; shards identical: {r['identical']}", json_path)
+                  f"{r['ratio']:.3f}; rows embedded {r['rows_computed']:,} = {r['work_ratio']:.3f} x; "
+                  f"shards identical: {r['identical']}", json_path)
 
 
 def main() -> None:

@@ -98,3 +98,13 @@ def test_export_killed_leaves_nothing_and_reruns_identically(tmp_path, point):
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "out" / "task1.onnx").read_bytes() == (tmp_path / "ref" / "task1.onnx").read_bytes()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["task1.onnx"]
+
+
+def test_bench_store_accounts_for_the_work_of_a_resume(tmp_path):
+    r = run_cli("bench", "store", "--small", "100", "--large", "200", "--resume-rows", "512", "--shard-rows", "64",
+                "--batch-size", "32", "--workdir", "w", "--json", "s.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "s.json").read_text())
+    # Killed after 8 batches (256 rows, 4 shards' worth) before the 4th shard was written: 3 kept, 320 redone.
+    assert result["resume"]["identical"] and result["resume"]["rows_computed"] == 256 + 512 - 192
+    assert [m["rows"] for m in result["memory"]] == [100, 200] and result["memory"][0]["max_rss_mib"] > 10
