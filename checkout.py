@@ -22,3 +22,13 @@ def import_checkout(name: str = "dpcompat"):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+if __name__ == "__dpcompat_worker__":
+    # Run by runpy as the initializer of a spawn/forkserver worker of dpcompat.infer.workers, with
+    # ``then`` = (module, function, args) given as a global: register the package, then hand over.
+    import importlib
+
+    import_checkout()
+    _module, _function, _args = then  # noqa: F821 (a global runpy passes in)
+    getattr(importlib.import_module(_module), _function)(*_args)

@@ -17,7 +17,7 @@ if not __package__:
 
 import click
 
-from .common.contract import POOLS, PRECISIONS, PROVIDERS, SELECTIONS
+from .common.contract import FILE_PRECISIONS, POOLS, PRECISIONS, PROVIDERS, QUANTIZED_PRECISIONS, SELECTIONS, parse_provider
 from .common.errors import InputError
 
 
@@ -39,6 +39,44 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """Train DualPrompt models, export them to ONNX and measure backward compatibility."""
     ctx.meta["debug"] = debug
 
+
+# ---- options shared by the commands that run an export ----
+
+
+def _provider_option(default: str, help_text: str = ""):
+    def check(ctx, param, value):
+        parse_provider(value)  # an InputError here is one line and exit code 2, before any work
+        return value
+    return click.option("--provider", default=default, show_default=True, callback=check,
+                        metavar="|".join(PROVIDERS) + "|cuda:N|tensorrt:N",
+                        help="onnxruntime execution provider; cuda:N / tensorrt:N for GPU N. " + help_text)
+
+
+_PROVIDER = _provider_option("auto", "auto = CUDA when it really initialises, else CPU (said on stderr). "
+                                     "Never a silent fallback.")
+_WORKERS = click.option("--workers", type=int, help="Processes that decode and preprocess images while the model "
+                                                    "runs (default: the usable cores; 0 or 1: in this process).")
+
+
+def _runtime_options(command):
+    """--threads and the TensorRT options, for every command that opens a session on an export."""
+    options = [
+        click.option("--threads", type=int, help="onnxruntime intra-op threads (default: the cores this process "
+                                                 "may use, from its CPU affinity mask)."),
+        click.option("--trt-fp16", is_flag=True, help="TensorRT: allow fp16 kernels."),
+        click.option("--trt-cache", type=click.Path(file_okay=False),
+                     help="TensorRT: keep built engines in this folder, so later runs skip the build."),
+        click.option("--trt-workspace", type=float, help="TensorRT: GPU memory (GiB) it may use to build engines."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _trt(trt_fp16, trt_cache, trt_workspace):
+    from .infer.device import TensorRTOptions
+
+    return TensorRTOptions(fp16=trt_fp16, cache=Path(trt_cache) if trt_cache else None, workspace_gib=trt_workspace)
 
 # ---- commands: train ----
 
@@ -102,6 +140,8 @@ def train(data_path, download, output_dir, model, input_size, patch_size, embed_
 
 # ---- commands: export ----
 
+_DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or folder:PATH (one sub-folder per class)."
+
 
 def _chosen_tasks(task, tasks, all_tasks):
     if sum(x is not None and x is not False for x in (task, tasks, all_tasks)) != 1:
@@ -120,18 +160,49 @@ def _chosen_tasks(task, tasks, all_tasks):
                    "(every image gets its batch's most frequent prompt).")
 @click.option("--pool", type=click.Choice(POOLS), default="cls", show_default=True,
               help="Embedding: [CLS] after the final norm, or the mean of all tokens (the original study's report).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="fp16: half-precision weights and compute; input and output stay float32.")
+@click.option("--precision", type=click.Choice(FILE_PRECISIONS), default="fp32", show_default=True,
+              help="fp16: half-precision weights and compute; int8: static quantisation of the fp32 export "
+                   "calibrated on --calibration images. Input and output stay float32.")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18 or newer; 20 needs onnxruntime >= 1.17).")
-def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset):
+@click.option("--calibration", help="int8: the data set whose images calibrate the activation ranges. " + _DATASET_HELP)
+@click.option("--calibration-count", default=64, show_default=True, help="int8: calibration images (spread over the set).")
+@click.option("--data-path", default="data", show_default=True, help="int8: folder holding the calibration set.")
+def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset,
+                   calibration, calibration_count, data_path):
     """Export task feature extractors to ONNX for hosts with onnxruntime and no PyTorch."""
+    import tempfile
+
     from .export.onnx_export import export_task, select_checkpoints
 
+    quantized = precision in QUANTIZED_PRECISIONS
+    if quantized != bool(calibration):
+        raise InputError("--precision int8 needs --calibration SPEC (and only int8 takes it)")
+    dataset = _calibration_set(calibration, calibration_count, data_path) if quantized else None
     chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     for t, ckpt in chosen.items():
-        r = export_task(ckpt, Path(output_dir) / f"task{t}.onnx", selection, pool, precision, opset, task=t)
-        click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
-                   f"bytes, {r.seconds:.1f} s)")
+        out = Path(output_dir) / f"task{t}.onnx"
+        if not quantized:
+            r = export_task(ckpt, out, selection, pool, precision, opset, task=t)
+            click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
+                       f"bytes, {r.seconds:.1f} s)")
+            continue
+        from .export.quantize import quantize_int8
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fp32.") as tmp:
+            fp32 = export_task(ckpt, Path(tmp) / out.name, selection, pool, "fp32", opset, task=t)
+            q = quantize_int8(fp32.path, out, dataset, count=calibration_count)
+        click.echo(f"task {t}: {q.path} (int8, {q.file_bytes / 1e6:.1f} MB, {fp32.seconds + q.seconds:.1f} s); vs fp32 on "
+                   f"{q.images} calibration images: cosine mean {q.mean_cosine:.5f}, min {q.min_cosine:.5f}, same "
+                   f"e-prompt {q.prompt_agreement:.1%}")
+
+
+def _calibration_set(spec, count, data_path):
+    from .infer.datasets import open_dataset
+
+    if count < 1:
+        raise InputError(f"--calibration-count {count}: must be at least 1")
+    return open_dataset(spec, data_path)
 
 
 @cli.command("verify")
@@ -145,12 +216,12 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
 @click.option("--limit", default=64, show_default=True, help="At most this many images from --images or --dataset.")
 @click.option("--random", "random_count", type=int, help="N random images (the default: 64).")
 @click.option("--seed", default=0, show_default=True, help="Seed of --random.")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True,
-              help="onnxruntime execution provider.")
+@_provider_option("cpu")
+@_runtime_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.pass_context
 def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir, dataset, data_path, limit,
-                   random_count, seed, provider, report_path):
+                   random_count, seed, provider, threads, trt_fp16, trt_cache, trt_workspace, report_path):
     """Check an export against its PyTorch checkpoint at batch sizes 1, 7 and 32.
 
     Exit code 0: within tolerance; 1: parity failure; 2: bad input.
@@ -172,7 +243,8 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
         ckpt = checkpoint_path(checkpoint_dir, task)
     inputs = Inputs(images_dir=images_dir, dataset=dataset, data_path=data_path,
                     count=random_count if random_count is not None else limit, seed=seed)
-    report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider)
+    report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider, threads=threads,
+                           trt=_trt(trt_fp16, trt_cache, trt_workspace))
     c = report.context
     click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}, {report.precision}, {report.selection}, pool {c['pool']}) "
                f"vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}")
@@ -187,9 +259,6 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 
 # ---- commands: infer ----
 
-_PROVIDER = click.option("--provider", type=click.Choice(PROVIDERS), default="auto",
-                         show_default=True, help="onnxruntime execution provider; auto = CUDA when it really "
-                                                 "initialises, else CPU (said on stderr). Never a silent fallback.")
 _DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), folder:PATH (one sub-folder per class) "
                  "or npz:PATH[:train|val|test] (MedMNIST layout).")
 
@@ -201,17 +270,34 @@ _DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), f
 @click.option("--store", default="embeddings", show_default=True, help="Writes <store>/<model-id>/<dataset>-<split>/.")
 @click.option("--model-id", help="Store name of the model (default: the file stem, e.g. task3).")
 @_PROVIDER
+@_runtime_options
+@_WORKERS
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--force", is_flag=True, help="Recompute even when the store holds this model's set of this data.")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (listed in the manifest) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed(model, dataset, data_path, store, model_id, provider, batch_size, force, skip_bad, quiet):
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process (and --workers); ray: an actor pool on a Ray cluster (extra [ray]).")
+@click.option("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster).")
+@click.option("--actors", default=2, show_default=True, help="--engine ray: onnxruntime sessions running at once.")
+@click.option("--gpus-per-actor", default=0.0, show_default=True, help="--engine ray: GPUs each actor reserves.")
+def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp16, trt_cache, trt_workspace, workers,
+          batch_size, force, skip_bad, quiet, engine, ray_address, actors, gpus_per_actor):
     """Embed a data set with one exported model into the embedding store (onnxruntime only)."""
     from .infer.datasets import open_dataset
     from .infer.embed import embed_dataset
+    from .infer.ray_engine import RayOptions
+
+    ray = None
+    if engine == "ray":
+        ray = RayOptions(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor)
+        ray.check()
+    elif ray_address or gpus_per_actor:
+        raise InputError("--ray-address and --gpus-per-actor need --engine ray")
 
     r = embed_dataset(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
-                      batch_size=batch_size, force=force, skip_bad=skip_bad, progress=not quiet)
+                      batch_size=batch_size, force=force, skip_bad=skip_bad, progress=not quiet, workers=workers,
+                      threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace), ray=ray)
     if r.reused:
         click.echo(f"reused {r.set.path} ({r.set.count} x {r.set.dim}; same model file and data; --force recomputes)")
     else:
@@ -234,18 +320,62 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @click.option("--k", default=5, show_default=True, help="Neighbours of the kNN majority vote.")
 @click.option("--include-self", is_flag=True, help="Keep each query's own image in its gallery (the original study's protocol).")
 @_PROVIDER
+@_runtime_options
+@_WORKERS
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out when embedding.")
 @click.option("--projections", help="Also draw 2-D projections of the query embeddings: pca, tsne or pca,tsne "
                                     "(needs scikit-learn, the 'analysis' extra).")
 @click.option("--projection-sample", default=2000, show_default=True, help="Items projected (a seeded sample).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--index", "indexes", multiple=True, help="Also search through FAISS indexes: flat, hnsw, ivf, "
+              "ivfpq (comma-separated or repeated; needs the [faiss] extra). Writes production.json/.md.")
+@click.option("--index-depth", default=100, show_default=True, help="K: neighbours each index search returns.")
+@click.option("--nlist", type=int, help="IVF lists (default: sqrt(gallery size), at least 39 vectors per list).")
+@click.option("--nprobe", default=16, show_default=True, help="IVF lists scanned per query.")
+@click.option("--pq-m", type=int, help="PQ sub-vectors (default: the largest divisor of the dimension <= dim/8).")
+@click.option("--pq-bits", type=int, help="Bits per PQ code (default: 8, fewer for galleries under 256 items).")
+@click.option("--hnsw-m", default=32, show_default=True, help="HNSW links per node.")
+@click.option("--ef-construction", default=100, show_default=True, help="HNSW candidates while building.")
+@click.option("--ef-search", default=64, show_default=True, help="HNSW candidates while searching.")
+@click.option("--backfill", is_flag=True, help="Backfilling curves: every metric as the old gallery is re-embedded.")
+@click.option("--backfill-pairs", help="NEW:OLD model ids, comma-separated (default: each model vs the first and vs the previous).")
+@click.option("--backfill-steps", default=10, show_default=True, help="f = 0, 1/steps, ..., 1.")
+@click.option("--backfill-seed", default=0, show_default=True, help="Seed of the random re-embedding order.")
+@click.option("--backfill-order", type=click.Path(dir_okay=False), help="Re-embedding order: gallery row numbers, one per line.")
+@click.option("--gallery-precision", "gallery_precisions", multiple=True,
+              help="Also store the galleries as fp16 and/or int8 (scalar-quantised) and report the metric change.")
+@click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
+              help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
 def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, store, out, k,
-             include_self, provider, batch_size, skip_bad, projections, projection_sample, quiet):
+             include_self, provider, threads, trt_fp16, trt_cache, trt_workspace, workers, batch_size, skip_bad, quiet,
+             indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_m, ef_construction, ef_search, backfill,
+             backfill_pairs, backfill_steps, backfill_seed, backfill_order, gallery_precisions, precision_exports,
+             projections, projection_sample):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
-    Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model).
+    Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model); with
+    --index, --backfill, --gallery-precision or --precision-exports also production.json/.md.
     """
+    from .evaluate.indexes import IndexParams
+    from .evaluate.production import ProductionOptions
+
+    def split(values):
+        return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+    production = ProductionOptions(
+        indexes=split(indexes), depth=index_depth, backfill=backfill, backfill_pairs=backfill_pairs,
+        params=IndexParams(nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m,
+                           ef_construction=ef_construction, ef_search=ef_search),
+        backfill_steps=backfill_steps, backfill_seed=backfill_seed, backfill_order=backfill_order,
+        gallery_precisions=split(gallery_precisions))
+    production.check()
+    if production.indexes:
+        from .evaluate.indexes import faiss_module
+
+        faiss_module()
+    if precision_exports and from_store is not None:
+        raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
     from .evaluate.pipeline import collect_from_models, collect_from_store, evaluate_sets, model_files as find_models
     from .evaluate.report import summary, write_reports
     from tqdm import tqdm
@@ -261,7 +391,8 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     else:
         files = find_models(model_files, exports_dir)
         q, g = collect_from_models(files, query, gallery, data_path, store, by_task=bool(exports_dir),
-                                   provider=provider, batch_size=batch_size, skip_bad=skip_bad, progress=not quiet)
+                                   provider=provider, batch_size=batch_size, skip_bad=skip_bad, progress=not quiet,
+                                   workers=workers, threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace))
     with tqdm(desc="cells", unit="cell", disable=quiet, file=sys.stderr) as bar:
         def progress(done, total):
             bar.total = total
@@ -275,6 +406,36 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
                                          sample=projection_sample))
     click.echo(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
     click.echo(f"reports: {', '.join(str(p) for p in written)}")
+    if production.wanted or precision_exports:
+        _evaluate_production(q, g, ev, production, files if precision_exports else [], precision_exports, store,
+                             data_path, query, out, provider=provider, batch_size=batch_size, skip_bad=skip_bad,
+                             quiet=quiet)
+
+
+def _evaluate_production(q, g, ev, production, files, precision_exports, store, data_path, query_spec, out, *,
+                         provider, batch_size, skip_bad, quiet):
+    """Indexes, backfilling and reduced precision (evaluate's production.json/.md and backfill figures)."""
+    from .evaluate.production import collect_precision_sets, evaluate_production, precision_rows
+    from .evaluate.production_report import write_production
+    from tqdm import tqdm
+
+    exclude_self = ev.protocol["own_image_left_out"]
+    with tqdm(desc="index cells", unit="cell", disable=quiet or not production.indexes, file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = evaluate_production(q, g, ev.result, ev.models, production, store, k=ev.protocol["k"],
+                                     exclude_self=exclude_self, progress=progress)
+    rows = []
+    if precision_exports:
+        by_id = {f.stem: f for f in files}
+        sets, speeds = collect_precision_sets([by_id[s.model_id] for s in q], precision_exports, q, query_spec, data_path, store,
+                                              provider=provider, batch_size=batch_size, skip_bad=skip_bad,
+                                              progress=not quiet)
+        rows = precision_rows(q, g, sets, speeds, k=ev.protocol["k"], exclude_self=exclude_self)
+    written = write_production(result, out, precision_rows=rows)
+    click.echo(f"production reports: {', '.join(str(p) for p in written)}")
 
 
 @cli.command()
@@ -400,15 +561,34 @@ def _emit(result: dict, table: str, json_path) -> None:
 
 @bench.command("embed")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="An exported .onnx file.")
-@click.option("--provider", type=click.Choice(PROVIDERS), default="cpu", show_default=True)
+@_provider_option("cpu")
+@_runtime_options
 @click.option("--batch-sizes", default="1,8,32,128", show_default=True, callback=_int_list)
 @click.option("--repeats", default=5, show_default=True, help="Timed runs per batch size (after one warm-up); the median is reported.")
 @click.option("--compare-torch", is_flag=True, help="Also time the source checkpoint in PyTorch eager, same device and batch.")
 @click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
+@click.option("--workers", "worker_counts", default="1,2", show_default=True, callback=_int_list,
+              help="Worker counts whose input pipeline (decode + preprocess, no model) is timed, alternately.")
+@click.option("--photos", default=384, show_default=True,
+              help="Photo-sized (500x375) JPEGs generated under --workdir for the input pipeline; 0: skip it.")
+@click.option("--pipeline-dataset", help="Time the input pipeline on this data set instead (e.g. folder:/srv/gallery).")
+@click.option("--workdir", default="bench-embed", show_default=True, help="Where the generated photos are kept.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure as JSON here.")
-def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torch, checkpoint_dir, json_path):
-    """images/s of an export per batch size, as a fraction of the measured matmul peak, optionally vs PyTorch."""
+def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_workspace, batch_sizes, repeats,
+                        compare_torch, checkpoint_dir, worker_counts, photos, pipeline_dataset, workdir, json_path):
+    """images/s of an export per batch size, as a fraction of the measured matmul peak, optionally vs PyTorch;
+    the input pipeline per worker count, and which of the two limits embed."""
+    from .common.synthetic import write_photo_folder
     from .infer.bench import bench_embed, format_table
+    from .infer.datasets import open_dataset
+
+    if not worker_counts or min(worker_counts) < 0:
+        raise InputError(f"--workers {worker_counts}: give one or more worker counts, each 0 or more")
+    pipeline = None
+    if pipeline_dataset:
+        pipeline = open_dataset(pipeline_dataset)
+    elif photos > 0:
+        pipeline = open_dataset(f"folder:{write_photo_folder(Path(workdir) / 'photos', photos)}")
 
     runner = None
     if compare_torch:
@@ -422,8 +602,9 @@ def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torc
         runner = torch_runner
 
     try:
-        result = bench_embed(model_path, provider, batch_sizes, repeats, runner,
-                             warn=lambda m: click.echo(m, err=True))
+        result = bench_embed(model_path, provider, batch_sizes, repeats, runner, warn=lambda m: click.echo(m, err=True),
+                             threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace), photos=pipeline,
+                             worker_counts=worker_counts)
     except ValueError as e:
         raise InputError(str(e)) from None
     cols = [("batch_size", "batch", "d"), ("images_per_s", "onnxruntime img/s", ".2f"),
@@ -431,10 +612,28 @@ def bench_embed_command(model_path, provider, batch_sizes, repeats, compare_torc
             ("speedup_vs_torch", "ort/torch", ".2f")]
     peak = result["matmul_peak"]
     head = (f"{model_path} on {result['provider']} ({result['precision']}), {result['flops_per_image'] / 1e9:.1f} "
-            f"GFLOP/image, measured {peak['precision']} matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s")
+            f"GFLOP/image, measured {peak['precision']} matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s\n"
+            f"session created in {result['onnxruntime'][0]['session_seconds']:.2f} s; first run "
+            f"{result['onnxruntime'][0]['first_run_seconds']:.2f} s (TensorRT builds its engine there unless --trt-cache has it)")
     pre = result["preprocessing_images_per_s_per_process"]
     tail = "preprocessing per process: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in pre.items())
-    _emit(result, "\n".join([head, format_table(result["onnxruntime"], cols), tail]), json_path)
+    _emit(result, "\n".join([head, format_table(result["onnxruntime"], cols), tail] + _feeding_lines(result)), json_path)
+
+
+def _feeding_lines(result: dict) -> list[str]:
+    from .infer.bench import format_table
+
+    if "pipeline" not in result:
+        return []
+    p, f = result["pipeline"], result["feeding"]
+    cols = [("workers", "workers", "d"), ("images_per_s", "pipeline img/s", ".0f"),
+            ("per_worker", "per worker", ".0f"), ("speedup", "speedup", ".2f")]
+    needed = ", ".join(f"{s} img/s: {n}" for s, n in f["workers_needed_by_model_speed"].items())
+    return [f"input pipeline on {p['dataset']} ({p['images']} images, batch {p['batch_size']}, no model):",
+            format_table(p["rows"], cols),
+            f"model {f['model_images_per_s']:.1f} img/s -> bottleneck: {f['bottleneck']}; it needs "
+            f"{f['workers_needed']} worker(s) at {f['per_worker_images_per_s']:.0f} img/s per worker",
+            f"workers a model needs, by its speed: {needed}"]
 
 
 @bench.command("evaluate")
@@ -456,6 +655,38 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
     _emit(result, format_table([result], cols), json_path)
 
 
+@bench.command("index")
+@click.option("--gallery", "gallery_size", default=1_000_000, show_default=True, help="Generated gallery vectors.")
+@click.option("--queries", default=10_000, show_default=True)
+@click.option("--dim", default=768, show_default=True)
+@click.option("--classes", default=1000, show_default=True, help="Clusters (and labels) of the generated data.")
+@click.option("--index", "indexes", default="ivfpq", show_default=True, help="Comma-separated index kinds.")
+@click.option("--depth", default=10, show_default=True, help="Neighbours per query (recall@1 and @depth).")
+@click.option("--nlist", type=int, help="IVF lists (default: sqrt(gallery)).")
+@click.option("--nprobe", default=16, show_default=True)
+@click.option("--pq-m", type=int, help="PQ sub-vectors (default: dim / 8).")
+@click.option("--workdir", default="bench-index", show_default=True, help="Where the generated .npy files go (GBs).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+def bench_index_command(gallery_size, queries, dim, classes, indexes, depth, nlist, nprobe, pq_m, workdir, json_path):
+    """Exact streamed search vs FAISS indexes on a generated gallery: time, recall, memory beyond the inputs."""
+    from .evaluate.index_bench import bench_index
+    from .evaluate.indexes import IndexParams, check_kinds, faiss_module
+    from .infer.bench import format_table
+
+    kinds = tuple(k.strip() for k in indexes.split(",") if k.strip())
+    params = IndexParams(nlist=nlist, nprobe=nprobe, pq_m=pq_m)
+    check_kinds(kinds, params)
+    faiss_module()
+    result = bench_index(workdir, gallery=gallery_size, queries=queries, dim=dim, classes=classes, kinds=kinds,
+                         params=params, depth=depth)
+    cols = [("kind", "method", "s"), ("build_seconds", "build s", ".1f"), ("search_seconds", "search s", ".1f"),
+            ("recall@1", "recall@1", ".4f"), (f"recall@{depth}", f"recall@{depth}", ".4f"), ("top1", "top1", ".4f"),
+            ("peak_extra_mib", "peak extra MiB", ".0f")]
+    head = (f"{gallery_size} x {dim} gallery, {queries} queries, inputs {result['input_bytes'] / 2**30:.2f} GiB "
+            "(memory-mapped; not counted)")
+    _emit(result, head + "\n" + format_table(result["methods"], cols), json_path)
+
+
 @bench.command("export")
 @click.option("--model", "model_name", default="vit_base_patch16_224", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
@@ -473,7 +704,7 @@ def bench_export_command(model_name, precision, workdir, json_path):
 
 
 def main() -> None:
-    cli(prog_name="cli.py")
+    cli(prog_name=Path(sys.argv[0]).name)  # `cli.py` from a checkout, `dpcompat` when installed
 
 
 if __name__ == "__main__":

@@ -34,8 +34,28 @@ INPUT_NAME, EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT = IMAGE.name, EMBEDDING.name, 
 
 SELECTIONS = ("per-sample", "batchwise")  # per-sample: batch-invariant; batchwise: the reference's inference
 POOLS = ("cls", "mean")  # [CLS] after the final norm; mean of all tokens (the original study's report)
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16")  # traced by the exporter
+QUANTIZED_PRECISIONS = ("int8",)  # onnxruntime static quantisation of an fp32 export (export/quantize.py)
+FILE_PRECISIONS = PRECISIONS + QUANTIZED_PRECISIONS  # what an export's metadata may say
 PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
+GPU_PROVIDERS = ("cuda", "tensorrt")  # these two take a device id: cuda:1, tensorrt:0
+
+
+def parse_provider(value: str) -> tuple[str, int | None]:
+    """``'cuda:1'`` -> ``('cuda', 1)``, ``'cpu'`` -> ``('cpu', None)``; InputError for anything else.
+
+    A device id (the CUDA device index, as the driver and ``CUDA_VISIBLE_DEVICES`` number them) is
+    allowed after ``cuda`` and ``tensorrt`` only.
+    """
+    name, sep, device = value.partition(":")
+    if name not in PROVIDERS or (sep and name not in GPU_PROVIDERS):
+        raise InputError(f"--provider {value!r}: expected one of {', '.join(PROVIDERS)}, or cuda:N / tensorrt:N "
+                         "for the GPU with index N")
+    if not sep:
+        return name, None
+    if not device.isdigit():
+        raise InputError(f"--provider {value!r}: the device id after ':' must be a GPU index 0, 1, ...")
+    return name, int(device)
 
 
 def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> str:

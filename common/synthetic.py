@@ -42,3 +42,25 @@ def write_synthetic_cifar(root: str | Path, name: str, num_classes: int, train_p
         splits[split] = (images, labels)
     classes = [f"generated_{first_class + c:02d}" for c in range(num_classes)]
     return write_cifar(root, name, splits, classes)
+
+
+def write_photo_folder(root: str | Path, count: int, size: tuple[int, int] = (500, 375), classes: int = 4,
+                       seed: int = 0) -> Path:
+    """A ``folder:`` data set of ``count`` photo-sized JPEGs (``size`` = width, height; quality 90):
+    generated class patterns scaled up, with per-pixel noise so they do not compress like flat colour.
+    Images already there (same names) are kept, so a benchmark can reuse the folder."""
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % classes
+    small = synthetic_images(labels, classes, seed)
+    for i, label in enumerate(labels):
+        path = root / f"class{label}" / f"{i:06d}.jpg"
+        if path.is_file():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        big = np.asarray(Image.fromarray(small[i]).resize(size, Image.Resampling.BICUBIC), np.float64)
+        noisy = np.clip(big + rng.normal(0, 8, big.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(path, quality=90)
+    return root

@@ -70,17 +70,19 @@ def _unique_ids(ids: Sequence[str], sources: Sequence[object]) -> None:
 def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: str, data_path: str | Path,
                         store: str | Path, by_task: bool = False, provider: str = "auto", batch_size: int = 64,
                         skip_bad: bool = False, progress: bool = False,
-                        warn: Optional[Callable[[str], None]] = None) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
+                        warn: Optional[Callable[[str], None]] = None,
+                        **runtime) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
     """Query and gallery sets of every model, embedding what the store lacks.
 
     With ``by_task`` the models are put in the order of the task recorded in their metadata.
+    ``runtime`` (``workers``, ``threads``, ``trt``) goes to :func:`infer.embed.embed_dataset`.
     """
     _unique_ids([m.stem for m in models], models)
     specs = list(dict.fromkeys([query_spec, gallery_spec]))
     datasets = {spec: open_dataset(spec, data_path) for spec in specs}
     warn = warn or _once_to_stderr()
     sets = {spec: [embed_dataset(m, datasets[spec], store, provider=provider, batch_size=batch_size,
-                                 skip_bad=skip_bad, progress=progress, warn=warn).set for m in models]
+                                 skip_bad=skip_bad, progress=progress, warn=warn, **runtime).set for m in models]
             for spec in specs}
     query, gallery = sets[query_spec], sets[gallery_spec]
     if by_task:

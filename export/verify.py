@@ -20,6 +20,7 @@ from ..infer.embed import file_sha256
 from .onnx_export import contract_prompt_index
 from ..common.errors import InputError
 from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
+from ..infer.device import TensorRTOptions
 from ..infer.metadata import ModelInfo
 from ..infer.preprocess import preprocess_batch
 from ..infer.session import create_session, model_info, run_model
@@ -105,12 +106,14 @@ def onnx_forward(session: ort.InferenceSession) -> Forward:
 
 def verify_export(onnx_path: str | Path, checkpoint: Optional[str | Path] = None,
                   checkpoint_dir: str | Path = "output/checkpoint", inputs: Inputs = Inputs(),
-                  provider: str = "cpu", batch_sizes: Sequence[int] = BATCH_SIZES) -> ParityReport:
+                  provider: str = "cpu", batch_sizes: Sequence[int] = BATCH_SIZES, *,
+                  threads: Optional[int] = None, trt: Optional[TensorRTOptions] = None) -> ParityReport:
     """Compare ``onnx_path`` on onnxruntime with ``checkpoint`` in PyTorch (default: the file the
     metadata names, in ``checkpoint_dir``), under the tolerances of the export's precision. The
-    checkpoint must be the one it was exported from (same sha256)."""
+    checkpoint must be the one it was exported from (same sha256). ``threads`` and ``trt`` go to
+    :func:`infer.session.create_session`."""
     start = time.perf_counter()
-    session, used = create_session(onnx_path, provider)
+    session, used = create_session(onnx_path, provider, threads=threads, trt=trt)
     info = model_info(session, onnx_path)
     checkpoint = Path(checkpoint) if checkpoint is not None else Path(checkpoint_dir) / info.checkpoint
     if not checkpoint.is_file():

@@ -2,6 +2,7 @@
 onnxruntime throughput and preprocessing throughput."""
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -16,9 +17,13 @@ import onnxruntime as ort
 from PIL import Image
 
 from ..common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT
-from .metadata import ModelInfo
+from .datasets import Dataset
+from .device import TensorRTOptions
+from .metadata import ModelInfo, Preprocessing
 from .preprocess import preprocess_batch
+from .device import session_device_id
 from .session import create_session, list_gpus, model_info
+from .workers import batch_source
 
 # c = a @ b with dynamic [m, k] x [k, n], opset 13 (made with onnx.helper; bytes, since production
 # hosts have no onnx package). Byte 37 and its two repeats hold the element type: 1 float32, 10 float16.
@@ -88,11 +93,11 @@ def matmul_peak(provider: str = "cpu", precision: str = "fp32", sizes: Sequence[
 
 def _bound_runner(session: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> Callable:
     """A run with inputs copied to the GPU once and outputs left there: the model's time alone."""
-    binding = session.io_binding()
+    binding, device_id = session.io_binding(), session_device_id(session)
     for name, value in feeds.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", device_id))
     for name in outputs:
-        binding.bind_output(name, "cuda", 0)
+        binding.bind_output(name, "cuda", device_id)
 
     def run():
         session.run_with_iobinding(binding)
@@ -123,9 +128,15 @@ def dualprompt_flops(arch: dict, pool: str = "cls") -> float:
 
 
 def onnx_throughput(path: str | Path, provider: str, batch_sizes: Sequence[int], repeats: int = 5,
-                    warn: Callable[[str], None] = _stderr) -> tuple[ModelInfo, str, list[dict]]:
-    """images/s of the exported model at each batch size (warm-up, then the median of ``repeats``)."""
-    session, used = create_session(path, provider, warn)
+                    warn: Callable[[str], None] = _stderr, *, threads: int | None = None,
+                    trt: TensorRTOptions | None = None) -> tuple[ModelInfo, str, list[dict]]:
+    """images/s of the exported model at each batch size (warm-up, then the median of ``repeats``).
+    Each row also has ``first_run_seconds``, the warm-up run: where TensorRT builds its engine for a
+    new input shape (unless its cache has one). The first row's ``session_seconds`` times the
+    session's creation."""
+    t0 = time.perf_counter()
+    session, used = create_session(path, provider, warn, threads=threads, trt=trt)
+    session_seconds = time.perf_counter() - t0
     info = model_info(session, path)
     rng = np.random.default_rng(0)
     rows = []
@@ -134,8 +145,12 @@ def onnx_throughput(path: str | Path, provider: str, batch_sizes: Sequence[int],
         outputs = [EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT]
         run = _bound_runner(session, {INPUT_NAME: images}, outputs) if used != "cpu" else \
             (lambda: session.run(outputs, {INPUT_NAME: images}))
-        seconds = median_seconds(run, warmup=1, repeats=repeats)
-        rows.append({"batch_size": bs, "seconds": seconds, "images_per_s": bs / seconds})
+        t0 = time.perf_counter()
+        run()
+        first = time.perf_counter() - t0
+        seconds = median_seconds(run, warmup=0, repeats=repeats)
+        rows.append({"batch_size": bs, "seconds": seconds, "images_per_s": bs / seconds, "first_run_seconds": first})
+    rows[0]["session_seconds"] = session_seconds
     return info, used, rows
 
 
@@ -147,13 +162,57 @@ def preprocess_throughput(info: ModelInfo, source_size: tuple[int, int], count: 
     return count / median_seconds(lambda: preprocess_batch(images, info.preprocessing), warmup=1, repeats=3)
 
 
+def pipeline_throughput(dataset: Dataset, spec: Preprocessing, worker_counts: Sequence[int], *,
+                        batch_size: int = 32, repeats: int = 3) -> list[dict]:
+    """images/s of decoding + preprocessing ``dataset`` through :func:`infer.workers.batch_source`
+    (no model) for each worker count; the counts alternate run by run (1, 2, 1, 2, ...), so a change
+    in the machine's load hits every count alike; one untimed pass first (file cache, imports).
+    Each row: ``workers``, ``seconds`` (median), ``images_per_s``, ``per_worker`` (images/s divided by
+    the processes decoding, 1 for 0 or 1 worker), ``speedup`` (over the first count)."""
+    def run(workers: int) -> float:
+        t0 = time.perf_counter()
+        for _ in batch_source(dataset, spec, batch_size=batch_size, workers=workers):
+            pass
+        return time.perf_counter() - t0
+
+    run(worker_counts[0])
+    times: dict[int, list[float]] = {w: [] for w in worker_counts}
+    for _ in range(repeats):
+        for w in worker_counts:
+            times[w].append(run(w))
+    rows = []
+    for w in worker_counts:
+        seconds = statistics.median(times[w])
+        rows.append({"workers": w, "seconds": seconds, "images_per_s": len(dataset) / seconds,
+                     "per_worker": len(dataset) / seconds / max(w, 1), "runs": times[w]})
+    for r in rows:
+        r["speedup"] = r["images_per_s"] / rows[0]["images_per_s"]
+    return rows
+
+
+def feeding(model_images_per_s: float, pipeline: Sequence[dict],
+            model_speeds: Sequence[float] = (100, 300, 1000, 3000, 10000)) -> dict:
+    """Which side limits ``embed`` and how many decoding processes a model needs.
+
+    A model of ``s`` images/s needs ceil(s / r) workers, r being the per-worker rate of one worker
+    (the scaling measured in ``pipeline`` says how far that holds on this machine's cores)."""
+    per_worker = pipeline[0]["per_worker"]
+    best = max(pipeline, key=lambda r: r["images_per_s"])
+    return {"model_images_per_s": model_images_per_s, "per_worker_images_per_s": per_worker,
+            "bottleneck": "model" if best["images_per_s"] >= model_images_per_s else "input pipeline",
+            "workers_needed": math.ceil(model_images_per_s / per_worker),
+            "workers_needed_by_model_speed": {str(s): math.ceil(s / per_worker) for s in model_speeds}}
+
+
 def bench_embed(path: str | Path, provider: str, batch_sizes: Sequence[int], repeats: int = 5,
                 torch_runner: Callable[[ModelInfo, str, Sequence[int]], list[dict]] | None = None,
-                warn: Callable[[str], None] = _stderr) -> dict:
+                warn: Callable[[str], None] = _stderr, *, threads: int | None = None, trt: TensorRTOptions | None = None,
+                photos: Dataset | None = None, worker_counts: Sequence[int] = (1, 2)) -> dict:
     """Throughput of an export at each batch size, as images/s and as a fraction of the device's
     measured matrix-product peak; ``torch_runner(info, device, batch_sizes)`` adds PyTorch eager
-    figures from the same run and the onnxruntime/PyTorch ratio."""
-    info, used, rows = onnx_throughput(path, provider, batch_sizes, repeats, warn)
+    figures from the same run and the onnxruntime/PyTorch ratio. With ``photos`` (a data set of
+    photo-sized images) also the input pipeline per worker count and :func:`feeding`."""
+    info, used, rows = onnx_throughput(path, provider, batch_sizes, repeats, warn, threads=threads, trt=trt)
     if not info.architecture:
         raise ValueError(f"{path}: its metadata has no architecture, so FLOPs per image are unknown; re-export it")
     flops = dualprompt_flops(info.architecture, info.pool)
@@ -172,6 +231,11 @@ def bench_embed(path: str | Path, provider: str, batch_sizes: Sequence[int], rep
         result["torch"] = torch_rows
     sizes = {"cifar_32x32": (32, 32), "photo_500x375": (500, 375)}
     result["preprocessing_images_per_s_per_process"] = {k: preprocess_throughput(info, v) for k, v in sizes.items()}
+    if photos is not None:
+        pipeline = pipeline_throughput(photos, info.preprocessing, worker_counts, batch_size=max(batch_sizes))
+        result["pipeline"] = {"dataset": photos.spec, "images": len(photos), "batch_size": max(batch_sizes),
+                              "rows": pipeline}
+        result["feeding"] = feeding(max(r["images_per_s"] for r in rows), pipeline)
     return result
 
 

@@ -6,11 +6,10 @@ import importlib.metadata
 import platform
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import onnxruntime as ort
@@ -19,10 +18,12 @@ from tqdm import tqdm
 
 from .datasets import Dataset
 from ..common.errors import InputError
-from ..common.contract import EMBEDDING_OUTPUT
-from .preprocess import preprocess_batch
+from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
+from .device import TensorRTOptions
+from .ray_engine import RayOptions
 from .session import create_session, model_info, run_model
 from .store import EmbeddingSet, check_model_id, read_set, set_path, write_set
+from .workers import Batch, Embedded, batch_source
 
 
 @dataclass
@@ -85,8 +86,9 @@ def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
 
 def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_id: Optional[str] = None,
                   provider: str = "auto", batch_size: int = 64, force: bool = False, skip_bad: bool = False,
-                  progress: bool = False, warn: Callable[[str], None] = _warn, *,
-                  output: str = EMBEDDING_OUTPUT) -> EmbedResult:
+                  progress: bool = False, warn: Callable[[str], None] = _warn, *, output: str = EMBEDDING_OUTPUT,
+                  workers: Optional[int] = None, threads: Optional[int] = None,
+                  trt: Optional[TensorRTOptions] = None, ray: Optional[RayOptions] = None) -> EmbedResult:
     """Embed every image of ``dataset`` with the ONNX file ``model`` into
     ``<store>/<model_id>/<dataset.key>/`` (``model_id`` defaults to the file stem).
 
@@ -94,6 +96,9 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_
     ``force``. An unreadable image is an error, or with ``skip_bad`` left out and listed in the
     manifest. NaN or Inf (or an all-zero vector) in an output is an error and nothing is stored.
     ``output`` names the graph output stored (``embedding``; another [N, D] output such as a query).
+    ``workers`` decode and preprocess (see :func:`infer.workers.batch_source`); ``threads`` and
+    ``trt`` go to :func:`infer.session.create_session`. With ``ray`` the model runs in Ray actors
+    instead (:func:`infer.ray_engine.embed_with_ray`), same batches, same stored set.
     """
     model = Path(model)
     model_id = check_model_id(model_id or model.stem)
@@ -107,38 +112,34 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_
     if stored is not None:
         return EmbedResult(stored, True, None, 0.0)
     start = time.perf_counter()
-    session, used = create_session(model, provider, warn)
+    local = ray is None
+    if not local and output != EMBEDDING_OUTPUT:
+        raise InputError(f"--engine ray stores the '{EMBEDDING_OUTPUT}' output only, not '{output}'")
+    session, used = create_session(model, provider if local else "cpu", warn, threads=threads if local else 1,
+                                   trt=trt if local else None)  # with Ray, only the metadata is read here
     info = model_info(session, model)
     n, dim = len(dataset), info.embedding_dim
     embeddings = np.empty((n, dim), np.float32)
     kept: list[int] = []
     skipped: list[str] = []
+    if local:
+        batches = _run(session, batch_source(dataset, info.preprocessing, batch_size=batch_size, workers=workers,
+                                             skip_bad=skip_bad), output)
+    else:
+        from .ray_engine import embed_with_ray
 
-    def load(indices: range) -> tuple[np.ndarray, list[int]]:
-        images, good = [], []
-        for i in indices:
-            try:
-                images.append(dataset.image(i))
-            except InputError:
-                if not skip_bad:
-                    raise
-                skipped.append(dataset.item_name(i))
-                continue
-            good.append(i)
-        return preprocess_batch(images, info.preprocessing), good
-
-    batches = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    with ThreadPoolExecutor(1) as pool, tqdm(total=n, desc=f"{model_id} {dataset.spec}", unit="img",
-                                             disable=not progress, file=sys.stderr) as bar:
-        pending = pool.submit(load, batches[0]) if batches else None
-        for b in range(len(batches)):
-            x, good = pending.result()  # the next batch decodes while this one runs
-            pending = pool.submit(load, batches[b + 1]) if b + 1 < len(batches) else None
-            if good:
-                out = run_model(session, x, (output,))[output]
-                embeddings[len(kept):len(kept) + len(good)] = _normalised(out, good, dim, model, dataset, output)
+        batches = embed_with_ray(model, dataset, options=ray, provider=provider, batch_size=batch_size,
+                                 skip_bad=skip_bad, threads=threads, trt=trt)
+    with tqdm(total=n, desc=f"{model_id} {dataset.spec}", unit="img", disable=not progress, file=sys.stderr) as bar:
+        for batch in batches:
+            skipped.extend(batch.skipped)
+            used = batch.provider or used
+            if len(batch.rows):
+                good = batch.rows.tolist()
+                embeddings[len(kept):len(kept) + len(good)] = _normalised(batch.embeddings, good, dim, model, dataset,
+                                                                          output)
                 kept.extend(good)
-            bar.update(len(batches[b]))
+            bar.update(batch.size)
     if not kept:
         raise InputError(f"{dataset.spec}: no readable image ({len(skipped)} skipped); nothing stored")
     manifest = {
@@ -160,6 +161,13 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, model_
     }
     stored = write_set(path, embeddings[:len(kept)], dataset.labels[kept], manifest)
     return EmbedResult(stored, False, used, manifest["seconds"])
+
+
+def _run(session, batches: Iterator[Batch], output: str = EMBEDDING_OUTPUT) -> Iterator[Embedded]:
+    """The local engine: each batch through the model in this process."""
+    for b in batches:
+        out = run_model(session, b.images, (output, PROMPT_INDEX_OUTPUT)) if len(b.rows) else {}
+        yield Embedded(b.start, b.rows, out.get(output), out.get(PROMPT_INDEX_OUTPUT), b.skipped)
 
 
 def _normalised(out: np.ndarray, items: list[int], dim: int, model: Path, dataset: Dataset,

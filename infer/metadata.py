@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from ..common.contract import FORMAT_VERSION, POOLS, PRECISIONS, SELECTIONS
+from ..common.contract import FILE_PRECISIONS, FORMAT_VERSION, POOLS, SELECTIONS
 from ..common.errors import InputError
 
 
@@ -93,7 +93,7 @@ class ModelInfo:
     def check(self, source: str) -> None:
         """Refuse choices outside the contract; ``source`` is named in the error."""
         for name, value, allowed in (("selection", self.selection, SELECTIONS), ("pool", self.pool, POOLS),
-                                     ("precision", self.precision, PRECISIONS)):
+                                     ("precision", self.precision, FILE_PRECISIONS)):
             if value not in allowed:
                 raise InputError(f"{source}: metadata names an unknown {name} {value!r} "
                                  f"(expected one of {', '.join(allowed)})")

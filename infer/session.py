@@ -11,7 +11,9 @@ import ctypes
 import functools
 import importlib.metadata
 import io
+import os
 import platform
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -23,11 +25,10 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from ..common.errors import InputError
-from ..common.contract import PROVIDERS, EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT
+from ..common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, parse_provider
+from .device import ORT_PROVIDER, TensorRTOptions, provider_chain, run_bound
 from .metadata import ModelInfo
 
-ORT_PROVIDER = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
-                "cpu": "CPUExecutionProvider"}
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _ORT_ERRORS = (_ort_state.Fail, _ort_state.InvalidArgument, _ort_state.InvalidProtobuf, _ort_state.InvalidGraph,
                _ort_state.NoSuchFile, _ort_state.RuntimeException, _ort_state.NotImplemented)
@@ -132,9 +133,15 @@ def gpu_problem(provider: str) -> Optional[str]:
     return "; ".join(problems) or None
 
 
-def _open(model: str | Path | bytes, providers: list[str]) -> ort.InferenceSession:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which onnxruntime's default ignores)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _open(model: str | Path | bytes, providers: list, threads: Optional[int] = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: node-placement warnings are expected on GPUs
+    options.intra_op_num_threads = threads or usable_cores()
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(source, options, providers=providers)
@@ -144,8 +151,11 @@ def _open(model: str | Path | bytes, providers: list[str]) -> ort.InferenceSessi
 
 
 def create_session(path: str | Path | bytes, provider: str = "auto",
-                   warn: Callable[[str], None] = _warn) -> tuple[ort.InferenceSession, str]:
-    """Open an ONNX model on ``provider`` ('auto', 'cuda', 'tensorrt' or 'cpu').
+                   warn: Callable[[str], None] = _warn, *,
+                   threads: Optional[int] = None,
+                   trt: Optional[TensorRTOptions] = None) -> tuple[ort.InferenceSession, str]:
+    """Open an ONNX model on ``provider`` ('auto', 'cuda', 'tensorrt' or 'cpu'; 'cuda:N' or
+    'tensorrt:N' for the GPU with index N, default 0).
 
     Parameters
     ----------
@@ -153,6 +163,9 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
     provider : 'cpu'; 'cuda' or 'tensorrt' (error unless the session really runs there); 'auto'
         (CUDA when it initialises, otherwise CPU with a message through ``warn``).
     warn : where the CPU-fallback message of 'auto' goes (stderr by default).
+    threads : onnxruntime's intra-op threads; default :func:`usable_cores` (onnxruntime's own default
+        is every core of the machine, which oversubscribes a host shared through affinity masks).
+    trt : TensorRT options (fp16, engine cache folder, workspace); only with 'tensorrt'.
 
     Returns
     -------
@@ -160,27 +173,42 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
 
     Raises
     ------
-    InputError : missing or unreadable file; ProviderUnavailable : explicit GPU provider unusable.
+    InputError : missing or unreadable file, bad options, a GPU index the driver does not report;
+    ProviderUnavailable : explicit GPU provider unusable.
     """
-    if provider not in PROVIDERS:
-        raise InputError(f"--provider {provider!r}: expected one of {', '.join(PROVIDERS)}")
+    name, device_id = parse_provider(provider)
+    trt = trt or TensorRTOptions()
+    if trt.given and name != "tensorrt":
+        raise InputError(f"--trt-fp16, --trt-cache and --trt-workspace need --provider tensorrt, not {provider}")
+    trt.check()
     if not isinstance(path, bytes) and not Path(path).is_file():
         raise InputError(f"{path}: no such ONNX file")
-    if provider == "cpu":
-        return _open(path, [ORT_PROVIDER["cpu"]]), "cpu"
-    wanted = "cuda" if provider == "auto" else provider
-    chain = [ORT_PROVIDER[wanted]] + ([ORT_PROVIDER["cuda"]] if wanted == "tensorrt" else []) + [ORT_PROVIDER["cpu"]]
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be at least 1")
+    if name == "cpu":
+        return _open(path, [ORT_PROVIDER["cpu"]], threads), "cpu"
+    wanted = "cuda" if name == "auto" else name
     problem = gpu_problem(wanted)
     session = None
     if problem is None:
-        session = _open(path, chain)
+        _check_device_id(provider, device_id)
+        session = _open(path, provider_chain(wanted, device_id or 0, trt), threads)
         if session.get_providers()[0] == ORT_PROVIDER[wanted]:
             return session, wanted
         problem = f"onnxruntime could not initialise {ORT_PROVIDER[wanted]} (its log above says why)"
-    if provider == "auto":
+    if name == "auto":
         warn(f"CUDA unavailable ({problem}); running on CPU")
-        return session or _open(path, [ORT_PROVIDER["cpu"]]), "cpu"
+        return session or _open(path, [ORT_PROVIDER["cpu"]], threads), "cpu"
     raise ProviderUnavailable(f"--provider {provider}: {problem}")
+
+
+def _check_device_id(provider: str, device_id: Optional[int]) -> None:
+    if device_id is None:
+        return
+    gpus, _ = list_gpus()
+    if device_id >= len(gpus):
+        raise InputError(f"--provider {provider}: no GPU {device_id}; the driver reports {len(gpus)} "
+                         f"(indices 0 to {len(gpus) - 1}, as CUDA_VISIBLE_DEVICES leaves them)")
 
 
 def model_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
@@ -212,20 +240,15 @@ def run_model(session: ort.InferenceSession, images: np.ndarray,
 
     Returns
     -------
-    ``{name: numpy array}`` in host memory. On CUDA or TensorRT the batch goes to the GPU once
-    through IO binding and the outputs are bound on the device, copied back after the run.
+    ``{name: numpy array}`` in host memory. On CUDA or TensorRT the batch goes to the session's GPU
+    once through IO binding (from pinned host memory where the CUDA runtime is found, see
+    :func:`infer.device.run_bound`) and the outputs are bound on that device, copied back after the run.
     """
     images = np.ascontiguousarray(images, dtype=np.float32)
-    provider = session.get_providers()[0]
-    if provider not in _GPU_PROVIDERS:
+    if session.get_providers()[0] not in _GPU_PROVIDERS:
         return dict(zip(outputs, session.run(list(outputs), {INPUT_NAME: images})))
-    device_id = int(session.get_provider_options().get(provider, {}).get("device_id", 0))
-    binding = session.io_binding()
-    binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(images, "cuda", device_id))
-    for name in outputs:
-        binding.bind_output(name, "cuda", device_id)
-    session.run_with_iobinding(binding)
-    return dict(zip(outputs, binding.copy_outputs_to_cpu()))
+    values, _ = run_bound(session, images, outputs)
+    return dict(zip(outputs, values))
 
 
 def _installed(distribution: str) -> Optional[str]:
@@ -250,6 +273,43 @@ def _probe(provider: str) -> Optional[str]:
     return None
 
 
+# Oldest Linux driver of each CUDA major release (NVIDIA's CUDA toolkit release notes, minor-version
+# compatibility): what a host needs before any CUDA library of that major version can load.
+_MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+_NVIDIA_REQ = re.compile(r"^(nvidia-[a-z-]+?)(?:-cu(\d+))?\s*~=\s*(\d+)")
+
+
+def gpu_runtime_requirements(distribution: str = "onnxruntime-gpu") -> Optional[dict]:
+    """The CUDA and cuDNN versions the installed onnxruntime-gpu wheel declares (its ``cuda`` and
+    ``cudnn`` extras), the driver that implies, and the pip command that brings the libraries.
+    None when that distribution is not installed or declares no CUDA runtime."""
+    try:
+        requires = importlib.metadata.requires(distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = {}
+    for req in requires:
+        if m := _NVIDIA_REQ.match(req):
+            found[m.group(1)] = (int(m.group(3)), m.group(2))
+    if "nvidia-cuda-runtime" not in found:
+        return None
+    cuda = found["nvidia-cuda-runtime"][0]
+    cudnn, cudnn_cuda = found.get("nvidia-cudnn", (None, None))
+    return {"package": f"{distribution} {importlib.metadata.version(distribution)}", "cuda": cuda,
+            "cudnn": cudnn, "cudnn_for_cuda": int(cudnn_cuda) if cudnn_cuda else None,
+            "min_driver": _MIN_DRIVER.get(cuda), "pip": f'pip install "{distribution}[cuda,cudnn]"'}
+
+
+def describe_gpu_requirements(req: Optional[dict]) -> str:
+    """One line for :func:`gpu_runtime_requirements`."""
+    if req is None:
+        return "no onnxruntime-gpu with declared CUDA requirements is installed"
+    cudnn = f"cuDNN {req['cudnn']} for CUDA {req['cudnn_for_cuda'] or req['cuda']}" if req["cudnn"] else "cuDNN"
+    driver = f"NVIDIA driver >= {req['min_driver']}" if req["min_driver"] else "a driver for that CUDA release"
+    return (f"{req['package']} is built for CUDA {req['cuda']} and {cudnn} ({driver}); "
+            f"the libraries come with `{req['pip']}` or from the system")
+
+
 def doctor_report() -> dict:
     """Versions, providers (listed and actually working, by running a tiny model on each) and GPUs."""
     gpus, gpu_missing = list_gpus()
@@ -269,6 +329,7 @@ def doctor_report() -> dict:
         "gpus": [{"index": g.index, "name": g.name, "memory_gib": round(g.memory_bytes / 2 ** 30, 1)} for g in gpus],
         "gpu_problem": gpu_missing,
         "gpu_libraries": preload_gpu_libraries() or None,
+        "gpu_requirements": gpu_runtime_requirements(),
     }
 
 
@@ -286,6 +347,7 @@ def format_doctor(report: dict) -> str:
         lines.extend(f"gpu {g['index']}        {g['name']}, {g['memory_gib']} GiB" for g in report["gpus"])
     else:
         lines.append(f"gpu          none ({report['gpu_problem']})")
+    lines.append("needs        " + describe_gpu_requirements(report["gpu_requirements"]))
     if report["gpu_libraries"]:
         lines.append("onnxruntime.preload_dlls: " + " | ".join(report["gpu_libraries"].splitlines()))
     return "\n".join(lines)

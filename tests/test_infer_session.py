@@ -92,3 +92,40 @@ def test_probe_model_is_valid_onnx_and_doctor_reports_every_provider():
     assert cuda["works"] == CUDA_WORKS and (cuda["problem"] is None) == CUDA_WORKS
     text = format_doctor(report)
     assert "CPUExecutionProvider" in text and "works" in text and "gpu" in text
+
+
+@pytest.mark.parametrize("cuda, cudnn", [(12, 9), (13, 9)])
+def test_gpu_requirements_are_read_from_the_installed_wheel(monkeypatch, cuda, cudnn):
+    declared = ["numpy>=1.21.6", f'nvidia-cuda-runtime~={cuda}.0; extra == "cuda"',
+                f'nvidia-cufft~=11.0; extra == "cuda"', f'nvidia-cudnn-cu{cuda}~={cudnn}.0; extra == "cudnn"']
+    monkeypatch.setattr(sess.importlib.metadata, "requires", lambda dist: declared)
+    monkeypatch.setattr(sess.importlib.metadata, "version", lambda dist: "9.9.9")
+    req = sess.gpu_runtime_requirements()
+    assert (req["cuda"], req["cudnn"], req["cudnn_for_cuda"]) == (cuda, cudnn, cuda)
+    line = sess.describe_gpu_requirements(req)
+    assert f"CUDA {cuda} and cuDNN {cudnn} for CUDA {cuda}" in line and "[cuda,cudnn]" in line
+    assert req["min_driver"] == {12: "525.60.13", 13: "580.65.06"}[cuda]
+
+
+def test_gpu_requirements_without_cuda_runtime(monkeypatch):
+    monkeypatch.setattr(sess.importlib.metadata, "requires", lambda dist: ["numpy"])
+    assert sess.gpu_runtime_requirements() is None
+    assert "no onnxruntime-gpu" in sess.describe_gpu_requirements(None)
+
+
+def test_threads_default_to_the_affinity_mask(tmp_path, monkeypatch):
+    path = write_model(tmp_path / "m.onnx", task=1, dim=4)
+    seen = []
+    real = sess.ort.InferenceSession
+
+    def spy(source, options, providers):
+        seen.append(options.intra_op_num_threads)
+        return real(source, options, providers=providers)
+
+    monkeypatch.setattr(sess.ort, "InferenceSession", spy)
+    monkeypatch.setattr(sess.os, "sched_getaffinity", lambda pid: {0})
+    create_session(path, "cpu")
+    create_session(path, "cpu", threads=3)
+    assert seen == [1, 3]
+    with pytest.raises(InputError, match="--threads 0"):
+        create_session(path, "cpu", threads=0)

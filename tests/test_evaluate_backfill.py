@@ -1,0 +1,111 @@
+"""Backfilling curves against a slow reference written as plain loops, and their end points against the
+compatibility matrix."""
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from dpcompat.common.errors import InputError
+from dpcompat.evaluate.backfill import (area, backfill_order, default_pairs, exact_curve, fractions, index_curve,
+                                        parse_pairs)
+from dpcompat.evaluate.compat import compatibility
+from dpcompat.evaluate.indexes import IndexParams, build_index
+
+
+def unit(rng, n, d):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def slow_metrics(query, gallery, ql, gl, k, exclude_self):
+    """top1, top5, knn, mAP one query at a time, one item at a time (no ties in random data)."""
+    top1 = top5 = knn = 0
+    aps = []
+    for r, q in enumerate(query):
+        scored = [(-float(np.dot(q, g)), c) for c, g in enumerate(gallery) if not (exclude_self and c == r)]
+        ranked = [c for _, c in sorted(scored)]
+        labels = [gl[c] for c in ranked]
+        top1 += labels[0] == ql[r]
+        top5 += ql[r] in labels[:5]
+        votes = Counter(labels[:k])
+        best = max(votes.values())
+        knn += next(x for x in labels[:k] if votes[x] == best) == ql[r]
+        hits, total = 0, 0.0
+        for rank, x in enumerate(labels, 1):
+            if x == ql[r]:
+                hits += 1
+                total += hits / rank
+        if hits:
+            aps.append(total / hits)
+    n = len(query)
+    return {"top1": top1 / n, "top5": top5 / n, "knn": knn / n, "mAP": float(np.mean(aps))}
+
+
+def slow_backfill(query, old, new, ql, gl, order, steps, k, exclude_self):
+    curve = []
+    for s in range(steps + 1):
+        count = int(round(s / steps * len(old)))
+        done = set(int(c) for c in order[:count])
+        gallery = [new[c] if c in done else old[c] for c in range(len(old))]
+        curve.append(slow_metrics(query, gallery, ql, gl, k, exclude_self))
+    return {name: np.array([c[name] for c in curve]) for name in curve[0]}
+
+
+@pytest.fixture
+def models():
+    rng = np.random.default_rng(3)
+    return [unit(rng, 30, 6) for _ in range(2)], np.arange(30) % 3
+
+
+def test_exact_curve_is_the_slow_reference_and_ends_at_the_matrix(models):
+    (old, new), labels = models
+    order = backfill_order(30, seed=4)
+    f = fractions(5)
+    got = exact_curve(new, old, new, labels, labels, order, f, k=3, exclude_self=True)
+    want = slow_backfill(new, old, new, labels, labels, order, 5, 3, True)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-9, err_msg=name)
+    c = compatibility([old, new], [old, new], labels, labels, k=3, exclude_self=True)
+    for name in want:
+        assert got[name][0] == c.metrics[name][1, 0]  # f = 0: C[i][j]
+        assert got[name][-1] == c.metrics[name][1, 1]  # f = 1: C[i][i]
+    assert area(f, got["top1"]) == pytest.approx(np.trapezoid(got["top1"], f))
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_index_curve_reuses_the_old_structure(models, kind):
+    pytest.importorskip("faiss", reason="faiss-cpu (the [faiss] extra) is not installed")
+    (old, new), labels = models
+    order = backfill_order(30, seed=4)
+    f = fractions(5)
+    resolved = IndexParams(nlist=3, nprobe=3).resolve(kind, 30, 6)
+    index = build_index(old, kind, resolved)
+    got = index_curve(index, kind, resolved, new, new, labels, labels, order, f, k=3, exclude_self=True, depth=29)
+    assert index.ntotal == 30  # the old index itself is untouched
+    want = slow_backfill(new, old, new, labels, labels, order, 5, 3, True)
+    # flat, IVF probing every list and HNSW on 30 items are exhaustive: the exact curve
+    for name in ("top1", "top5", "knn"):
+        np.testing.assert_allclose(got[name], want[name], err_msg=name)
+    np.testing.assert_allclose(got["mAP@K"], want["mAP"], rtol=1e-6)
+
+
+def test_order_file_and_pairs(tmp_path, models):
+    good = tmp_path / "order.txt"
+    good.write_text("\n".join(map(str, range(29, -1, -1))) + "\n")
+    np.testing.assert_array_equal(backfill_order(30, order_file=good), np.arange(29, -1, -1))
+    bad = tmp_path / "bad.txt"
+    bad.write_text("0\n1\n1\n")
+    with pytest.raises(InputError, match="bad.txt: must list each gallery row 0..29 exactly once"):
+        backfill_order(30, order_file=bad)
+    bad.write_text("zero\n")
+    with pytest.raises(InputError, match="one gallery row number per line"):
+        backfill_order(30, order_file=bad)
+    np.testing.assert_array_equal(backfill_order(30, seed=1), backfill_order(30, seed=1))
+    assert default_pairs(4) == [(1, 0), (2, 0), (2, 1), (3, 0), (3, 2)]
+    assert parse_pairs("t3:t1, t2:t1", ["t1", "t2", "t3"]) == [(2, 0), (1, 0)]
+    with pytest.raises(InputError, match="must be older"):
+        parse_pairs("t1:t2", ["t1", "t2"])
+    with pytest.raises(InputError, match="NEW:OLD"):
+        parse_pairs("t9:t1", ["t1", "t2"])
+    with pytest.raises(InputError, match="--backfill-steps 0"):
+        fractions(0)
