@@ -4,7 +4,7 @@ data sets (and within one).
 Exact: every item is hashed twice (sha256 of its decoded RGB pixels with their size, and of its bytes
 as stored: the file of a folder data set, the array row of CIFAR or npz), one dictionary lookup per
 item, so the time is linear in the number of items. Near: every item of the left set is embedded and
-its ``k`` nearest right items by cosine are found in blocks (:mod:`evaluate.neighbours`); a pair is a
+its ``k`` nearest right items by cosine are found in blocks (``exact_topk``); a pair is a
 near-duplicate when its cosine is at least the threshold.
 """
 from __future__ import annotations
@@ -25,10 +25,11 @@ from ..common.errors import InputError
 from ..infer.datasets import Dataset, open_dataset
 from ..infer.embed import embed_dataset
 from ..infer.session import create_session
-from .neighbours import top_k_neighbours
+from .indexes import exact_topk
 from .pipeline import _once_to_stderr
 
 DEFAULT_THRESHOLD = 0.95
+QUERY_BLOCK, GALLERY_BLOCK = 1024, 8192  # 32 MiB of float32 similarities at a time, never N x M
 QUERY_OUTPUT = "query"  # an export's frozen-backbone feature, when the graph has it
 FEATURES = ("auto", EMBEDDING_OUTPUT, QUERY_OUTPUT)
 
@@ -112,7 +113,12 @@ def _near(comparison: Comparison, embeddings: list[np.ndarray], k: int, threshol
     left, right = embeddings[a], embeddings[b]
     for pair in found.values():
         pair.cosine = float(np.dot(left[pair.left_index], right[pair.right_index]))
-    sims, index = top_k_neighbours(left, right, k=min(k, len(right) - (a == b)), exclude_self=a == b)
+    index = exact_topk(left, right, min(k, len(right) - (a == b)), exclude_self=a == b, query_block=QUERY_BLOCK,
+                       gallery_block=GALLERY_BLOCK)
+    sims = np.empty(index.shape, np.float32)
+    for start in range(0, len(left), QUERY_BLOCK):
+        rows = np.asarray(left[start:start + QUERY_BLOCK], np.float32)
+        sims[start:start + len(rows)] = np.einsum("nd,nkd->nk", rows, right[index[start:start + len(rows)]])
     closest: dict[tuple, Pair] = {}
     for i, j, s in zip(np.repeat(np.arange(len(left)), sims.shape[1]), index.ravel(), sims.ravel()):
         i, j = (int(min(i, j)), int(max(i, j))) if a == b else (int(i), int(j))

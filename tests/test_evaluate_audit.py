@@ -1,6 +1,7 @@
 """Overlap audit: exact duplicates found and not found, near-duplicates against brute force, the CLI."""
 import csv
 import json
+import tracemalloc
 from itertools import product
 
 import numpy as np
@@ -10,7 +11,9 @@ from PIL import Image
 from dpcompat.common.cifar import write_cifar
 from dpcompat.common.errors import InputError
 from dpcompat.common.synthetic import synthetic_images
+from dpcompat.evaluate import audit as audit_module
 from dpcompat.evaluate.audit import equal_pairs, run_audit
+from dpcompat.evaluate.indexes import exact_topk
 from dpcompat.evaluate.audit_report import sheet_pairs, write_audit
 from dpcompat.infer.store import read_set
 from onnx_fixtures import run_cli, write_model
@@ -81,6 +84,37 @@ def test_near_duplicates_equal_brute_force(tmp_path):
         assert p.cosine == pytest.approx(full[p.left_index, p.right_index], abs=1e-5)
     assert len(comparison.closest) == len(q) * k
     assert sheet_pairs(audit, 4)[:2] == comparison.pairs[:2]  # the exact copies lead
+
+
+def test_near_duplicates_do_not_depend_on_the_block_size(tmp_path, monkeypatch):
+    write_sets(tmp_path)
+    write_model(tmp_path / "m.onnx", seed=5)
+
+    def found():
+        audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=tmp_path / "m.onnx", threshold=0.99,
+                          k=3, store=tmp_path / "store", provider="cpu")
+        return {p.key: p.cosine for p in audit.comparisons[0].pairs}, [p.key for p in audit.comparisons[0].closest]
+
+    default = found()
+    monkeypatch.setattr(audit_module, "QUERY_BLOCK", 7)
+    monkeypatch.setattr(audit_module, "GALLERY_BLOCK", 5)
+    tiny = found()
+    assert tiny[0].keys() == default[0].keys() and sorted(tiny[1]) == sorted(default[1])
+    for key, cosine in default[0].items():
+        assert tiny[0][key] == pytest.approx(cosine, abs=1e-6)
+
+
+def test_neighbour_memory_is_bounded_by_the_blocks():
+    rng = np.random.default_rng(0)
+    left, right = (rng.integers(-2, 3, (n, 4)).astype(np.float32) for n in (300, 12_000))
+    full_matrix = 4 * len(left) * len(right)  # 14 MB; the running top-k lists are 300 x 5
+    tracemalloc.start()
+    try:
+        exact_topk(left, right, 5, query_block=32, gallery_block=128)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < full_matrix / 50, peak
 
 
 def test_bad_options_before_any_work(tmp_path):
