@@ -223,13 +223,14 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @click.argument("model_files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--models", "models_flag", is_flag=True,
               help="The ONNX files follow, oldest first: --models exports/task1.onnx ... exports/task10.onnx.")
-@click.option("--exports-dir", type=click.Path(file_okay=False), help="Every .onnx file there, ordered by task.")
+@click.option("--exports-dir", type=click.Path(file_okay=False), help="Every .onnx file there (ordered by task, as --models are).")
 @click.option("--from-store", help="Comma-separated stored model ids (task1,task2,...): no ONNX files needed.")
 @click.option("--query", default="cifar10:test", show_default=True, help="Query data set. " + _DATASET_HELP)
 @click.option("--gallery", help="Gallery data set (default: the query set; each query's own image is then left out).")
 @click.option("--data-path", default="data", show_default=True, help="Folder holding CIFAR's folders.")
 @click.option("--store", default="embeddings", show_default=True, help="Embedding store (read, and filled when missing).")
-@click.option("--out", default="reports", show_default=True, help="Folder for compatibility.{json,csv,md} and heatmaps.")
+@click.option("--out", default="reports", show_default=True,
+              help="Report folder (compatibility.{json,csv,md} and figures), replaced as a whole.")
 @click.option("--k", default=5, show_default=True, help="Neighbours of the kNN majority vote.")
 @click.option("--include-self", is_flag=True, help="Keep each query's own image in its gallery (the original study's protocol).")
 @_PROVIDER
@@ -240,29 +241,31 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
              include_self, provider, batch_size, skip_bad, quiet):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
-    Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model).
+    Writes compatibility.json/.csv/.md and figures (rows: query model, columns: gallery model); the
+    models are put in the order of the task in their metadata.
     """
     from .evaluate.pipeline import collect_from_models, collect_from_store, evaluate_sets, model_files as find_models
-    from .evaluate.report import summary, write_reports
+    from .evaluate.report import check_out_dir, summary, write_reports
     from tqdm import tqdm
 
     gallery = gallery or query
+    check_out_dir(out)
     if from_store is not None:
         if model_files or exports_dir:
             raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
         q, g = collect_from_store([m.strip() for m in from_store.split(",") if m.strip()], query, gallery, store)
     else:
         files = find_models(model_files, exports_dir)
-        q, g = collect_from_models(files, query, gallery, data_path, store, by_task=bool(exports_dir),
-                                   provider=provider, batch_size=batch_size, skip_bad=skip_bad, progress=not quiet)
+        q, g = collect_from_models(files, query, gallery, data_path, store, provider=provider,
+                                   batch_size=batch_size, skip_bad=skip_bad, progress=not quiet)
     with tqdm(desc="cells", unit="cell", disable=quiet, file=sys.stderr) as bar:
         def progress(done, total):
             bar.total = total
             bar.update(done - bar.n)
 
         ev = evaluate_sets(q, g, k=k, include_self=include_self, progress=progress)
-    written = write_reports(ev.result, ev.models, ev.query, ev.gallery, ev.protocol, out)
-    click.echo(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
+    written = write_reports(ev, out)
+    click.echo(summary(ev))
     click.echo(f"reports: {', '.join(str(p) for p in written)}")
 
 
@@ -374,9 +377,12 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
 
     result = bench_evaluate(workdir, models, queries, dim, classes)
     cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
-            ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("peak_extra_mib", "peak extra MiB", ".0f"),
+            ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("products_seconds", "products alone s", ".1f"),
+            ("ratio_to_products", "ratio", ".2f"), ("peak_extra_mib", "peak extra MiB", ".0f"),
             ("max_rss_mib", "max RSS MiB", ".0f")]
-    _emit(result, format_table([result], cols), json_path)
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stages"].items())
+    _emit(result, format_table([result], cols) + f"\nstages: {stages} ({result['resamples']} bootstrap resamples)",
+          json_path)
 
 
 @bench.command("export")
