@@ -375,7 +375,7 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
     from .evaluate.bench import bench_evaluate
     from .infer.bench import format_table
 
-    result = bench_evaluate(workdir, models, queries, dim, classes)
+    result = bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes)
     cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
             ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("products_seconds", "products alone s", ".1f"),
             ("ratio_to_products", "ratio", ".2f"), ("peak_extra_mib", "peak extra MiB", ".0f"),

@@ -11,7 +11,7 @@ from ..infer.metadata import Preprocessing
 from ..infer.store import set_path, write_set
 
 
-def write_random_store(store: str | Path, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
+def write_random_store(store: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
                        spec: str = "cifar10:test", seed: int = 0) -> list[str]:
     """Write ``models`` sets ``task1..taskT`` of ``n`` random unit vectors (float32 [n, dim]) with
     labels ``i % classes``, all claiming the same data ``spec``; returns the model ids."""
@@ -47,7 +47,7 @@ def products_seconds(query: list[np.ndarray], gallery: list[np.ndarray]) -> floa
     return time.perf_counter() - start
 
 
-def bench_evaluate(workdir: str | Path, models: int = 10, n: int = 10_000, dim: int = 768,
+def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768,
                    classes: int = 10) -> dict:
     """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
     (not timed), beside the time of its similarity products alone (measured in the same run, first).
@@ -63,7 +63,7 @@ def bench_evaluate(workdir: str | Path, models: int = 10, n: int = 10_000, dim: 
     from .pipeline import collect_from_store, evaluate_sets
     from ..infer.bench import machine_info
 
-    ids = write_random_store(Path(workdir) / "store", models, n, dim, classes)
+    ids = write_random_store(Path(workdir) / "store", models=models, n=n, dim=dim, classes=classes)
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
     products = products_seconds([s.embeddings for s in query], [s.embeddings for s in gallery])
     tracemalloc.start()
