@@ -222,7 +222,7 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @cli.command()
 @click.argument("model_files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--models", "models_flag", is_flag=True,
-              help="The ONNX files follow, oldest first: --models exports/task1.onnx ... exports/task10.onnx.")
+              help="The ONNX files follow (put in the task order of their metadata): --models exports/*.onnx.")
 @click.option("--exports-dir", type=click.Path(file_okay=False), help="Every .onnx file there (ordered by task, as --models are).")
 @click.option("--from-store", help="Comma-separated stored model ids (task1,task2,...): no ONNX files needed.")
 @click.option("--query", default="cifar10:test", show_default=True, help="Query data set. " + _DATASET_HELP)
