@@ -316,14 +316,15 @@ def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp1
 @cli.command()
 @click.argument("model_files", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--models", "models_flag", is_flag=True,
-              help="The ONNX files follow, oldest first: --models exports/task1.onnx ... exports/task10.onnx.")
-@click.option("--exports-dir", type=click.Path(file_okay=False), help="Every .onnx file there, ordered by task.")
+              help="The ONNX files follow (put in the task order of their metadata): --models exports/*.onnx.")
+@click.option("--exports-dir", type=click.Path(file_okay=False), help="Every .onnx file there (ordered by task, as --models are).")
 @click.option("--from-store", help="Comma-separated stored model ids (task1,task2,...): no ONNX files needed.")
 @click.option("--query", default="cifar10:test", show_default=True, help="Query data set. " + _DATASET_HELP)
 @click.option("--gallery", help="Gallery data set (default: the query set; each query's own image is then left out).")
 @click.option("--data-path", default="data", show_default=True, help="Folder holding CIFAR's folders.")
 @click.option("--store", default="embeddings", show_default=True, help="Embedding store (read, and filled when missing).")
-@click.option("--out", default="reports", show_default=True, help="Folder for compatibility.{json,csv,md} and heatmaps.")
+@click.option("--out", default="reports", show_default=True,
+              help="Report folder (compatibility.{json,csv,md} and figures), replaced as a whole.")
 @click.option("--k", default=5, show_default=True, help="Neighbours of the kNN majority vote.")
 @click.option("--include-self", is_flag=True, help="Keep each query's own image in its gallery (the original study's protocol).")
 @_PROVIDER
@@ -361,8 +362,9 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
              gallery_precisions, precision_exports):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
-    Writes compatibility.json/.csv/.md and heatmaps (rows: query model, columns: gallery model); with
-    --index, --backfill, --gallery-precision or --precision-exports also production.json/.md.
+    Writes compatibility.json/.csv/.md and figures (rows: query model, columns: gallery model); the
+    models are put in the order of the task in their metadata. With --index, --backfill,
+    --gallery-precision or --precision-exports also production.json/.md.
     """
     from .evaluate.indexes import IndexParams
     from .evaluate.production import ProductionOptions
@@ -383,11 +385,13 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
         faiss_module()
     if precision_exports and from_store is not None:
         raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
-    from .evaluate.pipeline import collect_from_models, collect_from_store, evaluate_sets, model_files as find_models
-    from .evaluate.report import summary, write_reports
+    from .evaluate.pipeline import (collect_from_models, collect_from_store, evaluate_sets, model_files as find_models,
+                                    once_to_stderr, order_by_task)
+    from .evaluate.report import check_out_dir, summary, write_reports
     from tqdm import tqdm
 
     gallery = gallery or query
+    check_out_dir(out)
     if projections is not None:
         from .evaluate.projections import parse_methods
         projections = parse_methods(projections)
@@ -398,21 +402,22 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
                                   data_path=data_path)
     else:
         files = find_models(model_files, exports_dir)
-        q, g = collect_from_models(files, query, gallery, data_path, store, by_task=bool(exports_dir),
-                                   provider=provider, batch_size=batch_size, skip_bad=skip_bad, progress=not quiet,
+        q, g = collect_from_models(files, query, gallery, data_path, store, provider=provider,
+                                   batch_size=batch_size, skip_bad=skip_bad, progress=not quiet,
                                    workers=workers, threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace))
+    q, g = order_by_task(q, g, once_to_stderr())
     with tqdm(desc="cells", unit="cell", disable=quiet, file=sys.stderr) as bar:
         def progress(done, total):
             bar.total = total
             bar.update(done - bar.n)
 
         ev = evaluate_sets(q, g, k=k, include_self=include_self, progress=progress)
-    written = write_reports(ev.result, ev.models, ev.query, ev.gallery, ev.protocol, out)
+    written = write_reports(ev, out)
     if projections:
         from .evaluate.projections import write_projections
         written.append(write_projections([s.embeddings for s in q], q[0].labels, ev.models, out, methods=projections,
                                          sample=projection_sample))
-    click.echo(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
+    click.echo(summary(ev))
     click.echo(f"reports: {', '.join(str(p) for p in written)}")
     if production.wanted or precision_exports:
         _evaluate_production(q, g, ev, production, files if precision_exports else [], precision_exports, store,
@@ -656,11 +661,14 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
     from .evaluate.bench import bench_evaluate
     from .infer.bench import format_table
 
-    result = bench_evaluate(workdir, models, queries, dim, classes)
+    result = bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes)
     cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
-            ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("peak_extra_mib", "peak extra MiB", ".0f"),
+            ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("products_seconds", "products alone s", ".1f"),
+            ("ratio_to_products", "ratio", ".2f"), ("peak_extra_mib", "peak extra MiB", ".0f"),
             ("max_rss_mib", "max RSS MiB", ".0f")]
-    _emit(result, format_table([result], cols), json_path)
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stages"].items())
+    _emit(result, format_table([result], cols) + f"\nstages: {stages} ({result['resamples']} bootstrap resamples)",
+          json_path)
 
 
 @bench.command("index")

@@ -176,7 +176,7 @@ def verify_stage(workdir: Path, data: Path, exports: list[Path], s: DemoSettings
         report = verify_export(path, checkpoint_dir=workdir / "output" / "checkpoint",
                                inputs=Inputs(dataset="cifar10:test", data_path=str(data), count=s.verify_count),
                                provider=provider)
-        write_json(workdir / "reports" / f"verify_{path.stem}.json", report.to_dict())
+        write_json(workdir / "verify" / f"verify_{path.stem}.json", report.to_dict())
         parity.append(report.passed)
         log(f"   {path.name}: {'PASS' if report.passed else 'FAIL'}")
     if not all(parity):
@@ -188,10 +188,11 @@ def evaluate_stage(workdir: Path, query, gallery, provenance: dict, notes: list[
     from .evaluate.pipeline import evaluate_sets
     from .evaluate.report import summary, write_reports
 
-    ev = evaluate_sets(query, gallery)
-    written = write_reports(ev.result, ev.models, ev.query, ev.gallery, {**ev.protocol, "provenance": provenance},
-                            workdir / "reports", notes=notes)
-    log(summary(ev.result, ev.models, ev.query, ev.gallery, ev.protocol))
+    ev = evaluate_sets(query, gallery, notes=notes)
+    ev.protocol["demo"] = provenance
+    ev.provenance = [p or {"data": provenance["data"], "backbone": provenance["backbone"]} for p in ev.provenance]
+    written = write_reports(ev, workdir / "reports")
+    log(summary(ev))
     return written
 
 
@@ -219,7 +220,7 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
         verify_stage(workdir, data, exports, s, provider, log)
     with stages.stage("embed"):
         query, gallery = collect_from_models(exports, "cifar10:test", "cifar10:test", data, workdir / "embeddings",
-                                             by_task=True, provider=provider)
+                                             provider=provider)
     with stages.stage("evaluate"):
         provenance = {"data": "generated" if generated else "CIFAR-100 (training) / CIFAR-10 (evaluation)",
                       "backbone": "pretrained" if RANDOM_BACKBONE_NOTE not in notes else "random", "notes": notes,

@@ -26,7 +26,7 @@ from ..infer.datasets import Dataset, open_dataset
 from ..infer.embed import embed_dataset
 from ..infer.session import create_session
 from .indexes import exact_topk
-from .pipeline import _once_to_stderr
+from .pipeline import once_to_stderr
 
 DEFAULT_THRESHOLD = 0.95
 QUERY_BLOCK, GALLERY_BLOCK = 1024, 8192  # 32 MiB of float32 similarities at a time, never N x M
@@ -182,7 +182,7 @@ def run_audit(specs: Sequence[str], data_path: str | Path = "data", *, model: Op
     output = _feature(Path(model), feature) if model is not None else None
     comparisons = _comparisons(len(datasets), len(specs) == 1 if within is None else within)
     hashes = [content_hashes(d, progress=progress) for d in datasets]
-    embeddings, warn = None, _once_to_stderr()
+    embeddings, warn = None, once_to_stderr()
     if model is not None:
         model = Path(model)
         model_id = model.stem if output == EMBEDDING_OUTPUT else f"{model.stem}-{output}"

@@ -14,7 +14,7 @@ from ..infer.shards import write_set
 from ..infer.store import set_path
 
 
-def write_random_store(store: str | Path, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
+def write_random_store(store: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
                        spec: str = "cifar10:test", seed: int = 0) -> list[str]:
     """Write ``models`` sets ``task1..taskT`` of ``n`` random unit vectors (float32 [n, dim]) with
     labels ``i % classes``, all claiming the same data ``spec``; returns the model ids."""
@@ -33,11 +33,32 @@ def write_random_store(store: str | Path, models: int = 10, n: int = 10_000, dim
     return ids
 
 
-def bench_evaluate(workdir: str | Path, models: int = 10, n: int = 10_000, dim: int = 768,
+def products_seconds(query: list[np.ndarray], gallery: list[np.ndarray]) -> float:
+    """Time of the similarity products of every cell i >= j alone, in the blocks the evaluation uses."""
+    import time
+
+    from .metrics import _BLOCK_ELEMENTS
+
+    start = time.perf_counter()
+    for i in range(len(query)):
+        q = np.asarray(query[i])
+        for j in range(i + 1):
+            g = np.asarray(gallery[j])
+            block = max(1, _BLOCK_ELEMENTS // len(g))
+            for s in range(0, len(q), block):
+                q[s:s + block] @ g.T
+    return time.perf_counter() - start
+
+
+def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768,
                    classes: int = 10) -> dict:
     """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
-    (not timed). Extra memory is what the evaluation allocates beyond the memory-mapped sets
-    (tracemalloc, which numpy reports its buffers to)."""
+    (not timed), beside the time of its similarity products alone (measured in the same run, first).
+
+    Extra memory is what the evaluation allocates beyond the memory-mapped sets (tracemalloc, which
+    numpy reports its buffers to). ``stages`` splits the evaluation: cells (products, ranking and
+    every per-query metric), bootstrap, tests_and_criteria (McNemar, intervals, verdicts, CMC, flips), cka.
+    """
     import resource
     import time
     import tracemalloc
@@ -45,7 +66,9 @@ def bench_evaluate(workdir: str | Path, models: int = 10, n: int = 10_000, dim: 
     from .pipeline import collect_from_store, evaluate_sets
     from ..infer.bench import machine_info
 
-    ids = write_random_store(Path(workdir) / "store", models, n, dim, classes)
+    ids = write_random_store(Path(workdir) / "store", models=models, n=n, dim=dim, classes=classes)
+    query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
+    products = products_seconds([s.embeddings for s in query], [s.embeddings for s in gallery])
     tracemalloc.start()
     start = time.perf_counter()
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
@@ -54,7 +77,9 @@ def bench_evaluate(workdir: str | Path, models: int = 10, n: int = 10_000, dim: 
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {"benchmark": "evaluate", "models": models, "queries": n, "gallery": n, "dim": dim, "classes": classes,
-            "cells": models * (models + 1) // 2, "seconds": seconds, "peak_extra_mib": peak / 2**20,
+            "cells": models * (models + 1) // 2, "seconds": seconds, "products_seconds": products,
+            "ratio_to_products": seconds / products, "stages": ev.result.seconds, "resamples": ev.result.resamples,
+            "peak_extra_mib": peak / 2**20,
             # the whole process: imports, the memory-mapped sets' pages and BLAS buffers included
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "own_image_left_out": ev.protocol["own_image_left_out"], "machine": machine_info()}

@@ -4,25 +4,81 @@ Conventions shared by every function here:
 
 * Embeddings are L2-normalised float32 rows, so cosine similarity is a dot product.
 * Ranking: gallery items in decreasing similarity; equal similarities are ordered by increasing
-  gallery index (so the ranked list is a total order and top-k is deterministic).
+  gallery index (so the ranked list is a total order and top-k, CMC, mAP@R and R-precision are
+  deterministic).
 * A similarity of ``-inf`` means "not in this query's gallery" (used to leave a query's own image
   out): such an item is never ranked, retrieved or counted as relevant.
-* Relevant = same label as the query.
+* Relevant = same label as the query. R = the number of relevant items in the query's gallery.
 * Average precision follows ``sklearn.metrics.average_precision_score`` over the whole ranked
   gallery, including its tie semantics: items of equal similarity form one threshold, so each
   relevant item of a tied group scores the precision measured after the whole group. A query with
-  no relevant item in its gallery has no AP (NaN) and is left out of mAP.
+  no relevant item in its gallery has no AP, AP@R or R-precision (NaN) and is left out of their means.
+* mAP@R and R-precision (Musgrave et al., "A Metric Learning Reality Check", ECCV 2020) look at the
+  first R places of the total order: R-precision = (relevant among them) / R, AP@R = (1/R) * sum over
+  the relevant items at places p <= R of (relevant at places <= p) / p.
+
+Nothing here sorts indices of whole rows (``argsort`` is about four times slower than ``np.sort`` on
+float32): each row is sorted by value once, the place of each relevant item is found by a binary
+search, and only the few candidates for the top k are ordered by index.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 
 # Similarities per block of rows: ~16 MB of float32 per copy whatever the gallery size.
 _BLOCK_ELEMENTS = 4 * 1024 * 1024
+_TOPK_CHUNK = 128  # columns per chunk when looking for the top-k candidates
+SUMMARY_METRICS = ("top1", "top5", "knn", "mAP", "mAP@R", "R-precision")
+
+
+@dataclass
+class QueryOutcomes:
+    """Per-query results of one query set against one gallery; every array has shape [Nq].
+
+    ``first_hit``: int64, 1-based place of the first relevant item in the ranking, 0 when the query
+    has none; ``knn_correct``: bool; ``ap``, ``ap_at_r``, ``r_precision``: float64, NaN when the
+    query has no relevant item.
+    """
+
+    first_hit: np.ndarray
+    knn_correct: np.ndarray
+    ap: np.ndarray
+    ap_at_r: np.ndarray
+    r_precision: np.ndarray
+
+    def per_query(self, name: str) -> np.ndarray:
+        """The per-query values whose mean is the summary metric ``name`` (float64 [Nq], NaN = no value)."""
+        if name in ("top1", "top5"):
+            return topk_hits(self.first_hit, int(name[3:])).astype(np.float64)
+        return {"knn": self.knn_correct.astype(np.float64), "mAP": self.ap, "mAP@R": self.ap_at_r,
+                "R-precision": self.r_precision}[name]
+
+    def summary(self) -> dict[str, float]:
+        """``{name: mean of its per-query values}`` for every name in ``SUMMARY_METRICS``; NaN when none."""
+        out = {}
+        for name in SUMMARY_METRICS:
+            values = self.per_query(name)
+            values = values[~np.isnan(values)]
+            out[name] = float(values.mean()) if values.size else float("nan")
+        return out
+
+
+def topk_hits(first_hit: np.ndarray, k: int) -> np.ndarray:
+    """Whether each query has a relevant item among its first ``k``: bool [Nq] from ``first_hit`` [Nq]."""
+    return (first_hit >= 1) & (first_hit <= k)
+
+
+def cmc_curve(first_hit: np.ndarray, depth: int) -> np.ndarray:
+    """Cumulative match characteristic: top-k accuracy for k = 1..depth, float64 [depth].
+
+    ``first_hit`` : int [Nq], 1-based place of each query's first relevant item (0: none)."""
+    hits = np.bincount(first_hit[(first_hit >= 1) & (first_hit <= depth)], minlength=depth + 1)[1:]
+    return np.cumsum(hits) / len(first_hit)
 
 
 def topk_indices(similarity: np.ndarray, k: int, kth_value: Optional[np.ndarray] = None) -> np.ndarray:
@@ -44,9 +100,17 @@ def topk_indices(similarity: np.ndarray, k: int, kth_value: Optional[np.ndarray]
         raise ValueError(f"k={k} must be between 1 and the gallery size {m}")
     if kth_value is None:
         kth_value = np.partition(similarity, m - k, axis=1)[:, m - k]
-    # Every item at least as similar as the k-th is a candidate; more than k only when the k-th
-    # value is tied, and the lexsort then keeps the lowest indices among the tied.
-    rows, cols = np.nonzero(similarity >= kth_value[:, None])
+    # Every item at least as similar as the k-th is a candidate (more than k only when the k-th value
+    # is tied). Candidates are looked for only in the chunks of columns whose maximum reaches the k-th
+    # value: one cheap max-reduction instead of a comparison and index extraction over every item.
+    starts = np.arange(0, m, _TOPK_CHUNK)
+    rows, chunks = np.nonzero(np.maximum.reduceat(similarity, starts, axis=1) >= kth_value[:, None])
+    cols = (starts[chunks][:, None] + np.arange(_TOPK_CHUNK)).ravel()
+    rows = np.repeat(rows, _TOPK_CHUNK)
+    inside = cols < m
+    rows, cols = rows[inside], cols[inside]
+    keep = similarity[rows, cols] >= kth_value[rows]
+    rows, cols = rows[keep], cols[keep]
     order = np.lexsort((cols, -similarity[rows, cols], rows))
     rows, cols = rows[order], cols[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n))[rows]
@@ -85,58 +149,6 @@ def knn_accuracy(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> floa
     return float(np.mean(knn_predict(neighbour_labels) == query_labels))
 
 
-def average_precision(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
-                      sorted_similarity: Optional[np.ndarray] = None,
-                      class_columns: Optional[dict[int, np.ndarray]] = None) -> np.ndarray:
-    """Average precision of every query over the whole ranked gallery (sklearn tie semantics).
-
-    Parameters
-    ----------
-    similarity : float array [Nq, Ng]; ``-inf`` marks items outside a query's gallery.
-    query_labels : int array [Nq]; gallery_labels : int array [Ng].
-    sorted_similarity : optional, ``np.sort(similarity, axis=1)`` when already computed.
-    class_columns : optional, ``{label: np.flatnonzero(gallery_labels == label)}`` when already computed.
-
-    Returns
-    -------
-    float64 array [Nq]; NaN for a query with no relevant item in its gallery.
-
-    Notes
-    -----
-    AP = (1/R) * sum over relevant items r of P(r), P(r) = #relevant with score >= s_r divided by
-    #items with score >= s_r. Only each row's sort and the ranks of its relevant items are needed,
-    not a full argsort.
-    """
-    n, m = similarity.shape
-    if sorted_similarity is None:
-        sorted_similarity = np.sort(similarity, axis=1)
-    if class_columns is None:
-        class_columns = columns_by_label(gallery_labels)
-    ap = np.full(n, np.nan)
-    for label in np.unique(query_labels):
-        cols = class_columns.get(int(label))
-        if cols is None:
-            continue
-        rows = np.flatnonzero(query_labels == label)
-        relevant = np.sort(similarity[np.ix_(rows, cols)], axis=1)  # [n_c, R] ascending, -inf first
-        size = relevant.shape[1]
-        # #relevant >= a value = size - index of the first of its tied group in the ascending row
-        index = np.arange(size)
-        new_value = np.ones(relevant.shape, bool)
-        new_value[:, 1:] = relevant[:, 1:] != relevant[:, :-1]
-        group_start = np.where(new_value, index, 0)
-        np.maximum.accumulate(group_start, axis=1, out=group_start)
-        above = np.empty(relevant.shape, np.int64)
-        for i, q in enumerate(rows):  # one binary search per row beats flattening 10^8 keys
-            above[i] = np.searchsorted(sorted_similarity[q], relevant[i])
-        precision = (size - group_start) / (m - above)
-        valid = relevant > -np.inf
-        count = valid.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ap[rows] = np.where(valid, precision, 0.0).sum(axis=1) / count
-    return ap
-
-
 def columns_by_label(labels: np.ndarray) -> dict[int, np.ndarray]:
     """``{label: indices of items with that label}`` for int ``labels`` [N]."""
     order = np.argsort(labels, kind="stable")
@@ -144,14 +156,115 @@ def columns_by_label(labels: np.ndarray) -> dict[int, np.ndarray]:
     return {int(v): idx for v, idx in zip(values, np.split(order, starts[1:]))}
 
 
+def _tied_places(similarity_row: np.ndarray, before: int, value: float, relevant: np.ndarray) -> np.ndarray:
+    """Places (1-based, total order) of the ``relevant`` [Ng] bool items whose similarity is ``value``,
+    ascending, when ``before`` items are more similar: items of equal similarity take consecutive
+    places in increasing index order."""
+    equal = np.flatnonzero(similarity_row == value)
+    return before + 1 + np.flatnonzero(relevant[equal])
+
+
+def _class_outcomes(similarity: np.ndarray, sorted_similarity: np.ndarray, rows: np.ndarray, columns: np.ndarray,
+                    relevant_mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """AP, AP@R, R-precision and first-hit place of the queries ``rows`` whose relevant items are the
+    gallery ``columns`` (``relevant_mask`` [Ng] marks the same items)."""
+    m = similarity.shape[1]
+    relevant = np.sort(similarity[np.ix_(rows, columns)], axis=1)  # [n_c, R] ascending, -inf first
+    size = relevant.shape[1]
+    below = np.empty(relevant.shape, np.int64)  # items less similar than each relevant item
+    following = np.empty(relevant.shape, sorted_similarity.dtype)  # the next larger-or-equal similarity
+    for i, q in enumerate(rows):  # one binary search per row beats flattening 10^8 keys
+        below[i] = np.searchsorted(sorted_similarity[q], relevant[i])
+        following[i] = sorted_similarity[q].take(np.minimum(below[i] + 1, m - 1))
+    valid = relevant > -np.inf
+    count = valid.sum(axis=1)
+    # sklearn AP: #relevant >= a value = size - index of the first of its tied group in the ascending row
+    index = np.arange(size)
+    new_value = np.ones(relevant.shape, bool)
+    new_value[:, 1:] = relevant[:, 1:] != relevant[:, :-1]
+    group_start = np.where(new_value, index, 0)
+    np.maximum.accumulate(group_start, axis=1, out=group_start)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = np.where(valid, (size - group_start) / (m - below), 0.0).sum(axis=1) / count
+    # Place in the total order: m - below when no other item has the same similarity.
+    place = np.where(valid, m - below, m + 1).astype(np.int32)
+    tied = valid & (below + 1 < m) & (following == relevant)
+    done = set()
+    for i, t in zip(*np.nonzero(tied)):
+        q, value = rows[i], relevant[i, t]
+        before = m - np.searchsorted(sorted_similarity[q], value, side="right")  # items strictly more similar
+        # A tie moves places only inside its group: it matters when the group starts within the first
+        # R places or holds the first relevant item (the best relevant similarity).
+        if (before < count[i] or value == relevant[i, -1]) and (i, value) not in done:
+            done.add((i, value))
+            place[i, relevant[i] == value] = _tied_places(similarity[q], before, value, relevant_mask)
+    place.sort(axis=1)
+    within = place <= count[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap_at_r = np.where(within, (index + 1) / place, 0.0).sum(axis=1) / count
+        r_precision = within.sum(axis=1) / count
+    first_hit = np.where(count > 0, place[:, 0], 0)
+    return ap, ap_at_r, r_precision, first_hit
+
+
+def ranked_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, *, k: int = 5,
+                    sorted_similarity: Optional[np.ndarray] = None,
+                    class_columns: Optional[dict[int, np.ndarray]] = None) -> QueryOutcomes:
+    """Every per-query outcome of queries against a gallery, given their similarities.
+
+    Parameters
+    ----------
+    similarity : float array [Nq, Ng]; ``-inf`` marks items outside a query's gallery.
+    query_labels : int array [Nq]; gallery_labels : int array [Ng].
+    k : neighbours of the kNN vote (at most the finite entries of every row).
+    sorted_similarity : optional, ``np.sort(similarity, axis=1)`` when already computed.
+    class_columns : optional, ``columns_by_label(gallery_labels)`` when already computed.
+
+    Returns
+    -------
+    :class:`QueryOutcomes` with arrays [Nq].
+
+    Notes
+    -----
+    AP = (1/R) * sum over relevant items r of P(r), P(r) = #relevant with score >= s_r divided by
+    #items with score >= s_r. Only each row's sort and the ranks of its relevant items are needed,
+    not a full argsort; an item tied with another gets its place from an exact look at the tie.
+    """
+    n = len(similarity)
+    if sorted_similarity is None:
+        sorted_similarity = np.sort(similarity, axis=1)
+    if class_columns is None:
+        class_columns = columns_by_label(gallery_labels)
+    ap, ap_at_r, r_precision = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    first_hit = np.zeros(n, np.int64)
+    for label in np.unique(query_labels):
+        columns = class_columns.get(int(label))
+        if columns is None:
+            continue
+        rows = np.flatnonzero(query_labels == label)
+        ap[rows], ap_at_r[rows], r_precision[rows], first_hit[rows] = _class_outcomes(
+            similarity, sorted_similarity, rows, columns, gallery_labels == label)
+    m = similarity.shape[1]
+    knn = knn_predict(gallery_labels[topk_indices(similarity, k, sorted_similarity[:, m - k])]) == query_labels
+    return QueryOutcomes(first_hit=first_hit, knn_correct=knn, ap=ap, ap_at_r=ap_at_r, r_precision=r_precision)
+
+
+def average_precision(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """Average precision of every query over the whole ranked gallery (sklearn tie semantics).
+
+    Shapes: similarity [Nq, Ng] (``-inf``: not in the gallery), query_labels [Nq], gallery_labels [Ng].
+    Returns float64 [Nq]; NaN for a query with no relevant item in its gallery.
+    """
+    return ranked_outcomes(similarity, query_labels, gallery_labels, k=1).ap
+
+
 def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray,
-                      gallery_labels: np.ndarray, k: int = 5, exclude_self: bool = False,
-                      threads: Optional[int] = None) -> dict[str, float]:
-    """top1, top5, knn and mAP of queries against a gallery by cosine similarity, in row blocks.
+def retrieval_outcomes(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
+                       *, k: int = 5, exclude_self: bool = False, threads: Optional[int] = None) -> QueryOutcomes:
+    """Per-query outcomes of queries against a gallery by cosine similarity, in row blocks.
 
     Parameters
     ----------
@@ -165,31 +278,25 @@ def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.n
 
     Returns
     -------
-    ``{"top1", "top5", "knn", "mAP"}`` as floats; mAP is NaN when no query has a relevant item.
+    :class:`QueryOutcomes`, arrays [Nq].
 
     Memory beyond the inputs is bounded by the block size, whatever Nq and Ng: two blocks of
-    ``_BLOCK_ELEMENTS`` similarities in flight, each with a sorted copy and ranking temporaries
-    (about 16 * ``_BLOCK_ELEMENTS`` * 4 bytes, ~ 270 MB, in the worst case).
+    ``_BLOCK_ELEMENTS`` similarities in flight, each with a sorted copy and ranking temporaries.
     """
     query, gallery = np.asarray(query), np.asarray(gallery)  # plain views of memory-mapped sets
     nq, ng = len(query), len(gallery)
     if exclude_self and nq != ng:
         raise ValueError("exclude_self needs the query and gallery sets to be the same images")
-    depth = max(k, 5)
-    if ng - exclude_self < depth:
-        raise ValueError(f"the gallery has {ng - exclude_self} items per query, fewer than the {depth} ranked")
+    if ng - exclude_self < max(k, 5):
+        raise ValueError(f"the gallery has {ng - exclude_self} items per query, fewer than the {max(k, 5)} ranked")
     threads = threads or _usable_cpus()
     class_columns = columns_by_label(gallery_labels)
     block = max(threads, _BLOCK_ELEMENTS // max(ng, 1))
-    neighbours = np.empty((nq, depth), np.int64)
-    ap = np.empty(nq)
+    parts: dict[int, QueryOutcomes] = {}
 
     def rank(similarity: np.ndarray, start: int) -> None:
-        stop = start + len(similarity)
-        ordered = np.sort(similarity, axis=1)
-        neighbours[start:stop] = topk_indices(similarity, depth, ordered[:, ng - depth])
-        ap[start:stop] = average_precision(similarity, query_labels[start:stop], gallery_labels,
-                                           ordered, class_columns)
+        parts[start] = ranked_outcomes(similarity, query_labels[start:start + len(similarity)], gallery_labels,
+                                       k=k, class_columns=class_columns)
 
     with ThreadPoolExecutor(threads) as pool:
         ranking: list = []
@@ -204,12 +311,17 @@ def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.n
             ranking = [pool.submit(rank, similarity[a:b], start + a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
         for done in ranking:
             done.result()
-    neighbour_labels = gallery_labels[neighbours]
-    has_relevant = ~np.isnan(ap)
-    return {"top1": topk_accuracy(neighbour_labels, query_labels, 1),
-            "top5": topk_accuracy(neighbour_labels, query_labels, 5),
-            "knn": knn_accuracy(neighbour_labels[:, :k], query_labels),
-            "mAP": float(ap[has_relevant].mean()) if has_relevant.any() else float("nan")}
+    ordered = [parts[s] for s in sorted(parts)]
+    return QueryOutcomes(*(np.concatenate([getattr(p, f) for p in ordered])
+                           for f in QueryOutcomes.__dataclass_fields__))
+
+
+def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
+                      *, k: int = 5, exclude_self: bool = False, threads: Optional[int] = None) -> dict[str, float]:
+    """``{name: value}`` for every name in ``SUMMARY_METRICS`` (top1, top5, knn, mAP, mAP@R,
+    R-precision) of queries against a gallery; see :func:`retrieval_outcomes` for the parameters."""
+    return retrieval_outcomes(query, query_labels, gallery, gallery_labels, k=k, exclude_self=exclude_self,
+                              threads=threads).summary()
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:

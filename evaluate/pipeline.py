@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -15,15 +15,35 @@ from ..common.errors import InputError
 from ..infer.store import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
 
 
+GENERATED_NOTE = ("GENERATED DATA: a model was trained on generated images (stripes by class), not real data; "
+                  "the numbers show that the chain runs, not how compatible real models are")
+RANDOM_BACKBONE_NOTE = ("RANDOM BACKBONE: a model was trained from a randomly initialised backbone, not pretrained "
+                        "weights; the numbers are not those of real DualPrompt models")
+
+
 @dataclass
 class Evaluation:
-    """A result with what it was computed on (the ``query``/``gallery``/``protocol`` of the reports)."""
+    """A result with what it was computed on: the ``models`` (update order), the ``query``/``gallery``
+    data, the ``protocol``, each model's ``provenance`` (``{"data", "backbone"}`` from its export's
+    metadata, {} when unknown) and the ``notes`` every reader must see (generated data, random backbone)."""
 
     result: Compatibility
     models: list[str]
     query: dict
     gallery: dict
     protocol: dict
+    provenance: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def provenance_notes(provenance: Sequence[dict]) -> list[str]:
+    """The banner notes that ``provenance`` (one dict per model) calls for."""
+    notes = []
+    if any(str(p.get("data", "")).lower() == "generated" for p in provenance):
+        notes.append(GENERATED_NOTE)
+    if any(str(p.get("backbone", "")).lower() == "random" for p in provenance):
+        notes.append(RANDOM_BACKBONE_NOTE)
+    return notes
 
 
 def model_files(models: Sequence[str], exports_dir: Optional[str]) -> list[Path]:
@@ -46,7 +66,7 @@ def model_files(models: Sequence[str], exports_dir: Optional[str]) -> list[Path]
     return files
 
 
-def _once_to_stderr() -> Callable[[str], None]:
+def once_to_stderr() -> Callable[[str], None]:
     """A warn function that prints each distinct message once (one CPU-fallback notice, not one per model)."""
     seen: set[str] = set()
 
@@ -68,33 +88,22 @@ def _unique_ids(ids: Sequence[str], sources: Sequence[object]) -> None:
 
 
 def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: str, data_path: str | Path,
-                        store: str | Path, by_task: bool = False, provider: str = "auto", batch_size: int = 64,
+                        store: str | Path, provider: str = "auto", batch_size: int = 64,
                         skip_bad: bool = False, progress: bool = False,
                         warn: Optional[Callable[[str], None]] = None,
                         **runtime) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
-    """Query and gallery sets of every model, embedding what the store lacks.
-
-    With ``by_task`` the models are put in the order of the task recorded in their metadata.
-    ``runtime`` (``workers``, ``threads``, ``trt``) goes to :func:`infer.embed.embed_dataset`.
-    """
+    """Query and gallery sets of every model, embedding what the store lacks (in the order given;
+    :func:`evaluate_sets` puts them in task order). ``runtime`` (``workers``, ``threads``, ``trt``,
+    ``ray``) goes to :class:`infer.embed.Engine`."""
     _unique_ids([m.stem for m in models], models)
     specs = list(dict.fromkeys([query_spec, gallery_spec]))
     datasets = {spec: open_dataset(spec, data_path) for spec in specs}
-    warn = warn or _once_to_stderr()
+    warn = warn or once_to_stderr()
     engine = Engine(**runtime)
     sets = {spec: [embed_dataset(m, datasets[spec], store, provider=provider, batch_size=batch_size,
                                  skip_bad=skip_bad, progress=progress, warn=warn, engine=engine).set for m in models]
             for spec in specs}
-    query, gallery = sets[query_spec], sets[gallery_spec]
-    if by_task:
-        tasks = [s.manifest.model.task for s in query]
-        for t in set(tasks):
-            same = [str(m) for m, task in zip(models, tasks) if task == t]
-            if len(same) > 1:
-                raise InputError(f"{' and '.join(same)} are all task {t}; name the files to compare with --models")
-        order = np.argsort(tasks, kind="stable")
-        query, gallery = [query[i] for i in order], [gallery[i] for i in order]
-    return query, gallery
+    return sets[query_spec], sets[gallery_spec]
 
 
 def _stored_set(store: str | Path, model_id: str, spec: str, data_path: str | Path) -> EmbeddingSet:
@@ -132,14 +141,45 @@ def _describe(sets: Sequence[EmbeddingSet]) -> dict:
             "count": sets[0].count, "skipped": len(m.skipped), "sets": [str(s.path) for s in sets]}
 
 
-def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet], k: int = 5,
-                  include_self: bool = False, progress: Optional[Callable[[int, int], None]] = None) -> Evaluation:
-    """Compatibility of the sets (same model order in both) after checking they can be compared.
+def _task(s: EmbeddingSet) -> Optional[int]:
+    task = s.manifest.model.task
+    return task if isinstance(task, int) and not isinstance(task, bool) else None
+
+
+def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet],
+                  warn: Callable[[str], None]) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
+    """The sets in update order: by the task in each model's metadata (kept as given when a model's
+    task is unknown). A changed order is reported through ``warn``; two models of one task are refused.
+
+    The matrix is lower-triangular by update order, so rows out of task order (a shell glob puts
+    task10 before task2) would silently compare the wrong pairs.
+    """
+    tasks = [_task(s) for s in query]
+    if None in tasks:
+        return list(query), list(gallery)
+    for t in sorted(set(tasks)):
+        same = [s.model_id for s, task in zip(query, tasks) if task == t]
+        if len(same) > 1:
+            raise InputError(f"models {' and '.join(same)} are all task {t} in their metadata; "
+                             "compare one model per task")
+    order = sorted(range(len(tasks)), key=tasks.__getitem__)
+    if order != list(range(len(tasks))):
+        warn(f"note: models put in task order {', '.join(query[i].model_id for i in order)} "
+             f"(given: {', '.join(s.model_id for s in query)})")
+    return [query[i] for i in order], [gallery[i] for i in order]
+
+
+def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet], *, k: int = 5,
+                  include_self: bool = False, progress: Optional[Callable[[int, int], None]] = None,
+                  notes: Sequence[str] = (), warn: Optional[Callable[[str], None]] = None) -> Evaluation:
+    """Compatibility of the sets (same model order in both) after checking they can be compared and
+    putting them in task order (:func:`order_by_task`).
 
     When query and gallery are the same data, each query's own image is left out of its gallery
-    unless ``include_self``.
+    unless ``include_self``. ``notes`` are added to those the models' provenance calls for.
     """
     check_comparable(query, gallery)
+    query, gallery = order_by_task(query, gallery, warn or once_to_stderr())
     same = query[0].data == gallery[0].data and np.array_equal(query[0].labels, gallery[0].labels)
     exclude_self = same and not include_self
     per_query = gallery[0].count - exclude_self
@@ -149,6 +189,10 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
         raise InputError(f"gallery {gallery[0].path}: {per_query} items per query, top5 needs at least 5")
     result = compatibility([s.embeddings for s in query], [s.embeddings for s in gallery], query[0].labels,
                            gallery[0].labels, k=k, exclude_self=exclude_self, progress=progress)
+    provenance = [dict(s.manifest.provenance or {}) for s in query]
+    given = {n.split(":")[0] for n in notes}
+    notes = [*(n for n in provenance_notes(provenance) if n.split(":")[0] not in given), *notes]
     return Evaluation(result=result, models=[s.model_id for s in query], query=_describe(query),
                       gallery=_describe(gallery), protocol={"similarity": "cosine", "k": k,
-                                                            "own_image_left_out": exclude_self})
+                                                            "own_image_left_out": exclude_self},
+                      provenance=provenance, notes=list(dict.fromkeys(notes)))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("top1", "top5", "knn", "mAP")
+METRICS = ("top1", "top5", "knn", "mAP", "mAP@R", "R-precision")
 
 
 def run_cli(*args, cwd):
@@ -53,6 +53,7 @@ def test_demo_says_its_data_is_generated_everywhere(demo_run):
     report = json.loads((workdir / "reports" / "compatibility.json").read_text())
     assert any("GENERATED DATA" in n for n in report["notes"])
     assert "GENERATED DATA" in (workdir / "reports" / "compatibility.md").read_text().split("## ")[0]
+    assert report["provenance"] == [{"model": m, "data": "generated", "backbone": "random"} for m in ("task1", "task2")]
 
 
 def test_demo_writes_every_stage_and_valid_pngs(demo_run):
@@ -61,9 +62,10 @@ def test_demo_writes_every_stage_and_valid_pngs(demo_run):
         assert f"== {stage}" in r.stdout
     assert (workdir / "output" / "checkpoint" / "task2_checkpoint.pth").is_file()
     assert sorted(p.name for p in (workdir / "exports").glob("*.onnx")) == ["task1.onnx", "task2.onnx"]
-    assert all(json.loads((workdir / "reports" / f"verify_task{t}.json").read_text())["passed"] for t in (1, 2))
-    pngs = sorted((workdir / "reports").glob("heatmap_*.png"))
-    assert [p.stem for p in pngs] == sorted(f"heatmap_{m}" for m in (*METRICS, "cka"))
+    assert all(json.loads((workdir / "verify" / f"verify_task{t}.json").read_text())["passed"] for t in (1, 2))
+    pngs = sorted((workdir / "reports").glob("*.png"))
+    assert [p.stem for p in pngs] == sorted([*(f"heatmap_{m}" for m in (*METRICS, "cka")), "margins", "cmc",
+                                             "negative_flips"])
     from PIL import Image
 
     for p in pngs:
@@ -94,6 +96,8 @@ def test_bench_evaluate_and_export(tmp_path):
     assert r.returncode == 0, r.stderr
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["cells"] == 6 and e["seconds"] > 0 and e["peak_extra_mib"] > 0
+    assert e["products_seconds"] > 0 and e["ratio_to_products"] == pytest.approx(e["seconds"] / e["products_seconds"])
+    assert set(e["stages"]) == {"cells", "bootstrap", "tests_and_criteria", "cka"} and e["resamples"] == 1000
     r = run_cli("bench", "export", "--model", "vit_tiny_patch16_224", "--workdir", "bx", "--json", "x.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     x = json.loads((tmp_path / "x.json").read_text())

@@ -1,4 +1,4 @@
-"""Compatibility matrices, criteria and the report files (JSON schema, CSV, Markdown, PNG)."""
+"""Compatibility matrices, criteria, flips, CMC and the report files (JSON schema, CSV, Markdown, PNG)."""
 import csv
 import json
 import math
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from dpcompat.evaluate.compat import METRICS, compatibility, criteria
-from dpcompat.evaluate.metrics import retrieval_metrics
-from dpcompat.evaluate.report import report_dict, summary, write_reports
+from dpcompat.evaluate.metrics import cmc_curve, retrieval_metrics, retrieval_outcomes
+from dpcompat.evaluate.pipeline import Evaluation
+from dpcompat.evaluate.report import figure_files, report_dict, summary, write_reports
 
 NAN = float("nan")
 
@@ -25,10 +26,17 @@ def test_criteria_on_a_hand_made_matrix():
     assert got.margins[2, 0] == pytest.approx(-0.10)
     assert got.margins[2, 1] == pytest.approx(0.01)
     assert np.isnan(got.margins[0, 0]) and np.isnan(got.margins[0, 1])
+    assert got.BC == pytest.approx(((0.40 - 0.50) + (0.56 - 0.55)) / 2)  # last row against each diagonal
+    assert got.FC == pytest.approx(((0.60 - 0.55) + (0.56 - 0.70)) / 2)  # C[i][i-1] - C[i][i]
+    np.testing.assert_allclose(got.ac_per_model, [NAN, 1.0, 0.5])
+    assert got.update_gain[1, 0] == pytest.approx(0.10 / 0.05)
+    assert got.update_gain[2, 0] == pytest.approx(-0.10 / 0.20)
+    assert got.update_gain[2, 1] == pytest.approx(0.01 / 0.15)
+    assert np.isnan(criteria(c, min_denominator=0.06).update_gain[1, 0])  # |0.55 - 0.50| < 0.06: undefined
     equal = criteria(np.array([[0.5, NAN], [0.5, 0.5]]))  # equal is not "better": not compatible
-    assert equal.compatible == [(1, 0, False)] and equal.AC == 0.0
+    assert equal.compatible == [(1, 0, False)] and equal.AC == 0.0 and np.isnan(equal.update_gain[1, 0])
     single = criteria(np.array([[0.5]]))
-    assert math.isnan(single.AC) and single.AM == 0.5
+    assert math.isnan(single.AC) and single.AM == 0.5 and math.isnan(single.BC) and math.isnan(single.FC)
 
 
 def sets(seed=0, t=3, n=40, d=8):
@@ -44,7 +52,7 @@ def sets(seed=0, t=3, n=40, d=8):
 def test_compatibility_fills_the_lower_triangle_cell_by_cell():
     embeddings, labels = sets()
     calls = []
-    result = compatibility(embeddings, embeddings, labels, labels, k=3, exclude_self=True,
+    result = compatibility(embeddings, embeddings, labels, labels, k=3, exclude_self=True, resamples=50,
                            progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (6, 6)
     for name in METRICS:
@@ -57,45 +65,76 @@ def test_compatibility_fills_the_lower_triangle_cell_by_cell():
     np.testing.assert_allclose(np.diag(result.cka), 1.0, rtol=1e-6)
 
 
-def write(tmp_path):
+def test_negative_flips_and_cmc_match_per_query_loops():
+    embeddings, labels = sets(seed=4)
+    result = compatibility(embeddings, embeddings, labels, labels, k=3, exclude_self=True, resamples=50)
+    cell = {(i, j): retrieval_outcomes(embeddings[i], labels, embeddings[j], labels, k=3, exclude_self=True)
+            for i in range(3) for j in range(i + 1)}
+    for i in range(3):
+        for j in range(i):
+            old, new = cell[j, j], cell[i, j]
+            flips_top1 = sum(old.first_hit[q] == 1 and new.first_hit[q] != 1 for q in range(40)) / 40
+            flips_knn = sum(old.knn_correct[q] and not new.knn_correct[q] for q in range(40)) / 40
+            assert result.negative_flips["top1"][i, j] == pytest.approx(flips_top1)
+            assert result.negative_flips["knn"][i, j] == pytest.approx(flips_knn)
+        for j in range(i + 1):
+            np.testing.assert_allclose(result.cmc[i, j], cmc_curve(cell[i, j].first_hit, 10))
+    assert np.isnan(result.negative_flips["top1"][np.triu_indices(3)]).all()
+
+
+def evaluation(tmp_path, notes=(), provenance=None):
     embeddings, labels = sets()
-    result = compatibility(embeddings, embeddings, labels, labels, k=3, exclude_self=True)
+    result = compatibility(embeddings, embeddings, labels, labels, k=3, exclude_self=True, resamples=200)
     models = ["task1", "task2", "task3"]
     query = {"spec": "cifar10:test", "count": 40}
     protocol = {"similarity": "cosine", "k": 3, "own_image_left_out": True}
-    return result, models, query, protocol, write_reports(result, models, query, query, protocol, tmp_path / "out")
+    return Evaluation(result=result, models=models, query=query, gallery=query, protocol=protocol,
+                      provenance=provenance or [{}, {}, {}], notes=list(notes))
 
 
 def test_json_schema(tmp_path):
-    result, models, query, protocol, _ = write(tmp_path)
+    ev = evaluation(tmp_path)
+    write_reports(ev, tmp_path / "out")
     data = json.loads((tmp_path / "out" / "compatibility.json").read_text())
-    assert set(data) >= {"models", "query", "gallery", "metrics", "criteria", "cka"}
-    assert data["models"] == models
-    assert set(data["metrics"]) == {"top1", "top5", "knn", "mAP"} == set(data["criteria"])
+    assert set(data) >= {"models", "query", "gallery", "metrics", "criteria", "cka", "cmc", "negative_flip_rate",
+                         "significance", "provenance", "notes", "figures"}
+    assert data["models"] == ev.models
+    assert set(data["metrics"]) == set(METRICS) == set(data["criteria"])
     for name, c in data["metrics"].items():
         assert len(c) == 3 and all(len(row) == 3 for row in c)
         for i in range(3):
             for j in range(3):
                 assert (c[i][j] is None) == (j > i)
                 if j <= i:
-                    assert isinstance(c[i][j], float) and c[i][j] == pytest.approx(result.metrics[name][i, j])
+                    assert isinstance(c[i][j], float) and c[i][j] == pytest.approx(ev.result.metrics[name][i, j])
         crit = data["criteria"][name]
-        assert set(crit) >= {"AC", "AM", "compatible"}
         assert [tuple(x[:2]) for x in crit["compatible"]] == [(1, 0), (2, 0), (2, 1)]
         assert all(x[2] == (c[x[0]][x[1]] > c[x[1]][x[1]]) for x in crit["compatible"])
         assert crit["AC"] == pytest.approx(np.mean([x[2] for x in crit["compatible"]]))
-        assert [m[2] for m in crit["margins"]] == pytest.approx([c[i][j] - c[j][j] for i, j, _ in crit["compatible"]])
+        assert crit["AC_interval"][0] <= crit["AC"] <= crit["AC_interval"][1] or crit["AC"] in crit["AC_interval"]
+        assert sum(crit["verdicts"].values()) == 3
+        for cell in crit["cells"]:
+            i, j = cell["query"], cell["gallery"]
+            assert cell["difference"] == pytest.approx(c[i][j] - c[j][j])
+            assert cell["interval"][0] <= cell["interval"][1]
+            assert cell["verdict"] in ("compatible", "not compatible", "undecided")
+            assert (cell["mcnemar"] is None) == (name not in ("top1", "top5", "knn"))
+            assert (cell["update_gain"] is None) == (cell["update_gain_undefined"] is not None)
+    assert data["cmc"]["depth"] == 10 and len(data["cmc"]["curves"][2][1]) == 10 and data["cmc"]["curves"][0][1] is None
+    assert data["significance"]["resamples"] == 200 and data["significance"]["queries"] == 40
     k = np.array(data["cka"], dtype=float)
     assert k.shape == (3, 3) and np.allclose(k, k.T)
-    assert data == json.loads(json.dumps(report_dict(result, models, query, query, protocol)))
+    assert data == json.loads(json.dumps(report_dict(ev)))
 
 
-def test_csv_markdown_and_heatmaps(tmp_path):
-    result, models, query, protocol, written = write(tmp_path)
+def test_csv_markdown_and_figures(tmp_path):
+    ev = evaluation(tmp_path, notes=["GENERATED DATA: made up"],
+                    provenance=[{"data": "generated", "backbone": "random"}] * 3)
+    written = write_reports(ev, tmp_path / "out")
     out = tmp_path / "out"
-    assert {p.name for p in written} == {"compatibility.json", "compatibility.csv", "compatibility.md",
-                                         "heatmap_top1.png", "heatmap_top5.png", "heatmap_knn.png",
-                                         "heatmap_mAP.png", "heatmap_cka.png"}
+    expected = {"compatibility.json", "compatibility.csv", "compatibility.md", *figure_files()}
+    assert {p.name for p in written} == expected == {p.name for p in out.iterdir()}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
     for p in written:
         assert p.stat().st_size > 0
         if p.suffix == ".png":
@@ -104,13 +143,14 @@ def test_csv_markdown_and_heatmaps(tmp_path):
     top1 = [r for r in rows if r["metric"] == "top1"]
     assert len(top1) == 6 and len([r for r in rows if r["metric"] == "cka"]) == 9
     cell = next(r for r in top1 if r["query_model"] == "task3" and r["gallery_model"] == "task1")
-    assert float(cell["value"]) == pytest.approx(result.metrics["top1"][2, 0], abs=1e-6)
-    assert cell["compatible"] == str(result.metrics["top1"][2, 0] > result.metrics["top1"][0, 0]).lower()
+    assert float(cell["value"]) == pytest.approx(ev.result.metrics["top1"][2, 0], abs=1e-6)
+    assert cell["compatible"] == str(ev.result.metrics["top1"][2, 0] > ev.result.metrics["top1"][0, 0]).lower()
+    test = next(t for t in ev.result.criteria["top1"].tests if (t.query, t.gallery) == (2, 0))
+    assert cell["verdict"] == test.verdict and float(cell["low"]) == pytest.approx(test.low, abs=1e-6)
     md = (out / "compatibility.md").read_text()
-    assert "| query \\ gallery | task1 | task2 | task3 |" in md
-    assert "## top1: AC" in md and "Linear CKA" in md
-    stars = sum(ok for _, _, ok in result.criteria["top1"].compatible)
-    top1_section = md.split("## top1")[1].split("## top5")[0]
-    assert top1_section.count(" *") == stars
-    text = summary(result, models, query, query, protocol)
-    assert "top1" in text and "mAP" in text and "own image left out" in text
+    assert md.index("GENERATED DATA") < md.index("## Figures") < md.index("## Decision summary") < md.index("## top1")
+    assert all(f"`{name}`" in md.split("## Decision summary")[0] for name in figure_files())
+    assert "| task1 | generated | random |" in md
+    assert "| query \\ gallery | task1 | task2 | task3 |" in md and "Linear CKA" in md and "Negative flip rate" in md
+    text = summary(ev)
+    assert "top1" in text and "mAP@R" in text and "own image left out" in text and "GENERATED DATA" in text

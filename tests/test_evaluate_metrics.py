@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 from dpcompat.evaluate import metrics
-from dpcompat.evaluate.metrics import (average_precision, knn_predict, linear_cka, linear_cka_matrix, retrieval_metrics,
-                              topk_indices)
+from dpcompat.evaluate.metrics import (average_precision, cmc_curve, knn_predict, linear_cka, linear_cka_matrix,
+                                       ranked_outcomes, retrieval_metrics, retrieval_outcomes, topk_indices)
 
 
 def tied_vectors(rng, n, d=3):
@@ -41,16 +41,38 @@ def brute_knn(labels_row):
     return next(label for label in labels_row if counts[label] == best)  # first in rank order among the tied
 
 
+def brute_places(similarity, query_labels, gallery_labels):
+    """Per query: the 1-based places of its relevant items in the total order (slow loops)."""
+    out = []
+    for q, order in enumerate(brute_ranking(similarity)):
+        places = []
+        for place, g in enumerate(order, 1):
+            if np.isfinite(similarity[q, g]) and gallery_labels[g] == query_labels[q]:
+                places.append(place)
+        out.append(places)
+    return out
+
+
+def brute_at_r(places):
+    """(AP@R, R-precision) of one query from its relevant places, as Musgrave et al. define them."""
+    r = len(places)
+    if r == 0:
+        return np.nan, np.nan
+    hits = [p for p in places if p <= r]
+    return sum((t + 1) / p for t, p in enumerate(hits)) / r, len(hits) / r
+
+
 def brute_metrics(query, query_labels, gallery, gallery_labels, k, exclude_self):
     similarity = (query @ gallery.T).astype(np.float32)
     if exclude_self:
         np.fill_diagonal(similarity, -np.inf)
     ranked = gallery_labels[brute_ranking(similarity)]
     ap = brute_ap(similarity, query_labels, gallery_labels)
+    at_r = np.array([brute_at_r(p) for p in brute_places(similarity, query_labels, gallery_labels)])
     return {"top1": np.mean(ranked[:, 0] == query_labels),
             "top5": np.mean([query_labels[q] in ranked[q, :5] for q in range(len(query))]),
             "knn": np.mean([brute_knn(ranked[q, :k]) == query_labels[q] for q in range(len(query))]),
-            "mAP": np.nanmean(ap)}
+            "mAP": np.nanmean(ap), "mAP@R": np.nanmean(at_r[:, 0]), "R-precision": np.nanmean(at_r[:, 1])}
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -85,6 +107,35 @@ def test_average_precision_of_a_query_without_relevant_items_is_nan():
     similarity = np.array([[0.9, 0.1, 0.5]], np.float32)
     assert np.isnan(average_precision(similarity, np.array([7]), np.array([0, 1, 2]))[0])
     assert average_precision(similarity, np.array([1]), np.array([0, 1, 2]))[0] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_places_cmc_and_at_r_match_slow_loops_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n = 24 + seed
+    similarity = tied_vectors(rng, n) @ tied_vectors(rng, n).T  # many ties between relevant and other items
+    if seed % 2:
+        np.fill_diagonal(similarity, -np.inf)
+    query_labels, gallery_labels = rng.integers(0, 4, n), rng.integers(0, 5, n)
+    got = ranked_outcomes(similarity, query_labels, gallery_labels, k=3)
+    places = brute_places(similarity, query_labels, gallery_labels)
+    np.testing.assert_array_equal(got.first_hit, [p[0] if p else 0 for p in places])
+    at_r = np.array([brute_at_r(p) for p in places])
+    np.testing.assert_allclose(got.ap_at_r, at_r[:, 0], rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(got.r_precision, at_r[:, 1], rtol=1e-12, equal_nan=True)
+    for depth in (1, 4, n):
+        want = [np.mean([bool(p) and p[0] <= d for p in places]) for d in range(1, depth + 1)]
+        np.testing.assert_allclose(cmc_curve(got.first_hit, depth), want, rtol=1e-12)
+    ranked = gallery_labels[brute_ranking(similarity)]
+    np.testing.assert_array_equal(got.knn_correct, [brute_knn(r[:3]) == l for r, l in zip(ranked, query_labels)])
+
+
+def test_at_r_on_a_hand_made_ranking():
+    # relevant (label 1) at places 1, 3 and 5 of 6: R = 3, AP@R = (1/1 + 2/3) / 3, R-precision = 2/3
+    similarity = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]], np.float32)
+    got = ranked_outcomes(similarity, np.array([1]), np.array([1, 0, 1, 0, 1, 0]), k=1)
+    assert got.ap_at_r[0] == pytest.approx((1 + 2 / 3) / 3) and got.r_precision[0] == pytest.approx(2 / 3)
+    assert got.first_hit[0] == 1 and got.ap[0] == pytest.approx((1 + 2 / 3 + 3 / 5) / 3)
 
 
 def test_knn_tie_goes_to_the_label_whose_nearest_member_ranks_first():

@@ -1,0 +1,98 @@
+"""How sure a compatibility verdict is: paired bootstrap intervals and McNemar's exact test.
+
+Every cell C[i][j] of a compatibility matrix is the mean of per-query values (1/0 for a correct
+top-1 or kNN answer, the AP of each query, ...) over the same queries. Comparing C[i][j] with
+C[j][j] is therefore a paired comparison: each query contributes its difference.
+
+* Bootstrap (Efron's percentile bootstrap): ``RESAMPLES`` resamples of the queries, drawn with
+  replacement by ``numpy.random.default_rng(SEED)``; resample b takes the query indices
+  ``rng.integers(0, N, N)`` (the b-th such call). Every cell and every metric is evaluated on the same
+  resamples, so the interval of a derived number (a difference, AC, BC, FC) accounts for the cells
+  being computed on the same queries. The interval is the central ``LEVEL`` of the resampled values
+  (``numpy.percentile``, linear interpolation).
+* McNemar's exact test (McNemar 1947; the exact binomial form) for right/wrong outcomes: of the
+  queries on which the two evaluations disagree, ``gained`` are right only with the new model and
+  ``lost`` only with the old; p = min(1, 2 P(X <= min(gained, lost))), X ~ Binomial(gained + lost, 1/2).
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Optional
+
+import numpy as np
+
+RESAMPLES = 1000
+SEED = 0
+LEVEL = 0.95
+ALPHA = 0.05
+_CHUNK = 50  # resamples drawn at a time: [_CHUNK, N] indices in memory
+
+COMPATIBLE, NOT_COMPATIBLE, UNDECIDED = "compatible", "not compatible", "undecided"
+RULE = (f"compatible when the {LEVEL:.0%} bootstrap interval of C[i][j] - C[j][j] lies above 0, not compatible "
+        f"when it lies below 0, undecided otherwise (0 inside the interval); for right/wrong metrics (top1, "
+        f"top5, knn) McNemar's exact test must also give p < {ALPHA}, else undecided")
+
+
+def mcnemar_exact(lost: int, gained: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (1.0 when there are none).
+
+    ``lost``: queries right before and wrong after; ``gained``: wrong before and right after.
+    Computed with exact integers: 2 * sum_{x <= min} C(n, x) / 2^n, capped at 1.
+    """
+    n, low = lost + gained, min(lost, gained)
+    term = total = 1
+    for x in range(low):
+        term = term * (n - x) // (x + 1)
+        total += term
+    return min(1.0, float(Fraction(2 * total, 2 ** n)))
+
+
+def bootstrap_means(values: np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """Means of every column of ``values`` over bootstrap resamples of its rows.
+
+    Parameters
+    ----------
+    values : float [N, C]; row = query, column = a per-query quantity. NaN = no value for that query:
+        left out of the mean (a resample whose column has no value gives NaN).
+    resamples, seed : see the module doc; all columns use the same resamples.
+
+    Returns
+    -------
+    float64 [resamples, C].
+    """
+    n = len(values)
+    missing = np.isnan(values)
+    filled = np.where(missing, 0.0, values)
+    partial = np.flatnonzero(missing.any(axis=0))
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, values.shape[1]))
+    for start in range(0, resamples, _CHUNK):
+        b = min(_CHUNK, resamples - start)
+        picks = rng.integers(0, n, (b, n))
+        # How often each query is drawn: the resample's mean is a weighted mean, one product for all columns.
+        counts = np.bincount((picks + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n).astype(float)
+        sums = counts @ filled
+        weight = np.full(sums.shape, float(n))
+        weight[:, partial] = counts @ (~missing[:, partial])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + b] = sums / weight
+    return out
+
+
+def interval(samples: np.ndarray, *, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Central ``level`` percentile interval of ``samples`` [B, ...] along the first axis: (low, high)."""
+    tail = 100 * (1 - level) / 2
+    with np.errstate(invalid="ignore"):
+        low, high = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
+    return low, high
+
+
+def verdict(low: float, high: float, p_value: Optional[float] = None, *, alpha: float = ALPHA) -> str:
+    """``RULE`` applied to one cell: its difference's interval (low, high) and, for right/wrong
+    metrics, McNemar's p-value."""
+    significant = p_value is None or p_value < alpha
+    if low > 0 and significant:
+        return COMPATIBLE
+    if high < 0 and significant:
+        return NOT_COMPATIBLE
+    return UNDECIDED
