@@ -25,6 +25,7 @@ _BATCHES = {
 }
 _META = {"cifar10": ("batches.meta", "label_names"), "cifar100": ("meta", "fine_label_names")}
 _LABEL_KEY = {"cifar10": "labels", "cifar100": "fine_labels"}
+MAX_LABEL = 65_535  # labels index the class names in the meta file; anything larger is corrupt
 
 # Everything a CIFAR pickle needs: numpy's array reconstruction and nothing that can run other code.
 _ALLOWED = {
@@ -92,7 +93,7 @@ def load_cifar(root: str | Path, name: str, split: str) -> CifarSplit:
             raise InputError(f"{p}: missing 'data' or '{_LABEL_KEY[name]}'")
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise InputError(f"{p}: 'data' is {data.dtype} {data.shape}, expected uint8 [N, 3072]")
-        lab = np.asarray(lab, dtype=np.int64)
+        lab = _labels(lab, p)
         if lab.shape != (data.shape[0],):
             raise InputError(f"{p}: {lab.shape[0]} labels for {data.shape[0]} images")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
@@ -102,6 +103,20 @@ def load_cifar(root: str | Path, name: str, split: str) -> CifarSplit:
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         raise InputError(f"{folder}: labels outside 0..{len(classes) - 1}")
     return CifarSplit(np.ascontiguousarray(np.concatenate(images)), labels, classes)
+
+
+def _labels(value: object, path: Path) -> np.ndarray:
+    """int64 [N] from a batch's label list (or integer array) of small non-negative integers."""
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu":
+        items = value.tolist()
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise InputError(f"{path}: labels are a {type(value).__name__}, expected a list of integers")
+    for x in items:
+        if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= MAX_LABEL:
+            raise InputError(f"{path}: label {str(x)[:40]!r} is not an integer from 0 to {MAX_LABEL}")
+    return np.asarray(items, dtype=np.int64).reshape(len(items))
 
 
 def _load_classes(folder: Path, name: str) -> list[str]:

@@ -53,10 +53,10 @@ def writable_dir(path: str | os.PathLike, option: str) -> Path:
 
 def _check_dir(path: Path, where: str) -> None:
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise InputError(f"{where}: is a file, a folder is needed")
+        raise InputError(f"{where}: cannot write there (it is a file, a folder is needed)")
     anchor = _existing_ancestor(path.absolute())
     if not os.path.isdir(anchor):
-        raise InputError(f"{where}: {anchor} is a file, a folder is needed there")
+        raise InputError(f"{where}: cannot write there ({anchor} is a file, a folder is needed)")
     missing = [p for p in (path.absolute(), *path.absolute().parents) if p not in (anchor, *anchor.parents)]
     created: list[Path] = []
     try:
@@ -78,7 +78,7 @@ def writable_file(path: str | os.PathLike, option: str) -> Path:
     """``path`` as a file this process can (re)write; see :func:`writable_dir` for its folder."""
     path = Path(path)
     if os.path.isdir(path):
-        raise InputError(f"{option} {path}: is a folder, a file name is needed")
+        raise InputError(f"{option} {path}: cannot write there (it is a folder, a file name is needed)")
     anchor = _existing_ancestor(path.absolute().parent)
     limit = os.pathconf(anchor, "PC_NAME_MAX") if os.path.isdir(anchor) else 255
     if len(os.fsencode(path.name)) > limit:
