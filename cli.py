@@ -80,6 +80,18 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.meta["debug"] = debug
 
 
+def _fetch_data(download: bool, data_path: str, *specs: str | None) -> None:
+    """With ``--download``, fetch the CIFAR sets the data set specs name into ``data_path``."""
+    from .common.cifar import FOLDERS, download_cifar
+
+    for kind in {spec.partition(":")[0] for spec in specs if spec} if download else ():
+        if kind in FOLDERS:
+            download_cifar(data_path, kind)
+
+
+_DOWNLOAD = click.option("--download", is_flag=True, help="Fetch CIFAR-10/100 into --data-path first when missing "
+                                                          "(torchvision, or the official tarball, md5-checked).")
+
 # ---- commands: train ----
 
 
@@ -248,11 +260,13 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
 @cli.command("verify")
 @click.option("--task", type=POSITIVE, help="Verify <export-dir>/task{N}.onnx against task{N}_checkpoint.pth.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An exported file; its metadata names the checkpoint.")
-@click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
+@click.option("--checkpoint-dir", help="Where the source checkpoint is (default: output/checkpoint, else beside the "
+                                       "export: <dir>/checkpoint, <dir>/../output/checkpoint, <dir>/../checkpoint).")
 @click.option("--export-dir", default="exports", show_default=True, help="Where --task looks for task{N}.onnx.")
 @click.option("--images", "images_dir", type=click.Path(), help="A folder: every jpg/jpeg/png/webp below it.")
 @click.option("--dataset", help="A data set: cifar10:test, cifar100:test, folder:PATH, ...")
 @click.option("--data-path", default="data", show_default=True, help="Folder holding the CIFAR folders.")
+@_DOWNLOAD
 @click.option("--limit", type=_Int(2), default=64, show_default=True, help="At most this many images from --images or --dataset.")
 @click.option("--random", "random_count", type=_Int(2), help="N random images (the default: 64).")
 @click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of --random.")
@@ -260,14 +274,14 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
               help="onnxruntime execution provider.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.pass_context
-def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir, dataset, data_path, limit,
+def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir, dataset, data_path, download, limit,
                    random_count, seed, provider, report_path):
     """Check an export against its PyTorch checkpoint at batch sizes 1, 7 and 32.
 
     Exit code 0: within tolerance; 1: parity failure; 2: bad input.
     """
     from .export.parity import format_table
-    from .export.verify import Inputs, verify_export
+    from .export.verify import DEFAULT_CHECKPOINT_DIR, Inputs, verify_export
     from .common.atomic import write_json
     from .train.checkpoint import checkpoint_path
 
@@ -282,7 +296,8 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
         onnx_path = Path(export_dir) / f"task{task}.onnx"
         if not onnx_path.is_file():
             raise InputError(f"{onnx_path}: no such ONNX file (run: python cli.py export --task {task})")
-        ckpt = checkpoint_path(checkpoint_dir, task)
+        ckpt = checkpoint_path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR, task)
+    _fetch_data(download, data_path, dataset)
     inputs = Inputs(images_dir=images_dir, dataset=dataset, data_path=data_path,
                     count=random_count if random_count is not None else limit, seed=seed)
     report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider)
@@ -307,6 +322,7 @@ _DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or 
 @click.option("--model", required=True, type=click.Path(dir_okay=False), help="Exported ONNX file, e.g. exports/task3.onnx.")
 @click.option("--dataset", required=True, help=_DATASET_HELP)
 @click.option("--data-path", default="data", show_default=True, help="Folder holding cifar-10-batches-py/ or cifar-100-python/.")
+@_DOWNLOAD
 @click.option("--store", default="embeddings", show_default=True, help="Writes <store>/<model-id>/<dataset>-<split>/.")
 @click.option("--model-id", help="Store name of the model (default: the file stem, e.g. task3).")
 @_PROVIDER
@@ -314,12 +330,13 @@ _DATASET_HELP = "cifar10:train|test, cifar100:train|test (under --data-path) or 
 @click.option("--force", is_flag=True, help="Recompute even when the store holds this model's set of this data.")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (listed in the manifest) instead of stopping.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed(model, dataset, data_path, store, model_id, provider, batch_size, force, skip_bad, quiet):
+def embed(model, dataset, data_path, download, store, model_id, provider, batch_size, force, skip_bad, quiet):
     """Embed a data set with one exported model into the embedding store (onnxruntime only)."""
     from .infer.datasets import open_dataset
     from .infer.embed import embed_dataset
 
     writable_dir(store, "--store")
+    _fetch_data(download, data_path, dataset)
     r = embed_dataset(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
                       batch_size=batch_size, force=force, skip_bad=skip_bad, progress=not quiet)
     if r.reused:
@@ -339,6 +356,7 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @click.option("--query", default="cifar10:test", show_default=True, help="Query data set. " + _DATASET_HELP)
 @click.option("--gallery", help="Gallery data set (default: the query set; each query's own image is then left out).")
 @click.option("--data-path", default="data", show_default=True, help="Folder holding CIFAR's folders.")
+@_DOWNLOAD
 @click.option("--store", default="embeddings", show_default=True, help="Embedding store (read, and filled when missing).")
 @click.option("--out", default="reports", show_default=True, help="Folder for compatibility.{json,csv,md} and heatmaps.")
 @click.option("--k", type=POSITIVE, default=5, show_default=True, help="Neighbours of the kNN majority vote.")
@@ -347,7 +365,7 @@ def embed(model, dataset, data_path, store, model_id, provider, batch_size, forc
 @click.option("--batch-size", type=_Int(1, MAX_BATCH), default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out when embedding.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, store, out, k,
+def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, download, store, out, k,
              include_self, provider, batch_size, skip_bad, quiet):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
@@ -366,6 +384,7 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     else:
         files = find_models(model_files, exports_dir)
         writable_dir(store, "--store")
+        _fetch_data(download, data_path, query, gallery)
         q, g = collect_from_models(files, query, gallery, data_path, store, by_task=bool(exports_dir),
                                    provider=provider, batch_size=batch_size, skip_bad=skip_bad, progress=not quiet)
     with tqdm(desc="cells", unit="cell", disable=quiet, file=sys.stderr) as bar:

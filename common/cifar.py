@@ -11,10 +11,13 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from .atomic import atomic_dir
 from .errors import InputError
+from .provenance import MARKER, read_marker
 
 FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _BATCHES = {
@@ -63,11 +66,13 @@ def _load_pickle(path: Path) -> dict:
 
 @dataclass
 class CifarSplit:
-    """One split: ``images`` uint8 [N, 32, 32, 3] (RGB, HWC), ``labels`` int64 [N], ``classes`` names."""
+    """One split: ``images`` uint8 [N, 32, 32, 3] (RGB, HWC), ``labels`` int64 [N], ``classes`` names,
+    ``generated``: how the data was generated when it is dpcompat's stand-in, else None."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
+    generated: Optional[dict] = None  # the folder's generated-data marker (see common.provenance), if any
 
 
 def cifar_dir(root: str | Path, name: str) -> Path:
@@ -84,7 +89,8 @@ def load_cifar(root: str | Path, name: str, split: str) -> CifarSplit:
     paths = [folder / b for b in _BATCHES[name, split]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise InputError(f"{name} {split} split not found: looked for {', '.join(missing)}")
+        raise InputError(f"{name} {split} split not found: looked for {', '.join(missing)} (pass --download to "
+                         f"fetch it, or --data-path to point at the folder holding {FOLDERS[name]}/)")
     images, labels = [], []
     for p in paths:
         batch = _load_pickle(p)
@@ -102,7 +108,7 @@ def load_cifar(root: str | Path, name: str, split: str) -> CifarSplit:
     labels = np.concatenate(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         raise InputError(f"{folder}: labels outside 0..{len(classes) - 1}")
-    return CifarSplit(np.ascontiguousarray(np.concatenate(images)), labels, classes)
+    return CifarSplit(np.ascontiguousarray(np.concatenate(images)), labels, classes, read_marker(folder))
 
 
 def _labels(value: object, path: Path) -> np.ndarray:
@@ -139,6 +145,7 @@ def write_cifar(root: str | Path, name: str, splits: dict[str, tuple[np.ndarray,
     """
     folder = cifar_dir(root, name)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)  # what was generated here before is replaced
     for split, (images, labels) in splits.items():
         files = _BATCHES[name, split]
         data = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(images), 3072).astype(np.uint8)
@@ -152,3 +159,55 @@ def write_cifar(root: str | Path, name: str, splits: dict[str, tuple[np.ndarray,
     with open(folder / meta_file, "wb") as f:
         pickle.dump({key.encode(): [c.encode() for c in classes]}, f, protocol=4)
     return folder
+
+
+# The dataset authors' tarballs and their md5 sums (the same that torchvision checks).
+_TARBALLS = {"cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+             "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")}
+
+
+def download_cifar(root: str | Path, name: str) -> Path:
+    """Fetch ``name`` into ``root`` unless its folder is there: with torchvision when it imports, else
+    the official tarball over HTTPS (md5-checked, extracted without leaving anything half-written)."""
+    folder = cifar_dir(root, name)
+    if folder.is_dir():
+        return folder
+    try:
+        from torchvision import datasets
+    except Exception:  # not installed, or no working torch here: the torch-free way
+        url, md5 = _TARBALLS[name]
+        return fetch_tarball(url, md5, root, folder.name)
+    try:
+        getattr(datasets, name.upper())(str(root), download=True)
+    except Exception as e:
+        raise InputError(f"downloading {name} into {root} failed ({type(e).__name__}: {e})") from None
+    return folder
+
+
+def fetch_tarball(url: str, md5: str, root: str | Path, folder: str) -> Path:
+    """Download ``url`` (a .tar.gz holding ``folder``), check its md5, extract ``folder`` into ``root``."""
+    import hashlib
+    import shutil
+    import tarfile
+    import urllib.request
+
+    root = Path(root)
+    with atomic_dir(root / folder) as tmp:
+        archive = tmp / "download.tar.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+        except OSError as e:
+            raise InputError(f"downloading {url} failed ({e}); fetch it by hand and extract it into {root}") from None
+        digest = hashlib.md5(archive.read_bytes()).hexdigest()
+        if digest != md5:
+            raise InputError(f"{url}: md5 {digest}, expected {md5}; the download is corrupt")
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp / "x", filter="data")
+        if not (tmp / "x" / folder).is_dir():
+            raise InputError(f"{url}: the archive holds no {folder}/ folder")
+        for item in (tmp / "x" / folder).iterdir():
+            item.rename(tmp / item.name)
+        archive.unlink()
+        shutil.rmtree(tmp / "x")
+    return root / folder

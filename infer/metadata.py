@@ -159,6 +159,8 @@ class ModelInfo:
             problems.append("model is not a printable name of 1 to 200 characters")
         if self.preprocessing.crop != self.input_size:
             problems.append(f"preprocessing crop {self.preprocessing.crop} differs from input_size {self.input_size}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.provenance.items()):
+            problems.append("provenance is not an object of strings")
         problems += _architecture_problems(self.architecture, self)
         if problems:
             raise InputError(f"{source}: inconsistent export metadata ({'; '.join(problems)})")
