@@ -202,8 +202,11 @@ def fetch_tarball(url: str, md5: str, root: str | Path, folder: str) -> Path:
         digest = hashlib.md5(archive.read_bytes()).hexdigest()
         if digest != md5:
             raise InputError(f"{url}: md5 {digest}, expected {md5}; the download is corrupt")
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp / "x", filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp / "x", filter="data")  # no member may land outside, no links out
+        except tarfile.TarError as e:
+            raise InputError(f"{url}: not a usable archive ({type(e).__name__}: {e})") from None
         if not (tmp / "x" / folder).is_dir():
             raise InputError(f"{url}: the archive holds no {folder}/ folder")
         for item in (tmp / "x" / folder).iterdir():

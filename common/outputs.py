@@ -53,7 +53,7 @@ def writable_dir(path: str | os.PathLike, option: str) -> Path:
 
 def _check_dir(path: Path, where: str) -> None:
     if os.path.lexists(path) and not os.path.isdir(path):
-        raise InputError(f"{where}: cannot write there (it is a file, a folder is needed)")
+        raise InputError(f"{where}: cannot write there ({path} is a file, a folder is needed)")
     anchor = _existing_ancestor(path.absolute())
     if not os.path.isdir(anchor):
         raise InputError(f"{where}: cannot write there ({anchor} is a file, a folder is needed)")
@@ -82,7 +82,8 @@ def writable_file(path: str | os.PathLike, option: str) -> Path:
     anchor = _existing_ancestor(path.absolute().parent)
     limit = os.pathconf(anchor, "PC_NAME_MAX") if os.path.isdir(anchor) else 255
     if len(os.fsencode(path.name)) > limit:
-        raise InputError(f"{option} {path}: cannot write there (the file name is longer than {limit} bytes)")
+        raise InputError(f"{option} {path}: cannot write there (a name in the path is too long: the limit is "
+                         f"{limit} bytes)")
     _check_dir(path.parent, f"{option} {path}")
     return path
 
