@@ -26,7 +26,8 @@ _ARCH_BOUND = 65_536
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float, not a bool (JSON allows NaN, Infinity and integers of any size)."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _is_int(value: object) -> bool:

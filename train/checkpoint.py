@@ -75,6 +75,8 @@ def config_from_args(args: argparse.Namespace, **fallback: Any) -> DualPromptCon
         return a[key] if a.get(key) is not None else fallback.get(name)
 
     model = get("model", "model") or "vit_base_patch16_224"
+    if not isinstance(model, str):
+        raise ValueError(f"args.model {model!r} is not a model name")
     layers = {k: tuple(v) if v is not None else None
               for k, v in (("e_prompt_layers", get("e_prompt_layer_idx", "e_prompt_layers")),
                            ("g_prompt_layers", get("g_prompt_layer_idx", "g_prompt_layers")))}
