@@ -84,9 +84,10 @@ def _fetch_data(download: bool, data_path: str, *specs: str | None) -> None:
     """With ``--download``, fetch the CIFAR sets the data set specs name into ``data_path``."""
     from .common.cifar import FOLDERS, download_cifar
 
-    for kind in {spec.partition(":")[0] for spec in specs if spec} if download else ():
-        if kind in FOLDERS:
-            download_cifar(data_path, kind)
+    if not download:
+        return
+    for kind in sorted({spec.partition(":")[0] for spec in specs if spec} & set(FOLDERS)):
+        download_cifar(data_path, kind)
 
 
 _DOWNLOAD = click.option("--download", is_flag=True, help="Fetch CIFAR-10/100 into --data-path first when missing "

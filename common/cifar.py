@@ -162,8 +162,10 @@ def write_cifar(root: str | Path, name: str, splits: dict[str, tuple[np.ndarray,
 
 
 # The dataset authors' tarballs and their md5 sums (the same that torchvision checks).
-_TARBALLS = {"cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
-             "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85")}
+_TARBALLS = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
+}
 
 
 def download_cifar(root: str | Path, name: str) -> Path:

@@ -128,7 +128,8 @@ class ModelInfo:
         if missing:
             raise InputError(f"{source}: not a dpcompat export (metadata lacks {', '.join(missing)})")
         if props["format_version"] != FORMAT_VERSION:
-            raise InputError(f"{source}: export format {props['format_version']!r}, this toolkit reads {FORMAT_VERSION}")
+            raise InputError(f"{source}: export format {props['format_version'][:20]!r}, "
+                             f"this toolkit reads {FORMAT_VERSION}")
         try:
             info = cls(format_version=props["format_version"], task=_int_prop(props, "task", _MAX_TASK),
                        checkpoint=props["checkpoint"], checkpoint_sha256=props["checkpoint_sha256"],

@@ -198,7 +198,8 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
     run.model.freeze_backbone()
     run.model.to(device)
     if d.world > 1:
-        run.net = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=[device] if device.type == "cuda" else None)
+        ids = [device] if device.type == "cuda" else None
+        run.net = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
     rows = _read_metrics(run.metrics_path, start)
     acc = np.zeros((len(run.tasks), len(run.tasks)))
     for r in rows:
