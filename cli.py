@@ -5,6 +5,8 @@ which becomes one line on stderr and exit code 2 (``--debug`` shows the tracebac
 """
 from __future__ import annotations
 
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -19,17 +21,55 @@ import click
 
 from .common.contract import FILE_PRECISIONS, POOLS, PRECISIONS, PROVIDERS, QUANTIZED_PRECISIONS, SELECTIONS, parse_provider
 from .common.errors import InputError
+from .common.outputs import require_space, writable_dir, writable_file
+
+
+def _usage_line(e: click.UsageError) -> str:
+    """click's usage error as our one line: ``--option: what is wrong``."""
+    if isinstance(e, click.BadParameter) and e.param is not None:
+        name = e.param.opts[0] if e.param.opts else e.param.human_readable_name
+        if isinstance(e, click.MissingParameter):
+            return f"{name}: required"
+        return f"{name}{' ' if isinstance(e, _BadValue) else ': '}{e.message.rstrip('.')}"
+    if isinstance(e, click.NoSuchOption):
+        hint = f" (did you mean {', '.join(e.possibilities)}?)" if e.possibilities else ""
+        return f"{e.option_name}: no such option{hint}"
+    return e.format_message().rstrip(".")
 
 
 class _Group(click.Group):
+    """Every user-caused failure -- our InputError, click's usage errors, a file the OS will not
+    write -- becomes one line ``error: ...`` on stderr and exit code 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            click.echo(f"error: {_usage_line(e)}", err=True)
+            raise click.exceptions.Exit(2) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except InputError as e:
-            if ctx.meta.get("debug"):
+        except (click.UsageError, InputError, OSError) as e:
+            message = _error_line(e)
+            if message is None or ctx.meta.get("debug"):
                 raise
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(2)
+        click.echo(f"error: {message}", err=True)
+        ctx.exit(2)
+
+
+def _error_line(e: Exception) -> str | None:
+    """The one line for a user-caused failure; None for an OSError that names no file (a bug)."""
+    if isinstance(e, click.UsageError):
+        return _usage_line(e)
+    if isinstance(e, InputError):
+        return str(e)
+    if e.filename is None:
+        return None
+    from .common.outputs import os_reason
+
+    return f"{e.filename}: {os_reason(e)}"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,16 +118,99 @@ def _trt(trt_fp16, trt_cache, trt_workspace):
 
     return TensorRTOptions(fp16=trt_fp16, cache=Path(trt_cache) if trt_cache else None, workspace_gib=trt_workspace)
 
+
+def _fetch_data(download: bool, data_path: str, *specs: str | None) -> None:
+    """With ``--download``, fetch the CIFAR sets the data set specs name into ``data_path``."""
+    from .common.cifar import FOLDERS, download_cifar
+
+    if not download:
+        return
+    for kind in sorted({spec.partition(":")[0] for spec in specs if spec} & set(FOLDERS)):
+        download_cifar(data_path, kind)
+
+
+_DOWNLOAD = click.option("--download", is_flag=True, help="Fetch CIFAR-10/100 into --data-path first when missing "
+                                                          "(torchvision, or the official tarball, md5-checked).")
+
 # ---- commands: train ----
 
 
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}")
+class _BadValue(click.BadParameter):
+    """A refused option value; the message starts with the value: ``--k 0: expected ...``."""
+
+    def __init__(self, value, reason: str):
+        super().__init__(f"{value}: {reason}")
+
+
+class _Int(click.ParamType):
+    """An integer from ``minimum`` to ``maximum`` (inclusive; None: unbounded)."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int, maximum: int | None = None):
+        self.minimum, self.maximum = minimum, maximum
+
+    def convert(self, value, param, ctx):
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise _BadValue(value, "not an integer") from None
+        if number < self.minimum or (self.maximum is not None and number > self.maximum):
+            bound = f"{self.minimum} to {self.maximum}" if self.maximum is not None else f">= {self.minimum}"
+            raise _BadValue(value, f"expected an integer {bound}")
+        return number
+
+
+class _PositiveFloat(click.ParamType):
+    """A finite number above zero (click's FloatRange lets NaN through)."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise _BadValue(value, "not a number") from None
+        if not math.isfinite(number) or number <= 0:
+            raise _BadValue(value, "expected a finite number above 0")
+        return number
+
+
+POSITIVE = _Int(1)
+NON_NEGATIVE = _Int(0)
+MAX_BATCH = 4096  # images per inference batch: 2.3 GiB of float32 input at 224 x 224
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _int_list(minimum: int, maximum: int | None = None):
+    """Callback parsing ``1,3,5``: one or more distinct integers from ``minimum`` to ``maximum``."""
+    each = _Int(minimum, maximum)
+
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        items = [v.strip() for v in value.split(",")]
+        if not any(items) or not all(items):
+            raise _BadValue(value, "expected one or more comma-separated integers, e.g. 1,3,5")
+        try:
+            numbers = tuple(each.convert(v, param, ctx) for v in items)
+        except _BadValue as e:
+            raise _BadValue(value, e.message) from None
+        if len(set(numbers)) < len(numbers):
+            raise _BadValue(value, "names a value more than once")
+        return numbers
+
+    return parse
+
+
+def _json_file(ctx, param, value):
+    return value and writable_file(value, param.opts[0])
+
+
+def _device(ctx, param, value):
+    if not _DEVICE.match(value):
+        raise _BadValue(value, "expected auto, cpu, cuda or cuda:N")
+    return value
 
 
 @cli.command()
@@ -95,29 +218,29 @@ def _int_list(ctx, param, value):
 @click.option("--download", is_flag=True, help="Fetch CIFAR-100 with torchvision if it is not under --data-path.")
 @click.option("--output-dir", default="output", show_default=True, help="Writes checkpoint/task{N}_checkpoint.pth and metrics.jsonl.")
 @click.option("--model", default="vit_base_patch16_224", show_default=True, help="timm ViT name, e.g. vit_tiny_patch16_224.")
-@click.option("--input-size", type=int, help="Image size (default: from the model name).")
-@click.option("--patch-size", type=int, help="Override the model's patch size (small experiments).")
-@click.option("--embed-dim", type=int, help="Override the model's width (small experiments).")
-@click.option("--depth", type=int, help="Override the model's number of blocks (small experiments).")
-@click.option("--num-heads", type=int, help="Override the model's attention heads (small experiments).")
+@click.option("--input-size", type=POSITIVE, help="Image size (default: from the model name).")
+@click.option("--patch-size", type=POSITIVE, help="Override the model's patch size (small experiments).")
+@click.option("--embed-dim", type=POSITIVE, help="Override the model's width (small experiments).")
+@click.option("--depth", type=POSITIVE, help="Override the model's number of blocks (small experiments).")
+@click.option("--num-heads", type=POSITIVE, help="Override the model's attention heads (small experiments).")
 @click.option("--pretrained/--no-pretrained", default=True, show_default=True, help="Start from pretrained backbone weights.")
 @click.option("--pretrained-weights", type=click.Path(dir_okay=False), help="Local timm .pth/.safetensors or original .npz.")
-@click.option("--num-tasks", default=10, show_default=True, help="Tasks; must divide the number of classes.")
-@click.option("--epochs", default=5, show_default=True)
-@click.option("--batch-size", default=24, show_default=True, help="Per-device batch size.")
-@click.option("--lr", default=0.03, show_default=True, help="Base learning rate, scaled by batch-size / 256.")
-@click.option("--limit-per-class", type=int, help="Use only the first N train and test images of each class.")
-@click.option("--pool-size", default=10, show_default=True, help="E-prompt pool size.")
-@click.option("--prompt-length", default=5, show_default=True, help="E-prompt length.")
-@click.option("--top-k", default=1, show_default=True, help="E-prompts chosen per sample.")
-@click.option("--g-prompt-length", default=5, show_default=True)
-@click.option("--g-prompt-layers", default="0,1", show_default=True, callback=_int_list)
-@click.option("--e-prompt-layers", default="2,3,4", show_default=True, callback=_int_list)
+@click.option("--num-tasks", type=POSITIVE, default=10, show_default=True, help="Tasks; must divide the number of classes.")
+@click.option("--epochs", type=POSITIVE, default=5, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=24, show_default=True, help="Per-device batch size.")
+@click.option("--lr", type=_PositiveFloat(), default=0.03, show_default=True, help="Base learning rate, scaled by batch-size / 256.")
+@click.option("--limit-per-class", type=POSITIVE, help="Use only the first N train and test images of each class.")
+@click.option("--pool-size", type=POSITIVE, default=10, show_default=True, help="E-prompt pool size.")
+@click.option("--prompt-length", type=POSITIVE, default=5, show_default=True, help="E-prompt length.")
+@click.option("--top-k", type=POSITIVE, default=1, show_default=True, help="E-prompts chosen per sample.")
+@click.option("--g-prompt-length", type=POSITIVE, default=5, show_default=True)
+@click.option("--g-prompt-layers", default="0,1", show_default=True, callback=_int_list(0))
+@click.option("--e-prompt-layers", default="2,3,4", show_default=True, callback=_int_list(0))
 @click.option("--selection", type=click.Choice(SELECTIONS), default="per-sample", show_default=True,
               help="Prompt selection when evaluating; batchwise is the reference's batch-dependent behaviour.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--workers", default=2, show_default=True, help="Data-loading worker processes.")
-@click.option("--seed", default=42, show_default=True)
+@click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", type=NON_NEGATIVE, default=2, show_default=True, help="Data-loading worker processes.")
+@click.option("--seed", type=NON_NEGATIVE, default=42, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue after the last complete task checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_path, download, output_dir, model, input_size, patch_size, embed_dim, depth, num_heads, pretrained, pretrained_weights, num_tasks, epochs,
@@ -129,6 +252,7 @@ def train(data_path, download, output_dir, model, input_size, patch_size, embed_
     """
     from .train.loop import TrainOptions, train as run_training
 
+    writable_dir(output_dir, "--output-dir")
     opts = TrainOptions(data_path=data_path, output_dir=output_dir, download=download, num_tasks=num_tasks,
                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit_per_class=limit_per_class,
                         device=device, workers=workers, resume=resume, quiet=quiet, selection=selection,
@@ -150,8 +274,8 @@ def _chosen_tasks(task, tasks, all_tasks):
 
 
 @cli.command("export")
-@click.option("--task", type=int, help="Task number to export (task{N}_checkpoint.pth).")
-@click.option("--tasks", callback=_int_list, help="Comma-separated task numbers, e.g. 1,3,5.")
+@click.option("--task", type=POSITIVE, help="Task number to export (task{N}_checkpoint.pth).")
+@click.option("--tasks", callback=_int_list(1), help="Comma-separated task numbers, e.g. 1,3,5.")
 @click.option("--all", "all_tasks", is_flag=True, default=None, help="Every task*_checkpoint.pth in --checkpoint-dir.")
 @click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
 @click.option("--output-dir", default="exports", show_default=True, help="Writes task{N}.onnx here.")
@@ -179,6 +303,7 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
         raise InputError("--precision int8 needs --calibration SPEC (and only int8 takes it)")
     dataset = _calibration_set(calibration, calibration_count, data_path) if quantized else None
     chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
+    writable_dir(output_dir, "--output-dir")
     for t, ckpt in chosen.items():
         out = Path(output_dir) / f"task{t}.onnx"
         if not quantized:
@@ -206,28 +331,30 @@ def _calibration_set(spec, count, data_path):
 
 
 @cli.command("verify")
-@click.option("--task", type=int, help="Verify <export-dir>/task{N}.onnx against task{N}_checkpoint.pth.")
+@click.option("--task", type=POSITIVE, help="Verify <export-dir>/task{N}.onnx against task{N}_checkpoint.pth.")
 @click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="An exported file; its metadata names the checkpoint.")
-@click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
+@click.option("--checkpoint-dir", help="Where the source checkpoint is (default: output/checkpoint, else beside the "
+                                       "export: <dir>/checkpoint, <dir>/../output/checkpoint, <dir>/../checkpoint).")
 @click.option("--export-dir", default="exports", show_default=True, help="Where --task looks for task{N}.onnx.")
 @click.option("--images", "images_dir", type=click.Path(), help="A folder: every jpg/jpeg/png/webp below it.")
 @click.option("--dataset", help="A data set: cifar10:test, cifar100:test, folder:PATH, ...")
 @click.option("--data-path", default="data", show_default=True, help="Folder holding the CIFAR folders.")
-@click.option("--limit", default=64, show_default=True, help="At most this many images from --images or --dataset.")
-@click.option("--random", "random_count", type=int, help="N random images (the default: 64).")
-@click.option("--seed", default=0, show_default=True, help="Seed of --random.")
+@_DOWNLOAD
+@click.option("--limit", type=_Int(2), default=64, show_default=True, help="At most this many images from --images or --dataset.")
+@click.option("--random", "random_count", type=_Int(2), help="N random images (the default: 64).")
+@click.option("--seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of --random.")
 @_provider_option("cpu")
 @_runtime_options
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.pass_context
-def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir, dataset, data_path, limit,
+def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir, dataset, data_path, download, limit,
                    random_count, seed, provider, threads, trt_fp16, trt_cache, trt_workspace, report_path):
     """Check an export against its PyTorch checkpoint at batch sizes 1, 7 and 32.
 
     Exit code 0: within tolerance; 1: parity failure; 2: bad input.
     """
     from .export.parity import format_table
-    from .export.verify import Inputs, verify_export
+    from .export.verify import DEFAULT_CHECKPOINT_DIR, Inputs, verify_export
     from .common.atomic import write_json
     from .train.checkpoint import checkpoint_path
 
@@ -235,12 +362,15 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
         raise InputError("give exactly one of --task N or --onnx PATH")
     if random_count is not None and (images_dir or dataset):
         raise InputError("--random cannot be combined with --images or --dataset")
+    if report_path:
+        writable_file(report_path, "--report")
     ckpt = None
     if task is not None:
         onnx_path = Path(export_dir) / f"task{task}.onnx"
         if not onnx_path.is_file():
             raise InputError(f"{onnx_path}: no such ONNX file (run: python cli.py export --task {task})")
-        ckpt = checkpoint_path(checkpoint_dir, task)
+        ckpt = checkpoint_path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR, task)
+    _fetch_data(download, data_path, dataset)
     inputs = Inputs(images_dir=images_dir, dataset=dataset, data_path=data_path,
                     count=random_count if random_count is not None else limit, seed=seed)
     report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider, threads=threads,
@@ -250,10 +380,7 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
                f"vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}")
     click.echo(format_table(report))
     if report_path:
-        try:
-            write_json(report_path, report.to_dict())
-        except OSError as e:
-            raise InputError(f"{report_path}: cannot write ({e.strerror or e})") from None
+        write_json(report_path, report.to_dict())
     ctx.exit(0 if report.passed else 1)
 
 
@@ -267,13 +394,14 @@ _DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), f
 @click.option("--model", required=True, type=click.Path(dir_okay=False), help="Exported ONNX file, e.g. exports/task3.onnx.")
 @click.option("--dataset", required=True, help=_DATASET_HELP)
 @click.option("--data-path", default="data", show_default=True, help="Folder holding cifar-10-batches-py/ or cifar-100-python/.")
+@_DOWNLOAD
 @click.option("--store", default="embeddings", show_default=True,
               help="Writes <store>/<model-id>/<data-key>/ (the key names the data's resolved location).")
 @click.option("--model-id", help="Store name of the model (default: the file stem, e.g. task3).")
 @_PROVIDER
 @_runtime_options
 @_WORKERS
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", type=_Int(1, MAX_BATCH), default=64, show_default=True)
 @click.option("--shard-rows", default=65_536, show_default=True,
               help="Rows per shard file: memory is bounded by one shard, and a killed run resumes after the last complete one.")
 @click.option("--force", is_flag=True, help="Recompute even when the store holds this model's set of this data.")
@@ -284,7 +412,7 @@ _DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), f
 @click.option("--ray-address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster).")
 @click.option("--actors", default=2, show_default=True, help="--engine ray: onnxruntime sessions running at once.")
 @click.option("--gpus-per-actor", default=0.0, show_default=True, help="--engine ray: GPUs each actor reserves.")
-def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp16, trt_cache, trt_workspace, workers,
+def embed(model, dataset, data_path, download, store, model_id, provider, threads, trt_fp16, trt_cache, trt_workspace, workers,
           batch_size, shard_rows, force, skip_bad, quiet, engine, ray_address, actors, gpus_per_actor):
     """Embed a data set with one exported model into the embedding store (onnxruntime only)."""
     from .infer.datasets import open_dataset
@@ -298,6 +426,8 @@ def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp1
     elif ray_address or gpus_per_actor:
         raise InputError("--ray-address and --gpus-per-actor need --engine ray")
 
+    writable_dir(store, "--store")
+    _fetch_data(download, data_path, dataset)
     r = embed_dataset(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
                       batch_size=batch_size, shard_rows=shard_rows, force=force, skip_bad=skip_bad,
                       progress=not quiet,
@@ -322,15 +452,16 @@ def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp1
 @click.option("--query", default="cifar10:test", show_default=True, help="Query data set. " + _DATASET_HELP)
 @click.option("--gallery", help="Gallery data set (default: the query set; each query's own image is then left out).")
 @click.option("--data-path", default="data", show_default=True, help="Folder holding CIFAR's folders.")
+@_DOWNLOAD
 @click.option("--store", default="embeddings", show_default=True, help="Embedding store (read, and filled when missing).")
 @click.option("--out", default="reports", show_default=True,
               help="Report folder (compatibility.{json,csv,md} and figures), replaced as a whole.")
-@click.option("--k", default=5, show_default=True, help="Neighbours of the kNN majority vote.")
+@click.option("--k", type=POSITIVE, default=5, show_default=True, help="Neighbours of the kNN majority vote.")
 @click.option("--include-self", is_flag=True, help="Keep each query's own image in its gallery (the original study's protocol).")
 @_PROVIDER
 @_runtime_options
 @_WORKERS
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", type=_Int(1, MAX_BATCH), default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out when embedding.")
 @click.option("--projections", help="Also draw 2-D projections of the query embeddings: pca, tsne or pca,tsne "
                                     "(needs scikit-learn, the 'analysis' extra).")
@@ -355,7 +486,7 @@ def embed(model, dataset, data_path, store, model_id, provider, threads, trt_fp1
               help="Also store the galleries as fp16 and/or int8 (scalar-quantised) and report the metric change.")
 @click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
               help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
-def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, store, out, k,
+def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, download, store, out, k,
              include_self, provider, threads, trt_fp16, trt_cache, trt_workspace, workers, batch_size, skip_bad, quiet,
              projections, projection_sample, indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_m,
              ef_construction, ef_search, backfill, backfill_pairs, backfill_steps, backfill_seed, backfill_order,
@@ -402,6 +533,8 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
                                   data_path=data_path)
     else:
         files = find_models(model_files, exports_dir)
+        writable_dir(store, "--store")
+        _fetch_data(download, data_path, query, gallery)
         q, g = collect_from_models(files, query, gallery, data_path, store, provider=provider,
                                    batch_size=batch_size, skip_bad=skip_bad, progress=not quiet,
                                    workers=workers, threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace))
@@ -546,6 +679,7 @@ def demo(workdir, data_path, download, pretrained_weights, smoke, provider):
 
     from .demo import run_demo
 
+    writable_dir(workdir, "--workdir")
     start = time.perf_counter()
     result = run_demo(workdir, data_path, download, pretrained_weights, smoke, provider, log=click.echo)
     click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s "
@@ -576,17 +710,17 @@ def _emit(result: dict, table: str, json_path) -> None:
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="An exported .onnx file.")
 @_provider_option("cpu")
 @_runtime_options
-@click.option("--batch-sizes", default="1,8,32,128", show_default=True, callback=_int_list)
-@click.option("--repeats", default=5, show_default=True, help="Timed runs per batch size (after one warm-up); the median is reported.")
+@click.option("--batch-sizes", default="1,8,32,128", show_default=True, callback=_int_list(1, MAX_BATCH))
+@click.option("--repeats", type=POSITIVE, default=5, show_default=True, help="Timed runs per batch size (after one warm-up); the median is reported.")
 @click.option("--compare-torch", is_flag=True, help="Also time the source checkpoint in PyTorch eager, same device and batch.")
 @click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
-@click.option("--workers", "worker_counts", default="1,2", show_default=True, callback=_int_list,
+@click.option("--workers", "worker_counts", default="1,2", show_default=True, callback=_int_list(0, 256),
               help="Worker counts whose input pipeline (decode + preprocess, no model) is timed, alternately.")
 @click.option("--photos", default=384, show_default=True,
               help="Photo-sized (500x375) JPEGs generated under --workdir for the input pipeline; 0: skip it.")
 @click.option("--pipeline-dataset", help="Time the input pipeline on this data set instead (e.g. folder:/srv/gallery).")
 @click.option("--workdir", default="bench-embed", show_default=True, help="Where the generated photos are kept.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure as JSON here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_json_file, help="Write every figure as JSON here.")
 def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_workspace, batch_sizes, repeats,
                         compare_torch, checkpoint_dir, worker_counts, photos, pipeline_dataset, workdir, json_path):
     """images/s of an export per batch size, as a fraction of the measured matmul peak, optionally vs PyTorch;
@@ -650,17 +784,20 @@ def _feeding_lines(result: dict) -> list[str]:
 
 
 @bench.command("evaluate")
-@click.option("--models", default=10, show_default=True)
-@click.option("--queries", default=10_000, show_default=True, help="Query and gallery size (the same split).")
-@click.option("--dim", default=768, show_default=True)
-@click.option("--classes", default=10, show_default=True)
+@click.option("--models", type=POSITIVE, default=10, show_default=True)
+@click.option("--queries", type=_Int(2), default=10_000, show_default=True, help="Query and gallery size (the same split).")
+@click.option("--dim", type=POSITIVE, default=768, show_default=True)
+@click.option("--classes", type=POSITIVE, default=10, show_default=True)
 @click.option("--workdir", default="bench-evaluate", show_default=True, help="Where the synthetic store is written.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_json_file)
 def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
     """Time and peak memory of the compatibility evaluation on random unit vectors."""
     from .evaluate.bench import bench_evaluate
     from .infer.bench import format_table
 
+    writable_dir(workdir, "--workdir")
+    # each model's set: float32 [queries, dim] embeddings and int64 [queries] labels
+    require_space(workdir, models * queries * (4 * dim + 8), "--workdir")
     result = bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes)
     cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
             ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("products_seconds", "products alone s", ".1f"),
@@ -708,12 +845,13 @@ def bench_index_command(gallery_size, queries, dim, classes, indexes, depth, nli
 @click.option("--model", "model_name", default="vit_base_patch16_224", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--workdir", default="bench-export", show_default=True, help="Receives checkpoint/ and task1.onnx.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_json_file)
 def bench_export_command(model_name, precision, workdir, json_path):
     """Export time and file size for an architecture with random weights."""
     from .export.bench import bench_export
     from .infer.bench import format_table
 
+    writable_dir(workdir, "--workdir")
     result = bench_export(model_name, workdir, precision)
     cols = [("seconds", "export s", ".1f"), ("file_bytes", "file bytes", ",d"),
             ("unique_parameter_bytes", "parameter bytes", ",d"), ("size_ratio", "ratio", ".4f")]

@@ -5,7 +5,6 @@ choosing small settings and, offline, generating data in CIFAR's on-disk format.
 """
 from __future__ import annotations
 
-import socket
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -15,8 +14,9 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from .common.atomic import write_json
-from .common.cifar import load_cifar, write_cifar
+from .common.cifar import download_cifar, load_cifar, write_cifar
 from .common.errors import InputError
+from .common.provenance import GENERATED_NOTE, RANDOM_BACKBONE_NOTE, notes as provenance_notes
 from .common.synthetic import write_synthetic_cifar
 
 
@@ -47,31 +47,12 @@ SMOKE = DemoSettings(model="vit_tiny_patch16_224",
                      num_tasks=2, classes_per_task=2, train_per_class=16, test_per_class=6, eval_per_class=8,
                      epochs=2, batch_size=8, lr=0.3, verify_count=16)
 
-GENERATED_NOTE = ("GENERATED DATA: no CIFAR files were found under --data-path and none could be downloaded, "
-                  "so these figures come from generated images (classes of hue and stripe orientation), "
-                  "not from CIFAR")
-RANDOM_BACKBONE_NOTE = ("RANDOM BACKBONE: no pretrained weights were given or downloadable, so the ViT backbone "
-                        "is randomly initialised and frozen")
-
-
-def _network_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    # A quick probe, so an offline machine does not spend minutes in download retries.
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _real_cifar(data_path: Path, download: bool) -> Optional[tuple]:
     """(CIFAR-100 train, CIFAR-100 test, CIFAR-10 test) when present or downloadable, else None."""
     try:
         if download:
-            from torchvision.datasets import CIFAR10, CIFAR100
-
-            CIFAR100(str(data_path), train=True, download=True)
-            CIFAR100(str(data_path), train=False, download=True)
-            CIFAR10(str(data_path), train=False, download=True)
+            download_cifar(data_path, "cifar100")
+            download_cifar(data_path, "cifar10")
         return (load_cifar(data_path, "cifar100", "train"), load_cifar(data_path, "cifar100", "test"),
                 load_cifar(data_path, "cifar10", "test"))
     except (InputError, OSError, RuntimeError):
@@ -132,13 +113,14 @@ def _choose_provider(provider: str, log: Callable[[str], None]) -> str:
 
 
 def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: Optional[str], smoke: bool,
-                notes: list[str], log: Callable[[str], None]) -> list[dict]:
-    """Train every task; falls back to a random backbone (noted) when no pretrained weights can be had."""
+                log: Callable[[str], None]) -> list[dict]:
+    """Train every task; falls back to a random backbone (recorded in the checkpoints' provenance)
+    when no pretrained weights can be had."""
     from .train.loop import TrainOptions, train
+    from .train.weights import hub_reachable
 
-    pretrained = pretrained_weights is not None or (not smoke and _network_reachable())
+    pretrained = pretrained_weights is not None or (not smoke and hub_reachable())
     if not pretrained:
-        notes.append(RANDOM_BACKBONE_NOTE)
         log(f"   !!! {RANDOM_BACKBONE_NOTE}")
     opts = TrainOptions(data_path=str(data), output_dir=str(workdir / "output"), num_tasks=s.num_tasks,
                         epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, workers=0, quiet=True,
@@ -149,9 +131,15 @@ def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: 
     except InputError:
         if pretrained_weights is not None:
             raise
-        notes.append(RANDOM_BACKBONE_NOTE)
         log(f"   !!! pretrained download failed; {RANDOM_BACKBONE_NOTE}")
         return train(TrainOptions(**{**asdict(opts), "pretrained": False}), arch, log=lambda m: log(f"   {m}")).rows
+
+
+def export_provenance(path: Path) -> dict:
+    """The provenance an export's metadata carries (what its checkpoint recorded in training)."""
+    from .infer.session import create_session, model_info
+
+    return model_info(create_session(path, "cpu")[0], path).provenance
 
 
 def export_stage(workdir: Path, s: DemoSettings, log: Callable[[str], None]) -> list[Path]:
@@ -205,25 +193,25 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
     s = SMOKE if smoke else DEMO
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    stages, notes = _Stages(log), []
+    stages = _Stages(log)
     provider = _choose_provider(provider, log)
     with stages.stage("data"):
         data, generated = prepare_data(workdir, Path(data_path), download, s)
         if generated:
-            notes.append(GENERATED_NOTE)
             log(f"   !!! {GENERATED_NOTE}")
     with stages.stage("train"):
-        rows = train_stage(workdir, data, s, pretrained_weights, smoke, notes, log)
+        rows = train_stage(workdir, data, s, pretrained_weights, smoke, log)
     with stages.stage("export"):
         exports = export_stage(workdir, s, log)
+        model_provenance = export_provenance(exports[-1])
+        notes = provenance_notes(model_provenance)
     with stages.stage("verify"):
         verify_stage(workdir, data, exports, s, provider, log)
     with stages.stage("embed"):
         query, gallery = collect_from_models(exports, "cifar10:test", "cifar10:test", data, workdir / "embeddings",
                                              provider=provider)
     with stages.stage("evaluate"):
-        provenance = {"data": "generated" if generated else "CIFAR-100 (training) / CIFAR-10 (evaluation)",
-                      "backbone": "pretrained" if RANDOM_BACKBONE_NOTE not in notes else "random", "notes": notes,
+        provenance = {**model_provenance, "evaluation_data": "generated" if generated else "cifar10", "notes": notes,
                       "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows}
         written = evaluate_stage(workdir, query, gallery, provenance, notes, log)
     return {"reports": [str(p) for p in written], "times": stages.times, "generated": generated, "notes": notes}

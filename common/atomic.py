@@ -64,7 +64,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.{_owner()}."
+    return f".{path.name[:200]}.{_owner()}."  # a temporary name stays under NAME_MAX
 
 
 @contextmanager

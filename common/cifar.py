@@ -11,10 +11,13 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from .atomic import atomic_dir
 from .errors import InputError
+from .provenance import MARKER, read_marker
 
 FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 _BATCHES = {
@@ -25,6 +28,7 @@ _BATCHES = {
 }
 _META = {"cifar10": ("batches.meta", "label_names"), "cifar100": ("meta", "fine_label_names")}
 _LABEL_KEY = {"cifar10": "labels", "cifar100": "fine_labels"}
+MAX_LABEL = 65_535  # labels index the class names in the meta file; anything larger is corrupt
 
 # Everything a CIFAR pickle needs: numpy's array reconstruction and nothing that can run other code.
 _ALLOWED = {
@@ -62,11 +66,13 @@ def _load_pickle(path: Path) -> dict:
 
 @dataclass
 class CifarSplit:
-    """One split: ``images`` uint8 [N, 32, 32, 3] (RGB, HWC), ``labels`` int64 [N], ``classes`` names."""
+    """One split: ``images`` uint8 [N, 32, 32, 3] (RGB, HWC), ``labels`` int64 [N], ``classes`` names,
+    ``generated``: how the data was generated when it is dpcompat's stand-in, else None."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
+    generated: Optional[dict] = None  # the folder's generated-data marker (see common.provenance), if any
 
 
 def cifar_dir(root: str | Path, name: str) -> Path:
@@ -83,7 +89,8 @@ def load_cifar(root: str | Path, name: str, split: str) -> CifarSplit:
     paths = [folder / b for b in _BATCHES[name, split]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise InputError(f"{name} {split} split not found: looked for {', '.join(missing)}")
+        raise InputError(f"{name} {split} split not found: looked for {', '.join(missing)} (pass --download to "
+                         f"fetch it, or --data-path to point at the folder holding {FOLDERS[name]}/)")
     images, labels = [], []
     for p in paths:
         batch = _load_pickle(p)
@@ -92,7 +99,7 @@ def load_cifar(root: str | Path, name: str, split: str) -> CifarSplit:
             raise InputError(f"{p}: missing 'data' or '{_LABEL_KEY[name]}'")
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise InputError(f"{p}: 'data' is {data.dtype} {data.shape}, expected uint8 [N, 3072]")
-        lab = np.asarray(lab, dtype=np.int64)
+        lab = _labels(lab, p)
         if lab.shape != (data.shape[0],):
             raise InputError(f"{p}: {lab.shape[0]} labels for {data.shape[0]} images")
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
@@ -101,7 +108,21 @@ def load_cifar(root: str | Path, name: str, split: str) -> CifarSplit:
     labels = np.concatenate(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
         raise InputError(f"{folder}: labels outside 0..{len(classes) - 1}")
-    return CifarSplit(np.ascontiguousarray(np.concatenate(images)), labels, classes)
+    return CifarSplit(np.ascontiguousarray(np.concatenate(images)), labels, classes, read_marker(folder))
+
+
+def _labels(value: object, path: Path) -> np.ndarray:
+    """int64 [N] from a batch's label list (or integer array) of small non-negative integers."""
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in "iu":
+        items = value.tolist()
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise InputError(f"{path}: labels are a {type(value).__name__}, expected a list of integers")
+    for x in items:
+        if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= MAX_LABEL:
+            raise InputError(f"{path}: label {str(x)[:40]!r} is not an integer from 0 to {MAX_LABEL}")
+    return np.asarray(items, dtype=np.int64).reshape(len(items))
 
 
 def _load_classes(folder: Path, name: str) -> list[str]:
@@ -124,6 +145,7 @@ def write_cifar(root: str | Path, name: str, splits: dict[str, tuple[np.ndarray,
     """
     folder = cifar_dir(root, name)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)  # what was generated here before is replaced
     for split, (images, labels) in splits.items():
         files = _BATCHES[name, split]
         data = np.ascontiguousarray(images.transpose(0, 3, 1, 2)).reshape(len(images), 3072).astype(np.uint8)
@@ -137,3 +159,60 @@ def write_cifar(root: str | Path, name: str, splits: dict[str, tuple[np.ndarray,
     with open(folder / meta_file, "wb") as f:
         pickle.dump({key.encode(): [c.encode() for c in classes]}, f, protocol=4)
     return folder
+
+
+# The dataset authors' tarballs and their md5 sums (the same that torchvision checks).
+_TARBALLS = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
+}
+
+
+def download_cifar(root: str | Path, name: str) -> Path:
+    """Fetch ``name`` into ``root`` unless its folder is there: with torchvision when it imports, else
+    the official tarball over HTTPS (md5-checked, extracted without leaving anything half-written)."""
+    folder = cifar_dir(root, name)
+    if folder.is_dir():
+        return folder
+    try:
+        from torchvision import datasets
+    except Exception:  # not installed, or no working torch here: the torch-free way
+        url, md5 = _TARBALLS[name]
+        return fetch_tarball(url, md5, root, folder.name)
+    try:
+        getattr(datasets, name.upper())(str(root), download=True)
+    except Exception as e:
+        raise InputError(f"downloading {name} into {root} failed ({type(e).__name__}: {e})") from None
+    return folder
+
+
+def fetch_tarball(url: str, md5: str, root: str | Path, folder: str) -> Path:
+    """Download ``url`` (a .tar.gz holding ``folder``), check its md5, extract ``folder`` into ``root``."""
+    import hashlib
+    import shutil
+    import tarfile
+    import urllib.request
+
+    root = Path(root)
+    with atomic_dir(root / folder) as tmp:
+        archive = tmp / "download.tar.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+        except OSError as e:
+            raise InputError(f"downloading {url} failed ({e}); fetch it by hand and extract it into {root}") from None
+        digest = hashlib.md5(archive.read_bytes()).hexdigest()
+        if digest != md5:
+            raise InputError(f"{url}: md5 {digest}, expected {md5}; the download is corrupt")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp / "x", filter="data")  # no member may land outside, no links out
+        except tarfile.TarError as e:
+            raise InputError(f"{url}: not a usable archive ({type(e).__name__}: {e})") from None
+        if not (tmp / "x" / folder).is_dir():
+            raise InputError(f"{url}: the archive holds no {folder}/ folder")
+        for item in (tmp / "x" / folder).iterdir():
+            item.rename(tmp / item.name)
+        archive.unlink()
+        shutil.rmtree(tmp / "x")
+    return root / folder

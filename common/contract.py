@@ -58,6 +58,17 @@ def parse_provider(value: str) -> tuple[str, int | None]:
     return name, int(device)
 
 
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # Pillow's resampling filters
+
+# Bounds on what an export's metadata may ask of preprocessing, so no file can make it allocate
+# gigabytes: the model input is at most 1024 x 1024 (12 MiB of float32 per image), the shorter side
+# is resized to at most 2048 pixels, and no image, decoded or resized, may exceed MAX_IMAGE_PIXELS.
+MAX_INPUT_SIZE = 1024
+MAX_RESIZE = 2048
+MAX_IMAGE_PIXELS = 50_000_000  # width x height, any aspect ratio: 150 MB as 8-bit RGB
+MAX_EMBEDDING_DIM = 65_536
+
+
 def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
     """``value`` if it is one of ``allowed``; else :class:`InputError` naming ``option`` and the choices."""
     if value not in allowed:

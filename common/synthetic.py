@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .cifar import write_cifar
+from .provenance import write_marker
 
 
 def synthetic_images(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
@@ -33,7 +34,8 @@ def write_synthetic_cifar(root: str | Path, name: str, num_classes: int, train_p
     """Write a generated dataset as ``cifar10`` or ``cifar100`` under ``root``; returns its folder.
 
     Its labels are 0..num_classes-1, drawn as generator classes ``first_class`` onwards, so two
-    datasets with disjoint ranges have disjoint classes (as CIFAR-10 and CIFAR-100 do).
+    datasets with disjoint ranges have disjoint classes (as CIFAR-10 and CIFAR-100 do). The folder gets
+    the generated-data marker (:mod:`common.provenance`), so every reader knows it is not CIFAR.
     """
     splits = {}
     for i, (split, per) in enumerate((("train", train_per_class), ("test", test_per_class))):
@@ -41,7 +43,10 @@ def write_synthetic_cifar(root: str | Path, name: str, num_classes: int, train_p
         images = synthetic_images(labels + first_class, first_class + num_classes, seed * 2 + i)
         splits[split] = (images, labels)
     classes = [f"generated_{first_class + c:02d}" for c in range(num_classes)]
-    return write_cifar(root, name, splits, classes)
+    folder = write_cifar(root, name, splits, classes)
+    write_marker(folder, {"generator": "dpcompat.common.synthetic", "classes": num_classes,
+                          "first_class": first_class, "seed": seed})
+    return folder
 
 
 def write_photo_folder(root: str | Path, count: int, size: tuple[int, int] = (500, 375), classes: int = 4,

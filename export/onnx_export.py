@@ -33,7 +33,7 @@ from ..common.contract import (BATCH_AXIS, FORMAT_VERSION, INPUTS, OUTPUTS, POOL
                                check_choice)
 from ..infer.metadata import ModelInfo, Preprocessing
 from ..train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, list_checkpoints,
-                              model_from_checkpoint, save_checkpoint)
+                                model_from_checkpoint, provenance_from_args, save_checkpoint)
 from ..train.model import DualPromptConfig, DualPromptViT
 
 DEFAULT_OPSET = 20  # onnxruntime >= 1.17; its Gelu op is what onnxruntime fuses with the bias (18 spells it with Erf)
@@ -220,19 +220,22 @@ def export_task(checkpoint: str | Path, out_path: str | Path, selection: str = "
     checkpoint = Path(checkpoint)
     _check_options(selection, pool, precision, opset)
     task = task_of(checkpoint) if task is None else task
-    model, _ = model_from_checkpoint(checkpoint)
+    model, ckpt = model_from_checkpoint(checkpoint)
     cfg = model.cfg
     info = ModelInfo(format_version=FORMAT_VERSION, task=task, checkpoint=checkpoint.name,
                      checkpoint_sha256=file_sha256(checkpoint), model=cfg.model, embedding_dim=cfg.embed_dim,
                      input_size=cfg.img_size, top_k=cfg.top_k, pool=pool, selection=selection,
                      precision=precision, preprocessing=Preprocessing.for_input_size(cfg.img_size),
-                     versions=tool_versions(), architecture=cfg.asdict())
+                     versions=tool_versions(), architecture=cfg.asdict(),
+                     provenance=provenance_from_args(ckpt.get("args")))
     result = export_model(model, out_path, info, opset)
     return ExportResult(result.path, time.perf_counter() - start, result.file_bytes, result.parameter_bytes)
 
 
 def select_checkpoints(checkpoint_dir: str | Path, tasks: Optional[Sequence[int]]) -> dict[int, Path]:
     """Checkpoints for ``tasks`` (None: every one found); a missing task is an error naming those found."""
+    if not Path(checkpoint_dir).is_dir():
+        raise InputError(f"--checkpoint-dir {checkpoint_dir}: no such folder")
     found = list_checkpoints(checkpoint_dir)
     if not found:
         raise InputError(f"{checkpoint_dir}: no task<N>_checkpoint.pth files")

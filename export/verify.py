@@ -28,6 +28,8 @@ from ..train.checkpoint import model_from_checkpoint
 from ..train.model import DualPromptViT
 
 DEFAULT_COUNT = 64
+DEFAULT_CHECKPOINT_DIR = "output/checkpoint"
+MAX_INPUT_BYTES = 2 ** 31  # every compared input is held at once: 2 GiB of float32 images at most
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,25 @@ class Inputs:
     def load(self, info: ModelInfo) -> np.ndarray:
         """float32 [N, 3, S, S] model inputs for an export with metadata ``info``."""
         if self.images_dir is not None:
-            return preprocess_batch([open_image(p) for p in _image_files(Path(self.images_dir))[:self.count]],
-                                    info.preprocessing)
+            files = _image_files(Path(self.images_dir))[:self.count]
+            _check_bytes(len(files), info.input_size)
+            return preprocess_batch([open_image(p) for p in files], info.preprocessing)
         if self.dataset is not None:
             data = open_dataset(self.dataset, self.data_path)
-            return preprocess_batch([data.image(i) for i in range(min(self.count, len(data)))], info.preprocessing)
+            count = _check_bytes(min(self.count, len(data)), info.input_size)
+            return preprocess_batch([data.image(i) for i in range(count)], info.preprocessing)
+        _check_bytes(self.count, info.input_size)
         size = info.input_size
         return np.random.default_rng(self.seed).random((self.count, 3, size, size), dtype=np.float32)
+
+
+def _check_bytes(count: int, size: int) -> int:
+    """``count`` if that many float32 [3, size, size] inputs fit in MAX_INPUT_BYTES; else InputError."""
+    if count * 3 * size * size * 4 > MAX_INPUT_BYTES:
+        most = MAX_INPUT_BYTES // (3 * size * size * 4)
+        raise InputError(f"--limit/--random {count}: {count} inputs of 3 x {size} x {size} are held at once, "
+                         f"above {MAX_INPUT_BYTES / 2**30:.0f} GiB; use at most {most}")
+    return count
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -104,18 +118,34 @@ def onnx_forward(session: ort.InferenceSession) -> Forward:
     return forward
 
 
+def source_checkpoint(onnx_path: str | Path, info: ModelInfo, checkpoint_dir: Optional[str | Path]) -> Path:
+    """The checkpoint an export names, in ``checkpoint_dir``; with None, the first of
+    ``output/checkpoint`` and the layouts ``export``, ``demo`` and ``bench export`` write beside an export
+    (``<dir>/checkpoint``, ``<dir>/../output/checkpoint``, ``<dir>/../checkpoint``) that holds it."""
+    if checkpoint_dir is not None:
+        return Path(checkpoint_dir) / info.checkpoint
+    here = Path(onnx_path).parent
+    folders = [Path(DEFAULT_CHECKPOINT_DIR), here / "checkpoint", here.parent / "output" / "checkpoint",
+               here.parent / "checkpoint"]
+    found = next((f / info.checkpoint for f in folders if (f / info.checkpoint).is_file()), None)
+    if found is None:
+        raise InputError(f"{onnx_path}: its source checkpoint {info.checkpoint} is in none of "
+                         f"{', '.join(map(str, folders))}; name its folder with --checkpoint-dir")
+    return found
+
+
 def verify_export(onnx_path: str | Path, checkpoint: Optional[str | Path] = None,
-                  checkpoint_dir: str | Path = "output/checkpoint", inputs: Inputs = Inputs(),
+                  checkpoint_dir: Optional[str | Path] = None, inputs: Inputs = Inputs(),
                   provider: str = "cpu", batch_sizes: Sequence[int] = BATCH_SIZES, *,
                   threads: Optional[int] = None, trt: Optional[TensorRTOptions] = None) -> ParityReport:
     """Compare ``onnx_path`` on onnxruntime with ``checkpoint`` in PyTorch (default: the file the
-    metadata names, in ``checkpoint_dir``), under the tolerances of the export's precision. The
-    checkpoint must be the one it was exported from (same sha256). ``threads`` and ``trt`` go to
-    :func:`infer.session.create_session`."""
+    metadata names, in ``checkpoint_dir`` or found beside the export), under the tolerances of the
+    export's precision. The checkpoint must be the one it was exported from (same sha256); see
+    :func:`source_checkpoint`. ``threads`` and ``trt`` go to :func:`infer.session.create_session`."""
     start = time.perf_counter()
     session, used = create_session(onnx_path, provider, threads=threads, trt=trt)
     info = model_info(session, onnx_path)
-    checkpoint = Path(checkpoint) if checkpoint is not None else Path(checkpoint_dir) / info.checkpoint
+    checkpoint = Path(checkpoint) if checkpoint is not None else source_checkpoint(onnx_path, info, checkpoint_dir)
     if not checkpoint.is_file():
         raise InputError(f"{checkpoint}: no such checkpoint (the source of {onnx_path} was {info.checkpoint})")
     if file_sha256(checkpoint) != info.checkpoint_sha256:

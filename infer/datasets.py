@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ..common.cifar import cifar_dir, load_cifar
+from ..common.contract import MAX_IMAGE_PIXELS
 from ..common.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -115,11 +117,17 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def open_image(path: Path) -> Image.Image:
-    """The RGB image in ``path``; InputError naming the file when it cannot be decoded."""
+    """The RGB image in ``path``; InputError naming the file when it cannot be decoded or its size
+    (width x height, read from the header before decoding) exceeds the contract's MAX_IMAGE_PIXELS."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own, larger guard
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise InputError(f"{path}: {width} x {height} pixels, above the limit of {MAX_IMAGE_PIXELS:,}")
+                return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
 
 

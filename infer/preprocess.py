@@ -11,13 +11,13 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
+from ..common.contract import INTERPOLATIONS, MAX_IMAGE_PIXELS
+from ..common.errors import InputError
 from .metadata import Preprocessing
 
 ImageLike = Union[Image.Image, np.ndarray]
 
-_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-             "bicubic": Image.Resampling.BICUBIC, "box": Image.Resampling.BOX,
-             "hamming": Image.Resampling.HAMMING, "lanczos": Image.Resampling.LANCZOS}
+_RESAMPLE = {name: Image.Resampling[name.upper()] for name in INTERPOLATIONS}
 
 
 def resized_size(width: int, height: int, shorter: int) -> tuple[int, int]:
@@ -33,16 +33,18 @@ def preprocess_image(image: ImageLike, spec: Preprocessing) -> np.ndarray:
     Parameters
     ----------
     image : PIL image (any mode; converted to RGB) or uint8 array [H, W, 3] (RGB).
-    spec : the export's :class:`~infer.metadata.Preprocessing`; ``crop <= resize``.
+    spec : the export's :class:`~infer.metadata.Preprocessing` (bounded when constructed).
+
+    Raises InputError when the resized image would exceed the contract's MAX_IMAGE_PIXELS (an
+    extreme aspect ratio).
     """
-    if spec.interpolation not in _RESAMPLE:
-        raise ValueError(f"unknown interpolation {spec.interpolation!r}: expected one of {', '.join(_RESAMPLE)}")
-    if spec.crop > spec.resize:
-        raise ValueError(f"crop {spec.crop} larger than the resized shorter side {spec.resize}")
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    image = image.convert("RGB")
-    image = image.resize(resized_size(*image.size, spec.resize), _RESAMPLE[spec.interpolation])
+    size = resized_size(*image.size, spec.resize)
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise InputError(f"an image of {image.size[0]} x {image.size[1]} pixels would be resized to "
+                         f"{size[0]} x {size[1]}, above the limit of {MAX_IMAGE_PIXELS:,} pixels")
+    image = image.convert("RGB").resize(size, _RESAMPLE[spec.interpolation])
     width, height = image.size
     top = int(round((height - spec.crop) / 2.0))
     left = int(round((width - spec.crop) / 2.0))

@@ -222,9 +222,8 @@ def model_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
         raise InputError(f"{path}: input '{INPUT_NAME}' is {inputs[INPUT_NAME].type} {inputs[INPUT_NAME].shape}, "
                          "expected float32 [N, 3, S, S]")
     info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map, str(path))
-    p = info.preprocessing
-    if p.crop > p.resize or p.crop != info.input_size or p.scale <= 0 or 0 in p.std:
-        raise InputError(f"{path}: inconsistent preprocessing metadata {p} for input size {info.input_size}")
+    embedding = next(o for o in session.get_outputs() if o.name == EMBEDDING_OUTPUT)
+    info.check_graph(inputs[INPUT_NAME].shape, embedding.shape, str(path))
     return info
 
 

@@ -78,7 +78,7 @@ def test_model_contract_is_checked(tmp_path):
         model_info(session, path)
     bad = dataclasses.replace(fixture_info(), input_size=64)
     path = write_model(tmp_path / "bad.onnx", info=bad)
-    with pytest.raises(InputError, match="inconsistent preprocessing"):
+    with pytest.raises(InputError, match="preprocessing crop 32 differs from input_size 64"):
         model_info(create_session(path, "cpu")[0], path)
 
 

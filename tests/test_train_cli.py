@@ -41,6 +41,7 @@ def test_two_task_training_end_to_end_and_resume(tmp_path, data_dir):
     assert 0 <= rows[1]["forgetting"] <= 100 and "average accuracy" in r.stdout
     model, ckpt = model_from_checkpoint(ckpts[2])
     assert ckpt["args"].num_tasks == 2 and ckpt["optimizer"]["state"]
+    assert ckpt["args"].provenance == {"data": "generated", "backbone": "random"}  # generated data, --no-pretrained
     first = model_from_checkpoint(ckpts[1])[0]
     # frozen backbone, trained prompts
     assert torch.equal(first.state_dict()["blocks.0.attn.qkv.weight"], model.state_dict()["blocks.0.attn.qkv.weight"])

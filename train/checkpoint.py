@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
@@ -53,14 +54,29 @@ def config_to_args(cfg: DualPromptConfig, **training: Any) -> argparse.Namespace
         mlp_ratio=cfg.mlp_ratio, **training)
 
 
+# Reference options whose other values change what the model computes and are not implemented here.
+_IMPLEMENTED = {"embedding_key": "cls", "head_type": "token", "use_g_prompt": True, "use_e_prompt": True,
+                "prompt_pool": True, "prompt_key": True, "use_prefix_tune_for_g_prompt": True,
+                "use_prefix_tune_for_e_prompt": True, "same_key_value": False}
+
+
 def config_from_args(args: argparse.Namespace, **fallback: Any) -> DualPromptConfig:
-    """Architecture from a checkpoint's ``args``; ``fallback`` supplies what the args lack."""
+    """Architecture from a checkpoint's ``args``; ``fallback`` supplies what the args lack.
+
+    ``ValueError`` for values out of bounds (see :class:`DualPromptConfig`) and for reference options
+    this implementation does not compute (``embedding_key`` other than ``cls``, prompt-tuning, ...)."""
     a = vars(args) if args is not None else {}
+    unsupported = [f"{k}={a[k]!r} (implemented: {v!r})" for k, v in _IMPLEMENTED.items()
+                   if a.get(k) is not None and a[k] != v]
+    if unsupported:
+        raise ValueError(f"args ask for what this implementation does not compute: {', '.join(unsupported)}")
 
     def get(key, name):
         return a[key] if a.get(key) is not None else fallback.get(name)
 
     model = get("model", "model") or "vit_base_patch16_224"
+    if not isinstance(model, str):
+        raise ValueError(f"args.model {model!r} is not a model name")
     layers = {k: tuple(v) if v is not None else None
               for k, v in (("e_prompt_layers", get("e_prompt_layer_idx", "e_prompt_layers")),
                            ("g_prompt_layers", get("g_prompt_layer_idx", "g_prompt_layers")))}
@@ -71,6 +87,19 @@ def config_from_args(args: argparse.Namespace, **fallback: Any) -> DualPromptCon
         embed_dim=get("embed_dim", "embed_dim"), depth=get("depth", "depth"),
         num_heads=get("num_heads", "num_heads"), patch_size=get("patch_size", "patch_size"),
         mlp_ratio=get("mlp_ratio", "mlp_ratio"), **layers)
+
+
+def provenance_from_args(args: Optional[argparse.Namespace]) -> dict[str, str]:
+    """The ``provenance`` a dpcompat run records in ``args`` ({} when absent: trained elsewhere).
+
+    ``ValueError`` when it is not a small object of strings."""
+    found = getattr(args, "provenance", None)
+    if found is None:
+        return {}
+    if not isinstance(found, dict) or len(found) > 16 or \
+            not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 500 for k, v in found.items()):
+        raise ValueError("args.provenance is not an object of short strings")
+    return dict(found)
 
 
 def save_checkpoint(path: str | Path, model: DualPromptViT, optimizer: Optional[torch.optim.Optimizer],
@@ -89,7 +118,9 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: no such checkpoint")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # torch's warnings (e.g. on an unusual pickle protocol) would print above our one-line error
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
@@ -103,6 +134,10 @@ def load_checkpoint(path: str | Path) -> dict:
         raise InputError(f"{path}: not a DualPrompt checkpoint (no 'model' state dict)")
     if ckpt.get("args") is not None and not isinstance(ckpt["args"], argparse.Namespace):
         raise InputError(f"{path}: 'args' is a {type(ckpt['args']).__name__}, expected argparse.Namespace")
+    try:
+        provenance_from_args(ckpt.get("args"))
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None
     return ckpt
 
 
@@ -130,7 +165,8 @@ def model_from_checkpoint(path: str | Path, **fallback: Any) -> tuple[DualPrompt
         cfg = config_from_args(ckpt.get("args"), **fallback)
     except (ValueError, TypeError) as e:
         raise InputError(f"{path}: {e}") from None
+    with torch.device("meta"):  # shapes only: a file's args cannot make us allocate what its weights lack
+        check_state_dict(DualPromptViT(cfg), ckpt["model"], path)
     model = DualPromptViT(cfg)
-    check_state_dict(model, ckpt["model"], path)
     model.load_state_dict(ckpt["model"], strict=True)
     return model.eval(), ckpt

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from ..common.cifar import CifarSplit, cifar_dir, load_cifar
+from ..common.cifar import CifarSplit, download_cifar, load_cifar
 from ..common.errors import InputError
 
 
@@ -42,20 +42,9 @@ class ImageArrayDataset(torch.utils.data.Dataset):
 
 
 def load_split(data_path: str | Path, split: str, download: bool) -> CifarSplit:
-    """CIFAR-100 ``split`` from ``data_path``; with ``download``, fetched by torchvision first if absent."""
-    if cifar_dir(data_path, "cifar100").is_dir() or not download:
-        try:
-            return load_cifar(data_path, "cifar100", split)
-        except InputError as e:
-            if cifar_dir(data_path, "cifar100").is_dir():
-                raise
-            raise InputError(f"{e} (pass --download to fetch CIFAR-100, or --data-path to point at it)") from None
-    from torchvision.datasets import CIFAR100
-
-    try:
-        CIFAR100(str(data_path), train=split == "train", download=True)
-    except Exception as e:
-        raise InputError(f"downloading CIFAR-100 into {data_path} failed ({type(e).__name__}: {e})") from None
+    """CIFAR-100 ``split`` from ``data_path``; with ``download``, fetched first if absent."""
+    if download:
+        download_cifar(data_path, "cifar100")
     return load_cifar(data_path, "cifar100", split)
 
 

@@ -8,9 +8,11 @@ average accuracy and forgetting; a checkpoint per task. Distributed when launche
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..common.atomic import atomic_file
+from ..common.cifar import CifarSplit
 from ..common.errors import InputError
+from ..common.provenance import GENERATED, RANDOM
 from .checkpoint import (check_state_dict, checkpoint_path, config_to_args, list_checkpoints, load_checkpoint,
-                              save_checkpoint)
+                         provenance_from_args, save_checkpoint)
 from .data import eval_transform, load_split, task_classes, task_dataset, train_transform
 from .model import DualPromptConfig, DualPromptViT
 from .weights import load_pretrained_backbone
@@ -81,7 +85,11 @@ def _device(name: str, d: _Dist) -> torch.device:
         name = f"cuda:{d.local_rank}"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available to this torch build or machine")
+    if name not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name):
+        raise InputError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
     dev = torch.device(name)
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return dev
@@ -102,9 +110,24 @@ def _seed(seed: int) -> None:
 
 
 def _read_metrics(path: Path, upto: int) -> list[dict]:
+    """The rows of tasks 1..``upto`` in ``metrics.jsonl``; InputError naming the line that is not a row."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            valid = isinstance(row, dict) and type(row.get("task")) is int and row["task"] >= 1 \
+                and isinstance(row.get("accuracy"), list) and len(row["accuracy"]) == row["task"] \
+                and all(type(a) in (int, float) and 0 <= a <= 100 for a in row["accuracy"])  # NaN fails too
+        except ValueError:
+            valid = False
+        if not valid:
+            raise InputError(f"{path}: line {number} is not a metrics row (task, accuracy % per seen task); "
+                             "fix or delete it to resume")
+        rows.append(row)
     return [r for r in rows if r["task"] <= upto]
 
 
@@ -149,9 +172,64 @@ def train(opts: TrainOptions, arch: dict, log: Callable[[str], None] = print) ->
             dist.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """What every task of a run shares: settings, data, model and the rows written so far."""
+
+    opts: TrainOptions
+    d: _Dist
+    device: torch.device
+    cfg: DualPromptConfig
+    model: DualPromptViT
+    train_split: CifarSplit
+    tasks: list[list[int]]
+    test_sets: list
+    args: argparse.Namespace
+    ckpt_dir: Path
+    metrics_path: Path
+    net: Optional[torch.nn.Module] = None  # what trains: the model, or its DistributedDataParallel wrapper
+
+
 def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: Callable[[str], None]) -> TrainResult:
+    run, start = _initialise(opts, arch, d, device, log)
+    if start >= len(run.tasks):
+        log(f"all {len(run.tasks)} tasks already trained in {run.ckpt_dir}")
+        return TrainResult(_read_metrics(run.metrics_path, start), run.model.eval())
+    run.model.freeze_backbone()
+    run.model.to(device)
+    if d.world > 1:
+        ids = [device] if device.type == "cuda" else None
+        run.net = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    rows = _read_metrics(run.metrics_path, start)
+    acc = np.zeros((len(run.tasks), len(run.tasks)))
+    for r in rows:
+        acc[: r["task"], r["task"] - 1] = r["accuracy"]
+    for t in range(start, len(run.tasks)):
+        t0 = time.time()
+        optimizer, epoch_losses, train_accuracy = _train_task(run, t)
+        row = _evaluate_seen(run, t, acc)
+        row.update({"epoch_losses": epoch_losses, "train_accuracy": train_accuracy,
+                    "seconds": round(time.time() - t0, 2), "checkpoint": str(checkpoint_path(run.ckpt_dir, t + 1))})
+        rows = [r for r in rows if r["task"] < t + 1] + [row]
+        if d.main:
+            save_checkpoint(checkpoint_path(run.ckpt_dir, t + 1), run.model, optimizer, opts.epochs - 1, run.args)
+            _write_metrics(run.metrics_path, rows)
+        if d.world > 1:
+            dist.barrier()
+        log(f"task {t + 1}/{len(run.tasks)}: accuracy per seen task {row['accuracy']}  "
+            f"average {row['average_accuracy']:.2f}  forgetting {row['forgetting']:.2f}  "
+            f"loss {epoch_losses[0]:.4f} -> {epoch_losses[-1]:.4f}  ({row['seconds']:.0f} s)")
+    log(f"done: {len(run.tasks)} tasks, average accuracy {rows[-1]['average_accuracy']:.2f}, "
+        f"forgetting {rows[-1]['forgetting']:.2f}; checkpoints in {run.ckpt_dir}, metrics in {run.metrics_path}")
+    return TrainResult(rows, run.model.eval())
+
+
+def _initialise(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device,
+                log: Callable[[str], None]) -> tuple[_Run, int]:
+    """Data, model (resumed from the last complete task, or with its backbone initialised) and the
+    checkpoint ``args``; returns the run and the number of tasks already done."""
     out = Path(opts.output_dir)
-    ckpt_dir, metrics_path = out / "checkpoint", out / "metrics.jsonl"
+    ckpt_dir = out / "checkpoint"
     train_split = load_split(opts.data_path, "train", opts.download and d.main)
     test_split = load_split(opts.data_path, "test", opts.download and d.main)
     tasks = task_classes(len(train_split.classes), opts.num_tasks)
@@ -159,7 +237,6 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
         cfg = DualPromptConfig.from_name(**{**arch, "num_classes": len(train_split.classes)})
     except ValueError as e:
         raise InputError(str(e)) from None
-
     _seed(opts.seed)
     model = DualPromptViT(cfg)
     start = 0
@@ -169,93 +246,81 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
         ckpt = load_checkpoint(checkpoint_path(ckpt_dir, start))
         check_state_dict(model, ckpt["model"], checkpoint_path(ckpt_dir, start))
         model.load_state_dict(ckpt["model"])
+        backbone = provenance_from_args(ckpt.get("args")).get("backbone", "unknown (resumed from an older checkpoint)")
         log(f"resuming after task {start} ({checkpoint_path(ckpt_dir, start)})")
     elif opts.pretrained:
-        log(f"pretrained backbone: {load_pretrained_backbone(model, opts.pretrained_weights)}")
+        source = load_pretrained_backbone(model, opts.pretrained_weights)
+        backbone = f"pretrained {source}"
+        log(f"pretrained backbone: {source}")
     else:
+        backbone = RANDOM
         log("backbone: random initialisation (--no-pretrained)")
-    if start >= len(tasks):
-        log(f"all {len(tasks)} tasks already trained in {ckpt_dir}")
-        return TrainResult(_read_metrics(metrics_path, start), model.eval())
-    model.freeze_backbone()
-    model.to(device)
-    amp = device.type == "cuda"
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if amp else None) if d.world > 1 else model
-
-    rows = _read_metrics(metrics_path, start)
-    acc = np.zeros((len(tasks), len(tasks)))
-    for r in rows:
-        acc[: r["task"], r["task"] - 1] = r["accuracy"]
+    provenance = {"data": GENERATED if train_split.generated else "cifar100", "backbone": backbone}
     args = config_to_args(cfg, num_tasks=len(tasks), epochs=opts.epochs, batch_size=opts.batch_size,
                           lr=opts.lr, clip_grad=opts.clip_grad, pull_constraint_coeff=opts.pull_constraint_coeff,
                           seed=opts.seed, data_path=str(opts.data_path), dataset="Split-CIFAR100",
                           output_dir=str(out), batchwise_prompt=opts.selection == "batchwise",
                           limit_per_class=opts.limit_per_class, opt="adam", weight_decay=0.0, sched="constant",
-                          reinit_optimizer=True, distributed=d.world > 1, world_size=d.world)
+                          reinit_optimizer=True, distributed=d.world > 1, world_size=d.world, provenance=provenance)
     test_sets = [task_dataset(test_split, c, eval_transform(cfg.img_size), opts.limit_per_class) for c in tasks]
+    run = _Run(opts, d, device, cfg, model, train_split, tasks, test_sets, args, ckpt_dir, out / "metrics.jsonl", model)
+    return run, start
+
+
+def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], float]:
+    """Train task ``t`` (0-based); returns its optimizer, the mean loss of each epoch and the last
+    epoch's training accuracy (%)."""
+    opts, d, device, cfg, model = run.opts, run.d, run.device, run.cfg, run.model
     k = cfg.top_k
-
-    for t in range(start, len(tasks)):
-        t0 = time.time()
-        _seed(opts.seed + t)
-        if t > 0 and (t + 1) * k <= cfg.pool_size:
-            with torch.no_grad():
-                model.e_prompt.prompt[:, :, t * k:(t + 1) * k] = model.e_prompt.prompt[:, :, (t - 1) * k:t * k]
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=opts.lr * opts.batch_size / 256, betas=(0.9, 0.999), eps=1e-8,
-                                     weight_decay=0.0)
-        train_set = task_dataset(train_split, tasks[t], train_transform(cfg.img_size), opts.limit_per_class)
-        sampler = torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=opts.seed + t) \
-            if d.world > 1 else torch.utils.data.RandomSampler(train_set)
-        loader = torch.utils.data.DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler,
-                                             num_workers=opts.workers, drop_last=False,
-                                             persistent_workers=opts.workers > 0)
-        outside = torch.tensor(sorted(set(range(cfg.num_classes)) - set(tasks[t])), dtype=torch.long, device=device)
-        model.train()
-        epochs = tqdm(range(opts.epochs), desc=f"task {t + 1}/{len(tasks)}", disable=opts.quiet or not d.main,
-                      leave=False)
-        epoch_losses = []
-        for epoch in epochs:
-            if d.world > 1:
-                sampler.set_epoch(epoch)
-            seen = correct = 0
-            loss_sum = 0.0
-            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=opts.quiet or not d.main,
-                           leave=False)
-            for x, y in batches:
-                x, y = x.to(device), y.to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    res = net(x, task_id=t)
-                logits = res["logits"].float().index_fill(1, outside, float("-inf"))
-                loss = F.cross_entropy(logits, y) - opts.pull_constraint_coeff * res["reduce_sim"].float()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, opts.clip_grad)
-                optimizer.step()
-                seen += len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                loss_sum += loss.item() * len(y)
-                batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}")
-            epoch_losses.append(round(loss_sum / max(seen, 1), 6))
-            epochs.set_postfix(loss=f"{epoch_losses[-1]:.4f}", acc=f"{100 * correct / max(seen, 1):.1f}")
-
-        model.eval()
-        for i in range(t + 1):
-            acc[i, t] = evaluate_task(model, test_sets[i], device, opts.batch_size, d, opts.selection, amp)
-        row = {"task": t + 1, "accuracy": [round(float(a), 4) for a in acc[: t + 1, t]],
-               "average_accuracy": round(float(acc[: t + 1, t].mean()), 4), "forgetting": round(forgetting(acc, t), 4),
-               "epoch_losses": epoch_losses, "train_accuracy": round(100 * correct / max(seen, 1), 4),
-               "seconds": round(time.time() - t0, 2), "checkpoint": str(checkpoint_path(ckpt_dir, t + 1))}
-        rows = [r for r in rows if r["task"] < t + 1] + [row]
-        if d.main:
-            save_checkpoint(checkpoint_path(ckpt_dir, t + 1), model, optimizer, opts.epochs - 1, args)
-            _write_metrics(metrics_path, rows)
+    _seed(opts.seed + t)
+    if t > 0 and (t + 1) * k <= cfg.pool_size:
+        with torch.no_grad():
+            model.e_prompt.prompt[:, :, t * k:(t + 1) * k] = model.e_prompt.prompt[:, :, (t - 1) * k:t * k]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=opts.lr * opts.batch_size / 256, betas=(0.9, 0.999), eps=1e-8,
+                                 weight_decay=0.0)
+    train_set = task_dataset(run.train_split, run.tasks[t], train_transform(cfg.img_size), opts.limit_per_class)
+    sampler = torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=opts.seed + t) \
+        if d.world > 1 else torch.utils.data.RandomSampler(train_set)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler,
+                                         num_workers=opts.workers, drop_last=False,
+                                         persistent_workers=opts.workers > 0)
+    amp, net = device.type == "cuda", run.net
+    outside = torch.tensor(sorted(set(range(cfg.num_classes)) - set(run.tasks[t])), dtype=torch.long, device=device)
+    model.train()
+    quiet = opts.quiet or not d.main
+    epochs = tqdm(range(opts.epochs), desc=f"task {t + 1}/{len(run.tasks)}", disable=quiet, leave=False)
+    epoch_losses = []
+    for epoch in epochs:
         if d.world > 1:
-            dist.barrier()
-        log(f"task {t + 1}/{len(tasks)}: accuracy per seen task {row['accuracy']}  "
-            f"average {row['average_accuracy']:.2f}  forgetting {row['forgetting']:.2f}  "
-            f"loss {epoch_losses[0]:.4f} -> {epoch_losses[-1]:.4f}  ({row['seconds']:.0f} s)")
-    log(f"done: {len(tasks)} tasks, average accuracy {rows[-1]['average_accuracy']:.2f}, "
-        f"forgetting {rows[-1]['forgetting']:.2f}; checkpoints in {ckpt_dir}, metrics in {metrics_path}")
-    return TrainResult(rows, model.eval())
+            sampler.set_epoch(epoch)
+        seen = correct = 0
+        loss_sum = 0.0
+        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=quiet, leave=False)
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                res = net(x, task_id=t)
+            logits = res["logits"].float().index_fill(1, outside, float("-inf"))
+            loss = F.cross_entropy(logits, y) - opts.pull_constraint_coeff * res["reduce_sim"].float()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, opts.clip_grad)
+            optimizer.step()
+            seen += len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum += loss.item() * len(y)
+            batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}")
+        epoch_losses.append(round(loss_sum / max(seen, 1), 6))
+        epochs.set_postfix(loss=f"{epoch_losses[-1]:.4f}", acc=f"{100 * correct / max(seen, 1):.1f}")
+    return optimizer, epoch_losses, round(100 * correct / max(seen, 1), 4)
 
+
+def _evaluate_seen(run: _Run, t: int, acc: np.ndarray) -> dict:
+    """Accuracy on every task seen so far (written into column ``t`` of ``acc``) and the metrics row."""
+    run.model.eval()
+    for i in range(t + 1):
+        acc[i, t] = evaluate_task(run.model, run.test_sets[i], run.device, run.opts.batch_size, run.d,
+                                  run.opts.selection, run.device.type == "cuda")
+    return {"task": t + 1, "accuracy": [round(float(a), 4) for a in acc[: t + 1, t]],
+            "average_accuracy": round(float(acc[: t + 1, t].mean()), 4), "forgetting": round(forgetting(acc, t), 4)}

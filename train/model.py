@@ -57,6 +57,11 @@ class DualPromptConfig:
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def __post_init__(self):
+        problems = _bound_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.img_size % self.patch_size:
+            raise ValueError(f"patch_size {self.patch_size} does not divide input size {self.img_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         layers = set(self.e_prompt_layers) | set(self.g_prompt_layers)
@@ -72,6 +77,29 @@ class DualPromptConfig:
 
     def asdict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# Upper bounds, far above any ViT in use, so a config read from a file cannot ask for unbounded memory.
+_INT_BOUNDS = {"img_size": 4096, "patch_size": 4096, "embed_dim": 16_384, "depth": 1024, "num_heads": 1024,
+               "num_classes": 1_000_000, "pool_size": 10_000, "prompt_length": 10_000, "top_k": 10_000,
+               "g_prompt_length": 10_000}
+_MAX_MLP_RATIO = 64
+
+
+def _bound_problems(cfg: DualPromptConfig) -> list[str]:
+    out = [f"{name} {getattr(cfg, name)!r} is not an integer from 1 to {high}" for name, high in _INT_BOUNDS.items()
+           if not isinstance(getattr(cfg, name), int) or isinstance(getattr(cfg, name), bool)
+           or not 1 <= getattr(cfg, name) <= high]
+    ratio = cfg.mlp_ratio
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= _MAX_MLP_RATIO:
+        out.append(f"mlp_ratio {ratio!r} is not a number in (0, {_MAX_MLP_RATIO}]")  # NaN fails the comparison too
+    for name in ("e_prompt_layers", "g_prompt_layers"):
+        layers = getattr(cfg, name)
+        if not isinstance(layers, tuple) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            out.append(f"{name} {layers!r} is not a list of block indices")
+    if not cfg.e_prompt_layers:
+        out.append("e_prompt_layers is empty: DualPrompt needs at least one e-prompt layer")
+    return out
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:

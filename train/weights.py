@@ -4,6 +4,8 @@ Kept apart from the model: the model never downloads anything.
 """
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +14,8 @@ import torch
 from ..common.errors import InputError
 from .model import DualPromptConfig, DualPromptViT
 
+_WAYS_OUT = ("pass --pretrained-weights PATH (timm .pth/.safetensors or the original .npz) "
+             "or train from scratch with --no-pretrained")
 # The reference's backbone is the original ImageNet-21k ViT-B/16 (`ViT-B_16.npz`).
 _DEFAULT_TAGS = {"vit_base_patch16_224": "orig_in21k"}
 
@@ -37,6 +41,22 @@ def _timm_backbone(name: str, weights: Optional[Path], cfg: DualPromptConfig) ->
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
 
 
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
+    """Whether the weights hub answers at all: a quick probe, so an offline machine fails in seconds
+    instead of spending a minute in download retries. ``HF_HUB_OFFLINE=1`` skips it (timm then reads
+    huggingface_hub's cache only)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_pretrained_backbone(model: DualPromptViT, weights: Optional[str | Path] = None) -> str:
     """Copy pretrained backbone weights into ``model``; returns where they came from.
 
@@ -47,6 +67,9 @@ def load_pretrained_backbone(model: DualPromptViT, weights: Optional[str | Path]
     path = Path(weights) if weights is not None else None
     if path is not None and not path.is_file():
         raise InputError(f"{path}: pretrained weights file not found")
+    if path is None and not hub_reachable():
+        raise InputError(f"cannot download pretrained weights {name} ({HUB_HOST} is unreachable); "
+                         f"{_WAYS_OUT}")
     try:
         vit = _timm_backbone(name, path, model.cfg)
     except InputError:
@@ -56,8 +79,7 @@ def load_pretrained_backbone(model: DualPromptViT, weights: Optional[str | Path]
             raise InputError(f"{path}: cannot load as {name} weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
         raise InputError(
             f"cannot download pretrained weights {name} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-            "pass --pretrained-weights PATH (timm .pth/.safetensors or the original .npz) "
-            "or train from scratch with --no-pretrained") from None
+            f"{_WAYS_OUT}") from None
     source = {k: v for k, v in vit.state_dict().items() if k.startswith(DualPromptViT.BACKBONE)}
     own = {k: v for k, v in model.state_dict().items() if k.startswith(DualPromptViT.BACKBONE)}
     wrong = sorted(k for k in own if k not in source or source[k].shape != own[k].shape)
