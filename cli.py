@@ -17,7 +17,7 @@ if not __package__:
 
 import click
 
-from .common.contract import POOLS, PRECISIONS, PROVIDERS, SELECTIONS
+from .common.contract import GATHERS, POOLS, PRECISIONS, PROVIDERS, QUERIES, SELECTIONS
 from .common.errors import InputError
 
 
@@ -41,6 +41,13 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 # ---- commands: train ----
+
+_GATHER = click.option("--gather", type=click.Choice(GATHERS), default="per-sample", show_default=True,
+                       help="E-prompt gather; reference reproduces the public reference's, whose key/value roles "
+                            "depend on the batch position (for reproducing its numbers only).")
+_QUERY = click.option("--query", type=click.Choice(QUERIES), default="cls", show_default=True,
+                      help="Prompt-selection query: the frozen [CLS] after the final norm (the paper), or notebook, "
+                           "the max over the embedded tokens that the original study's notebook used.")
 
 
 def _int_list(ctx, param, value):
@@ -77,6 +84,7 @@ def _int_list(ctx, param, value):
 @click.option("--e-prompt-layers", default="2,3,4", show_default=True, callback=_int_list)
 @click.option("--selection", type=click.Choice(SELECTIONS), default="per-sample", show_default=True,
               help="Prompt selection when evaluating; batchwise is the reference's batch-dependent behaviour.")
+@_GATHER
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--workers", default=2, show_default=True, help="Data-loading worker processes.")
 @click.option("--seed", default=42, show_default=True)
@@ -84,7 +92,7 @@ def _int_list(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_path, download, output_dir, model, input_size, patch_size, embed_dim, depth, num_heads, pretrained, pretrained_weights, num_tasks, epochs,
           batch_size, lr, limit_per_class, pool_size, prompt_length, top_k, g_prompt_length, g_prompt_layers,
-          e_prompt_layers, selection, device, workers, seed, resume, quiet):
+          e_prompt_layers, selection, gather, device, workers, seed, resume, quiet):
     """Train DualPrompt on Split CIFAR-100; one reference-layout checkpoint per task.
 
     Multi-GPU or multi-node: torchrun --nproc-per-node 8 cli.py train ...
@@ -93,12 +101,44 @@ def train(data_path, download, output_dir, model, input_size, patch_size, embed_
 
     opts = TrainOptions(data_path=data_path, output_dir=output_dir, download=download, num_tasks=num_tasks,
                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit_per_class=limit_per_class,
-                        device=device, workers=workers, resume=resume, quiet=quiet, selection=selection,
+                        device=device, workers=workers, resume=resume, quiet=quiet, selection=selection, gather=gather,
                         pretrained=pretrained, pretrained_weights=pretrained_weights)
     arch = dict(model=model, img_size=input_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                 num_heads=num_heads, pool_size=pool_size, prompt_length=prompt_length, top_k=top_k,
                 g_prompt_length=g_prompt_length, g_prompt_layers=g_prompt_layers, e_prompt_layers=e_prompt_layers)
     run_training(opts, arch, log=click.echo)
+
+
+@cli.command()
+@click.option("--checkpoint-dir", default="output/checkpoint", show_default=True,
+              help="Every task{N}_checkpoint.pth there (1..T) is evaluated.")
+@click.option("--data-path", default="data", show_default=True, help="Folder holding cifar-100-python/.")
+@click.option("--out", default="accuracy", show_default=True, help="Writes accuracy.json, accuracy.csv, accuracy_heatmap.png.")
+@click.option("--batch-size", type=int, help="Evaluation batch size (default: the checkpoints' args.batch_size).")
+@click.option("--selection", type=click.Choice(SELECTIONS),
+              help="Prompt selection (default: batchwise when the checkpoints' args.batchwise_prompt is set).")
+@click.option("--gather", type=click.Choice(GATHERS),
+              help="E-prompt gather (default: the one train recorded, else per-sample); reference = the public "
+                   "reference's, key/value roles by batch position.")
+@_QUERY
+@click.option("--limit-per-class", type=int, help="First N test images per class (default: the checkpoints' own).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--bf16/--fp32", default=True, show_default=True,
+              help="On CUDA: bf16 autocast as train evaluates, or float32 as the reference evaluates.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def accuracy(checkpoint_dir, data_path, out, batch_size, selection, gather, query, limit_per_class, device, bf16, quiet):
+    """Accuracy matrix, average accuracy and forgetting of saved task checkpoints on Split CIFAR-100.
+
+    Several GPUs: torchrun --nproc-per-node 8 cli.py accuracy ...
+    """
+    from .train.accuracy import AccuracyOptions, evaluate_checkpoints, format_table
+
+    result = evaluate_checkpoints(AccuracyOptions(
+        checkpoint_dir=checkpoint_dir, data_path=data_path, out=out, batch_size=batch_size, selection=selection,
+        gather=gather, query=query, limit_per_class=limit_per_class, device=device, bf16=bf16, quiet=quiet))
+    if result.written:
+        click.echo(format_table(result))
+        click.echo(f"wrote {', '.join(str(p) for p in result.written)}")
 
 # ---- commands: export ----
 
@@ -123,13 +163,16 @@ def _chosen_tasks(task, tasks, all_tasks):
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="fp16: half-precision weights and compute; input and output stay float32.")
 @click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18 or newer; 20 needs onnxruntime >= 1.17).")
-def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset):
+@_GATHER
+@_QUERY
+def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset, gather, query):
     """Export task feature extractors to ONNX for hosts with onnxruntime and no PyTorch."""
     from .export.onnx_export import export_task, select_checkpoints
 
     chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     for t, ckpt in chosen.items():
-        r = export_task(ckpt, Path(output_dir) / f"task{t}.onnx", selection, pool, precision, opset, task=t)
+        r = export_task(ckpt, Path(output_dir) / f"task{t}.onnx", selection, pool, precision, opset, task=t,
+                        gather=gather, query=query)
         click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
                    f"bytes, {r.seconds:.1f} s)")
 
@@ -174,7 +217,8 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
                     count=random_count if random_count is not None else limit, seed=seed)
     report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider)
     c = report.context
-    click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}, {report.precision}, {report.selection}, pool {c['pool']}) "
+    click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}, {report.precision}, {report.selection}, pool {c['pool']}, "
+               f"gather {c['gather']}, query {c['query']}) "
                f"vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}")
     click.echo(format_table(report))
     if report_path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from ..common.contract import FORMAT_VERSION, POOLS, PRECISIONS, SELECTIONS
+from ..common.contract import FORMAT_VERSION, GATHERS, POOLS, PRECISIONS, QUERIES, SELECTIONS
 from ..common.errors import InputError
 
 
@@ -59,6 +59,9 @@ class ModelInfo:
     # Where the weights came from, carried to every store manifest and report made from this file:
     # {"data": "cifar100" | "generated" | ..., "backbone": "pretrained ..." | "random"}; {} when unknown.
     provenance: dict = field(default_factory=dict)
+    # The reference modes (common.contract GATHERS, QUERIES); files written before they existed read as the defaults.
+    gather: str = "per-sample"
+    query: str = "cls"
 
     def to_props(self) -> dict[str, str]:
         structured = ("versions", "architecture", "provenance")
@@ -70,7 +73,7 @@ class ModelInfo:
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> "ModelInfo":
         """Parse ``metadata_props``; ``source`` (the file) is named in any error."""
-        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"architecture", "provenance"})
+        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"architecture", "provenance", "gather", "query"})
         if missing:
             raise InputError(f"{source}: not a dpcompat export (metadata lacks {', '.join(missing)})")
         if props["format_version"] != FORMAT_VERSION:
@@ -84,7 +87,8 @@ class ModelInfo:
                        preprocessing=Preprocessing.from_json(props["preprocessing"]),
                        versions=json.loads(props["versions"]),
                        architecture=json.loads(props.get("architecture", "{}")),
-                       provenance=json.loads(props.get("provenance", "{}")))
+                       provenance=json.loads(props.get("provenance", "{}")),
+                       gather=props.get("gather", "per-sample"), query=props.get("query", "cls"))
         except (ValueError, KeyError, TypeError) as e:
             raise InputError(f"{source}: malformed export metadata ({e})") from None
         info.check(source)
@@ -93,7 +97,8 @@ class ModelInfo:
     def check(self, source: str) -> None:
         """Refuse choices outside the contract; ``source`` is named in the error."""
         for name, value, allowed in (("selection", self.selection, SELECTIONS), ("pool", self.pool, POOLS),
-                                     ("precision", self.precision, PRECISIONS)):
+                                     ("precision", self.precision, PRECISIONS), ("gather", self.gather, GATHERS),
+                                     ("query", self.query, QUERIES)):
             if value not in allowed:
                 raise InputError(f"{source}: metadata names an unknown {name} {value!r} "
                                  f"(expected one of {', '.join(allowed)})")

@@ -51,6 +51,7 @@ class TrainOptions:
     resume: bool = False
     quiet: bool = False
     selection: str = "per-sample"
+    gather: str = "per-sample"  # "reference": the public reference's e-prompt gather, in training and evaluation
     pretrained: bool = True
     pretrained_weights: Optional[str] = None
 
@@ -115,15 +116,16 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 @torch.no_grad()
 def evaluate_task(model: torch.nn.Module, dataset, device: torch.device, batch_size: int, d: _Dist,
-                  selection: str, amp: bool) -> float:
-    """Top-1 accuracy (%) over all classes, the samples split across ranks and the counts summed."""
+                  selection: str, amp: bool, *, gather: str = "per-sample", query: str = "cls") -> float:
+    """Top-1 accuracy (%) over all classes, the samples split across ranks and the counts summed
+    (``gather``, ``query``: the model's reference modes)."""
     subset = torch.utils.data.Subset(dataset, range(d.rank, len(dataset), d.world))
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
     correct = torch.zeros(2, dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x, selection=selection)["logits"]
+            logits = model(x, selection=selection, gather=gather, query=query)["logits"]
         correct += torch.tensor([(logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64, device=device)
     if d.world > 1:
         dist.all_reduce(correct)
@@ -186,12 +188,13 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
     acc = np.zeros((len(tasks), len(tasks)))
     for r in rows:
         acc[: r["task"], r["task"] - 1] = r["accuracy"]
+    # lr as the reference stores it, after scaling by the per-device batch size
     args = config_to_args(cfg, num_tasks=len(tasks), epochs=opts.epochs, batch_size=opts.batch_size,
-                          lr=opts.lr, clip_grad=opts.clip_grad, pull_constraint_coeff=opts.pull_constraint_coeff,
+                          lr=opts.lr * opts.batch_size / 256, pretrained=opts.pretrained, clip_grad=opts.clip_grad, pull_constraint_coeff=opts.pull_constraint_coeff,
                           seed=opts.seed, data_path=str(opts.data_path), dataset="Split-CIFAR100",
                           output_dir=str(out), batchwise_prompt=opts.selection == "batchwise",
                           limit_per_class=opts.limit_per_class, opt="adam", weight_decay=0.0, sched="constant",
-                          reinit_optimizer=True, distributed=d.world > 1, world_size=d.world)
+                          reinit_optimizer=True, distributed=d.world > 1, world_size=d.world, gather=opts.gather)
     test_sets = [task_dataset(test_split, c, eval_transform(cfg.img_size), opts.limit_per_class) for c in tasks]
     k = cfg.top_k
 
@@ -225,7 +228,7 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
             for x, y in batches:
                 x, y = x.to(device), y.to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    res = net(x, task_id=t)
+                    res = net(x, task_id=t, selection=opts.selection, gather=opts.gather)
                 logits = res["logits"].float().index_fill(1, outside, float("-inf"))
                 loss = F.cross_entropy(logits, y) - opts.pull_constraint_coeff * res["reduce_sim"].float()
                 optimizer.zero_grad(set_to_none=True)
@@ -241,7 +244,8 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
 
         model.eval()
         for i in range(t + 1):
-            acc[i, t] = evaluate_task(model, test_sets[i], device, opts.batch_size, d, opts.selection, amp)
+            acc[i, t] = evaluate_task(model, test_sets[i], device, opts.batch_size, d, opts.selection, amp,
+                                      gather=opts.gather)
         row = {"task": t + 1, "accuracy": [round(float(a), 4) for a in acc[: t + 1, t]],
                "average_accuracy": round(float(acc[: t + 1, t].mean()), 4), "forgetting": round(forgetting(acc, t), 4),
                "epoch_losses": epoch_losses, "train_accuracy": round(100 * correct / max(seen, 1), 4),
