@@ -17,7 +17,7 @@ if not __package__:
 
 import click
 
-from .common.contract import GATHERS, POOLS, PRECISIONS, PROVIDERS, QUERIES, SELECTIONS
+from .common.contract import DISTILL_KINDS, GATHERS, POOLS, PRECISIONS, PROVIDERS, QUERIES, SELECTIONS
 from .common.errors import InputError
 
 
@@ -48,6 +48,12 @@ _GATHER = click.option("--gather", type=click.Choice(GATHERS), default="per-samp
 _QUERY = click.option("--query", type=click.Choice(QUERIES), default="cls", show_default=True,
                       help="Prompt-selection query: the frozen [CLS] after the final norm (the paper), or notebook, "
                            "the max over the embedded tokens that the original study's notebook used.")
+
+
+def _non_negative(ctx, param, value):
+    if not (value >= 0 and value != float("inf")):
+        raise InputError(f"--{param.name.replace('_', '-')} {value}: must be a finite number >= 0")
+    return value
 
 
 def _int_list(ctx, param, value):
@@ -85,6 +91,11 @@ def _int_list(ctx, param, value):
 @click.option("--selection", type=click.Choice(SELECTIONS), default="per-sample", show_default=True,
               help="Prompt selection when evaluating; batchwise is the reference's batch-dependent behaviour.")
 @_GATHER
+@click.option("--distill-weight", default=0.0, show_default=True, callback=_non_negative,
+              help="λ of a feature-distillation term from the model after the previous task (0: none).")
+@click.option("--distill-kind", type=click.Choice(DISTILL_KINDS), default="cosine", show_default=True,
+              help="cosine: λ(1 - cos(f_t(x), f_t-1(x))), the original study's; bct: BCT's influence loss "
+                   "(the previous task's classifier on the new embedding).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--workers", default=2, show_default=True, help="Data-loading worker processes.")
 @click.option("--seed", default=42, show_default=True)
@@ -92,7 +103,7 @@ def _int_list(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_path, download, output_dir, model, input_size, patch_size, embed_dim, depth, num_heads, pretrained, pretrained_weights, num_tasks, epochs,
           batch_size, lr, limit_per_class, pool_size, prompt_length, top_k, g_prompt_length, g_prompt_layers,
-          e_prompt_layers, selection, gather, device, workers, seed, resume, quiet):
+          e_prompt_layers, selection, gather, distill_weight, distill_kind, device, workers, seed, resume, quiet):
     """Train DualPrompt on Split CIFAR-100; one reference-layout checkpoint per task.
 
     Multi-GPU or multi-node: torchrun --nproc-per-node 8 cli.py train ...
@@ -102,6 +113,7 @@ def train(data_path, download, output_dir, model, input_size, patch_size, embed_
     opts = TrainOptions(data_path=data_path, output_dir=output_dir, download=download, num_tasks=num_tasks,
                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit_per_class=limit_per_class,
                         device=device, workers=workers, resume=resume, quiet=quiet, selection=selection, gather=gather,
+                        distill_weight=distill_weight, distill_kind=distill_kind,
                         pretrained=pretrained, pretrained_weights=pretrained_weights)
     arch = dict(model=model, img_size=input_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                 num_heads=num_heads, pool_size=pool_size, prompt_length=prompt_length, top_k=top_k,
@@ -332,15 +344,19 @@ def doctor(as_json):
 @click.option("--pretrained-weights", type=click.Path(dir_okay=False),
               help="Local ViT-Tiny weights (timm .pth/.safetensors or .npz); else downloaded when the network allows.")
 @click.option("--smoke", is_flag=True, help="A miniature model on 32x32 inputs: the same chain in well under a minute.")
+@click.option("--distill-weight", default=0.0, show_default=True, callback=_non_negative,
+              help="Train with feature distillation of this weight (compare with a run without it).")
+@click.option("--distill-kind", type=click.Choice(DISTILL_KINDS), default="cosine", show_default=True)
 @_PROVIDER
-def demo(workdir, data_path, download, pretrained_weights, smoke, provider):
+def demo(workdir, data_path, download, pretrained_weights, smoke, distill_weight, distill_kind, provider):
     """Run train -> export -> verify -> embed -> evaluate on a small setting, offline if need be."""
     import time
 
     from .demo import run_demo
 
     start = time.perf_counter()
-    result = run_demo(workdir, data_path, download, pretrained_weights, smoke, provider, log=click.echo)
+    result = run_demo(workdir, data_path, download, pretrained_weights, smoke, provider, log=click.echo,
+                      distill=(distill_weight, distill_kind))
     click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s "
                f"({', '.join(f'{k} {v} s' for k, v in result['times'].items())})")
     for note in result["notes"]:

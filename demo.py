@@ -132,8 +132,9 @@ def _choose_provider(provider: str, log: Callable[[str], None]) -> str:
 
 
 def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: Optional[str], smoke: bool,
-                notes: list[str], log: Callable[[str], None]) -> list[dict]:
-    """Train every task; falls back to a random backbone (noted) when no pretrained weights can be had."""
+                notes: list[str], log: Callable[[str], None], distill: tuple[float, str] = (0.0, "cosine")) -> list[dict]:
+    """Train every task; falls back to a random backbone (noted) when no pretrained weights can be had.
+    ``distill``: (weight, kind) of train's feature distillation."""
     from .train.loop import TrainOptions, train
 
     pretrained = pretrained_weights is not None or (not smoke and _network_reachable())
@@ -142,7 +143,8 @@ def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: 
         log(f"   !!! {RANDOM_BACKBONE_NOTE}")
     opts = TrainOptions(data_path=str(data), output_dir=str(workdir / "output"), num_tasks=s.num_tasks,
                         epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, workers=0, quiet=True,
-                        pretrained=pretrained, pretrained_weights=pretrained_weights, device="cpu")
+                        pretrained=pretrained, pretrained_weights=pretrained_weights, device="cpu",
+                        distill_weight=distill[0], distill_kind=distill[1])
     arch = {"model": s.model, **dict(s.arch)}
     try:
         return train(opts, arch, log=lambda m: log(f"   {m}")).rows
@@ -197,8 +199,9 @@ def evaluate_stage(workdir: Path, query, gallery, provenance: dict, notes: list[
 
 def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", download: bool = False,
              pretrained_weights: Optional[str] = None, smoke: bool = False, provider: str = "auto",
-             log: Callable[[str], None] = print) -> dict:
-    """Run every stage into ``workdir``; returns a summary with the report's location and stage times."""
+             log: Callable[[str], None] = print, distill: tuple[float, str] = (0.0, "cosine")) -> dict:
+    """Run every stage into ``workdir``; returns a summary with the report's location and stage times.
+    ``distill``: (weight, kind) of a feature-distillation term in training (weight 0: none)."""
     from .evaluate.pipeline import collect_from_models
 
     s = SMOKE if smoke else DEMO
@@ -212,7 +215,7 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
             notes.append(GENERATED_NOTE)
             log(f"   !!! {GENERATED_NOTE}")
     with stages.stage("train"):
-        rows = train_stage(workdir, data, s, pretrained_weights, smoke, notes, log)
+        rows = train_stage(workdir, data, s, pretrained_weights, smoke, notes, log, distill)
     with stages.stage("export"):
         exports = export_stage(workdir, s, log)
     with stages.stage("verify"):
@@ -223,6 +226,7 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
     with stages.stage("evaluate"):
         provenance = {"data": "generated" if generated else "CIFAR-100 (training) / CIFAR-10 (evaluation)",
                       "backbone": "pretrained" if RANDOM_BACKBONE_NOTE not in notes else "random", "notes": notes,
-                      "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows}
+                      "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows,
+                      "distillation": {"weight": distill[0], "kind": distill[1]}}
         written = evaluate_stage(workdir, query, gallery, provenance, notes, log)
     return {"reports": [str(p) for p in written], "times": stages.times, "generated": generated, "notes": notes}

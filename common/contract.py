@@ -40,6 +40,8 @@ GATHERS = ("per-sample", "reference")
 # cls: the frozen backbone's [CLS] after the final norm (the paper); notebook: the element-wise max over the
 # embedded tokens before the first block (what the original study's notebook ran)
 QUERIES = ("cls", "notebook")
+# training's feature distillation: the original study's cosine term, or BCT's influence loss
+DISTILL_KINDS = ("cosine", "bct")
 PRECISIONS = ("fp32", "fp16")
 PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
 

@@ -26,6 +26,7 @@ from ..common.atomic import atomic_file
 from ..common.errors import InputError
 from .checkpoint import (check_state_dict, checkpoint_path, config_to_args, list_checkpoints, load_checkpoint,
                               save_checkpoint)
+from .distill import Distiller
 from .data import eval_transform, load_split, task_classes, task_dataset, train_transform
 from .model import DualPromptConfig, DualPromptViT
 from .weights import load_pretrained_backbone
@@ -52,6 +53,8 @@ class TrainOptions:
     quiet: bool = False
     selection: str = "per-sample"
     gather: str = "per-sample"  # "reference": the public reference's e-prompt gather, in training and evaluation
+    distill_weight: float = 0.0  # λ of the distillation term from task 2 on (train/distill.py); 0: none
+    distill_kind: str = "cosine"  # "cosine" (the original study) or "bct" (BCT's influence loss)
     pretrained: bool = True
     pretrained_weights: Optional[str] = None
 
@@ -194,13 +197,16 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
                           seed=opts.seed, data_path=str(opts.data_path), dataset="Split-CIFAR100",
                           output_dir=str(out), batchwise_prompt=opts.selection == "batchwise",
                           limit_per_class=opts.limit_per_class, opt="adam", weight_decay=0.0, sched="constant",
-                          reinit_optimizer=True, distributed=d.world > 1, world_size=d.world, gather=opts.gather)
+                          reinit_optimizer=True, distributed=d.world > 1, world_size=d.world, gather=opts.gather,
+                          distill_weight=opts.distill_weight, distill_kind=opts.distill_kind)
     test_sets = [task_dataset(test_split, c, eval_transform(cfg.img_size), opts.limit_per_class) for c in tasks]
     k = cfg.top_k
 
     for t in range(start, len(tasks)):
         t0 = time.time()
         _seed(opts.seed + t)
+        distiller = Distiller(model, opts.distill_kind, selection=opts.selection, gather=opts.gather) \
+            if t > 0 and opts.distill_weight else None
         if t > 0 and (t + 1) * k <= cfg.pool_size:
             with torch.no_grad():
                 model.e_prompt.prompt[:, :, t * k:(t + 1) * k] = model.e_prompt.prompt[:, :, (t - 1) * k:t * k]
@@ -213,16 +219,18 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
         loader = torch.utils.data.DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler,
                                              num_workers=opts.workers, drop_last=False,
                                              persistent_workers=opts.workers > 0)
+        if distiller:
+            distiller.prepare(loader, tasks[t], [c for task in tasks[:t + 1] for c in task], device)
         outside = torch.tensor(sorted(set(range(cfg.num_classes)) - set(tasks[t])), dtype=torch.long, device=device)
         model.train()
         epochs = tqdm(range(opts.epochs), desc=f"task {t + 1}/{len(tasks)}", disable=opts.quiet or not d.main,
                       leave=False)
-        epoch_losses = []
+        epoch_losses, distill_losses = [], []
         for epoch in epochs:
             if d.world > 1:
                 sampler.set_epoch(epoch)
             seen = correct = 0
-            loss_sum = 0.0
+            loss_sum = distill_sum = 0.0
             batches = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=opts.quiet or not d.main,
                            leave=False)
             for x, y in batches:
@@ -231,6 +239,10 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
                     res = net(x, task_id=t, selection=opts.selection, gather=opts.gather)
                 logits = res["logits"].float().index_fill(1, outside, float("-inf"))
                 loss = F.cross_entropy(logits, y) - opts.pull_constraint_coeff * res["reduce_sim"].float()
+                if distiller:
+                    term = distiller.term(x, y, res["embedding"])
+                    loss = loss + opts.distill_weight * term
+                    distill_sum += term.item() * len(y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, opts.clip_grad)
@@ -240,6 +252,7 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
                 loss_sum += loss.item() * len(y)
                 batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}")
             epoch_losses.append(round(loss_sum / max(seen, 1), 6))
+            distill_losses.append(round(distill_sum / max(seen, 1), 6))
             epochs.set_postfix(loss=f"{epoch_losses[-1]:.4f}", acc=f"{100 * correct / max(seen, 1):.1f}")
 
         model.eval()
@@ -248,7 +261,8 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
                                       gather=opts.gather)
         row = {"task": t + 1, "accuracy": [round(float(a), 4) for a in acc[: t + 1, t]],
                "average_accuracy": round(float(acc[: t + 1, t].mean()), 4), "forgetting": round(forgetting(acc, t), 4),
-               "epoch_losses": epoch_losses, "train_accuracy": round(100 * correct / max(seen, 1), 4),
+               "epoch_losses": epoch_losses, "distill_weight": opts.distill_weight, "distill_kind": opts.distill_kind,
+               "distill_losses": distill_losses if distiller else None, "train_accuracy": round(100 * correct / max(seen, 1), 4),
                "seconds": round(time.time() - t0, 2), "checkpoint": str(checkpoint_path(ckpt_dir, t + 1))}
         rows = [r for r in rows if r["task"] < t + 1] + [row]
         if d.main:
