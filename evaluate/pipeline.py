@@ -112,8 +112,12 @@ def collect_from_store(model_ids: Sequence[str], query_spec: str, gallery_spec: 
 
 def _describe(sets: Sequence[EmbeddingSet]) -> dict:
     m = sets[0].manifest
+    # How each model embeds; stores written before the gather and query modes existed used the defaults.
+    modes = {s.model_id: {"pool": s.manifest["model"].get("pool"), "selection": s.manifest["model"].get("selection"),
+                          "gather": s.manifest["model"].get("gather", "per-sample"),
+                          "query": s.manifest["model"].get("query", "cls")} for s in sets}
     return {"spec": m["dataset"]["spec"], "fingerprint": m["dataset"]["fingerprint"], "count": sets[0].count,
-            "skipped": len(m["skipped"]), "sets": [str(s.path) for s in sets]}
+            "skipped": len(m["skipped"]), "sets": [str(s.path) for s in sets], "modes": modes}
 
 
 def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet], k: int = 5,

@@ -70,7 +70,9 @@ def _markdown(result: Compatibility, models: Sequence[str], query: dict, gallery
     lines = ["# Backward compatibility", ""] + [f"> **{note}**\n" for note in notes] + [
              f"Query: `{query['spec']}` ({query['count']} images); gallery: `{gallery['spec']}` "
              f"({gallery['count']} images{own}). Cosine similarity; kNN with k = {protocol['k']}.",
-             "Rows: query model; columns: gallery model. `*` marks a compatible cell: C[i][j] > C[j][j].", ""]
+             "Rows: query model; columns: gallery model. `*` marks a compatible cell: C[i][j] > C[j][j].",
+             "Models (pool, selection, gather, query): " + "; ".join(
+                 f"{m} ({', '.join(str(v) for v in query.get('modes', {}).get(m, {}).values())})" for m in models), ""]
     header = "| query \\ gallery | " + " | ".join(models) + " |"
     rule = "|---" * (len(models) + 1) + "|"
     for name in METRICS:

@@ -8,10 +8,10 @@ import torch
 
 from dpcompat.common.synthetic import write_synthetic_cifar
 from dpcompat.train.accuracy import AccuracyOptions, evaluate_checkpoints
-from dpcompat.train.checkpoint import model_from_checkpoint
+from dpcompat.train.checkpoint import checkpoint_path, config_to_args, model_from_checkpoint, save_checkpoint
 from dpcompat.train.data import eval_transform, load_split, task_classes, task_dataset
 from test_train_cli import TRAIN, run_cli
-from train_fixtures import reference_outputs
+from train_fixtures import reference_outputs, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,19 @@ def trained(tmp_path_factory):
         assert r.returncode == 0, r.stderr
         runs[name] = root / name
     return root, runs
+
+
+@pytest.fixture(scope="module")
+def random_checkpoints(tmp_path_factory):
+    """Two task checkpoints of random-weight models (predictions near chance, so that any change of an
+    embedding shows in the accuracy) and 25 test images per class."""
+    root = tmp_path_factory.mktemp("acc-random")
+    write_synthetic_cifar(root / "data", "cifar100", num_classes=4, train_per_class=1, test_per_class=25)
+    for t in (1, 2):
+        model = tiny_model(seed=t, num_classes=4)
+        save_checkpoint(checkpoint_path(root / "checkpoint", t), model, None, 0,
+                        config_to_args(model.cfg, num_tasks=2, batch_size=8))
+    return root
 
 
 def _metrics(run):
@@ -74,11 +87,11 @@ def _reference_eval(checkpoints, data_path, batch_size):
 
 
 @pytest.mark.parametrize("batch", [1, 2, 7, 8])
-def test_reference_modes_reproduce_the_reference_eval(trained, batch, tmp_path):
-    root, runs = trained
-    ckpts = [runs["reference"] / "checkpoint" / f"task{t}_checkpoint.pth" for t in (1, 2)]
+def test_reference_modes_reproduce_the_reference_eval(random_checkpoints, batch, tmp_path):
+    root = random_checkpoints
+    ckpts = [root / "checkpoint" / f"task{t}_checkpoint.pth" for t in (1, 2)]
     result = evaluate_checkpoints(AccuracyOptions(
-        checkpoint_dir=str(runs["reference"] / "checkpoint"), data_path=str(root / "data"), out=str(tmp_path),
+        checkpoint_dir=str(root / "checkpoint"), data_path=str(root / "data"), out=str(tmp_path),
         batch_size=batch, selection="batchwise", gather="reference", device="cpu", quiet=True))
     acc, printed = _reference_eval(ckpts, root / "data", batch)
     assert np.allclose(np.nan_to_num(result.matrix), acc, atol=1e-9)
@@ -86,11 +99,11 @@ def test_reference_modes_reproduce_the_reference_eval(trained, batch, tmp_path):
         assert row["average_accuracy"] == round(average, 4) and row["forgetting"] == round(forgetting, 4)
 
 
-def test_batch_position_dependence_changes_the_numbers(trained, tmp_path):
-    """The reference modes are not a relabelling: at batch 8 they differ from the batch-invariant modes
-    for these checkpoints (trained under the reference's gather)."""
-    root, runs = trained
-    opts = dict(checkpoint_dir=str(runs["reference"] / "checkpoint"), data_path=str(root / "data"),
+def test_batch_position_dependence_changes_the_numbers(random_checkpoints, tmp_path):
+    """The reference modes are not a relabelling: at batch 8 they change these checkpoints' accuracies,
+    so the test above would see a wrong gather."""
+    root = random_checkpoints
+    opts = dict(checkpoint_dir=str(root / "checkpoint"), data_path=str(root / "data"), selection="batchwise",
                 batch_size=8, device="cpu", quiet=True)
     ref = evaluate_checkpoints(AccuracyOptions(out=str(tmp_path / "a"), gather="reference", **opts))
     fixed = evaluate_checkpoints(AccuracyOptions(out=str(tmp_path / "b"), gather="per-sample", **opts))

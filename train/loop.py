@@ -193,7 +193,8 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
         acc[: r["task"], r["task"] - 1] = r["accuracy"]
     # lr as the reference stores it, after scaling by the per-device batch size
     args = config_to_args(cfg, num_tasks=len(tasks), epochs=opts.epochs, batch_size=opts.batch_size,
-                          lr=opts.lr * opts.batch_size / 256, pretrained=opts.pretrained, clip_grad=opts.clip_grad, pull_constraint_coeff=opts.pull_constraint_coeff,
+                          lr=opts.lr * opts.batch_size / 256, pretrained=opts.pretrained, clip_grad=opts.clip_grad,
+                          pull_constraint_coeff=opts.pull_constraint_coeff,
                           seed=opts.seed, data_path=str(opts.data_path), dataset="Split-CIFAR100",
                           output_dir=str(out), batchwise_prompt=opts.selection == "batchwise",
                           limit_per_class=opts.limit_per_class, opt="adam", weight_decay=0.0, sched="constant",
@@ -237,10 +238,10 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
                 x, y = x.to(device), y.to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     res = net(x, task_id=t, selection=opts.selection, gather=opts.gather)
+                    term = distiller.term(x, y, res["embedding"]) if distiller else None
                 logits = res["logits"].float().index_fill(1, outside, float("-inf"))
                 loss = F.cross_entropy(logits, y) - opts.pull_constraint_coeff * res["reduce_sim"].float()
                 if distiller:
-                    term = distiller.term(x, y, res["embedding"])
                     loss = loss + opts.distill_weight * term
                     distill_sum += term.item() * len(y)
                 optimizer.zero_grad(set_to_none=True)
@@ -262,7 +263,8 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
         row = {"task": t + 1, "accuracy": [round(float(a), 4) for a in acc[: t + 1, t]],
                "average_accuracy": round(float(acc[: t + 1, t].mean()), 4), "forgetting": round(forgetting(acc, t), 4),
                "epoch_losses": epoch_losses, "distill_weight": opts.distill_weight, "distill_kind": opts.distill_kind,
-               "distill_losses": distill_losses if distiller else None, "train_accuracy": round(100 * correct / max(seen, 1), 4),
+               "distill_losses": distill_losses if distiller else None,
+               "train_accuracy": round(100 * correct / max(seen, 1), 4),
                "seconds": round(time.time() - t0, 2), "checkpoint": str(checkpoint_path(ckpt_dir, t + 1))}
         rows = [r for r in rows if r["task"] < t + 1] + [row]
         if d.main:
