@@ -81,7 +81,8 @@ def test_training_with_distillation_records_it_and_resumes(tmp_path, data_dir, k
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["distill_losses"] is None and len(rows[1]["distill_losses"]) == 3
     assert rows[1]["distill_weight"] == 0.5 and rows[1]["distill_kind"] == kind
-    assert all(v > 0 for v in rows[1]["distill_losses"])
+    # the cosine term is positive once training moves the model; BCT's can round to 0 (separable classes)
+    assert all(v > 0 if kind == "cosine" else v >= 0 for v in rows[1]["distill_losses"])
     ckpts = list_checkpoints(tmp_path / "out" / "checkpoint")
     model, ckpt = model_from_checkpoint(ckpts[2])
     assert (ckpt["args"].distill_weight, ckpt["args"].distill_kind) == (0.5, kind)
