@@ -19,7 +19,8 @@ if not __package__:
 
 import click
 
-from .common.contract import FILE_PRECISIONS, POOLS, PRECISIONS, PROVIDERS, QUANTIZED_PRECISIONS, SELECTIONS, parse_provider
+from .common.contract import (DISTILL_KINDS, FILE_PRECISIONS, GATHERS, POOLS, PRECISIONS, PROVIDERS, QUANTIZED_PRECISIONS,
+                              QUERIES, SELECTIONS, parse_provider)
 from .common.errors import InputError
 from .common.outputs import require_space, writable_dir, writable_file
 
@@ -134,6 +135,19 @@ _DOWNLOAD = click.option("--download", is_flag=True, help="Fetch CIFAR-10/100 in
 
 # ---- commands: train ----
 
+_GATHER = click.option("--gather", type=click.Choice(GATHERS), default="per-sample", show_default=True,
+                       help="E-prompt gather; reference reproduces the public reference's, whose key/value roles "
+                            "depend on the batch position (for reproducing its numbers only).")
+_QUERY = click.option("--query", type=click.Choice(QUERIES), default="cls", show_default=True,
+                      help="Prompt-selection query: the frozen [CLS] after the final norm (the paper), or notebook, "
+                           "the max over the embedded tokens that the original study's notebook used.")
+
+
+def _non_negative(ctx, param, value):
+    if not (value >= 0 and value != float("inf")):
+        raise InputError(f"--{param.name.replace('_', '-')} {value}: must be a finite number >= 0")
+    return value
+
 
 class _BadValue(click.BadParameter):
     """A refused option value; the message starts with the value: ``--k 0: expected ...``."""
@@ -238,6 +252,12 @@ def _device(ctx, param, value):
 @click.option("--e-prompt-layers", default="2,3,4", show_default=True, callback=_int_list(0))
 @click.option("--selection", type=click.Choice(SELECTIONS), default="per-sample", show_default=True,
               help="Prompt selection when evaluating; batchwise is the reference's batch-dependent behaviour.")
+@_GATHER
+@click.option("--distill-weight", default=0.0, show_default=True, callback=_non_negative,
+              help="λ of a feature-distillation term from the model after the previous task (0: none).")
+@click.option("--distill-kind", type=click.Choice(DISTILL_KINDS), default="cosine", show_default=True,
+              help="cosine: λ(1 - cos(f_t(x), f_t-1(x))), the original study's; bct: BCT's influence loss "
+                   "(the previous task's classifier on the new embedding).")
 @click.option("--device", default="auto", show_default=True, callback=_device, help="auto, cpu, cuda or cuda:N.")
 @click.option("--workers", type=NON_NEGATIVE, default=2, show_default=True, help="Data-loading worker processes.")
 @click.option("--seed", type=NON_NEGATIVE, default=42, show_default=True)
@@ -245,7 +265,7 @@ def _device(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(data_path, download, output_dir, model, input_size, patch_size, embed_dim, depth, num_heads, pretrained, pretrained_weights, num_tasks, epochs,
           batch_size, lr, limit_per_class, pool_size, prompt_length, top_k, g_prompt_length, g_prompt_layers,
-          e_prompt_layers, selection, device, workers, seed, resume, quiet):
+          e_prompt_layers, selection, gather, distill_weight, distill_kind, device, workers, seed, resume, quiet):
     """Train DualPrompt on Split CIFAR-100; one reference-layout checkpoint per task.
 
     Multi-GPU or multi-node: torchrun --nproc-per-node 8 cli.py train ...
@@ -255,12 +275,45 @@ def train(data_path, download, output_dir, model, input_size, patch_size, embed_
     writable_dir(output_dir, "--output-dir")
     opts = TrainOptions(data_path=data_path, output_dir=output_dir, download=download, num_tasks=num_tasks,
                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit_per_class=limit_per_class,
-                        device=device, workers=workers, resume=resume, quiet=quiet, selection=selection,
+                        device=device, workers=workers, resume=resume, quiet=quiet, selection=selection, gather=gather,
+                        distill_weight=distill_weight, distill_kind=distill_kind,
                         pretrained=pretrained, pretrained_weights=pretrained_weights)
     arch = dict(model=model, img_size=input_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                 num_heads=num_heads, pool_size=pool_size, prompt_length=prompt_length, top_k=top_k,
                 g_prompt_length=g_prompt_length, g_prompt_layers=g_prompt_layers, e_prompt_layers=e_prompt_layers)
     run_training(opts, arch, log=click.echo)
+
+
+@cli.command()
+@click.option("--checkpoint-dir", default="output/checkpoint", show_default=True,
+              help="Every task{N}_checkpoint.pth there (1..T) is evaluated.")
+@click.option("--data-path", default="data", show_default=True, help="Folder holding cifar-100-python/.")
+@click.option("--out", default="accuracy", show_default=True, help="Writes accuracy.json, accuracy.csv, accuracy_heatmap.png.")
+@click.option("--batch-size", type=int, help="Evaluation batch size (default: the checkpoints' args.batch_size).")
+@click.option("--selection", type=click.Choice(SELECTIONS),
+              help="Prompt selection (default: batchwise when the checkpoints' args.batchwise_prompt is set).")
+@click.option("--gather", type=click.Choice(GATHERS),
+              help="E-prompt gather (default: the one train recorded, else per-sample); reference = the public "
+                   "reference's, key/value roles by batch position.")
+@_QUERY
+@click.option("--limit-per-class", type=int, help="First N test images per class (default: the checkpoints' own).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--bf16/--fp32", default=True, show_default=True,
+              help="On CUDA: bf16 autocast as train evaluates, or float32 as the reference evaluates.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def accuracy(checkpoint_dir, data_path, out, batch_size, selection, gather, query, limit_per_class, device, bf16, quiet):
+    """Accuracy matrix, average accuracy and forgetting of saved task checkpoints on Split CIFAR-100.
+
+    Several GPUs: torchrun --nproc-per-node 8 cli.py accuracy ...
+    """
+    from .train.accuracy import AccuracyOptions, evaluate_checkpoints, format_table
+
+    result = evaluate_checkpoints(AccuracyOptions(
+        checkpoint_dir=checkpoint_dir, data_path=data_path, out=out, batch_size=batch_size, selection=selection,
+        gather=gather, query=query, limit_per_class=limit_per_class, device=device, bf16=bf16, quiet=quiet))
+    if result.written:
+        click.echo(format_table(result))
+        click.echo(f"wrote {', '.join(str(p) for p in result.written)}")
 
 # ---- commands: export ----
 
@@ -291,8 +344,10 @@ def _chosen_tasks(task, tasks, all_tasks):
 @click.option("--calibration", help="int8: the data set whose images calibrate the activation ranges. " + _DATASET_HELP)
 @click.option("--calibration-count", default=64, show_default=True, help="int8: calibration images (spread over the set).")
 @click.option("--data-path", default="data", show_default=True, help="int8: folder holding the calibration set.")
+@_GATHER
+@_QUERY
 def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset,
-                   calibration, calibration_count, data_path):
+                   calibration, calibration_count, data_path, gather, query):
     """Export task feature extractors to ONNX for hosts with onnxruntime and no PyTorch."""
     import tempfile
 
@@ -307,7 +362,7 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
     for t, ckpt in chosen.items():
         out = Path(output_dir) / f"task{t}.onnx"
         if not quantized:
-            r = export_task(ckpt, out, selection, pool, precision, opset, task=t)
+            r = export_task(ckpt, out, selection, pool, precision, opset, task=t, gather=gather, query=query)
             click.echo(f"task {t}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x the unique parameter "
                        f"bytes, {r.seconds:.1f} s)")
             continue
@@ -315,7 +370,8 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
 
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fp32.") as tmp:
-            fp32 = export_task(ckpt, Path(tmp) / out.name, selection, pool, "fp32", opset, task=t)
+            fp32 = export_task(ckpt, Path(tmp) / out.name, selection, pool, "fp32", opset, task=t, gather=gather,
+                               query=query)
             q = quantize_int8(fp32.path, out, dataset, count=calibration_count)
         click.echo(f"task {t}: {q.path} (int8, {q.file_bytes / 1e6:.1f} MB, {fp32.seconds + q.seconds:.1f} s); vs fp32 on "
                    f"{q.images} calibration images: cosine mean {q.mean_cosine:.5f}, min {q.min_cosine:.5f}, same "
@@ -376,7 +432,8 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
     report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider, threads=threads,
                            trt=_trt(trt_fp16, trt_cache, trt_workspace))
     c = report.context
-    click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}, {report.precision}, {report.selection}, pool {c['pool']}) "
+    click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}, {report.precision}, {report.selection}, pool {c['pool']}, "
+               f"gather {c['gather']}, query {c['query']}) "
                f"vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}")
     click.echo(format_table(report))
     if report_path:
@@ -672,8 +729,11 @@ def inspect_command(path, as_json, depth):
 @click.option("--pretrained-weights", type=click.Path(dir_okay=False),
               help="Local ViT-Tiny weights (timm .pth/.safetensors or .npz); else downloaded when the network allows.")
 @click.option("--smoke", is_flag=True, help="A miniature model on 32x32 inputs: the same chain in well under a minute.")
+@click.option("--distill-weight", default=0.0, show_default=True, callback=_non_negative,
+              help="Train with feature distillation of this weight (compare with a run without it).")
+@click.option("--distill-kind", type=click.Choice(DISTILL_KINDS), default="cosine", show_default=True)
 @_PROVIDER
-def demo(workdir, data_path, download, pretrained_weights, smoke, provider):
+def demo(workdir, data_path, download, pretrained_weights, smoke, distill_weight, distill_kind, provider):
     """Run train -> export -> verify -> embed -> evaluate on a small setting, offline if need be."""
     import time
 
@@ -681,7 +741,8 @@ def demo(workdir, data_path, download, pretrained_weights, smoke, provider):
 
     writable_dir(workdir, "--workdir")
     start = time.perf_counter()
-    result = run_demo(workdir, data_path, download, pretrained_weights, smoke, provider, log=click.echo)
+    result = run_demo(workdir, data_path, download, pretrained_weights, smoke, provider, log=click.echo,
+                      distill=(distill_weight, distill_kind))
     click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s "
                f"({', '.join(f'{k} {v} s' for k, v in result['times'].items())})")
     for note in result["notes"]:

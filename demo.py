@@ -113,9 +113,9 @@ def _choose_provider(provider: str, log: Callable[[str], None]) -> str:
 
 
 def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: Optional[str], smoke: bool,
-                log: Callable[[str], None]) -> list[dict]:
+                log: Callable[[str], None], distill: tuple[float, str] = (0.0, "cosine")) -> list[dict]:
     """Train every task; falls back to a random backbone (recorded in the checkpoints' provenance)
-    when no pretrained weights can be had."""
+    when no pretrained weights can be had. ``distill``: (weight, kind) of train's feature distillation."""
     from .train.loop import TrainOptions, train
     from .train.weights import hub_reachable
 
@@ -124,7 +124,8 @@ def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: 
         log(f"   !!! {RANDOM_BACKBONE_NOTE}")
     opts = TrainOptions(data_path=str(data), output_dir=str(workdir / "output"), num_tasks=s.num_tasks,
                         epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, workers=0, quiet=True,
-                        pretrained=pretrained, pretrained_weights=pretrained_weights, device="cpu")
+                        pretrained=pretrained, pretrained_weights=pretrained_weights, device="cpu",
+                        distill_weight=distill[0], distill_kind=distill[1])
     arch = {"model": s.model, **dict(s.arch)}
     try:
         return train(opts, arch, log=lambda m: log(f"   {m}")).rows
@@ -186,8 +187,9 @@ def evaluate_stage(workdir: Path, query, gallery, provenance: dict, notes: list[
 
 def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", download: bool = False,
              pretrained_weights: Optional[str] = None, smoke: bool = False, provider: str = "auto",
-             log: Callable[[str], None] = print) -> dict:
-    """Run every stage into ``workdir``; returns a summary with the report's location and stage times."""
+             log: Callable[[str], None] = print, distill: tuple[float, str] = (0.0, "cosine")) -> dict:
+    """Run every stage into ``workdir``; returns a summary with the report's location and stage times.
+    ``distill``: (weight, kind) of a feature-distillation term in training (weight 0: none)."""
     from .evaluate.pipeline import collect_from_models
 
     s = SMOKE if smoke else DEMO
@@ -200,7 +202,7 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
         if generated:
             log(f"   !!! {GENERATED_NOTE}")
     with stages.stage("train"):
-        rows = train_stage(workdir, data, s, pretrained_weights, smoke, log)
+        rows = train_stage(workdir, data, s, pretrained_weights, smoke, log, distill)
     with stages.stage("export"):
         exports = export_stage(workdir, s, log)
         model_provenance = export_provenance(exports[-1])
@@ -212,6 +214,7 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
                                              provider=provider)
     with stages.stage("evaluate"):
         provenance = {**model_provenance, "evaluation_data": "generated" if generated else "cifar10", "notes": notes,
-                      "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows}
+                      "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows,
+                      "distillation": {"weight": distill[0], "kind": distill[1]}}
         written = evaluate_stage(workdir, query, gallery, provenance, notes, log)
     return {"reports": [str(p) for p in written], "times": stages.times, "generated": generated, "notes": notes}

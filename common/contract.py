@@ -34,6 +34,14 @@ INPUT_NAME, EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT = IMAGE.name, EMBEDDING.name, 
 
 SELECTIONS = ("per-sample", "batchwise")  # per-sample: batch-invariant; batchwise: the reference's inference
 POOLS = ("cls", "mean")  # [CLS] after the final norm; mean of all tokens (the original study's report)
+# per-sample: each sample's own (key, value) prompt pair; reference: the public reference's gather, which
+# reshapes without a permute, so the key/value roles depend on the batch position
+GATHERS = ("per-sample", "reference")
+# cls: the frozen backbone's [CLS] after the final norm (the paper); notebook: the element-wise max over the
+# embedded tokens before the first block (what the original study's notebook ran)
+QUERIES = ("cls", "notebook")
+# training's feature distillation: the original study's cosine term, or BCT's influence loss
+DISTILL_KINDS = ("cosine", "bct")
 PRECISIONS = ("fp32", "fp16")  # traced by the exporter
 QUANTIZED_PRECISIONS = ("int8",)  # onnxruntime static quantisation of an fp32 export (export/quantize.py)
 FILE_PRECISIONS = PRECISIONS + QUANTIZED_PRECISIONS  # what an export's metadata may say

@@ -34,6 +34,10 @@ def _head(ev: Evaluation) -> list[str]:
     lines += ["## Provenance", ""] + (_table(["model", "data", "backbone"], [
         [m, str(p.get("data", "unknown")), str(p.get("backbone", "unknown"))] for m, p in zip(ev.models, ev.provenance)])
         if known else ["Unknown: the exports' metadata does not say what the models were trained on.", ""])
+    modes = ev.query.get("modes", {})
+    lines += ["## How each model embeds", ""] + _table(["model", "pool", "selection", "gather", "query"], [
+        [m, *(str(modes.get(m, {}).get(k, "unknown")) for k in ("pool", "selection", "gather", "query"))]
+        for m in ev.models])
     lines += [caption(ev), "", "Rows: query model; columns: gallery model (update order, oldest first).", "",
               "## Figures", ""] + [f"- `{name}`: {text}." for name, text in figure_files().items()] + [""]
     return lines

@@ -137,8 +137,11 @@ def collect_from_store(model_ids: Sequence[str], query_spec: str, gallery_spec: 
 
 def _describe(sets: Sequence[EmbeddingSet]) -> dict:
     m = sets[0].manifest
+    # How each model embeds; stores written before the gather and query modes existed used the defaults.
+    modes = {s.model_id: {"pool": s.manifest.model.pool, "selection": s.manifest.model.selection,
+                          "gather": s.manifest.model.gather, "query": s.manifest.model.query} for s in sets}
     return {"spec": m.dataset.spec, "location": m.dataset.location, "fingerprint": m.dataset.fingerprint,
-            "count": sets[0].count, "skipped": len(m.skipped), "sets": [str(s.path) for s in sets]}
+            "count": sets[0].count, "skipped": len(m.skipped), "sets": [str(s.path) for s in sets], "modes": modes}
 
 
 def _task(s: EmbeddingSet) -> Optional[int]:

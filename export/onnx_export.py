@@ -29,8 +29,8 @@ import torch.nn as nn
 from ..common.atomic import atomic_file
 from ..common.digest import file_sha256
 from ..common.errors import InputError
-from ..common.contract import (BATCH_AXIS, FORMAT_VERSION, INPUTS, OUTPUTS, POOLS, PRECISIONS, SELECTIONS,
-                               check_choice)
+from ..common.contract import (BATCH_AXIS, FORMAT_VERSION, GATHERS, INPUTS, OUTPUTS, POOLS, PRECISIONS, QUERIES,
+                               SELECTIONS, check_choice)
 from ..infer.metadata import ModelInfo, Preprocessing
 from ..train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, list_checkpoints,
                                 model_from_checkpoint, provenance_from_args, save_checkpoint)
@@ -47,19 +47,22 @@ class EmbeddingExport(nn.Module):
     """What the ONNX file computes, as a module: image -> (embedding, prompt_index), i.e.
     :meth:`DualPromptViT.embed` with the contract's output shapes (prompt_index [N] when top_k is 1).
     With ``precision='fp16'`` a half-precision copy of the model computes; the key cosines stay float32.
+    ``gather`` and ``query``: the reference modes of :meth:`DualPromptViT.embed`.
     """
 
     def __init__(self, model: DualPromptViT, selection: str = "per-sample", pool: str = "cls",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", *, gather: str = "per-sample", query: str = "cls"):
         super().__init__()
-        check_choice("selection", selection, SELECTIONS)
-        check_choice("pool", pool, POOLS)
-        check_choice("precision", precision, PRECISIONS)
+        for name, value, allowed in (("selection", selection, SELECTIONS), ("pool", pool, POOLS),
+                                     ("precision", precision, PRECISIONS), ("gather", gather, GATHERS),
+                                     ("query", query, QUERIES)):
+            check_choice(name, value, allowed)
         self.model = (model if precision == "fp32" else copy.deepcopy(model).to(_DTYPES[precision])).eval()
-        self.selection, self.pool, self.precision = selection, pool, precision
+        self.selection, self.pool, self.precision, self.gather, self.query = selection, pool, precision, gather, query
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding, idx = self.model.embed(image.to(_DTYPES[self.precision]), self.selection, self.pool)
+        embedding, idx = self.model.embed(image.to(_DTYPES[self.precision]), self.selection, self.pool,
+                                          gather=self.gather, query=self.query)
         return embedding.float(), contract_prompt_index(idx)
 
 
@@ -122,9 +125,11 @@ def tool_versions() -> dict[str, str]:
             "onnxscript": onnxscript.__version__}
 
 
-def _check_options(selection: str, pool: str, precision: str, opset: int) -> None:
+def _check_options(selection: str, pool: str, precision: str, opset: int, gather: str = "per-sample",
+                   query: str = "cls") -> None:
     for name, value, allowed in (("selection", selection, SELECTIONS), ("pool", pool, POOLS),
-                                 ("precision", precision, PRECISIONS)):
+                                 ("precision", precision, PRECISIONS), ("gather", gather, GATHERS),
+                                 ("query", query, QUERIES)):
         check_choice(f"--{name}", value, allowed)
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= newest:
@@ -133,8 +138,9 @@ def _check_options(selection: str, pool: str, precision: str, opset: int) -> Non
 
 def build_onnx(model: DualPromptViT, info: ModelInfo, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Trace ``model`` per ``info`` (selection, pool, precision) into a checked ONNX model carrying ``info``."""
-    _check_options(info.selection, info.pool, info.precision, opset)
-    module = EmbeddingExport(model, info.selection, info.pool, info.precision).eval()
+    _check_options(info.selection, info.pool, info.precision, opset, info.gather, info.query)
+    module = EmbeddingExport(model, info.selection, info.pool, info.precision, gather=info.gather,
+                             query=info.query).eval()
     size = model.cfg.img_size
     example = torch.rand(2, 3, size, size)
     batch = torch.export.Dim(BATCH_AXIS, min=1)
@@ -163,9 +169,16 @@ def _describe(info: ModelInfo) -> str:
                  "batchwise (the reference's inference): every image gets the batch's most frequent prompt, "
                  "so an embedding depends on the other images in its batch")
     pooling = "[CLS] after the final norm" if info.pool == "cls" else "mean of all tokens after the final norm"
+    modes = ""
+    if info.gather == "reference":
+        modes += (" E-prompt gather as the public reference's (no permute): key and value roles depend on the "
+                  "batch position, so an embedding depends on its position and batch size.")
+    if info.query == "notebook":
+        modes += (" Query: the element-wise max over the embedded tokens (the original study's notebook), not "
+                  "the frozen [CLS].")
     return (f"DualPrompt {info.model} after task {info.task}: image [N, 3, {info.input_size}, {info.input_size}] "
             f"in [0, 1] -> embedding [N, {info.embedding_dim}] ({pooling}, {info.precision}) and prompt_index. "
-            f"Prompt selection {selection}.")
+            f"Prompt selection {selection}.{modes}")
 
 
 @dataclass(frozen=True)
@@ -213,12 +226,13 @@ def task_of(checkpoint: str | Path) -> int:
 
 
 def export_task(checkpoint: str | Path, out_path: str | Path, selection: str = "per-sample", pool: str = "cls",
-                precision: str = "fp32", opset: int = DEFAULT_OPSET, task: Optional[int] = None) -> ExportResult:
+                precision: str = "fp32", opset: int = DEFAULT_OPSET, task: Optional[int] = None, *,
+                gather: str = "per-sample", query: str = "cls") -> ExportResult:
     """Export the checkpoint's feature extractor to ``out_path``; returns the file written with the
     time taken (checkpoint loading included) and the sizes."""
     start = time.perf_counter()
     checkpoint = Path(checkpoint)
-    _check_options(selection, pool, precision, opset)
+    _check_options(selection, pool, precision, opset, gather, query)
     task = task_of(checkpoint) if task is None else task
     model, ckpt = model_from_checkpoint(checkpoint)
     cfg = model.cfg
@@ -227,7 +241,7 @@ def export_task(checkpoint: str | Path, out_path: str | Path, selection: str = "
                      input_size=cfg.img_size, top_k=cfg.top_k, pool=pool, selection=selection,
                      precision=precision, preprocessing=Preprocessing.for_input_size(cfg.img_size),
                      versions=tool_versions(), architecture=cfg.asdict(),
-                     provenance=provenance_from_args(ckpt.get("args")))
+                     provenance=provenance_from_args(ckpt.get("args")), gather=gather, query=query)
     result = export_model(model, out_path, info, opset)
     return ExportResult(result.path, time.perf_counter() - start, result.file_bytes, result.parameter_bytes)
 

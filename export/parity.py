@@ -124,10 +124,10 @@ def run_batched(forward: Forward, images: np.ndarray, batch_size: int) -> tuple[
 
 
 def _tie_mask(ref_idx: np.ndarray, got_idx: np.ndarray, images: np.ndarray, similarity: Similarity,
-              batch_size: int, selection: str, top_k: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+              batch_size: int, batch_dependent: bool, top_k: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
     """(disagreeing rows, disagreeing rows explained by a near tie). Similarities are computed only for
-    batches that disagree. Under batchwise selection one near tie anywhere in a batch can move its
-    majority, so it excuses the whole batch."""
+    batches that disagree. When one row's prompt choice can move others' (batchwise selection, the
+    reference's gather) one near tie anywhere in a batch excuses the whole batch."""
     ref2, got2 = ref_idx.reshape(len(ref_idx), -1), got_idx.reshape(len(got_idx), -1)
     differ = (ref2 != got2).any(axis=1)
     excused = np.zeros_like(differ)
@@ -136,7 +136,7 @@ def _tie_mask(ref_idx: np.ndarray, got_idx: np.ndarray, images: np.ndarray, simi
         if not differ[rows].any():
             continue
         ties = near_ties(similarity(np.ascontiguousarray(images[rows])), top_k, eps)
-        excused[rows] = differ[rows] & (ties if selection == "per-sample" else ties.any())
+        excused[rows] = differ[rows] & (ties.any() if batch_dependent else ties)
     return differ, excused
 
 
@@ -177,17 +177,21 @@ def judge_batch(batch_size: int, ref_emb: np.ndarray, got_emb: np.ndarray, diffe
 
 def compare(reference: Forward, candidate: Forward, images: np.ndarray, tolerances: Tolerances,
             similarity: Similarity, top_k: int = 1, selection: str = "per-sample", precision: str = "fp32",
-            batch_sizes: Sequence[int] = BATCH_SIZES, k: int = KNN_K) -> ParityReport:
+            batch_sizes: Sequence[int] = BATCH_SIZES, k: int = KNN_K,
+            batch_dependent: Optional[bool] = None) -> ParityReport:
     """Run both forwards on ``images`` at each batch size and judge the candidate against the reference.
 
     NaN or Inf anywhere in either side's embeddings is a failure (comparisons with NaN are false, so
-    tolerances alone would pass them)."""
+    tolerances alone would pass them). ``batch_dependent`` (default: selection is not per-sample):
+    embeddings may change with the batch, so batch-size invariance is not required."""
     rows, first = [], None
-    invariance = 0.0 if selection == "per-sample" else None
+    batch_dependent = selection != "per-sample" if batch_dependent is None else batch_dependent
+    invariance = None if batch_dependent else 0.0
     for bs in batch_sizes:
         ref_emb, ref_idx = run_batched(reference, images, bs)
         got_emb, got_idx = run_batched(candidate, images, bs)
-        differ, excused = _tie_mask(ref_idx, got_idx, images, similarity, bs, selection, top_k, tolerances.near_tie)
+        differ, excused = _tie_mask(ref_idx, got_idx, images, similarity, bs, batch_dependent, top_k,
+                                    tolerances.near_tie)
         rows.append(judge_batch(bs, ref_emb, got_emb, differ, excused, tolerances, k))
         if invariance is not None:
             if first is None:

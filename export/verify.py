@@ -90,21 +90,22 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def torch_forward(model: DualPromptViT, selection: str, pool: str) -> Forward:
+def torch_forward(model: DualPromptViT, selection: str, pool: str, *, gather: str = "per-sample",
+                  query: str = "cls") -> Forward:
     """The PyTorch model as a :data:`~export.parity.Forward` (prompt index [B] when top_k is 1)."""
     def forward(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            embedding, idx = model.embed(torch.from_numpy(images), selection, pool)
+            embedding, idx = model.embed(torch.from_numpy(images), selection, pool, gather=gather, query=query)
         return embedding.numpy(), contract_prompt_index(idx).numpy()
 
     return forward
 
 
-def torch_similarity(model: DualPromptViT) -> Similarity:
+def torch_similarity(model: DualPromptViT, *, query: str = "cls") -> Similarity:
     """Cosines between the PyTorch model's queries and its prompt keys."""
     def similarity(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return model.prompt_similarity(model.query(torch.from_numpy(images))).numpy()
+            return model.prompt_similarity(model.query(torch.from_numpy(images), query=query)).numpy()
 
     return similarity
 
@@ -153,10 +154,13 @@ def verify_export(onnx_path: str | Path, checkpoint: Optional[str | Path] = None
                          f"(its sha256 differs from the metadata's, source {info.checkpoint})")
     model, _ = model_from_checkpoint(checkpoint)
     images = inputs.load(info)
-    report = compare(torch_forward(model, info.selection, info.pool), onnx_forward(session), images,
-                     TOLERANCES[info.precision], torch_similarity(model), top_k=info.top_k,
-                     selection=info.selection, precision=info.precision, batch_sizes=batch_sizes)
+    report = compare(torch_forward(model, info.selection, info.pool, gather=info.gather, query=info.query),
+                     onnx_forward(session), images, TOLERANCES[info.precision],
+                     torch_similarity(model, query=info.query), top_k=info.top_k, selection=info.selection,
+                     precision=info.precision, batch_sizes=batch_sizes,
+                     batch_dependent=info.selection != "per-sample" or info.gather != "per-sample")
     report.context = {"onnx": str(onnx_path), "checkpoint": str(checkpoint), "task": info.task,
-                      "model": info.model, "pool": info.pool, "provider": used, "inputs": inputs.describe(),
+                      "model": info.model, "pool": info.pool, "gather": info.gather, "query": info.query,
+                      "provider": used, "inputs": inputs.describe(),
                       "count": len(images), "seconds": round(time.perf_counter() - start, 2)}
     return report

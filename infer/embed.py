@@ -171,7 +171,7 @@ def _manifest(model_id: str, model: Path, sha256: str, info: ModelInfo, dataset:
                          checkpoint_sha256=info.checkpoint_sha256, architecture=info.model,
                          embedding_dim=info.embedding_dim, input_size=info.input_size, top_k=info.top_k,
                          pool=info.pool, selection=info.selection, precision=info.precision,
-                         export_versions=info.versions, output=output)
+                         export_versions=info.versions, output=output, gather=info.gather, query=info.query)
     data = DataRecord(spec=dataset.spec, location=dataset.location, name=dataset.name, split=dataset.split,
                       fingerprint=dataset.fingerprint, size=len(dataset))
     return Manifest(model=record, dataset=data, preprocessing=asdict(info.preprocessing),

@@ -94,6 +94,8 @@ class ModelRecord:
     precision: Optional[str] = None
     export_versions: dict = field(default_factory=dict)
     output: str = "embedding"  # the graph output stored (a bundle's frozen-backbone set stores "query")
+    gather: str = "per-sample"  # the export's e-prompt gather and query function (see common/contract.py)
+    query: str = "cls"
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelRecord":
@@ -105,7 +107,9 @@ class ModelRecord:
                    top_k=_int(d, "top_k", 1, 2**16, optional=True), pool=_text(d, "pool", optional=True),
                    selection=_text(d, "selection", optional=True), precision=_text(d, "precision", optional=True),
                    export_versions=_scalars(d, "export_versions"),
-                   output=_text(d, "output", limit=255, optional=True) or "embedding")
+                   output=_text(d, "output", limit=255, optional=True) or "embedding",
+                   gather=_text(d, "gather", limit=64, optional=True) or "per-sample",
+                   query=_text(d, "query", limit=64, optional=True) or "cls")
 
 
 @dataclass(frozen=True)

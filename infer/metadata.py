@@ -11,8 +11,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from ..common.contract import (FILE_PRECISIONS, FORMAT_VERSION, INTERPOLATIONS, MAX_EMBEDDING_DIM, MAX_INPUT_SIZE,
-                               MAX_RESIZE, POOLS, SELECTIONS)
+from ..common.contract import (FILE_PRECISIONS, FORMAT_VERSION, GATHERS, INTERPOLATIONS, MAX_EMBEDDING_DIM,
+                               MAX_INPUT_SIZE, MAX_RESIZE, POOLS, QUERIES, SELECTIONS)
 from ..common.errors import InputError
 
 
@@ -113,6 +113,9 @@ class ModelInfo:
     # Where the weights came from, carried to every store manifest and report made from this file:
     # {"data": "cifar100" | "generated" | ..., "backbone": "pretrained ..." | "random"}; {} when unknown.
     provenance: dict = field(default_factory=dict)
+    # The reference modes (common.contract GATHERS, QUERIES); files written before they existed read as the defaults.
+    gather: str = "per-sample"
+    query: str = "cls"
 
     def to_props(self) -> dict[str, str]:
         structured = ("versions", "architecture", "provenance")
@@ -124,7 +127,7 @@ class ModelInfo:
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> "ModelInfo":
         """Parse and bound ``metadata_props``; ``source`` (the file) is named in any error."""
-        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"architecture", "provenance"})
+        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"architecture", "provenance", "gather", "query"})
         if missing:
             raise InputError(f"{source}: not a dpcompat export (metadata lacks {', '.join(missing)})")
         if props["format_version"] != FORMAT_VERSION:
@@ -139,7 +142,8 @@ class ModelInfo:
                        selection=props["selection"], precision=props["precision"],
                        preprocessing=Preprocessing.from_json(props["preprocessing"]),
                        versions=_json_object(props, "versions"), architecture=_json_object(props, "architecture"),
-                       provenance=_json_object(props, "provenance"))
+                       provenance=_json_object(props, "provenance"),
+                       gather=props.get("gather", "per-sample"), query=props.get("query", "cls"))
         except (ValueError, KeyError, TypeError, RecursionError) as e:
             raise InputError(f"{source}: malformed export metadata ({str(e)[:300]})") from None
         info.check(source)
@@ -148,7 +152,8 @@ class ModelInfo:
     def check(self, source: str) -> None:
         """Refuse choices outside the contract and inconsistent fields; ``source`` is named in the error."""
         for name, value, allowed in (("selection", self.selection, SELECTIONS), ("pool", self.pool, POOLS),
-                                     ("precision", self.precision, FILE_PRECISIONS)):
+                                     ("precision", self.precision, FILE_PRECISIONS), ("gather", self.gather, GATHERS),
+                                     ("query", self.query, QUERIES)):
             if value not in allowed:
                 raise InputError(f"{source}: metadata names an unknown {name} {value!r} "
                                  f"(expected one of {', '.join(allowed)})")

@@ -32,19 +32,26 @@ def reference_layout_keys(depth: int) -> list[str]:
 
 
 @torch.no_grad()
-def reference_forward(model: DualPromptViT, x: torch.Tensor) -> torch.Tensor:
-    """Pre-logits as the public reference computes them (batchwise_prompt off), including its e-prompt
-    gather, which reshapes [layers, 2, B, k, len, H, hd] to [layers, B, 2, k*len, H, hd] without a
-    permute (at B > 1 positions then read the [key; value] block in the wrong chunks). Written from the
-    reference's description with the model's weights only."""
+def reference_outputs(model: DualPromptViT, x: torch.Tensor, *, batchwise: bool = False, query: str = "cls",
+                      task_id=None) -> dict:
+    """``pre_logits``, ``logits`` and ``prompt_idx`` as the public reference computes them, written from its
+    description with the model's weights only: its e-prompt gather, which reshapes
+    [layers, 2, B, k, len, H, hd] to [layers, B, 2, k*len, H, hd] without a permute (at B > 1 positions
+    then read the [key; value] block in the wrong chunks); ``batchwise`` its batchwise_prompt (torch.unique
+    of the indices with counts, padded to the pool size with the smallest index and count 0, torch.topk of
+    the counts); ``query="notebook"`` its fallback without query features (max over the embedded tokens);
+    ``task_id`` its training prompt mask."""
     sd = model.state_dict()
     cfg = model.cfg
     H, hd = cfg.num_heads, cfg.head_dim
 
-    def run(x, prefixes):
+    def embedded(x):
         t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=cfg.patch_size)
         t = t.flatten(2).transpose(1, 2)
-        t = torch.cat([sd["cls_token"].expand(len(x), -1, -1), t], 1) + sd["pos_embed"]
+        return torch.cat([sd["cls_token"].expand(len(x), -1, -1), t], 1) + sd["pos_embed"]
+
+    def run(x, prefixes):
+        t = embedded(x)
         for i in range(cfg.depth):
             p = f"blocks.{i}."
             h = F.layer_norm(t, (cfg.embed_dim,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], 1e-6)
@@ -64,14 +71,35 @@ def reference_forward(model: DualPromptViT, x: torch.Tensor) -> torch.Tensor:
     def l2(v):
         return v * torch.rsqrt(torch.clamp((v ** 2).sum(-1, keepdim=True), min=1e-12))
 
-    q = run(x, {})  # the reference's second, unprompted model
+    q = run(x, {}) if query == "cls" else embedded(x).max(dim=1)[0]  # the second, unprompted model, or the fallback
     idx = (l2(sd["e_prompt.prompt_key"]) @ l2(q).t()).t().topk(cfg.top_k, dim=1).indices
+    if batchwise:
+        idx = reference_batchwise(idx, cfg.pool_size, cfg.top_k)
+    if task_id is not None and (task_id + 1) * cfg.top_k <= cfg.pool_size:
+        idx = torch.arange(task_id * cfg.top_k, (task_id + 1) * cfg.top_k).unsqueeze(0).expand(len(x), -1)
     raw = sd["e_prompt.prompt"][:, :, idx]
     L, dual, B, k, length, _, _ = raw.shape
     batched = raw.reshape(L, B, dual, k * length, H, hd)  # the reference's defect for B > 1
     prefixes = {layer: sd["g_prompt"][j].unsqueeze(0).expand(B, -1, -1, -1, -1) for j, layer in enumerate(cfg.g_prompt_layers)}
     prefixes.update({layer: batched[j] for j, layer in enumerate(cfg.e_prompt_layers)})
-    return run(x, prefixes)
+    pre_logits = run(x, prefixes)
+    return {"pre_logits": pre_logits, "logits": F.linear(pre_logits, sd["head.weight"], sd["head.bias"]),
+            "prompt_idx": idx}
+
+
+def reference_batchwise(idx: torch.Tensor, pool_size: int, top_k: int) -> torch.Tensor:
+    """The reference's batchwise_prompt, step by step as its prompt.py does it."""
+    prompt_id, id_counts = torch.unique(idx, return_counts=True, sorted=True)
+    if prompt_id.shape[0] < pool_size:
+        prompt_id = torch.cat([prompt_id, torch.full((pool_size - prompt_id.shape[0],), torch.min(idx.flatten()))])
+        id_counts = torch.cat([id_counts, torch.full((pool_size - id_counts.shape[0],), 0)])
+    _, major_idx = torch.topk(id_counts, k=top_k)
+    return prompt_id[major_idx].expand(idx.shape[0], -1).contiguous()
+
+
+def reference_forward(model: DualPromptViT, x: torch.Tensor, **modes) -> torch.Tensor:
+    """The reference's pre-logits (see :func:`reference_outputs`)."""
+    return reference_outputs(model, x, **modes)["pre_logits"]
 
 
 def varied_images(n: int, seed: int = 0) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 from ..common.atomic import atomic_file
 from ..common.errors import InputError
 from .model import DualPromptConfig, DualPromptViT
+from .reference_args import check_supported, reference_args
 
 CHECKPOINT_RE = re.compile(r"^task(\d+)_checkpoint\.pth$")
 
@@ -38,38 +39,25 @@ def list_checkpoints(checkpoint_dir: str | Path) -> dict[int, Path]:
 
 
 def config_to_args(cfg: DualPromptConfig, **training: Any) -> argparse.Namespace:
-    """The reference's ``args`` fields for this architecture, plus training settings and the
-    explicit widths (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``) that the reference
-    derives from the model name."""
-    return argparse.Namespace(
+    """Every field of the reference's ``args`` (:mod:`.reference_args`), with this architecture's
+    values, the training settings given and the explicit widths (``embed_dim``, ``depth``,
+    ``num_heads``, ``patch_size``) that the reference derives from the model name."""
+    return argparse.Namespace(**reference_args(
         model=cfg.model, input_size=cfg.img_size, nb_classes=cfg.num_classes, size=cfg.pool_size,
         length=cfg.prompt_length, top_k=cfg.top_k, g_prompt_length=cfg.g_prompt_length,
         g_prompt_layer_idx=list(cfg.g_prompt_layers), e_prompt_layer_idx=list(cfg.e_prompt_layers),
-        use_g_prompt=True, use_e_prompt=True, prompt_pool=True, prompt_key=True,
-        use_prefix_tune_for_g_prompt=True, use_prefix_tune_for_e_prompt=True, same_key_value=False,
-        head_type="token", embedding_key="cls", prompt_key_init="uniform", prompt_init="uniform",
-        use_prompt_mask=True, shared_prompt_pool=True, shared_prompt_key=False, pull_constraint=True,
-        train_mask=True, task_inc=False,
-        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, patch_size=cfg.patch_size,
-        mlp_ratio=cfg.mlp_ratio, **training)
+        embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+        patch_size=cfg.patch_size, mlp_ratio=cfg.mlp_ratio, **training))
 
 
 # Reference options whose other values change what the model computes and are not implemented here.
-_IMPLEMENTED = {"embedding_key": "cls", "head_type": "token", "use_g_prompt": True, "use_e_prompt": True,
-                "prompt_pool": True, "prompt_key": True, "use_prefix_tune_for_g_prompt": True,
-                "use_prefix_tune_for_e_prompt": True, "same_key_value": False}
-
-
 def config_from_args(args: argparse.Namespace, **fallback: Any) -> DualPromptConfig:
     """Architecture from a checkpoint's ``args``; ``fallback`` supplies what the args lack.
 
     ``ValueError`` for values out of bounds (see :class:`DualPromptConfig`) and for reference options
     this implementation does not compute (``embedding_key`` other than ``cls``, prompt-tuning, ...)."""
     a = vars(args) if args is not None else {}
-    unsupported = [f"{k}={a[k]!r} (implemented: {v!r})" for k, v in _IMPLEMENTED.items()
-                   if a.get(k) is not None and a[k] != v]
-    if unsupported:
-        raise ValueError(f"args ask for what this implementation does not compute: {', '.join(unsupported)}")
+    check_supported(a)
 
     def get(key, name):
         return a[key] if a.get(key) is not None else fallback.get(name)

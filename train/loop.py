@@ -30,6 +30,7 @@ from ..common.errors import InputError
 from ..common.provenance import GENERATED, RANDOM
 from .checkpoint import (check_state_dict, checkpoint_path, config_to_args, list_checkpoints, load_checkpoint,
                          provenance_from_args, save_checkpoint)
+from .distill import Distiller
 from .data import eval_transform, load_split, task_classes, task_dataset, train_transform
 from .model import DualPromptConfig, DualPromptViT
 from .weights import load_pretrained_backbone
@@ -55,6 +56,9 @@ class TrainOptions:
     resume: bool = False
     quiet: bool = False
     selection: str = "per-sample"
+    gather: str = "per-sample"  # "reference": the public reference's e-prompt gather, in training and evaluation
+    distill_weight: float = 0.0  # λ of the distillation term from task 2 on (train/distill.py); 0: none
+    distill_kind: str = "cosine"  # "cosine" (the original study) or "bct" (BCT's influence loss)
     pretrained: bool = True
     pretrained_weights: Optional[str] = None
 
@@ -138,15 +142,16 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
 
 @torch.no_grad()
 def evaluate_task(model: torch.nn.Module, dataset, device: torch.device, batch_size: int, d: _Dist,
-                  selection: str, amp: bool) -> float:
-    """Top-1 accuracy (%) over all classes, the samples split across ranks and the counts summed."""
+                  selection: str, amp: bool, *, gather: str = "per-sample", query: str = "cls") -> float:
+    """Top-1 accuracy (%) over all classes, the samples split across ranks and the counts summed
+    (``gather``, ``query``: the model's reference modes)."""
     subset = torch.utils.data.Subset(dataset, range(d.rank, len(dataset), d.world))
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
     correct = torch.zeros(2, dtype=torch.float64, device=device)
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x, selection=selection)["logits"]
+            logits = model(x, selection=selection, gather=gather, query=query)["logits"]
         correct += torch.tensor([(logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64, device=device)
     if d.world > 1:
         dist.all_reduce(correct)
@@ -206,9 +211,10 @@ def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: 
         acc[: r["task"], r["task"] - 1] = r["accuracy"]
     for t in range(start, len(run.tasks)):
         t0 = time.time()
-        optimizer, epoch_losses, train_accuracy = _train_task(run, t)
+        optimizer, epoch_losses, train_accuracy, distill_losses = _train_task(run, t)
         row = _evaluate_seen(run, t, acc)
-        row.update({"epoch_losses": epoch_losses, "train_accuracy": train_accuracy,
+        row.update({"epoch_losses": epoch_losses, "distill_weight": opts.distill_weight,
+                    "distill_kind": opts.distill_kind, "distill_losses": distill_losses, "train_accuracy": train_accuracy,
                     "seconds": round(time.time() - t0, 2), "checkpoint": str(checkpoint_path(run.ckpt_dir, t + 1))})
         rows = [r for r in rows if r["task"] < t + 1] + [row]
         if d.main:
@@ -257,22 +263,26 @@ def _initialise(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device,
         log("backbone: random initialisation (--no-pretrained)")
     provenance = {"data": GENERATED if train_split.generated else "cifar100", "backbone": backbone}
     args = config_to_args(cfg, num_tasks=len(tasks), epochs=opts.epochs, batch_size=opts.batch_size,
-                          lr=opts.lr, clip_grad=opts.clip_grad, pull_constraint_coeff=opts.pull_constraint_coeff,
+                          lr=opts.lr * opts.batch_size / 256, pretrained=opts.pretrained, clip_grad=opts.clip_grad,
+                          pull_constraint_coeff=opts.pull_constraint_coeff,
                           seed=opts.seed, data_path=str(opts.data_path), dataset="Split-CIFAR100",
                           output_dir=str(out), batchwise_prompt=opts.selection == "batchwise",
                           limit_per_class=opts.limit_per_class, opt="adam", weight_decay=0.0, sched="constant",
-                          reinit_optimizer=True, distributed=d.world > 1, world_size=d.world, provenance=provenance)
+                          reinit_optimizer=True, distributed=d.world > 1, world_size=d.world, provenance=provenance,
+                          gather=opts.gather, distill_weight=opts.distill_weight, distill_kind=opts.distill_kind)
     test_sets = [task_dataset(test_split, c, eval_transform(cfg.img_size), opts.limit_per_class) for c in tasks]
     run = _Run(opts, d, device, cfg, model, train_split, tasks, test_sets, args, ckpt_dir, out / "metrics.jsonl", model)
     return run, start
 
 
-def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], float]:
-    """Train task ``t`` (0-based); returns its optimizer, the mean loss of each epoch and the last
-    epoch's training accuracy (%)."""
+def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], float, Optional[list[float]]]:
+    """Train task ``t`` (0-based); returns its optimizer, the mean loss of each epoch, the last
+    epoch's training accuracy (%) and, with feature distillation, its mean term per epoch."""
     opts, d, device, cfg, model = run.opts, run.d, run.device, run.cfg, run.model
     k = cfg.top_k
     _seed(opts.seed + t)
+    distiller = Distiller(model, opts.distill_kind, selection=opts.selection, gather=opts.gather) \
+        if t > 0 and opts.distill_weight else None
     if t > 0 and (t + 1) * k <= cfg.pool_size:
         with torch.no_grad():
             model.e_prompt.prompt[:, :, t * k:(t + 1) * k] = model.e_prompt.prompt[:, :, (t - 1) * k:t * k]
@@ -285,24 +295,30 @@ def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], 
     loader = torch.utils.data.DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler,
                                          num_workers=opts.workers, drop_last=False,
                                          persistent_workers=opts.workers > 0)
+    if distiller:
+        distiller.prepare(loader, run.tasks[t], [c for task in run.tasks[:t + 1] for c in task], device)
     amp, net = device.type == "cuda", run.net
     outside = torch.tensor(sorted(set(range(cfg.num_classes)) - set(run.tasks[t])), dtype=torch.long, device=device)
     model.train()
     quiet = opts.quiet or not d.main
     epochs = tqdm(range(opts.epochs), desc=f"task {t + 1}/{len(run.tasks)}", disable=quiet, leave=False)
-    epoch_losses = []
+    epoch_losses, distill_losses = [], []
     for epoch in epochs:
         if d.world > 1:
             sampler.set_epoch(epoch)
         seen = correct = 0
-        loss_sum = 0.0
+        loss_sum = distill_sum = 0.0
         batches = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=quiet, leave=False)
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                res = net(x, task_id=t)
+                res = net(x, task_id=t, selection=opts.selection, gather=opts.gather)
+                term = distiller.term(x, y, res["embedding"]) if distiller else None
             logits = res["logits"].float().index_fill(1, outside, float("-inf"))
             loss = F.cross_entropy(logits, y) - opts.pull_constraint_coeff * res["reduce_sim"].float()
+            if distiller:
+                loss = loss + opts.distill_weight * term
+                distill_sum += term.item() * len(y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, opts.clip_grad)
@@ -312,8 +328,9 @@ def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], 
             loss_sum += loss.item() * len(y)
             batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}")
         epoch_losses.append(round(loss_sum / max(seen, 1), 6))
+        distill_losses.append(round(distill_sum / max(seen, 1), 6))
         epochs.set_postfix(loss=f"{epoch_losses[-1]:.4f}", acc=f"{100 * correct / max(seen, 1):.1f}")
-    return optimizer, epoch_losses, round(100 * correct / max(seen, 1), 4)
+    return optimizer, epoch_losses, round(100 * correct / max(seen, 1), 4), distill_losses if distiller else None
 
 
 def _evaluate_seen(run: _Run, t: int, acc: np.ndarray) -> dict:
@@ -321,6 +338,6 @@ def _evaluate_seen(run: _Run, t: int, acc: np.ndarray) -> dict:
     run.model.eval()
     for i in range(t + 1):
         acc[i, t] = evaluate_task(run.model, run.test_sets[i], run.device, run.opts.batch_size, run.d,
-                                  run.opts.selection, run.device.type == "cuda")
+                                  run.opts.selection, run.device.type == "cuda", gather=run.opts.gather)
     return {"task": t + 1, "accuracy": [round(float(a), 4) for a in acc[: t + 1, t]],
             "average_accuracy": round(float(acc[: t + 1, t].mean()), 4), "forgetting": round(forgetting(acc, t), 4)}

@@ -4,6 +4,11 @@ One backbone serves two passes: the unprompted query pass q(x) ([CLS] after the 
 e-prompts by cosine similarity with the key pool; the prompted pass prepends g-prompt and e-prompt
 prefixes to the keys and values of chosen layers (prefix-tuning). Unlike the reference, every sample
 gathers its own e-prompt, so an embedding does not depend on the batch it is computed in.
+
+Two behaviours of the public reference are available as explicit modes, for reproducing its numbers:
+``gather="reference"`` (its e-prompt gather, which swaps key and value roles by batch position, and its
+batchwise count ranking) and ``query="notebook"`` (the original study's notebook, which picked prompts by
+the element-wise max over the embedded tokens instead of the frozen [CLS]).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed, trunc_normal_
 
-from ..common.contract import POOLS, SELECTIONS, check_choice
+from ..common.contract import GATHERS, POOLS, QUERIES, SELECTIONS, check_choice
 
 
 # Widths of the timm ViT families, keyed by the name's size word.
@@ -174,12 +179,38 @@ class EPrompt(nn.Module):
         major = keys.topk(self.top_k).indices
         return major.unsqueeze(0).expand(similarity.shape[0], -1)
 
-    def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """Per-sample prefixes [layers, B, 2, top_k * length, heads, head_dim] for indices [B, top_k]."""
+    def gather(self, idx: torch.Tensor, *, gather: str = "per-sample") -> torch.Tensor:
+        """Prefixes [layers, B, 2, top_k * length, heads, head_dim] for indices [B, top_k].
+
+        ``per-sample``: sample b gets the (key, value) parts of its own prompts. ``reference``: the
+        public reference's gather, which reshapes [layers, 2, B, ...] to [layers, B, 2, ...] without a
+        permute, so position b reads chunks 2b and 2b+1 of the [key block; value block] layout: with
+        one prompt per batch, positions < B/2 get (key, key), positions >= B/2 (value, value) and the
+        middle one of an odd B (key, value); with several prompts a position also reads other
+        positions' prompts. At B = 1 both are the same.
+        """
+        check_choice("gather", gather, GATHERS)
         p = self.prompt[:, :, idx]  # [layers, 2, B, top_k, length, heads, head_dim]
         layers, _, B, k, length, heads, hd = p.shape
-        # The reference reshapes without this permute, which mixes samples and key/value roles for B > 1.
-        return p.permute(0, 2, 1, 3, 4, 5, 6).reshape(layers, B, 2, k * length, heads, hd)
+        if gather == "per-sample":
+            p = p.permute(0, 2, 1, 3, 4, 5, 6)
+        return p.reshape(layers, B, 2, k * length, heads, hd)
+
+    def reference_batchwise(self, idx: torch.Tensor) -> torch.Tensor:
+        """The reference's batchwise choice [B, top_k] from per-sample indices [B, top_k], on the very
+        arrays its prompt.py ranks: the sorted distinct indices with their counts (``torch.unique``),
+        padded to the pool size with the smallest index and a count of 0, then ``torch.topk`` of the
+        counts. Built from fixed-size operations so that it traces to ONNX; a tie between equal counts
+        breaks as ``torch.topk`` breaks it on this device and torch version (ONNX TopK: the lower index).
+        """
+        flat = idx.flatten()
+        counts = F.one_hot(flat, self.pool_size).sum(0)
+        present = counts > 0
+        ids = torch.arange(self.pool_size, device=idx.device)
+        order = torch.argsort(torch.where(present, ids, ids + self.pool_size))  # present ids ascending, then absent
+        prompt_id = torch.where(present[order], order, flat.min())
+        major = counts[order].topk(self.top_k).indices
+        return prompt_id[major].unsqueeze(0).expand(idx.shape[0], -1)
 
 
 class DualPromptViT(nn.Module):
@@ -212,14 +243,18 @@ class DualPromptViT(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad_(not name.startswith(self.BACKBONE))
 
+    def embedded_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """[CLS] and patch tokens [B, 1 + patches, dim] after the position embedding, before the first block."""
+        x = self.patch_embed(x)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+
     def tokens(self, x: torch.Tensor, e_prefix: Optional[torch.Tensor] = None, cls_only: bool = False) -> torch.Tensor:
         """Tokens [B, 1 + patches, dim] after the final norm; unprompted when ``e_prefix`` is None.
 
         ``cls_only``: the last block computes the [CLS] token alone and the result is [B, 1, dim]
         (what a [CLS] readout needs, for about 1/depth less work).
         """
-        x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.embedded_tokens(x)
         g_layers, e_layers = self.cfg.g_prompt_layers, self.cfg.e_prompt_layers
         for i, block in enumerate(self.blocks):
             prefix = None
@@ -231,8 +266,14 @@ class DualPromptViT(nn.Module):
             x = block(x, prefix, cls_only and i == len(self.blocks) - 1)
         return self.norm(x)
 
-    def query(self, x: torch.Tensor) -> torch.Tensor:
-        """q(x): [CLS] of the unprompted backbone after the final norm, [B, dim]."""
+    def query(self, x: torch.Tensor, *, query: str = "cls") -> torch.Tensor:
+        """q(x) [B, dim]. ``cls``: [CLS] of the unprompted backbone after the final norm (the paper, and
+        the reference when given the query features). ``notebook``: the element-wise max over all
+        embedded tokens, [CLS] row included, before the first block (the reference's fallback when no
+        query features are passed, which the original study's notebook ran)."""
+        check_choice("query", query, QUERIES)
+        if query == "notebook":
+            return self.embedded_tokens(x).max(dim=1).values
         return self.tokens(x, cls_only=True)[:, 0]
 
     def prompt_similarity(self, query: torch.Tensor) -> torch.Tensor:
@@ -242,17 +283,24 @@ class DualPromptViT(nn.Module):
             return l2_normalize(query.float()) @ l2_normalize(self.e_prompt.prompt_key.float()).t()
 
     def select_prompts(self, similarity: torch.Tensor, selection: str = "per-sample",
-                       task_id: Optional[int] = None) -> torch.Tensor:
+                       task_id: Optional[int] = None, *, gather: str = "per-sample") -> torch.Tensor:
         """Prompt indices [B, top_k]. ``task_id`` (training) forces task t's own prompts (the
-        reference's prompt mask) while the pool has room for them; else ``selection`` picks."""
+        reference's prompt mask) while the pool has room for them; else ``selection`` picks, with
+        ``gather="reference"`` batchwise ranks the counts as the reference does
+        (:meth:`EPrompt.reference_batchwise`)."""
         k = self.e_prompt.top_k
         if task_id is not None and (task_id + 1) * k <= self.e_prompt.pool_size:
             return torch.arange(task_id * k, (task_id + 1) * k, device=similarity.device).expand(similarity.shape[0], -1)
+        check_choice("gather", gather, GATHERS)
+        if gather == "reference" and selection == "batchwise":
+            return self.e_prompt.reference_batchwise(self.e_prompt.select(similarity.detach()))
         return self.e_prompt.select(similarity.detach(), selection)
 
-    def prompted_tokens(self, x: torch.Tensor, prompt_index: torch.Tensor, *, cls_only: bool = False) -> torch.Tensor:
-        """Tokens after the final norm of the pass prompted with e-prompts ``prompt_index`` [B, top_k]."""
-        return self.tokens(x, self.e_prompt.gather(prompt_index), cls_only=cls_only)
+    def prompted_tokens(self, x: torch.Tensor, prompt_index: torch.Tensor, *, cls_only: bool = False,
+                        gather: str = "per-sample") -> torch.Tensor:
+        """Tokens after the final norm of the pass prompted with e-prompts ``prompt_index`` [B, top_k]
+        (``gather``: see :meth:`EPrompt.gather`)."""
+        return self.tokens(x, self.e_prompt.gather(prompt_index, gather=gather), cls_only=cls_only)
 
     @staticmethod
     def pool_tokens(tokens: torch.Tensor, pool: str) -> torch.Tensor:
@@ -260,26 +308,28 @@ class DualPromptViT(nn.Module):
         check_choice("pool", pool, POOLS)
         return tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)
 
-    def embed(self, x: torch.Tensor, selection: str = "per-sample", pool: str = "cls") -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, x: torch.Tensor, selection: str = "per-sample", pool: str = "cls", *,
+              gather: str = "per-sample", query: str = "cls") -> tuple[torch.Tensor, torch.Tensor]:
         """What an export computes: (embedding [B, dim], prompt_index [B, top_k]) for images [B, 3, H, W].
 
         The last block of each pass computes only what the readout needs (``cls_only``)."""
-        idx = self.select_prompts(self.prompt_similarity(self.query(x)), selection)
-        return self.pool_tokens(self.prompted_tokens(x, idx, cls_only=pool == "cls"), pool), idx
+        idx = self.select_prompts(self.prompt_similarity(self.query(x, query=query)), selection, gather=gather)
+        return self.pool_tokens(self.prompted_tokens(x, idx, cls_only=pool == "cls", gather=gather), pool), idx
 
     def forward(self, x: torch.Tensor, task_id: Optional[int] = None, selection: str = "per-sample",
-                pool: str = "cls") -> dict[str, torch.Tensor]:
+                pool: str = "cls", *, gather: str = "per-sample", query: str = "cls") -> dict[str, torch.Tensor]:
         """Logits, embedding and prompt choice for images [B, 3, H, W] in [0, 1] (training and evaluation).
 
         Returns ``logits`` [B, classes], ``embedding`` [B, dim] (see :meth:`pool_tokens`),
         ``prompt_idx`` [B, top_k] and ``reduce_sim``, the mean cosine between each query and its
-        chosen keys (the pull constraint's term). ``task_id``: see :meth:`select_prompts`.
+        chosen keys (the pull constraint's term). ``task_id``: see :meth:`select_prompts`;
+        ``gather``: :meth:`EPrompt.gather`; ``query``: :meth:`query`.
         """
         with torch.no_grad():
-            q = self.query(x)
+            q = self.query(x, query=query)
         similarity = self.prompt_similarity(q)
-        idx = self.select_prompts(similarity, selection, task_id)
+        idx = self.select_prompts(similarity, selection, task_id, gather=gather)
         reduce_sim = similarity.gather(1, idx).sum() / x.shape[0]
-        tokens = self.prompted_tokens(x, idx, cls_only=pool == "cls")
+        tokens = self.prompted_tokens(x, idx, cls_only=pool == "cls", gather=gather)
         return {"logits": self.head(tokens[:, 0]), "embedding": self.pool_tokens(tokens, pool),
                 "prompt_idx": idx, "reduce_sim": reduce_sim}
