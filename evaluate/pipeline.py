@@ -145,8 +145,8 @@ def _describe(sets: Sequence[EmbeddingSet]) -> dict:
 
 
 def _task(s: EmbeddingSet) -> Optional[int]:
-    task = s.manifest.model.task
-    return task if isinstance(task, int) and not isinstance(task, bool) else None
+    task = s.manifest.model.task  # 0: not recorded (sets made without an export's metadata)
+    return task if isinstance(task, int) and not isinstance(task, bool) and task > 0 else None
 
 
 def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet],

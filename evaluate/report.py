@@ -41,9 +41,13 @@ def figure_files() -> dict[str, str]:
     return files
 
 
+# What evaluate's options add beside the report: --index/--backfill/precision and --projections files.
+_EXTRA_FILES = ("production.json", "production.md", "projections.png")
+
+
 def _report_name(name: str) -> bool:
-    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE) or name in figure_files() or (
-        name.startswith("heatmap_") and name.endswith(".png"))
+    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, *_EXTRA_FILES) or name in figure_files() or (
+        name.startswith(("heatmap_", "backfill_")) and name.endswith(".png"))
 
 
 def check_out_dir(out_dir: str | Path) -> Path:

@@ -2,6 +2,8 @@
 import dataclasses
 import json
 
+from dpcompat.infer.datasets import dataset_key
+from dpcompat.infer.store import read_set
 from onnx_fixtures import model_info, run_cli, write_data, write_model
 
 
@@ -18,6 +20,6 @@ def test_reports_label_the_reference_modes(tmp_path):
         "task1": {"pool": "cls", "selection": "per-sample", "gather": "per-sample", "query": "cls"},
         "task2": {"pool": "cls", "selection": "batchwise", "gather": "reference", "query": "notebook"}}
     md = (tmp_path / "reports" / "compatibility.md").read_text()
-    assert "task2 (cls, batchwise, reference, notebook)" in md
-    manifest = json.loads((tmp_path / "embeddings" / "task2" / "cifar10-test" / "manifest.json").read_text())
-    assert (manifest["model"]["gather"], manifest["model"]["query"]) == ("reference", "notebook")
+    assert "| task2 | cls | batchwise | reference | notebook |" in md
+    stored = read_set(tmp_path / "embeddings" / "task2" / dataset_key("cifar10:test", tmp_path / "data"))
+    assert (stored.manifest.model.gather, stored.manifest.model.query) == ("reference", "notebook")

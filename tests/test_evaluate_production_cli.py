@@ -6,6 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from dpcompat.infer.datasets import dataset_key
 from onnx_fixtures import model_info, run_cli, write_data, write_model
 
 pytest.importorskip("faiss", reason="faiss-cpu (the [faiss] extra) is not installed")
@@ -77,7 +78,7 @@ def test_query_precision_rows(workdir):
     for i, row in enumerate(rows):
         assert row["top1"] == exact["metrics"]["top1"][i][i] and row["delta_mAP"] == 0
         assert row["min_cosine"] == pytest.approx(1.0) and row["images_per_s"] > 0
-    assert (workdir / "embeddings" / "task2-fp16" / "cifar10-test").is_dir()
+    assert (workdir / "embeddings" / "task2-fp16" / dataset_key("cifar10:test", workdir / "data")).is_dir()
 
 
 @pytest.mark.parametrize("args, message", [

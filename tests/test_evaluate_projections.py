@@ -7,6 +7,7 @@ from threadpoolctl import threadpool_limits
 
 from dpcompat.common.errors import InputError
 from dpcompat.evaluate.projections import JOINT, parse_methods, project, sample_indices, write_projections
+from dpcompat.infer.datasets import dataset_key
 from onnx_fixtures import run_cli, write_random_set
 
 
@@ -67,7 +68,8 @@ def test_figure_written(tmp_path):
 
 def test_evaluate_cli_draws_projections(tmp_path):
     for m, seed in (("task1", 0), ("task2", 1)):
-        write_random_set(tmp_path / "store" / m / "cifar10-test", m, n=40, seed=seed)
+        write_random_set(tmp_path / "store" / m / dataset_key("cifar10:test", tmp_path / "data"), m, n=40, seed=seed,
+                         data_path=tmp_path / "data")
     r = run_cli("evaluate", "--from-store", "task1,task2", "--store", "store", "--out", "out",
                 "--projections", "pca,tsne", "--projection-sample", "30", "--quiet", cwd=tmp_path,
                 env={"OMP_NUM_THREADS": "1"})

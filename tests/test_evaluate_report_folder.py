@@ -16,6 +16,7 @@ from dpcompat.common.errors import InputError
 from dpcompat.evaluate.compat import compatibility
 from dpcompat.evaluate.pipeline import Evaluation, evaluate_sets
 from dpcompat.evaluate.report import check_out_dir, write_reports
+from dpcompat.infer.datasets import dataset_key
 from onnx_fixtures import run_cli, write_random_set
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,8 @@ def test_models_are_put_in_task_order_and_duplicate_tasks_refused(tmp_path):
 
 def test_evaluate_cli_says_it_reordered_and_refuses_a_foreign_out_folder(tmp_path):
     for t in (1, 2, 10):
-        write_random_set(tmp_path / "embeddings" / f"task{t}" / "cifar10-test", f"task{t}", seed=t)
+        write_random_set(tmp_path / "embeddings" / f"task{t}" / dataset_key("cifar10:test", tmp_path / "data"), f"task{t}",
+                         seed=t, data_path=tmp_path / "data")
     r = run_cli("evaluate", "--from-store", "task10,task1,task2", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "models put in task order task1, task2, task10" in r.stderr and "3 models: task1, task2, task10" in r.stdout
