@@ -169,16 +169,6 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(error, os.strerror(error), str(b))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _tidy(path: Path) -> None:
     """Undo what a killed run left beside ``path``: restore a folder it had only moved aside (the
     two-rename fallback) and remove the temporary folders of runs that are no longer alive."""
