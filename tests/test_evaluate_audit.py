@@ -74,8 +74,8 @@ def test_near_duplicates_equal_brute_force(tmp_path):
     threshold, k = 0.99, 3
     audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=tmp_path / "m.onnx", threshold=threshold,
                       k=k, store=tmp_path / "store", provider="cpu")
-    q = read_set(tmp_path / "store" / "m" / dataset_key("cifar10:test", tmp_path / "data")).embeddings
-    g = read_set(tmp_path / "store" / "m" / "cifar100-train").embeddings
+    q = read_set(tmp_path / "store" / "m" / dataset_key("cifar10:test", tmp_path)).embeddings
+    g = read_set(tmp_path / "store" / "m" / dataset_key("cifar100:train", tmp_path)).embeddings
     full = q.astype(np.float64) @ g.astype(np.float64).T  # brute force: the whole matrix
     top = np.argsort(-full, axis=1, kind="stable")[:, :k]
     want = {(i, int(j)) for i in range(len(q)) for j in top[i] if full[i, j] >= threshold} | {(7, 5), (100 % 60, 40)}
@@ -177,14 +177,14 @@ def test_auto_feature_prefers_a_query_output(tmp_path):
     store = tmp_path / "store"
     audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, store=store, provider="cpu")
     assert audit.feature == "query"
-    stored = read_set(store / "m-query" / dataset_key("cifar10:test", tmp_path / "data"))
+    stored = read_set(store / "m-query" / dataset_key("cifar10:test", tmp_path))
     assert stored.manifest.model.output == "query"
     pair = audit.comparisons[0].pairs[0]
-    q, g = stored.embeddings, read_set(store / "m-query" / dataset_key("cifar100:train", tmp_path / "data")).embeddings
+    q, g = stored.embeddings, read_set(store / "m-query" / dataset_key("cifar100:train", tmp_path)).embeddings
     assert pair.cosine == pytest.approx(float(q[pair.left_index] @ g[pair.right_index]), abs=1e-6)
     embedding = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, feature="embedding",
                           store=store, provider="cpu")
-    assert embedding.feature == "embedding" and (store / "m" / dataset_key("cifar10:test", tmp_path / "data")).is_dir()
+    assert embedding.feature == "embedding" and (store / "m" / dataset_key("cifar10:test", tmp_path)).is_dir()
     from dpcompat.infer.datasets import open_dataset
     from dpcompat.infer.embed import embed_dataset
 
