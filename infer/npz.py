@@ -73,6 +73,7 @@ class NpzDataset(Dataset):
 
     def __init__(self, spec: str, path: Path, split: str):
         self.spec, self.name, self.split, self.path = spec, "npz", split, path
+        self.location = f"npz:{split}:{path.resolve()}"
         self.images, self.labels = _checked(path, split, *_read_split(spec, path, split))
         self.classes = [str(c) for c in range(int(self.labels.max()) + 1)]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
-import os
 import pickle
 import runpy
 import signal
@@ -197,14 +196,10 @@ def _die_with_parent() -> None:
     caller's stdout and stderr open)."""
     if not sys.platform.startswith("linux"):
         return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    try:  # a forkserver's worker is tied to the forkserver, which exits with the main process
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def init_worker_from_bytes(state: bytes) -> None:

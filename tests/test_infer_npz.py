@@ -42,8 +42,9 @@ def test_default_split_key_and_flat_labels(tmp_path):
     write_npz(tmp_path / "bloodmnist.npz", column_labels=False)
     ds = open_dataset(f"npz:{tmp_path / 'bloodmnist.npz'}")
     assert ds.split == "test" and len(ds) == 8
-    assert dataset_key(f"npz:{tmp_path / 'bloodmnist.npz'}") == "npz-bloodmnist-test"
-    assert dataset_key(f"npz:{tmp_path / 'bloodmnist.npz'}:val") == "npz-bloodmnist-val"
+    assert dataset_key(f"npz:{tmp_path / 'bloodmnist.npz'}").startswith("npz-bloodmnist-test-")
+    assert dataset_key(f"npz:{tmp_path / 'bloodmnist.npz'}:val").startswith("npz-bloodmnist-val-")
+    assert ds.location == f"npz:test:{(tmp_path / 'bloodmnist.npz').resolve()}"
 
 
 def test_fingerprint_follows_content(tmp_path):
@@ -95,4 +96,5 @@ def test_evaluate_on_an_npz_query_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "reports" / "compatibility.json").read_text())
     assert (report["query"]["spec"], report["query"]["count"], report["gallery"]["count"]) == ("npz:blood.npz:test", 22, 20)
-    assert (tmp_path / "embeddings" / "task1" / "npz-blood-test" / "manifest.json").is_file()
+    key = dataset_key(f"npz:{tmp_path / 'blood.npz'}:test")
+    assert key.startswith("npz-blood-test-") and (tmp_path / "embeddings" / "task1" / key / "manifest.json").is_file()
