@@ -579,6 +579,7 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     from tqdm import tqdm
 
     gallery = gallery or query
+    writable_dir(out, "--out")
     check_out_dir(out)
     if projections is not None:
         from .evaluate.projections import parse_methods

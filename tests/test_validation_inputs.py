@@ -12,6 +12,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -45,7 +46,7 @@ METADATA = [
     ("input_size", "64", "crop 32 differs from input_size 64"),
     ("top_k", "0", "top_k"), ("top_k", "5000", "top_k"),
     ("pool", "max", "unknown pool"), ("selection", "random", "unknown selection"),
-    ("precision", "int8", "unknown precision"),
+    ("precision", "int4", "unknown precision"),
     ("checkpoint", "../../etc/passwd", "not a plain file name"), ("checkpoint", "a/b.pth", "plain file name"),
     ("checkpoint", "..", "plain file name"), ("checkpoint", "", "plain file name"),
     ("checkpoint_sha256", "xyz", "checkpoint_sha256"), ("model", "", "model is not"), ("model", "m" * 300, "model"),
@@ -100,12 +101,17 @@ def test_valid_metadata_and_architecture_pass():
     assert info.architecture == ARCH and info.provenance == {"data": "generated"} and info.input_size == 32
 
 
-@pytest.mark.parametrize("dim, preprocessing, expected", [
-    (8, Preprocessing(resize=36, crop=32), "output 'embedding' is declared ['N', 16], the metadata says [batch, 8]"),
-    (16, Preprocessing(resize=44, crop=40), "input 'image' is declared ['N', 3, 32, 32], the metadata says"),
+@pytest.mark.parametrize("props, expected", [
+    ({"embedding_dim": "8"}, "output 'embedding' is declared ['N', 16], the metadata says [batch, 8]"),
+    ({"input_size": "40", "preprocessing": Preprocessing(resize=44, crop=40).to_json()},
+     "input 'image' is declared ['N', 3, 32, 32], the metadata says"),
 ])
-def test_metadata_must_match_the_graphs_shapes(tmp_path, dim, preprocessing, expected):
-    path = write_model(tmp_path / "m.onnx", dim=16, info=model_info(dim=dim, preprocessing=preprocessing))
+def test_metadata_must_match_the_graphs_shapes(tmp_path, props, expected):
+    path = write_model(tmp_path / "m.onnx", dim=16)
+    proto = onnx.load(path)  # the metadata edited after the fact, as a hostile file would be
+    for prop in proto.metadata_props:
+        prop.value = props.get(prop.key, prop.value)
+    onnx.save(proto, path)
     with pytest.raises(InputError, match=expected.replace("[", r"\[")):
         session_model_info(create_session(path, "cpu")[0], path)
     r = run_cli("embed", "--model", str(path), "--dataset", "cifar10:test", "--store", "s", cwd=write_data(tmp_path))
