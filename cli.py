@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 if not __package__:
@@ -346,8 +347,11 @@ def _chosen_tasks(task, tasks, all_tasks):
 @click.option("--data-path", default="data", show_default=True, help="int8: folder holding the calibration set.")
 @_GATHER
 @_QUERY
+@click.option("--bundle", is_flag=True, help="One file for all the chosen tasks, the frozen backbone stored and run "
+                                             "once: embedding [N, T, D], prompt_index [N, T], query [N, D].")
+@click.option("--bundle-name", default="tasks.onnx", show_default=True, help="--bundle: file name in --output-dir.")
 def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection, pool, precision, opset,
-                   calibration, calibration_count, data_path, gather, query):
+                   calibration, calibration_count, data_path, gather, query, bundle, bundle_name):
     """Export task feature extractors to ONNX for hosts with onnxruntime and no PyTorch."""
     import tempfile
 
@@ -356,9 +360,20 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
     quantized = precision in QUANTIZED_PRECISIONS
     if quantized != bool(calibration):
         raise InputError("--precision int8 needs --calibration SPEC (and only int8 takes it)")
+    if bundle and quantized:
+        raise InputError("--bundle is traced in fp32 or fp16; quantise single-task files (--task N --precision int8)")
     dataset = _calibration_set(calibration, calibration_count, data_path) if quantized else None
+    out_name = _onnx_name(bundle_name) if bundle else None
     chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     writable_dir(output_dir, "--output-dir")
+    if bundle:
+        from .export.bundle import export_bundle
+
+        r = export_bundle(chosen, Path(output_dir) / out_name, selection=selection, pool=pool, precision=precision,
+                          opset=opset, gather=gather, query=query)
+        click.echo(f"tasks {', '.join(map(str, chosen))}: {r.path} ({r.file_bytes / 1e6:.1f} MB, {r.size_ratio:.3f} x "
+                   f"the unique parameter bytes, {r.seconds:.1f} s)")
+        return
     for t, ckpt in chosen.items():
         out = Path(output_dir) / f"task{t}.onnx"
         if not quantized:
@@ -376,6 +391,12 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
         click.echo(f"task {t}: {q.path} (int8, {q.file_bytes / 1e6:.1f} MB, {fp32.seconds + q.seconds:.1f} s); vs fp32 on "
                    f"{q.images} calibration images: cosine mean {q.mean_cosine:.5f}, min {q.min_cosine:.5f}, same "
                    f"e-prompt {q.prompt_agreement:.1%}")
+
+
+def _onnx_name(name: str) -> str:
+    if Path(name).name != name or not name.endswith(".onnx") or name == ".onnx":
+        raise InputError(f"--bundle-name {name!r}: expected a file name ending in .onnx (the folder is --output-dir)")
+    return name
 
 
 def _calibration_set(spec, count, data_path):
@@ -407,11 +428,15 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
                    random_count, seed, provider, threads, trt_fp16, trt_cache, trt_workspace, report_path):
     """Check an export against its PyTorch checkpoint at batch sizes 1, 7 and 32.
 
+    A bundle: every task against its checkpoint and the query output against the frozen backbone;
+    --report then holds {"passed", "reports": [...]}.
+
     Exit code 0: within tolerance; 1: parity failure; 2: bad input.
     """
     from .export.parity import format_table
     from .export.verify import DEFAULT_CHECKPOINT_DIR, Inputs, verify_export
     from .common.atomic import write_json
+    from .infer.bundle import is_bundle
     from .train.checkpoint import checkpoint_path
 
     if (task is None) == (onnx_path is None):
@@ -429,16 +454,24 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
     _fetch_data(download, data_path, dataset)
     inputs = Inputs(images_dir=images_dir, dataset=dataset, data_path=data_path,
                     count=random_count if random_count is not None else limit, seed=seed)
-    report = verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider, threads=threads,
-                           trt=_trt(trt_fp16, trt_cache, trt_workspace))
-    c = report.context
-    click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}, {report.precision}, {report.selection}, pool {c['pool']}, "
-               f"gather {c['gather']}, query {c['query']}) "
-               f"vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}")
-    click.echo(format_table(report))
+    runtime = dict(threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace))
+    if is_bundle(onnx_path):
+        from .export.verify_bundle import verify_bundle
+
+        reports = verify_bundle(onnx_path, checkpoint_dir, inputs=inputs, provider=provider, **runtime)
+    else:
+        reports = [verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider, **runtime)]
+    for report in reports:
+        c = report.context
+        click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}{', ' + c['output'] if 'output' in c else ''}, "
+                   f"{report.precision}, {report.selection}, pool {c['pool']}, gather {c['gather']}, query {c['query']}) "
+                   f"vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}")
+        click.echo(format_table(report))
+    passed = all(r.passed for r in reports)
     if report_path:
-        write_json(report_path, report.to_dict())
-    ctx.exit(0 if report.passed else 1)
+        write_json(report_path, reports[0].to_dict() if len(reports) == 1 else
+                   {"passed": passed, "reports": [r.to_dict() for r in reports]})
+    ctx.exit(0 if passed else 1)
 
 
 # ---- commands: infer ----
@@ -471,9 +504,14 @@ _DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), f
 @click.option("--gpus-per-actor", default=0.0, show_default=True, help="--engine ray: GPUs each actor reserves.")
 def embed(model, dataset, data_path, download, store, model_id, provider, threads, trt_fp16, trt_cache, trt_workspace, workers,
           batch_size, shard_rows, force, skip_bad, quiet, engine, ray_address, actors, gpus_per_actor):
-    """Embed a data set with one exported model into the embedding store (onnxruntime only)."""
+    """Embed a data set with one exported model into the embedding store (onnxruntime only).
+
+    A bundle (export --bundle) writes, in one pass over the images, one set per task,
+    <model-id>.task<N>, and one for its frozen backbone, <model-id>.backbone; --batch-size and
+    --shard-rows then count the rows of all of them (images x tasks).
+    """
     from .infer.datasets import open_dataset
-    from .infer.embed import Engine, embed_dataset
+    from .infer.embed import Engine, embed_model
     from .infer.ray_engine import RayOptions
 
     ray = None
@@ -485,19 +523,24 @@ def embed(model, dataset, data_path, download, store, model_id, provider, thread
 
     writable_dir(store, "--store")
     _fetch_data(download, data_path, dataset)
-    r = embed_dataset(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
-                      batch_size=batch_size, shard_rows=shard_rows, force=force, skip_bad=skip_bad,
-                      progress=not quiet,
-                      engine=Engine(workers=workers, threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace),
-                                    ray=ray))
+    results = embed_model(model, open_dataset(dataset, data_path), store, model_id=model_id, provider=provider,
+                          batch_size=batch_size, shard_rows=shard_rows, force=force, skip_bad=skip_bad,
+                          progress=not quiet,
+                          engine=Engine(workers=workers, threads=threads,
+                                        trt=_trt(trt_fp16, trt_cache, trt_workspace), ray=ray))
+    for r in results:
+        _report_set(r)
+
+
+def _report_set(r) -> None:
     if r.reused:
         click.echo(f"reused {r.set.path} ({r.set.count} x {r.set.dim}; same model file and data; --force recomputes)")
-    else:
-        skipped = len(r.set.manifest.skipped)
-        click.echo(f"wrote {r.set.path}: {r.set.count} x {r.set.dim} in {len(r.set.manifest.shards)} shard(s) on "
-                   f"{r.provider} in {r.seconds:.1f} s"
-                   + (f" ({r.resumed_rows} rows resumed from an interrupted run)" if r.resumed_rows else "")
-                   + (f", {skipped} unreadable image(s) skipped (listed in manifest.json)" if skipped else ""))
+        return
+    skipped = len(r.set.manifest.skipped)
+    click.echo(f"wrote {r.set.path}: {r.set.count} x {r.set.dim} in {len(r.set.manifest.shards)} shard(s) on "
+               f"{r.provider} in {r.seconds:.1f} s"
+               + (f" ({r.resumed_rows} rows resumed from an interrupted run)" if r.resumed_rows else "")
+               + (f", {skipped} unreadable image(s) skipped (listed in manifest.json)" if skipped else ""))
 
 
 @cli.command()
@@ -543,40 +586,30 @@ def embed(model, dataset, data_path, download, store, model_id, provider, thread
               help="Also store the galleries as fp16 and/or int8 (scalar-quantised) and report the metric change.")
 @click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
               help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
+@click.option("--no-backbone", is_flag=True, help="A bundle's tasks only, without its frozen backbone's row and column.")
 def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, download, store, out, k,
              include_self, provider, threads, trt_fp16, trt_cache, trt_workspace, workers, batch_size, skip_bad, quiet,
              projections, projection_sample, indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_m,
              ef_construction, ef_search, backfill, backfill_pairs, backfill_steps, backfill_seed, backfill_order,
-             gallery_precisions, precision_exports):
+             gallery_precisions, precision_exports, no_backbone):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
     Writes compatibility.json/.csv/.md and figures (rows: query model, columns: gallery model); the
     models are put in the order of the task in their metadata. With --index, --backfill,
     --gallery-precision or --precision-exports also production.json/.md.
     """
-    from .evaluate.indexes import IndexParams
-    from .evaluate.production import ProductionOptions
-
-    def split(values):
-        return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
-
-    production = ProductionOptions(
-        indexes=split(indexes), depth=index_depth, backfill=backfill, backfill_pairs=backfill_pairs,
-        params=IndexParams(nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m,
-                           ef_construction=ef_construction, ef_search=ef_search),
+    production = _production_options(
+        indexes=indexes, depth=index_depth, backfill=backfill, backfill_pairs=backfill_pairs,
+        params=dict(nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_bits=pq_bits, hnsw_m=hnsw_m,
+                    ef_construction=ef_construction, ef_search=ef_search),
         backfill_steps=backfill_steps, backfill_seed=backfill_seed, backfill_order=backfill_order,
-        gallery_precisions=split(gallery_precisions))
-    production.check()
-    if production.indexes:
-        from .evaluate.indexes import faiss_module
-
-        faiss_module()
+        gallery_precisions=gallery_precisions)
     if precision_exports and from_store is not None:
         raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
     from .evaluate.pipeline import (collect_from_models, collect_from_store, evaluate_sets, model_files as find_models,
                                     once_to_stderr, order_by_task)
     from .evaluate.report import check_out_dir, summary, write_reports
-    from tqdm import tqdm
+    from .infer.bundle import is_bundle
 
     gallery = gallery or query
     writable_dir(out, "--out")
@@ -591,17 +624,15 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
                                   data_path=data_path)
     else:
         files = find_models(model_files, exports_dir)
+        if precision_exports and any(map(is_bundle, files)):
+            raise InputError("--precision-exports compares single-task files: name them (--models exports/task*.onnx)")
         writable_dir(store, "--store")
         _fetch_data(download, data_path, query, gallery)
         q, g = collect_from_models(files, query, gallery, data_path, store, provider=provider,
-                                   batch_size=batch_size, skip_bad=skip_bad, progress=not quiet,
+                                   batch_size=batch_size, skip_bad=skip_bad, progress=not quiet, backbone=not no_backbone,
                                    workers=workers, threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace))
     q, g = order_by_task(q, g, once_to_stderr())
-    with tqdm(desc="cells", unit="cell", disable=quiet, file=sys.stderr) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with _cell_bar("cells", disable=quiet) as progress:
         ev = evaluate_sets(q, g, k=k, include_self=include_self, progress=progress)
     written = write_reports(ev, out)
     if projections:
@@ -616,19 +647,45 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
                              quiet=quiet)
 
 
+@contextmanager
+def _cell_bar(desc: str, *, disable: bool):
+    """A progress bar on stderr, and the ``progress(done, total)`` callback that moves it."""
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit="cell", disable=disable, file=sys.stderr) as bar:
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress
+
+
+def _production_options(*, indexes, gallery_precisions, params, **options):
+    """evaluate's production options, checked (FAISS importable when an index is asked for)."""
+    from .evaluate.indexes import IndexParams
+    from .evaluate.production import ProductionOptions
+
+    def split(values):
+        return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+    production = ProductionOptions(indexes=split(indexes), gallery_precisions=split(gallery_precisions),
+                                   params=IndexParams(**params), **options)
+    production.check()
+    if production.indexes:
+        from .evaluate.indexes import faiss_module
+
+        faiss_module()
+    return production
+
+
 def _evaluate_production(q, g, ev, production, files, precision_exports, store, data_path, query_spec, out, *,
                          provider, batch_size, skip_bad, quiet):
     """Indexes, backfilling and reduced precision (evaluate's production.json/.md and backfill figures)."""
     from .evaluate.production import collect_precision_sets, evaluate_production, precision_rows
     from .evaluate.production_report import write_production
-    from tqdm import tqdm
 
     exclude_self = ev.protocol["own_image_left_out"]
-    with tqdm(desc="index cells", unit="cell", disable=quiet or not production.indexes, file=sys.stderr) as bar:
-        def progress(done, total):
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with _cell_bar("index cells", disable=quiet or not production.indexes) as progress:
         result = evaluate_production(q, g, ev.result, ev.models, production, store, k=ev.protocol["k"],
                                      exclude_self=exclude_self, progress=progress)
     rows = []
@@ -783,13 +840,29 @@ def _emit(result: dict, table: str, json_path) -> None:
 @click.option("--pipeline-dataset", help="Time the input pipeline on this data set instead (e.g. folder:/srv/gallery).")
 @click.option("--workdir", default="bench-embed", show_default=True, help="Where the generated photos are kept.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_json_file, help="Write every figure as JSON here.")
+@click.option("--singles-dir", type=click.Path(file_okay=False),
+              help="With a bundle: where its tasks' single files task<N>.onnx are (default: the bundle's folder).")
 def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_workspace, batch_sizes, repeats,
-                        compare_torch, checkpoint_dir, worker_counts, photos, pipeline_dataset, workdir, json_path):
+                        compare_torch, checkpoint_dir, worker_counts, photos, pipeline_dataset, workdir, json_path,
+                        singles_dir):
     """images/s of an export per batch size, as a fraction of the measured matmul peak, optionally vs PyTorch;
-    the input pipeline per worker count, and which of the two limits embed."""
+    the input pipeline per worker count, and which of the two limits embed.
+
+    A bundle: images x tasks per second of the bundle and of its tasks' single files, timed in
+    alternating rounds on the same images and threads, and their ratio."""
     from .common.synthetic import write_photo_folder
     from .infer.bench import bench_embed, format_table
+    from .infer.bundle import is_bundle
     from .infer.datasets import open_dataset
+
+    if is_bundle(model_path):
+        if compare_torch:
+            raise InputError("--compare-torch: time one task's single file against PyTorch, not a bundle")
+        _bench_bundle(model_path, provider, batch_sizes, repeats, singles_dir or Path(model_path).parent, json_path,
+                      threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace))
+        return
+    if singles_dir:
+        raise InputError(f"--singles-dir: {model_path} is not a bundle")
 
     if not worker_counts or min(worker_counts) < 0:
         raise InputError(f"--workers {worker_counts}: give one or more worker counts, each 0 or more")
@@ -843,6 +916,20 @@ def _feeding_lines(result: dict) -> list[str]:
             f"model {f['model_images_per_s']:.1f} img/s -> bottleneck: {f['bottleneck']}; it needs "
             f"{f['workers_needed']} worker(s) at {f['per_worker_images_per_s']:.0f} img/s per worker",
             f"workers a model needs, by its speed: {needed}"]
+
+
+def _bench_bundle(model_path, provider, batch_sizes, repeats, singles_dir, json_path, *, threads, trt):
+    from .infer.bench import format_table
+    from .infer.bundle_bench import bench_bundle
+
+    result = bench_bundle(model_path, singles_dir, provider, batch_sizes, repeats=repeats,
+                          warn=lambda m: click.echo(m, err=True), threads=threads, trt=trt)
+    cols = [("batch_size", "batch", "d"), ("bundle_images_tasks_per_s", "bundle img x tasks/s", ".2f"),
+            ("singles_images_tasks_per_s", f"{len(result['tasks'])} single files img x tasks/s", ".2f"),
+            ("ratio", "bundle / singles", ".2f")]
+    head = (f"{model_path} (tasks {', '.join(map(str, result['tasks']))}) vs their single files on "
+            f"{result['provider']} ({result['precision']})")
+    _emit(result, "\n".join([head, format_table(result["rows"], cols)]), json_path)
 
 
 @bench.command("evaluate")

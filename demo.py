@@ -1,4 +1,5 @@
-"""The whole chain in one run: train -> export -> verify -> embed -> evaluate -> report.
+"""The whole chain in one run: train -> export -> verify -> embed -> evaluate -> report (embedding with the
+bundle of every task, so the frozen backbone is evaluated beside the tasks).
 
 Every stage calls the same library functions as its own command; nothing here is demo-only except
 choosing small settings and, offline, generating data in CIFAR's on-disk format.
@@ -143,31 +144,42 @@ def export_provenance(path: Path) -> dict:
     return model_info(create_session(path, "cpu")[0], path).provenance
 
 
-def export_stage(workdir: Path, s: DemoSettings, log: Callable[[str], None]) -> list[Path]:
+def export_stage(workdir: Path, s: DemoSettings, log: Callable[[str], None]) -> tuple[list[Path], Path]:
+    """Every task's own file (what one deploys), then the bundle of all tasks (what the study embeds with)."""
+    from .export.bundle import DEFAULT_NAME, export_bundle
     from .export.onnx_export import export_task
 
     exports = []
-    for t in range(1, s.num_tasks + 1):
-        r = export_task(workdir / "output" / "checkpoint" / f"task{t}_checkpoint.pth",
-                        workdir / "exports" / f"task{t}.onnx", task=t)
+    checkpoints = {t: workdir / "output" / "checkpoint" / f"task{t}_checkpoint.pth" for t in range(1, s.num_tasks + 1)}
+    for t, checkpoint in checkpoints.items():
+        r = export_task(checkpoint, workdir / "exports" / f"task{t}.onnx", task=t)
         exports.append(r.path)
         log(f"   {r.path} ({r.file_bytes / 1e6:.1f} MB)")
-    return exports
+    r = export_bundle(checkpoints, workdir / "exports" / DEFAULT_NAME)
+    log(f"   {r.path} ({r.file_bytes / 1e6:.1f} MB: every task, the frozen backbone stored once)")
+    return exports, r.path
 
 
-def verify_stage(workdir: Path, data: Path, exports: list[Path], s: DemoSettings, provider: str,
+def verify_stage(workdir: Path, data: Path, exports: list[Path], bundle: Path, s: DemoSettings, provider: str,
                  log: Callable[[str], None]) -> None:
-    """Verify every export against its checkpoint; a parity failure stops the demo."""
+    """Verify every export (each task of the bundle and its query output too) against its checkpoint;
+    a parity failure stops the demo."""
     from .export.verify import Inputs, verify_export
+    from .export.verify_bundle import verify_bundle
 
     parity = []
+    checkpoints = workdir / "output" / "checkpoint"
+    inputs = Inputs(dataset="cifar10:test", data_path=str(data), count=s.verify_count)
     for path in exports:
-        report = verify_export(path, checkpoint_dir=workdir / "output" / "checkpoint",
-                               inputs=Inputs(dataset="cifar10:test", data_path=str(data), count=s.verify_count),
-                               provider=provider)
+        report = verify_export(path, checkpoint_dir=checkpoints, inputs=inputs, provider=provider)
         write_json(workdir / "verify" / f"verify_{path.stem}.json", report.to_dict())
         parity.append(report.passed)
         log(f"   {path.name}: {'PASS' if report.passed else 'FAIL'}")
+    reports = verify_bundle(bundle, checkpoints, inputs=inputs, provider=provider)
+    write_json(workdir / "verify" / f"verify_{bundle.stem}.json",
+               {"passed": all(r.passed for r in reports), "reports": [r.to_dict() for r in reports]})
+    parity += [r.passed for r in reports]
+    log(f"   {bundle.name}: " + ", ".join(f"{r.context['task']} {'PASS' if r.passed else 'FAIL'}" for r in reports))
     if not all(parity):
         raise RuntimeError("ONNX parity failed; see the verify_*.json reports")
 
@@ -204,13 +216,13 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
     with stages.stage("train"):
         rows = train_stage(workdir, data, s, pretrained_weights, smoke, log, distill)
     with stages.stage("export"):
-        exports = export_stage(workdir, s, log)
+        exports, bundle = export_stage(workdir, s, log)
         model_provenance = export_provenance(exports[-1])
         notes = provenance_notes(model_provenance)
     with stages.stage("verify"):
-        verify_stage(workdir, data, exports, s, provider, log)
-    with stages.stage("embed"):
-        query, gallery = collect_from_models(exports, "cifar10:test", "cifar10:test", data, workdir / "embeddings",
+        verify_stage(workdir, data, exports, bundle, s, provider, log)
+    with stages.stage("embed"):  # one pass of the bundle: every task's sets and the frozen backbone's
+        query, gallery = collect_from_models([bundle], "cifar10:test", "cifar10:test", data, workdir / "embeddings",
                                              provider=provider)
     with stages.stage("evaluate"):
         provenance = {**model_provenance, "evaluation_data": "generated" if generated else "cifar10", "notes": notes,

@@ -4,6 +4,12 @@ that shape it. The exporter, ``ModelInfo``, the CLI's choice lists and the tests
   ``image``        float32 [batch, 3, S, S], RGB pixels in [0, 1] after the metadata's preprocessing
   ``embedding``    float32 [batch, D]
   ``prompt_index`` int64 [batch] (top_k = 1) or [batch, top_k]
+
+A bundle (one file for T tasks sharing one frozen backbone) takes the same ``image`` and gives
+
+  ``embedding``    float32 [batch, T, D], task t's embedding at position t (tasks in metadata order)
+  ``prompt_index`` int64 [batch, T] (top_k = 1) or [batch, T, top_k]
+  ``query``        float32 [batch, D], the frozen backbone's own unprompted [CLS] after the final norm
 """
 from __future__ import annotations
 
@@ -31,6 +37,14 @@ INPUTS = (IMAGE,)
 OUTPUTS = (EMBEDDING, PROMPT_INDEX)
 
 INPUT_NAME, EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT = IMAGE.name, EMBEDDING.name, PROMPT_INDEX.name
+
+# A bundle's outputs: the per-task ones gain a task axis (dimension 1, static), ``query`` is the backbone's.
+BUNDLE_EMBEDDING = TensorSpec(EMBEDDING.name, "float32", 3)
+BUNDLE_PROMPT_INDEX = TensorSpec(PROMPT_INDEX.name, "int64", 2)
+QUERY = TensorSpec("query", "float32", 2)
+BUNDLE_OUTPUTS = (BUNDLE_EMBEDDING, BUNDLE_PROMPT_INDEX, QUERY)
+QUERY_OUTPUT = QUERY.name
+BUNDLE_TASKS_KEY = "bundle_tasks"  # metadata: JSON [{task, checkpoint, checkpoint_sha256}, ...] in output order
 
 SELECTIONS = ("per-sample", "batchwise")  # per-sample: batch-invariant; batchwise: the reference's inference
 POOLS = ("cls", "mean")  # [CLS] after the final norm; mean of all tokens (the original study's report)

@@ -27,7 +27,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _head(ev: Evaluation) -> list[str]:
-    from .report import caption, figure_files
+    from .report import caption, figure_files, model_label
+
+    label = model_label(ev)
 
     lines = ["# Backward compatibility", ""] + [f"> **{note}**\n" for note in ev.notes]
     known = [p for p in ev.provenance if p]
@@ -35,9 +37,14 @@ def _head(ev: Evaluation) -> list[str]:
         [m, str(p.get("data", "unknown")), str(p.get("backbone", "unknown"))] for m, p in zip(ev.models, ev.provenance)])
         if known else ["Unknown: the exports' metadata does not say what the models were trained on.", ""])
     modes = ev.query.get("modes", {})
-    lines += ["## How each model embeds", ""] + _table(["model", "pool", "selection", "gather", "query"], [
-        [m, *(str(modes.get(m, {}).get(k, "unknown")) for k in ("pool", "selection", "gather", "query"))]
-        for m in ev.models])
+    keys = ("output", "pool", "selection", "gather", "query")
+    lines += ["## How each model embeds", ""] + _table(["model", *keys], [
+        [label(m), *(str(modes.get(m, {}).get(k, "unknown")) for k in keys)] for m in ev.models])
+    if ev.protocol.get("frozen_backbone"):
+        lines += [f"{', '.join(ev.protocol['frozen_backbone'])}: the bundle's `query` output, the frozen backbone's "
+                  "own [CLS] without prompts, evaluated as the oldest model (first row and column; it takes part in "
+                  "AC, AM and the other summaries as the update before the first task). `evaluate --no-backbone` "
+                  "leaves it out.", ""]
     lines += [caption(ev), "", "Rows: query model; columns: gallery model (update order, oldest first).", "",
               "## Figures", ""] + [f"- `{name}`: {text}." for name, text in figure_files().items()] + [""]
     return lines

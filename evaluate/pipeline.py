@@ -9,9 +9,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .compat import Compatibility, compatibility
+from ..infer.bundle import BundleInfo, is_bundle, read_props
 from ..infer.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
-from ..infer.embed import Engine, embed_dataset
+from ..infer.embed import Engine, embed_model, model_targets
+from ..common.contract import QUERY_OUTPUT
 from ..common.errors import InputError
+from ..infer.metadata import ModelInfo
 from ..infer.store import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
 
 
@@ -46,8 +49,27 @@ def provenance_notes(provenance: Sequence[dict]) -> list[str]:
     return notes
 
 
-def model_files(models: Sequence[str], exports_dir: Optional[str]) -> list[Path]:
-    """The ONNX files named, or every ``*.onnx`` in ``exports_dir`` (exactly one of the two)."""
+def _prefer_bundles(files: Sequence[Path], warn: Callable[[str], None]) -> list[Path]:
+    """``files`` less the single-task files whose task a bundle among them holds, exported from the
+    same checkpoint (the bundle gives the same embeddings, and its frozen backbone, in one pass)."""
+    bundles = {f: BundleInfo.from_props(read_props(f), str(f)) for f in files if is_bundle(f)}
+    covered = {(t.task, t.checkpoint_sha256) for info in bundles.values() for t in info.tasks}
+
+    def bundled(f: Path) -> bool:
+        info = ModelInfo.from_props(read_props(f), str(f))
+        return (info.task, info.checkpoint_sha256) in covered
+
+    left = [f for f in files if bundles and f not in bundles and bundled(f)]
+    if left:
+        warn(f"note: {', '.join(f.name for f in left)} left out: {', '.join(f.name for f in bundles)} holds "
+             "the same tasks from the same checkpoints")
+    return [f for f in files if f not in left]
+
+
+def model_files(models: Sequence[str], exports_dir: Optional[str], *,
+                warn: Optional[Callable[[str], None]] = None) -> list[Path]:
+    """The ONNX files named, or every ``*.onnx`` in ``exports_dir`` (exactly one of the two); there,
+    a bundle stands in for the single-task files of its tasks (:func:`_prefer_bundles`)."""
     if not models and not exports_dir:
         raise InputError("no models: give ONNX files (--models a.onnx b.onnx ...), --exports-dir or --from-store")
     if models and exports_dir:
@@ -58,7 +80,7 @@ def model_files(models: Sequence[str], exports_dir: Optional[str]) -> list[Path]
         files = sorted(Path(exports_dir).glob("*.onnx"))
         if not files:
             raise InputError(f"--exports-dir {exports_dir}: no .onnx files there")
-        return files
+        return _prefer_bundles(files, warn or once_to_stderr())
     files = [Path(m) for m in models]
     for f in files:
         if not f.is_file():
@@ -90,19 +112,24 @@ def _unique_ids(ids: Sequence[str], sources: Sequence[object]) -> None:
 def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: str, data_path: str | Path,
                         store: str | Path, provider: str = "auto", batch_size: int = 64,
                         skip_bad: bool = False, progress: bool = False,
-                        warn: Optional[Callable[[str], None]] = None,
+                        warn: Optional[Callable[[str], None]] = None, backbone: bool = True,
                         **runtime) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
     """Query and gallery sets of every model, embedding what the store lacks (in the order given;
-    :func:`evaluate_sets` puts them in task order). ``runtime`` (``workers``, ``threads``, ``trt``,
-    ``ray``) goes to :class:`infer.embed.Engine`."""
-    _unique_ids([m.stem for m in models], models)
+    :func:`evaluate_sets` puts them in task order). A bundle gives its frozen backbone's set (unless
+    not ``backbone``) and every task's (see :func:`infer.embed.model_targets`). ``runtime``
+    (``workers``, ``threads``, ``trt``, ``ray``) goes to :class:`infer.embed.Engine`."""
     specs = list(dict.fromkeys([query_spec, gallery_spec]))
     datasets = {spec: open_dataset(spec, data_path) for spec in specs}
+    sets_of = [(m, t.model_id) for m in models for t in model_targets(m, m.stem, store, datasets[query_spec].key)]
+    _unique_ids([i for _, i in sets_of], [f"{m} ({i})" for m, i in sets_of])
     warn = warn or once_to_stderr()
     engine = Engine(**runtime)
-    sets = {spec: [embed_dataset(m, datasets[spec], store, provider=provider, batch_size=batch_size,
-                                 skip_bad=skip_bad, progress=progress, warn=warn, engine=engine).set for m in models]
+    sets = {spec: [r.set for m in models for r in embed_model(m, datasets[spec], store, provider=provider,
+                                                              batch_size=batch_size, skip_bad=skip_bad,
+                                                              progress=progress, warn=warn, engine=engine)]
             for spec in specs}
+    if not backbone:
+        sets = {spec: [s for s in found if not is_backbone(s)] for spec, found in sets.items()}
     return sets[query_spec], sets[gallery_spec]
 
 
@@ -139,13 +166,23 @@ def _describe(sets: Sequence[EmbeddingSet]) -> dict:
     m = sets[0].manifest
     # How each model embeds; stores written before the gather and query modes existed used the defaults.
     modes = {s.model_id: {"pool": s.manifest.model.pool, "selection": s.manifest.model.selection,
-                          "gather": s.manifest.model.gather, "query": s.manifest.model.query} for s in sets}
+                          "gather": s.manifest.model.gather, "query": s.manifest.model.query,
+                          "output": s.manifest.model.output} for s in sets}
     return {"spec": m.dataset.spec, "location": m.dataset.location, "fingerprint": m.dataset.fingerprint,
             "count": sets[0].count, "skipped": len(m.skipped), "sets": [str(s.path) for s in sets], "modes": modes}
 
 
+def is_backbone(s: EmbeddingSet) -> bool:
+    """Whether ``s`` holds a bundle's ``query`` output: the frozen backbone, unprompted, as a model."""
+    return s.manifest.model.output == QUERY_OUTPUT and s.manifest.model.task == 0
+
+
 def _task(s: EmbeddingSet) -> Optional[int]:
-    task = s.manifest.model.task  # 0: not recorded (sets made without an export's metadata)
+    """The task of ``s``'s model: 0 for a frozen backbone (older than every task), None when not
+    recorded (task 0 of a set made without an export's metadata)."""
+    task = s.manifest.model.task
+    if is_backbone(s):
+        return 0
     return task if isinstance(task, int) and not isinstance(task, bool) and task > 0 else None
 
 
@@ -163,8 +200,8 @@ def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     for t in sorted(set(tasks)):
         same = [s.model_id for s, task in zip(query, tasks) if task == t]
         if len(same) > 1:
-            raise InputError(f"models {' and '.join(same)} are all task {t} in their metadata; "
-                             "compare one model per task")
+            what = "frozen backbones" if t == 0 else f"task {t} in their metadata"
+            raise InputError(f"models {' and '.join(same)} are all {what}; compare one model per task")
     order = sorted(range(len(tasks)), key=tasks.__getitem__)
     if order != list(range(len(tasks))):
         warn(f"note: models put in task order {', '.join(query[i].model_id for i in order)} "
@@ -195,7 +232,10 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     provenance = [dict(s.manifest.provenance or {}) for s in query]
     given = {n.split(":")[0] for n in notes}
     notes = [*(n for n in provenance_notes(provenance) if n.split(":")[0] not in given), *notes]
+    protocol = {"similarity": "cosine", "k": k, "own_image_left_out": exclude_self}
+    backbones = [s.model_id for s in query if is_backbone(s)]
+    if backbones:  # a bundle's unprompted backbone, evaluated as the oldest model beside the tasks
+        protocol["frozen_backbone"] = backbones
     return Evaluation(result=result, models=[s.model_id for s in query], query=_describe(query),
-                      gallery=_describe(gallery), protocol={"similarity": "cosine", "k": k,
-                                                            "own_image_left_out": exclude_self},
+                      gallery=_describe(gallery), protocol=protocol,
                       provenance=provenance, notes=list(dict.fromkeys(notes)))

@@ -11,7 +11,7 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -162,7 +162,13 @@ def caption(ev: Evaluation) -> str:
     own = ", each query's own image left out" if ev.protocol["own_image_left_out"] else ""
     return (f"Query {ev.query['spec']} (N = {ev.query['count']}), gallery {ev.gallery['spec']} "
             f"(N = {ev.gallery['count']}{own}); cosine, kNN k = {ev.protocol['k']}; verdicts: {LEVEL:.0%} "
-            f"bootstrap ({ev.result.resamples} resamples) + McNemar. Models: {', '.join(ev.models)}.")
+            f"bootstrap ({ev.result.resamples} resamples) + McNemar. Models: {', '.join(map(model_label(ev), ev.models))}.")
+
+
+def model_label(ev: Evaluation) -> Callable[[str], str]:
+    """A model id as reports name it: a bundle's frozen backbone says what it is."""
+    backbones = set(ev.protocol.get("frozen_backbone", ()))
+    return lambda m: f"{m} (frozen backbone, no prompts)" if m in backbones else m
 
 
 def _write_figures(folder: Path, ev: Evaluation) -> None:
@@ -202,7 +208,7 @@ def summary(ev: Evaluation) -> str:
     """A few lines for the terminal."""
     r, models = ev.result, ev.models
     own = ", own image left out" if ev.protocol["own_image_left_out"] else ""
-    lines = [f"{len(models)} models: {', '.join(models)}",
+    lines = [f"{len(models)} models: {', '.join(map(model_label(ev), models))}",
              f"query {ev.query['spec']} ({ev.query['count']}), gallery {ev.gallery['spec']} ({ev.gallery['count']}{own}); "
              f"cosine, kNN k={ev.protocol['k']}",
              f"{'metric':<12}{'diagonal':>9}{'AM':>8}{'AC':>7}  {'AC ' + format(LEVEL, '.0%') + ' interval':<19}"

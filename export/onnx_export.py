@@ -71,10 +71,11 @@ def contract_prompt_index(idx: torch.Tensor) -> torch.Tensor:
     return idx[:, 0] if idx.shape[1] == 1 else idx
 
 
-def unique_parameter_bytes(model: DualPromptViT, precision: str = "fp32") -> int:
-    """Bytes of the parameters the file must hold once: everything but the classification head."""
+def unique_parameter_bytes(model: nn.Module, precision: str = "fp32") -> int:
+    """Bytes of the parameters the file must hold once: everything but the classification head(s);
+    a parameter that several modules share (a bundle's backbone) counts once."""
     width = torch.empty((), dtype=_DTYPES[precision]).element_size()
-    return sum(p.numel() * width for name, p in model.named_parameters() if not name.startswith("head."))
+    return sum(p.numel() * width for name, p in model.named_parameters() if "head" not in name.split("."))
 
 
 def initializer_bytes(proto: onnx.ModelProto) -> int:
@@ -141,24 +142,31 @@ def build_onnx(model: DualPromptViT, info: ModelInfo, opset: int = DEFAULT_OPSET
     _check_options(info.selection, info.pool, info.precision, opset, info.gather, info.query)
     module = EmbeddingExport(model, info.selection, info.pool, info.precision, gather=info.gather,
                              query=info.query).eval()
-    size = model.cfg.img_size
-    example = torch.rand(2, 3, size, size)
+    return trace_onnx(module, model.cfg.img_size, [s.name for s in OUTPUTS], info.to_props(), _describe(info),
+                      opset)
+
+
+def trace_onnx(module: nn.Module, input_size: int, output_names: Sequence[str], props: dict[str, str], doc: str,
+               opset: int) -> onnx.ModelProto:
+    """Trace ``module`` (image [N, 3, S, S] -> ``output_names``, N dynamic) into a checked ONNX model
+    with each weight stored once, carrying the metadata ``props`` and the description ``doc``."""
+    example = torch.rand(2, 3, input_size, input_size)
     batch = torch.export.Dim(BATCH_AXIS, min=1)
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                    input_names=[s.name for s in INPUTS], output_names=[s.name for s in OUTPUTS],
+                                    input_names=[s.name for s in INPUTS], output_names=list(output_names),
                                     dynamic_shapes={INPUTS[0].name: {0: batch}}, optimize=True)
     proto = program.model_proto
     dedupe_initializers(proto)
     _strip_annotations(proto)
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_AXIS
-    proto.doc_string = _describe(info)
+    proto.doc_string = doc
     del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, info.to_props())
+    onnx.helper.set_model_props(proto, props)
     if proto.ByteSize() > PROTOBUF_LIMIT:
-        raise InputError(f"{info.model}: the export would exceed protobuf's 2 GB limit for one file")
+        raise InputError(f"{props['model']}: the export would exceed protobuf's 2 GB limit for one file")
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
@@ -195,16 +203,19 @@ class ExportResult:
         return self.file_bytes / self.parameter_bytes
 
 
-def export_model(model: DualPromptViT, out_path: str | Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> ExportResult:
-    """Write ``model`` as ONNX to ``out_path`` (temporary file, then rename) and check the size bound."""
+def writable(out_path: str | Path) -> Path:
+    """``out_path`` once its folder exists: checked before the minutes of tracing, not after."""
     out_path = Path(out_path)
-    start = time.perf_counter()
-    try:  # fail before the minutes of tracing, not after
+    try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"{out_path}: cannot write ({e.strerror or e})") from None
-    proto = build_onnx(model, info, opset)
-    weights = unique_parameter_bytes(model, info.precision)
+    return out_path
+
+
+def save_checked(proto: onnx.ModelProto, out_path: Path, weights: int, start: float) -> ExportResult:
+    """Write ``proto`` to ``out_path`` (temporary file, then rename) once its stored weights are within
+    :data:`SIZE_FACTOR` of the ``weights`` bytes of unique parameters; ``start``: when the export began."""
     stored = initializer_bytes(proto)
     if stored > SIZE_FACTOR * weights:
         raise RuntimeError(f"export stores {stored} bytes of weights for {weights} bytes of parameters: "
@@ -215,6 +226,14 @@ def export_model(model: DualPromptViT, out_path: str | Path, info: ModelInfo, op
     except OSError as e:
         raise InputError(f"{out_path}: cannot write ({e.strerror or e})") from None
     return ExportResult(out_path, time.perf_counter() - start, out_path.stat().st_size, weights)
+
+
+def export_model(model: DualPromptViT, out_path: str | Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> ExportResult:
+    """Write ``model`` as ONNX to ``out_path`` (temporary file, then rename) and check the size bound."""
+    start = time.perf_counter()
+    out_path = writable(out_path)
+    proto = build_onnx(model, info, opset)
+    return save_checked(proto, out_path, unique_parameter_bytes(model, info.precision), start)
 
 
 def task_of(checkpoint: str | Path) -> int:
@@ -235,15 +254,21 @@ def export_task(checkpoint: str | Path, out_path: str | Path, selection: str = "
     _check_options(selection, pool, precision, opset, gather, query)
     task = task_of(checkpoint) if task is None else task
     model, ckpt = model_from_checkpoint(checkpoint)
-    cfg = model.cfg
-    info = ModelInfo(format_version=FORMAT_VERSION, task=task, checkpoint=checkpoint.name,
+    info = task_info(checkpoint, task, model.cfg, ckpt.get("args"), selection=selection, pool=pool,
+                     precision=precision, gather=gather, query=query)
+    result = export_model(model, out_path, info, opset)
+    return ExportResult(result.path, time.perf_counter() - start, result.file_bytes, result.parameter_bytes)
+
+
+def task_info(checkpoint: Path, task: int, cfg: DualPromptConfig, args: object, *, selection: str, pool: str,
+              precision: str, gather: str, query: str) -> ModelInfo:
+    """The metadata of task ``task``'s export from ``checkpoint`` (architecture ``cfg``, training ``args``)."""
+    return ModelInfo(format_version=FORMAT_VERSION, task=task, checkpoint=checkpoint.name,
                      checkpoint_sha256=file_sha256(checkpoint), model=cfg.model, embedding_dim=cfg.embed_dim,
                      input_size=cfg.img_size, top_k=cfg.top_k, pool=pool, selection=selection,
                      precision=precision, preprocessing=Preprocessing.for_input_size(cfg.img_size),
                      versions=tool_versions(), architecture=cfg.asdict(),
-                     provenance=provenance_from_args(ckpt.get("args")), gather=gather, query=query)
-    result = export_model(model, out_path, info, opset)
-    return ExportResult(result.path, time.perf_counter() - start, result.file_bytes, result.parameter_bytes)
+                     provenance=provenance_from_args(args), gather=gather, query=query)
 
 
 def select_checkpoints(checkpoint_dir: str | Path, tasks: Optional[Sequence[int]]) -> dict[int, Path]:

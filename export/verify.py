@@ -135,6 +135,17 @@ def source_checkpoint(onnx_path: str | Path, info: ModelInfo, checkpoint_dir: Op
     return found
 
 
+def source_model(checkpoint: Path, onnx_path: str | Path, info: ModelInfo) -> DualPromptViT:
+    """The PyTorch model of ``checkpoint``, once it is the very file ``onnx_path`` was exported from
+    (the sha256 the metadata ``info`` records)."""
+    if not checkpoint.is_file():
+        raise InputError(f"{checkpoint}: no such checkpoint (the source of {onnx_path} was {info.checkpoint})")
+    if file_sha256(checkpoint) != info.checkpoint_sha256:
+        raise InputError(f"{checkpoint}: not the checkpoint {onnx_path} was exported from "
+                         f"(its sha256 differs from the metadata's, source {info.checkpoint})")
+    return model_from_checkpoint(checkpoint)[0]
+
+
 def verify_export(onnx_path: str | Path, checkpoint: Optional[str | Path] = None,
                   checkpoint_dir: Optional[str | Path] = None, inputs: Inputs = Inputs(),
                   provider: str = "cpu", batch_sizes: Sequence[int] = BATCH_SIZES, *,
@@ -147,12 +158,7 @@ def verify_export(onnx_path: str | Path, checkpoint: Optional[str | Path] = None
     session, used = create_session(onnx_path, provider, threads=threads, trt=trt)
     info = model_info(session, onnx_path)
     checkpoint = Path(checkpoint) if checkpoint is not None else source_checkpoint(onnx_path, info, checkpoint_dir)
-    if not checkpoint.is_file():
-        raise InputError(f"{checkpoint}: no such checkpoint (the source of {onnx_path} was {info.checkpoint})")
-    if file_sha256(checkpoint) != info.checkpoint_sha256:
-        raise InputError(f"{checkpoint}: not the checkpoint {onnx_path} was exported from "
-                         f"(its sha256 differs from the metadata's, source {info.checkpoint})")
-    model, _ = model_from_checkpoint(checkpoint)
+    model = source_model(checkpoint, onnx_path, info)
     images = inputs.load(info)
     report = compare(torch_forward(model, info.selection, info.pool, gather=info.gather, query=info.query),
                      onnx_forward(session), images, TOLERANCES[info.precision],

@@ -12,21 +12,23 @@ import importlib.metadata
 import platform
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
 import PIL
 from tqdm import tqdm
 
-from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
+from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, QUERY_OUTPUT
 from ..common.digest import file_sha256
 from ..common.errors import InputError
 from ..common.faults import fault_point
 from ..common.locks import locked
+from .bundle import BundleInfo, bundle_info, bundle_set_ids, is_bundle, read_props
 from .datasets import Dataset
 from .device import TensorRTOptions
 from .manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manifest, ModelRecord
@@ -75,40 +77,62 @@ class Engine:
     ray: Optional[RayOptions] = None
 
 
-def _run_local(session: ort.InferenceSession, batches: Iterator[Batch], output: str) -> Iterator[Embedded]:
-    """The local engine: each batch through the model in this process."""
+@dataclass(frozen=True)
+class View:
+    """Where one stored set comes from in a model's outputs: the graph ``output``, at ``position`` of
+    its task axis for a bundle's per-task embedding (None: the whole [N, D] output)."""
+
+    output: str = EMBEDDING_OUTPUT
+    position: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        return self.output if self.position is None else f"{self.output}[:, {self.position}]"
+
+    def take(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        out = outputs[self.output]
+        return out if self.position is None else out[:, self.position]
+
+
+def _run_local(session: ort.InferenceSession, batches: Iterator[Batch], views: Sequence[View]) -> Iterator[Embedded]:
+    """The local engine: each batch through the model in this process; ``embeddings`` [B, views, D]."""
+    names = tuple(dict.fromkeys([v.output for v in views] + [PROMPT_INDEX_OUTPUT]))
     for b in batches:
-        out = run_model(session, b.images, (output, PROMPT_INDEX_OUTPUT)) if len(b.rows) else {}
-        yield Embedded(b.start, b.rows, out.get(output), out.get(PROMPT_INDEX_OUTPUT), b.skipped)
+        out = run_model(session, b.images, names) if len(b.rows) else {}
+        stacked = np.stack([v.take(out) for v in views], axis=1) if out else None
+        yield Embedded(b.start, b.rows, stacked, out.get(PROMPT_INDEX_OUTPUT), b.skipped)
 
 
-def _outputs(model: Path, session: ort.InferenceSession, info: ModelInfo, dataset: Dataset, first: int, *,
-             engine: Engine, provider: str, batch_size: int, shard_rows: int, skip_bad: bool,
-             output: str) -> Iterator[Embedded]:
+def _outputs(model: Path, session: ort.InferenceSession, preprocessing: Preprocessing, dataset: Dataset,
+             first: int, *, engine: Engine, provider: str, batch_size: int, shard_rows: int, skip_bad: bool,
+             views: Sequence[View]) -> Iterator[Embedded]:
     """Model outputs of rows ``first`` onwards, in order, in batches that never cross a shard boundary."""
     if engine.ray is None:
-        batches = batch_source(dataset, info.preprocessing, batch_size=batch_size, workers=engine.workers,
+        batches = batch_source(dataset, preprocessing, batch_size=batch_size, workers=engine.workers,
                                skip_bad=skip_bad, start=first, align=shard_rows)
-        return _run_local(session, batches, output)
+        return _run_local(session, batches, views)
     from .ray_engine import embed_with_ray
 
-    return embed_with_ray(model, dataset, options=engine.ray, provider=provider, batch_size=batch_size,
-                          skip_bad=skip_bad, threads=engine.threads, trt=engine.trt, start=first, align=shard_rows)
+    return (replace(e, embeddings=e.embeddings[:, None])
+            for e in embed_with_ray(model, dataset, options=engine.ray, provider=provider, batch_size=batch_size,
+                                    skip_bad=skip_bad, threads=engine.threads, trt=engine.trt, start=first,
+                                    align=shard_rows))
 
 
 def shards_of(outputs: Iterator[Embedded], dataset: Dataset, first: int, *, shard_rows: int, dim: int,
-              model: Path, output: str, on_batch: Callable[[int], object] = lambda n: None,
+              model: Path, views: Sequence[str], on_batch: Callable[[int], object] = lambda n: None,
               on_provider: Callable[[str], object] = lambda p: None,
               ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[str, ...]]]:
-    """Complete shards from an output stream: (embeddings float32 [kept, D] L2-normalised, labels int64
-    [kept], skipped item names) per ``shard_rows`` rows from row ``first``; the last may be shorter."""
-    n = len(dataset)
+    """Complete shards from an output stream of ``len(views)`` outputs (named ``views``): (embeddings
+    float32 [kept, views, D] L2-normalised, labels int64 [kept], skipped item names) per
+    ``shard_rows`` rows from row ``first``; the last may be shorter."""
+    n, shape = len(dataset), (len(views), dim)
     end = min(first + shard_rows, n)
-    out, kept, skipped = np.empty((end - first, dim), np.float32), [], []
+    out, kept, skipped = np.empty((end - first, *shape), np.float32), [], []
     for batch in outputs:
         if len(batch.rows):
             good = batch.rows.tolist()
-            out[len(kept):len(kept) + len(good)] = _normalised(batch.embeddings, good, dim, model, dataset, output)
+            out[len(kept):len(kept) + len(good)] = _normalised(batch.embeddings, good, dim, views, model, dataset)
             kept.extend(good)
         skipped.extend(batch.skipped)
         if batch.provider:
@@ -118,27 +142,29 @@ def shards_of(outputs: Iterator[Embedded], dataset: Dataset, first: int, *, shar
         if batch.start + batch.size == end:
             yield out[:len(kept)], dataset.labels[kept], tuple(skipped)
             first, end = end, min(end + shard_rows, n)
-            out, kept, skipped = np.empty((end - first, dim), np.float32), [], []
+            out, kept, skipped = np.empty((end - first, *shape), np.float32), [], []
 
 
-def _normalised(out: np.ndarray, items: list[int], dim: int, model: Path, dataset: Dataset,
-                output: str = EMBEDDING_OUTPUT) -> np.ndarray:
-    """L2-normalised rows of a batch's ``output``, or InputError naming the first bad item."""
-    if out.shape != (len(items), dim):
-        raise InputError(f"{model}: '{output}' output is {out.shape} for a batch of {len(items)}, "
+def _normalised(out: np.ndarray, items: list[int], dim: int, views: Sequence[str], model: Path,
+                dataset: Dataset) -> np.ndarray:
+    """L2-normalised rows [B, views, D] of a batch's outputs [B, views, D], or InputError naming the
+    first bad item and output."""
+    if out.shape != (len(items), len(views), dim):
+        got = [out.shape[0], *out.shape[2:]]
+        raise InputError(f"{model}: '{views[0]}' output is {got} for a batch of {len(items)}, "
                          f"metadata says dimension {dim}")
-    norms = np.linalg.norm(out.astype(np.float64), axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if bad.size:
-        what = "zeros" if np.isfinite(out[bad[0]]).all() else "NaN or Inf"
-        raise InputError(f"{model}: '{output}' is {what} for {dataset.item_name(items[bad[0]])}; "
-                         "nothing stored")
-    return (out / norms[:, None]).astype(np.float32)
+    norms = np.linalg.norm(out.astype(np.float64), axis=2)
+    bad = np.argwhere(~np.isfinite(norms) | (norms == 0))
+    if len(bad):
+        row, view = bad[0]
+        what = "zeros" if np.isfinite(out[row, view]).all() else "NaN or Inf"
+        raise InputError(f"{model}: '{views[view]}' is {what} for {dataset.item_name(items[row])}; nothing stored")
+    return (out / norms[..., None]).astype(np.float32)
 
 
 def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
                   warn: Callable[[str], None], output: str = EMBEDDING_OUTPUT) -> Optional[EmbeddingSet]:
-    """The valid set at ``path`` if it was made from this exact model file and data.
+    """The valid set at ``path`` if it was made from this exact model file, ``output`` and data.
 
     A set made with ``--skip-bad`` (some items left out) matches only when ``skip_bad`` is set too.
     """
@@ -164,14 +190,29 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _manifest(model_id: str, model: Path, sha256: str, info: ModelInfo, dataset: Dataset, provider: str,
-              batch_size: int, output: str) -> Manifest:
-    """The manifest of a set computed now (its shards are filled in by the writer)."""
-    record = ModelRecord(id=model_id, file=str(model), sha256=sha256, task=info.task,
+@dataclass(frozen=True)
+class Target:
+    """One set an embed run writes: ``view`` of the model's outputs, stored under ``model_id`` at ``path``;
+    ``backbone``: a bundle's ``query`` output, the frozen backbone evaluated as a model of its own."""
+
+    view: View
+    model_id: str
+    path: Path
+    backbone: bool = False
+
+
+def _manifest(target: Target, model: Path, sha256: str, info: ModelInfo, dataset: Dataset, provider: str,
+              batch_size: int) -> Manifest:
+    """The manifest of a set computed now (its shards are filled in by the writer). ``info``: what the
+    model file says of the task whose output ``target`` stores (a bundle's ``query``: the backbone's)."""
+    record = ModelRecord(id=target.model_id, file=str(model), sha256=sha256, task=info.task,
                          checkpoint_sha256=info.checkpoint_sha256, architecture=info.model,
                          embedding_dim=info.embedding_dim, input_size=info.input_size, top_k=info.top_k,
                          pool=info.pool, selection=info.selection, precision=info.precision,
-                         export_versions=info.versions, output=output, gather=info.gather, query=info.query)
+                         export_versions=info.versions, output=target.view.name, gather=info.gather,
+                         query=info.query)
+    if target.backbone:  # the frozen backbone's own [CLS]: no task, no checkpoint, no prompt choice of its own
+        record = replace(record, task=0, checkpoint_sha256=None, top_k=None, pool="cls", selection=None, query="cls")
     data = DataRecord(spec=dataset.spec, location=dataset.location, name=dataset.name, split=dataset.split,
                       fingerprint=dataset.fingerprint, size=len(dataset))
     return Manifest(model=record, dataset=data, preprocessing=asdict(info.preprocessing),
@@ -189,57 +230,117 @@ def _prepare(store: str | Path, path: Path) -> None:
         raise InputError(f"--store {store}: cannot write {path.parent} ({e.strerror or e})") from None
 
 
-def _compute(model: Path, model_id: str, sha256: str, dataset: Dataset, store: str | Path, path: Path, *,
+def model_targets(model: Path, model_id: str, store: str | Path, data_key: str,
+                  output: Optional[str] = None) -> list[Target]:
+    """The sets an embed of ``model`` writes, read from the file's metadata without a session.
+
+    A single-task file: its ``output`` (default ``embedding``) under ``model_id``. A bundle: with
+    ``output`` None, its frozen backbone's ``query`` under ``<model_id>.backbone`` (the oldest model)
+    and task t's slice of ``embedding`` under ``<model_id>.task<t>``, in output order; with
+    ``output='query'``, the backbone's alone under ``model_id``.
+    """
+    if not is_bundle(model):
+        view = View(output or EMBEDDING_OUTPUT)
+        return [Target(view, model_id, set_path(store, model_id, data_key))]
+    info = BundleInfo.from_props(read_props(model), str(model))
+    if output == QUERY_OUTPUT:
+        return [Target(View(QUERY_OUTPUT), model_id, set_path(store, model_id, data_key), backbone=True)]
+    if output is not None:
+        raise InputError(f"{model}: a bundle of {len(info.tasks)} tasks stores its '{EMBEDDING_OUTPUT}' per task "
+                         f"and its '{QUERY_OUTPUT}' (the frozen backbone), not '{output}' as one set")
+    ids = bundle_set_ids(model_id, info)
+    return [Target(View(QUERY_OUTPUT), ids[0], set_path(store, ids[0], data_key), backbone=True)] + [
+        Target(View(EMBEDDING_OUTPUT, p), i, set_path(store, i, data_key)) for p, i in enumerate(ids[1:])]
+
+
+def _infos(session: ort.InferenceSession, model: Path, targets: Sequence[Target]) -> list[ModelInfo]:
+    """What the model says of each target's task (a bundle's backbone: the first task's common fields)."""
+    if not is_bundle(model):
+        return [model_info(session, model)]
+    info = bundle_info(session, model)
+    return [info.common if t.backbone else info.tasks[t.view.position] for t in targets]
+
+
+def run_sizes(model: Path, batch_size: int, shard_rows: int) -> tuple[int, int]:
+    """(images per model run, rows per shard of each set) for ``--batch-size`` and ``--shard-rows``.
+
+    A bundle of T tasks computes T prompted rows per image and holds T + 1 sets' shards at once, so
+    the options count rows of all of them: a run takes ``batch_size // T`` images and each set's
+    shard ``shard_rows // (T + 1)`` rows (at least 1), and memory stays near a single file's."""
+    if not is_bundle(model):
+        return batch_size, shard_rows
+    tasks = len(BundleInfo.from_props(read_props(model), str(model)).tasks)
+    return max(1, batch_size // tasks), max(1, shard_rows // (tasks + 1))
+
+
+def _writers(targets: Sequence[Target], identity: dict, *, dim: int, shard_rows: int,
+             warn: Callable[[str], None]) -> list[ShardWriter]:
+    """One writer per target, resumed together: shards beyond the fewest any of them kept are redone."""
+    writers = [ShardWriter(t.path, {**identity, "output": t.view.name}, dim=dim, shard_rows=shard_rows, warn=warn)
+               for t in targets]
+    done = min(len(w.done) for w in writers)
+    for w in writers:
+        w.truncate(done)
+    return writers
+
+
+def _compute(model: Path, sha256: str, dataset: Dataset, store: str | Path, targets: Sequence[Target], *,
              provider: str, batch_size: int, shard_rows: int, skip_bad: bool, migrate: bool, progress: bool,
-             warn: Callable[[str], None], output: str, engine: Engine) -> EmbedResult:
-    """Embed ``dataset`` shard by shard into ``path``, resuming an interrupted run of the same identity
-    (or, with ``migrate``, taking over a store format 1 set of this model and data)."""
+             warn: Callable[[str], None], engine: Engine) -> list[EmbedResult]:
+    """Embed ``dataset`` shard by shard into every target, resuming an interrupted run of the same
+    identity (or, with ``migrate``, taking over a store format 1 set of this model and data)."""
     start = time.perf_counter()
     local = engine.ray is None  # with Ray, this session only reads the metadata
     session, used = create_session(model, provider if local else "cpu", warn, threads=engine.threads if local else 1,
                                    trt=engine.trt if local else None)
-    info = model_info(session, model)
-    manifest = _manifest(model_id, model, sha256, info, dataset, used, batch_size, output)
-    if migrate and output == EMBEDDING_OUTPUT:
-        migrated = migrate_legacy(store, path, sha256, dataset, manifest, skip_bad=skip_bad, shard_rows=shard_rows,
-                                  warn=warn)
+    infos = _infos(session, model, targets)
+    manifests = [_manifest(t, model, sha256, i, dataset, used, batch_size) for t, i in zip(targets, infos)]
+    if migrate and list(targets) == [Target(View(), targets[0].model_id, targets[0].path)]:
+        migrated = migrate_legacy(store, targets[0].path, sha256, dataset, manifests[0], skip_bad=skip_bad,
+                                  shard_rows=shard_rows, warn=warn)
         if migrated is not None:
-            return EmbedResult(migrated, True, None, 0.0)
-    identity = {"format": STORE_FORMAT, "model_sha256": sha256, "output": output, "location": dataset.location,
+            return [EmbedResult(migrated, True, None, 0.0)]
+    per_run, rows = run_sizes(model, batch_size, shard_rows)
+    identity = {"format": STORE_FORMAT, "model_sha256": sha256, "location": dataset.location,
                 "fingerprint": dataset.fingerprint, "batch_size": batch_size, "skip_bad": skip_bad}
-    writer = ShardWriter(path, identity, dim=info.embedding_dim, shard_rows=shard_rows, warn=warn)
-    resumed, n = writer.rows, len(dataset)
-    first = min(len(writer.done) * shard_rows, n)
+    dim = infos[0].embedding_dim
+    writers = _writers(targets, identity, dim=dim, shard_rows=rows, warn=warn)
+    resumed, n = writers[0].rows, len(dataset)
+    first = min(len(writers[0].done) * rows, n)
     providers = {used}
-    with tqdm(total=n, initial=first, desc=f"{model_id} {dataset.spec}", unit="img",
+    with tqdm(total=n, initial=first, desc=f"{targets[0].model_id} {dataset.spec}", unit="img",
               disable=not progress, file=sys.stderr) as bar:
-        outputs = _outputs(model, session, info, dataset, first, engine=engine, provider=provider,
-                           batch_size=batch_size, shard_rows=shard_rows, skip_bad=skip_bad, output=output)
-        for shard in shards_of(outputs, dataset, first, shard_rows=shard_rows, dim=info.embedding_dim, model=model,
-                               output=output, on_batch=bar.update, on_provider=providers.add):
-            writer.write(*shard)
+        outputs = _outputs(model, session, infos[0].preprocessing, dataset, first, engine=engine, provider=provider,
+                           batch_size=per_run, shard_rows=rows, skip_bad=skip_bad, views=[t.view for t in targets])
+        for embeddings, labels, skipped in shards_of(outputs, dataset, first, shard_rows=rows, dim=dim, model=model,
+                                                     views=[t.view.name for t in targets], on_batch=bar.update,
+                                                     on_provider=providers.add):
+            for k, writer in enumerate(writers):
+                writer.write(embeddings[:, k], labels, skipped)
     if not local:  # what the actors ran on
         used = sorted(providers - {used} or providers)[0]
     seconds = round(time.perf_counter() - start, 3)
-    stored = writer.finish(replace(manifest, provider=used, seconds=seconds, created=_now()))
-    return EmbedResult(stored, False, used, seconds, resumed)
+    return [EmbedResult(w.finish(replace(m, provider=used, seconds=seconds, created=_now())), False, used, seconds,
+                        resumed) for w, m in zip(writers, manifests)]
 
 
-def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, *, model_id: Optional[str] = None,
-                  provider: str = "auto", batch_size: int = 64, shard_rows: int = DEFAULT_SHARD_ROWS,
-                  force: bool = False, skip_bad: bool = False, progress: bool = False,
-                  warn: Callable[[str], None] = _warn, output: str = EMBEDDING_OUTPUT,
-                  engine: Engine = Engine()) -> EmbedResult:
-    """Embed every image of ``dataset`` with the ONNX file ``model`` into
-    ``<store>/<model_id>/<dataset.key>/`` (``model_id`` defaults to the file stem).
+def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, model_id: Optional[str] = None,
+                provider: str = "auto", batch_size: int = 64, shard_rows: int = DEFAULT_SHARD_ROWS,
+                force: bool = False, skip_bad: bool = False, progress: bool = False,
+                warn: Callable[[str], None] = _warn, output: Optional[str] = None,
+                engine: Engine = Engine()) -> list[EmbedResult]:
+    """Embed every image of ``dataset`` with the ONNX file ``model`` into the sets of
+    :func:`model_targets` under ``<store>/<id>/<dataset.key>/`` (``model_id`` defaults to the file
+    stem): one for a single-task file, T + 1 for a bundle of T tasks (computed in one pass).
 
     An existing set of the same model file (sha256), output and data (location and fingerprint) is
     reused unless ``force``; one that fails verification is recomputed. An unreadable image is an
     error, or with ``skip_bad`` left out and listed in the manifest. NaN or Inf (or an all-zero
     vector) in an output is an error and nothing is stored. Writers of one set run one at a time (a
     lock file); a killed run leaves its complete shards, and the next run of the same command resumes
-    after them. ``output`` names the graph output stored (``embedding``, or another [N, D] output such
-    as a bundle's ``query``); ``engine`` says how batches are decoded and run (workers, threads, Ray).
+    after them. ``output`` names the graph output stored (see :func:`model_targets`); ``engine`` says
+    how batches are decoded and run (workers, threads, Ray). ``batch_size`` and ``shard_rows``: see
+    :func:`run_sizes`.
     """
     model = Path(model)
     model_id = check_model_id(model_id or model.stem)
@@ -247,19 +348,37 @@ def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, *, mod
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
     if not 1 <= shard_rows <= 2**31:
         raise InputError(f"--shard-rows {shard_rows}: must be from 1 to {2**31}")
-    if engine.ray is not None and output != EMBEDDING_OUTPUT:
-        raise InputError(f"--engine ray stores the '{EMBEDDING_OUTPUT}' output only, not '{output}'")
     if not model.is_file():
         raise InputError(f"{model}: no such ONNX file")
+    targets = model_targets(model, model_id, store, dataset.key, output)
+    if engine.ray is not None and [t.view for t in targets] != [View()]:
+        raise InputError(f"--engine ray stores a single-task file's '{EMBEDDING_OUTPUT}' output only; embed "
+                         f"{model} ({', '.join(t.view.name for t in targets)}) with the local engine")
     sha256 = file_sha256(model)
-    path = set_path(store, model_id, dataset.key)
-    _prepare(store, path)
-    with locked(writer_lock(path), waiting=lambda: warn(f"{path}: another embed is writing this set; waiting")):
-        tidy(path)
-        stored = None if force else _stored_match(path, sha256, dataset, skip_bad, warn, output)
-        if stored is not None:
-            ShardWriter.discard_partial(path)
-            return EmbedResult(stored, True, None, 0.0)
-        return _compute(model, model_id, sha256, dataset, store, path, provider=provider, batch_size=batch_size,
-                        shard_rows=shard_rows, skip_bad=skip_bad, migrate=not force and not path.exists(),
-                        progress=progress, warn=warn, output=output, engine=engine)
+    for t in targets:
+        _prepare(store, t.path)
+    with ExitStack() as held:
+        for t in sorted(targets, key=lambda t: str(t.path)):
+            held.enter_context(locked(writer_lock(t.path),
+                                      waiting=lambda p=t.path: warn(f"{p}: another embed is writing this set; waiting")))
+        found = {}
+        for t in targets:
+            tidy(t.path)
+            stored = None if force else _stored_match(t.path, sha256, dataset, skip_bad, warn, t.view.name)
+            if stored is not None:
+                ShardWriter.discard_partial(t.path)
+                found[t] = EmbedResult(stored, True, None, 0.0)
+        missing = [t for t in targets if t not in found]
+        if missing:
+            migrate = not force and len(targets) == 1 and not targets[0].path.exists()
+            found.update(zip(missing, _compute(model, sha256, dataset, store, missing, provider=provider,
+                                               batch_size=batch_size, shard_rows=shard_rows, skip_bad=skip_bad,
+                                               migrate=migrate, progress=progress, warn=warn, engine=engine)))
+        return [found[t] for t in targets]
+
+
+def embed_dataset(model: str | Path, dataset: Dataset, store: str | Path, *, output: str = EMBEDDING_OUTPUT,
+                  **options) -> EmbedResult:
+    """The one set :func:`embed_model` stores of ``output`` of ``model`` (a single-task file's
+    ``embedding`` by default, or a bundle's ``query``); ``options`` are :func:`embed_model`'s."""
+    return embed_model(model, dataset, store, output=output, **options)[0]

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from ..common.errors import InputError
-from ..common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, parse_provider
+from ..common.contract import BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, parse_provider
 from .device import ORT_PROVIDER, TensorRTOptions, provider_chain, run_bound
 from .metadata import ModelInfo
 
@@ -221,7 +221,11 @@ def model_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
     if inputs[INPUT_NAME].type != "tensor(float)" or len(inputs[INPUT_NAME].shape) != 4:
         raise InputError(f"{path}: input '{INPUT_NAME}' is {inputs[INPUT_NAME].type} {inputs[INPUT_NAME].shape}, "
                          "expected float32 [N, 3, S, S]")
-    info = ModelInfo.from_props(session.get_modelmeta().custom_metadata_map, str(path))
+    props = session.get_modelmeta().custom_metadata_map
+    if BUNDLE_TASKS_KEY in props:
+        raise InputError(f"{path}: a bundle of several tasks, where one task's file is expected "
+                         "(export one with: python cli.py export --task N)")
+    info = ModelInfo.from_props(props, str(path))
     embedding = next(o for o in session.get_outputs() if o.name == EMBEDDING_OUTPUT)
     info.check_graph(inputs[INPUT_NAME].shape, embedding.shape, str(path))
     return info

@@ -133,6 +133,16 @@ class ShardWriter:
         self._write_progress()
         fault_point("shards.after_progress")
 
+    def truncate(self, count: int) -> None:
+        """Keep the first ``count`` complete shards (another set written alongside has fewer)."""
+        if count >= len(self.done):
+            return
+        for i in range(count, len(self.done)):
+            for name in shard_files(i):
+                (self.partial / name).unlink(missing_ok=True)
+        self.done = self.done[:count]
+        self._write_progress()
+
     def finish(self, manifest: Manifest) -> EmbeddingSet:
         """Write ``manifest`` (its storage fields and skipped items filled in here) and swap the set in."""
         manifest = manifest.with_storage(dim=self.dim, shard_rows=self.shard_rows,

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +30,8 @@ def test_demo_report_schema_and_matrices(demo_run):
     report = json.loads((workdir / "reports" / "compatibility.json").read_text())
     assert set(report) >= {"models", "query", "gallery", "metrics", "criteria", "cka", "notes"}
     models = report["models"]
-    assert models == ["task1", "task2"]
+    assert models == ["tasks.backbone", "tasks.task1", "tasks.task2"]  # the demo evaluates its bundle
+    assert report["protocol"]["frozen_backbone"] == ["tasks.backbone"]
     for name in METRICS:
         c = report["metrics"][name]
         assert len(c) == len(models) and all(len(row) == len(models) for row in c)
@@ -40,9 +42,9 @@ def test_demo_report_schema_and_matrices(demo_run):
                     assert 0.0 <= c[i][j] <= 1.0
         crit = report["criteria"][name]
         assert set(crit) >= {"AC", "AM", "compatible"}
-        assert [[i, j] for i, j, _ in crit["compatible"]] == [[1, 0]]
-        assert crit["compatible"][0][2] == (c[1][0] > c[0][0])
-        assert crit["AM"] == pytest.approx((c[0][0] + c[1][0] + c[1][1]) / 3)
+        assert [[i, j] for i, j, _ in crit["compatible"]] == [[1, 0], [2, 0], [2, 1]]
+        assert [ok for _, _, ok in crit["compatible"]] == [c[i][j] > c[j][j] for i, j in ((1, 0), (2, 0), (2, 1))]
+        assert crit["AM"] == pytest.approx(np.mean([c[i][j] for i in range(3) for j in range(i + 1)]))
     cka = report["cka"]
     assert cka[0][1] == pytest.approx(cka[1][0]) and cka[0][0] == pytest.approx(1.0)
 
@@ -53,7 +55,8 @@ def test_demo_says_its_data_is_generated_everywhere(demo_run):
     report = json.loads((workdir / "reports" / "compatibility.json").read_text())
     assert any("GENERATED DATA" in n for n in report["notes"])
     assert "GENERATED DATA" in (workdir / "reports" / "compatibility.md").read_text().split("## ")[0]
-    assert report["provenance"] == [{"model": m, "data": "generated", "backbone": "random"} for m in ("task1", "task2")]
+    assert report["provenance"] == [{"model": m, "data": "generated", "backbone": "random"}
+                                    for m in ("tasks.backbone", "tasks.task1", "tasks.task2")]
 
 
 def test_demo_writes_every_stage_and_valid_pngs(demo_run):
@@ -61,8 +64,9 @@ def test_demo_writes_every_stage_and_valid_pngs(demo_run):
     for stage in ("data", "train", "export", "verify", "embed", "evaluate"):
         assert f"== {stage}" in r.stdout
     assert (workdir / "output" / "checkpoint" / "task2_checkpoint.pth").is_file()
-    assert sorted(p.name for p in (workdir / "exports").glob("*.onnx")) == ["task1.onnx", "task2.onnx"]
-    assert all(json.loads((workdir / "verify" / f"verify_task{t}.json").read_text())["passed"] for t in (1, 2))
+    assert sorted(p.name for p in (workdir / "exports").glob("*.onnx")) == ["task1.onnx", "task2.onnx", "tasks.onnx"]
+    assert all(json.loads((workdir / "verify" / f"verify_{name}.json").read_text())["passed"]
+               for name in ("task1", "task2", "tasks"))
     pngs = sorted((workdir / "reports").glob("*.png"))
     assert [p.stem for p in pngs] == sorted([*(f"heatmap_{m}" for m in (*METRICS, "cka")), "margins", "cmc",
                                              "negative_flips"])

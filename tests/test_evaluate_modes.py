@@ -17,9 +17,10 @@ def test_reports_label_the_reference_modes(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "reports" / "compatibility.json").read_text())
     assert report["query"]["modes"] == {
-        "task1": {"pool": "cls", "selection": "per-sample", "gather": "per-sample", "query": "cls"},
-        "task2": {"pool": "cls", "selection": "batchwise", "gather": "reference", "query": "notebook"}}
+        "task1": {"pool": "cls", "selection": "per-sample", "gather": "per-sample", "query": "cls", "output": "embedding"},
+        "task2": {"pool": "cls", "selection": "batchwise", "gather": "reference", "query": "notebook",
+                  "output": "embedding"}}
     md = (tmp_path / "reports" / "compatibility.md").read_text()
-    assert "| task2 | cls | batchwise | reference | notebook |" in md
+    assert "| task2 | embedding | cls | batchwise | reference | notebook |" in md
     stored = read_set(tmp_path / "embeddings" / "task2" / dataset_key("cifar10:test", tmp_path / "data"))
     assert (stored.manifest.model.gather, stored.manifest.model.query) == ("reference", "notebook")

@@ -244,23 +244,37 @@ class DualPromptViT(nn.Module):
             p.requires_grad_(not name.startswith(self.BACKBONE))
 
     def embedded_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """[CLS] and patch tokens [B, 1 + patches, dim] after the position embedding, before the first block."""
+        """[CLS] and patch tokens [B, 1 + patches, dim] after the position embedding, before the first
+        block, for images [B, 3, H, W]; the same for every pass (a bundle computes them once). Tokens
+        [B, 1 + patches, dim] pass through unchanged."""
+        if x.dim() == 3:
+            return x
         x = self.patch_embed(x)
         return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
 
-    def tokens(self, x: torch.Tensor, e_prefix: Optional[torch.Tensor] = None, cls_only: bool = False) -> torch.Tensor:
+    def g_prefix(self, batch: int) -> torch.Tensor:
+        """The g-prompt prefixes [g_layers, batch, 2, length, heads, head_dim], the same for every sample."""
+        return self.g_prompt.unsqueeze(1).expand(-1, batch, -1, -1, -1, -1)
+
+    def tokens(self, x: torch.Tensor, e_prefix: Optional[torch.Tensor] = None, cls_only: bool = False, *,
+               g_prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Tokens [B, 1 + patches, dim] after the final norm; unprompted when ``e_prefix`` is None.
 
-        ``cls_only``: the last block computes the [CLS] token alone and the result is [B, 1, dim]
-        (what a [CLS] readout needs, for about 1/depth less work).
+        ``x``: images [B, 3, H, W], or their :meth:`embedded_tokens`. ``g_prefix``: per-sample
+        g-prompts laid out as :meth:`g_prefix` (default: this model's own for every sample), so one
+        batch can hold several tasks' prompted passes. ``cls_only``: the last block computes the
+        [CLS] token alone and the result is [B, 1, dim] (what a [CLS] readout needs, for about
+        1/depth less work).
         """
         x = self.embedded_tokens(x)
+        if e_prefix is not None and g_prefix is None:
+            g_prefix = self.g_prefix(x.shape[0])
         g_layers, e_layers = self.cfg.g_prompt_layers, self.cfg.e_prompt_layers
         for i, block in enumerate(self.blocks):
             prefix = None
             if e_prefix is not None:
                 if i in g_layers:
-                    prefix = self.g_prompt[g_layers.index(i)].unsqueeze(0).expand(x.shape[0], -1, -1, -1, -1)
+                    prefix = g_prefix[g_layers.index(i)]
                 elif i in e_layers:
                     prefix = e_prefix[e_layers.index(i)]
             x = block(x, prefix, cls_only and i == len(self.blocks) - 1)
