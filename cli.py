@@ -434,10 +434,9 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
     Exit code 0: within tolerance; 1: parity failure; 2: bad input.
     """
     from .export.parity import format_table
-    from .export.verify import DEFAULT_CHECKPOINT_DIR, Inputs, verify_export
+    from .export.verify import Inputs, verify_export
     from .common.atomic import write_json
     from .infer.bundle import is_bundle
-    from .train.checkpoint import checkpoint_path
 
     if (task is None) == (onnx_path is None):
         raise InputError("give exactly one of --task N or --onnx PATH")
@@ -445,12 +444,10 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
         raise InputError("--random cannot be combined with --images or --dataset")
     if report_path:
         writable_file(report_path, "--report")
-    ckpt = None
     if task is not None:
         onnx_path = Path(export_dir) / f"task{task}.onnx"
         if not onnx_path.is_file():
             raise InputError(f"{onnx_path}: no such ONNX file (run: python cli.py export --task {task})")
-        ckpt = checkpoint_path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR, task)
     _fetch_data(download, data_path, dataset)
     inputs = Inputs(images_dir=images_dir, dataset=dataset, data_path=data_path,
                     count=random_count if random_count is not None else limit, seed=seed)
@@ -460,7 +457,7 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
 
         reports = verify_bundle(onnx_path, checkpoint_dir, inputs=inputs, provider=provider, **runtime)
     else:
-        reports = [verify_export(onnx_path, ckpt, checkpoint_dir, inputs, provider, **runtime)]
+        reports = [verify_export(onnx_path, None, checkpoint_dir, inputs, provider, **runtime)]
     for report in reports:
         c = report.context
         click.echo(f"{c['onnx']} ({c['model']}, task {c['task']}{', ' + c['output'] if 'output' in c else ''}, "
@@ -623,7 +620,7 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
         q, g = collect_from_store([m.strip() for m in from_store.split(",") if m.strip()], query, gallery, store,
                                   data_path=data_path)
     else:
-        files = find_models(model_files, exports_dir)
+        files = find_models(model_files, exports_dir, bundles=not precision_exports)
         if precision_exports and any(map(is_bundle, files)):
             raise InputError("--precision-exports compares single-task files: name them (--models exports/task*.onnx)")
         writable_dir(store, "--store")
@@ -832,7 +829,8 @@ def _emit(result: dict, table: str, json_path) -> None:
 @click.option("--batch-sizes", default="1,8,32,128", show_default=True, callback=_int_list(1, MAX_BATCH))
 @click.option("--repeats", type=POSITIVE, default=5, show_default=True, help="Timed runs per batch size (after one warm-up); the median is reported.")
 @click.option("--compare-torch", is_flag=True, help="Also time the source checkpoint in PyTorch eager, same device and batch.")
-@click.option("--checkpoint-dir", default="output/checkpoint", show_default=True)
+@click.option("--checkpoint-dir", help="With --compare-torch: where the source checkpoint is (default: found as "
+                                       "verify finds it).")
 @click.option("--workers", "worker_counts", default="1,2", show_default=True, callback=_int_list(0, 256),
               help="Worker counts whose input pipeline (decode + preprocess, no model) is timed, alternately.")
 @click.option("--photos", default=384, show_default=True,
@@ -866,6 +864,10 @@ def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_
 
     if not worker_counts or min(worker_counts) < 0:
         raise InputError(f"--workers {worker_counts}: give one or more worker counts, each 0 or more")
+    if compare_torch and checkpoint_dir is not None:
+        from .train.checkpoint import checkpoint_folder
+
+        checkpoint_folder(checkpoint_dir)
     pipeline = None
     if pipeline_dataset:
         pipeline = open_dataset(pipeline_dataset)
@@ -875,9 +877,10 @@ def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_
     runner = None
     if compare_torch:
         from .export.bench import torch_throughput
+        from .export.verify import source_checkpoint
 
         def torch_runner(info, device, sizes):
-            ckpt = Path(checkpoint_dir) / info.checkpoint
+            ckpt = source_checkpoint(model_path, info, checkpoint_dir)
             if not ckpt.is_file():
                 raise InputError(f"{ckpt}: the source checkpoint of {model_path} is needed for --compare-torch")
             return torch_throughput(ckpt, info, device, sizes, repeats)

@@ -66,10 +66,11 @@ def _prefer_bundles(files: Sequence[Path], warn: Callable[[str], None]) -> list[
     return [f for f in files if f not in left]
 
 
-def model_files(models: Sequence[str], exports_dir: Optional[str], *,
+def model_files(models: Sequence[str], exports_dir: Optional[str], *, bundles: bool = True,
                 warn: Optional[Callable[[str], None]] = None) -> list[Path]:
     """The ONNX files named, or every ``*.onnx`` in ``exports_dir`` (exactly one of the two); there,
-    a bundle stands in for the single-task files of its tasks (:func:`_prefer_bundles`)."""
+    a bundle stands in for the single-task files of its tasks (:func:`_prefer_bundles`), or with
+    ``bundles`` False is left out (for what needs single-task files)."""
     if not models and not exports_dir:
         raise InputError("no models: give ONNX files (--models a.onnx b.onnx ...), --exports-dir or --from-store")
     if models and exports_dir:
@@ -80,7 +81,13 @@ def model_files(models: Sequence[str], exports_dir: Optional[str], *,
         files = sorted(Path(exports_dir).glob("*.onnx"))
         if not files:
             raise InputError(f"--exports-dir {exports_dir}: no .onnx files there")
-        return _prefer_bundles(files, warn or once_to_stderr())
+        warn = warn or once_to_stderr()
+        if not bundles:
+            left = [f for f in files if is_bundle(f)]
+            if left:
+                warn(f"note: {', '.join(f.name for f in left)} left out: a bundle, where single-task files are needed")
+            return [f for f in files if f not in left]
+        return _prefer_bundles(files, warn)
     files = [Path(m) for m in models]
     for f in files:
         if not f.is_file():

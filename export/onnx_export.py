@@ -32,7 +32,7 @@ from ..common.errors import InputError
 from ..common.contract import (BATCH_AXIS, FORMAT_VERSION, GATHERS, INPUTS, OUTPUTS, POOLS, PRECISIONS, QUERIES,
                                SELECTIONS, check_choice)
 from ..infer.metadata import ModelInfo, Preprocessing
-from ..train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, list_checkpoints,
+from ..train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, find_checkpoints,
                                 model_from_checkpoint, provenance_from_args, save_checkpoint)
 from ..train.model import DualPromptConfig, DualPromptViT
 
@@ -273,11 +273,7 @@ def task_info(checkpoint: Path, task: int, cfg: DualPromptConfig, args: object, 
 
 def select_checkpoints(checkpoint_dir: str | Path, tasks: Optional[Sequence[int]]) -> dict[int, Path]:
     """Checkpoints for ``tasks`` (None: every one found); a missing task is an error naming those found."""
-    if not Path(checkpoint_dir).is_dir():
-        raise InputError(f"--checkpoint-dir {checkpoint_dir}: no such folder")
-    found = list_checkpoints(checkpoint_dir)
-    if not found:
-        raise InputError(f"{checkpoint_dir}: no task<N>_checkpoint.pth files")
+    found = find_checkpoints(checkpoint_dir)
     if tasks is None:
         return found
     missing = [t for t in tasks if t not in found]

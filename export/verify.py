@@ -24,7 +24,7 @@ from ..infer.device import TensorRTOptions
 from ..infer.metadata import ModelInfo
 from ..infer.preprocess import preprocess_batch
 from ..infer.session import create_session, model_info, run_model
-from ..train.checkpoint import model_from_checkpoint
+from ..train.checkpoint import checkpoint_folder, model_from_checkpoint
 from ..train.model import DualPromptViT
 
 DEFAULT_COUNT = 64
@@ -124,7 +124,7 @@ def source_checkpoint(onnx_path: str | Path, info: ModelInfo, checkpoint_dir: Op
     ``output/checkpoint`` and the layouts ``export``, ``demo`` and ``bench export`` write beside an export
     (``<dir>/checkpoint``, ``<dir>/../output/checkpoint``, ``<dir>/../checkpoint``) that holds it."""
     if checkpoint_dir is not None:
-        return Path(checkpoint_dir) / info.checkpoint
+        return checkpoint_folder(checkpoint_dir) / info.checkpoint
     here = Path(onnx_path).parent
     folders = [Path(DEFAULT_CHECKPOINT_DIR), here / "checkpoint", here.parent / "output" / "checkpoint",
                here.parent / "checkpoint"]

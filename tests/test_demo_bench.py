@@ -1,4 +1,5 @@
-"""The demo's smoke setting end to end (its report checked), and the bench commands' output."""
+"""The demo's smoke setting end to end (its report checked; the run is conftest's ``demo_run``), and the
+bench commands' output."""
 import json
 import os
 import subprocess
@@ -15,14 +16,6 @@ METRICS = ("top1", "top5", "knn", "mAP", "mAP@R", "R-precision")
 def run_cli(*args, cwd):
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("demo")
-    r = run_cli("demo", "--smoke", "--workdir", "run", "--data-path", "no-data-here", cwd=cwd)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return cwd / "run", r
 
 
 def test_demo_report_schema_and_matrices(demo_run):

@@ -230,9 +230,22 @@ def test_unusual_pickle_protocol_is_one_line_without_torch_warnings(tmp_path):
     assert "task1_checkpoint.pth: refused" in r.stderr and not (tmp_path / "out").exists()
 
 
-def test_missing_checkpoint_folder_is_no_such_folder(tmp_path):
-    r = run("export", "--all", "--checkpoint-dir", tmp_path / "nope", "--output-dir", tmp_path / "out")
-    assert_one_line(r, f"--checkpoint-dir {tmp_path / 'nope'}: no such folder")
+@pytest.mark.parametrize("command", [
+    ["export", "--all", "--output-dir", "out"],
+    ["accuracy", "--out", "out"],
+    ["verify", "--onnx", "m.onnx"],
+    ["bench", "embed", "--model", "m.onnx", "--compare-torch", "--photos", "0"],
+], ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_checkpoint_folder_that_is_not_one_says_so(tmp_path, monkeypatch, command, kind):
+    monkeypatch.chdir(tmp_path)
+    write_model(tmp_path / "m.onnx")
+    if kind == "file":
+        (tmp_path / "nope").write_text("")
+    r = run(*command, "--checkpoint-dir", tmp_path / "nope")
+    reason = "no such folder" if kind == "missing" else "not a folder"
+    assert_one_line(r, f"--checkpoint-dir {tmp_path / 'nope'}: {reason}")
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_cifar_says_how_to_fetch_it(tmp_path):

@@ -26,7 +26,7 @@ from ..common.atomic import atomic_file, write_json
 from ..common.contract import GATHERS, QUERIES, SELECTIONS, check_choice
 from ..common.errors import InputError
 from ..common.heatmap import heatmap
-from .checkpoint import list_checkpoints, load_checkpoint, model_from_checkpoint
+from .checkpoint import find_checkpoints, load_checkpoint, model_from_checkpoint
 from .data import eval_transform, limit_per_class, load_split, task_classes, task_dataset
 from .loop import _device, _init_distributed, evaluate_task, forgetting
 
@@ -86,9 +86,7 @@ def resolve_settings(opts: AccuracyOptions, args: Optional[object], source: Path
 
 
 def _checkpoints(checkpoint_dir: str | Path) -> dict[int, Path]:
-    found = list_checkpoints(checkpoint_dir)
-    if not found:
-        raise InputError(f"{checkpoint_dir}: no task<N>_checkpoint.pth files")
+    found = find_checkpoints(checkpoint_dir)
     if list(found) != list(range(1, len(found) + 1)):
         raise InputError(f"{checkpoint_dir}: task checkpoints must run 1..T without gaps "
                          f"(found tasks {', '.join(map(str, found))})")

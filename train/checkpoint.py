@@ -38,6 +38,23 @@ def list_checkpoints(checkpoint_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def checkpoint_folder(checkpoint_dir: str | Path) -> Path:
+    """``--checkpoint-dir`` as a folder that exists (an InputError saying so otherwise)."""
+    folder = Path(checkpoint_dir)
+    if not folder.is_dir():
+        reason = "not a folder" if folder.exists() else "no such folder"
+        raise InputError(f"--checkpoint-dir {checkpoint_dir}: {reason}")
+    return folder
+
+
+def find_checkpoints(checkpoint_dir: str | Path) -> dict[int, Path]:
+    """:func:`list_checkpoints` of an existing folder that holds at least one."""
+    found = list_checkpoints(checkpoint_folder(checkpoint_dir))
+    if not found:
+        raise InputError(f"{checkpoint_dir}: no task<N>_checkpoint.pth files")
+    return found
+
+
 def config_to_args(cfg: DualPromptConfig, **training: Any) -> argparse.Namespace:
     """Every field of the reference's ``args`` (:mod:`.reference_args`), with this architecture's
     values, the training settings given and the explicit widths (``embed_dim``, ``depth``,
