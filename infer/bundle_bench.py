@@ -49,15 +49,20 @@ def _seconds(run: Callable[[], object]) -> float:
 
 
 def _paired(bundle: Callable[[], object], singles: Sequence[Callable[[], object]], repeats: int) -> dict:
-    """After one untimed run of each: ``repeats`` rounds, each timing the bundle and then every single file
-    once, back to back, so that both see the same machine; the ratio is the median of the rounds' ratios."""
+    """After one untimed run of each: ``repeats`` rounds, each timing the bundle and every single file
+    once, back to back (the bundle first in even rounds, last in odd ones), so that both see the same
+    machine; the ratio is the median of the rounds' ratios."""
     bundle()
     for run in singles:
         run()
     rounds = []
-    for _ in range(repeats):
-        b = _seconds(bundle)
-        rounds.append((b, sum(_seconds(run) for run in singles)))
+    for i in range(repeats):
+        if i % 2:
+            s = sum(_seconds(run) for run in singles)
+            rounds.append((_seconds(bundle), s))
+        else:
+            b = _seconds(bundle)
+            rounds.append((b, sum(_seconds(run) for run in singles)))
     return {"bundle_seconds": statistics.median(b for b, _ in rounds),
             "singles_seconds": statistics.median(s for _, s in rounds),
             "ratio": statistics.median(s / b for b, s in rounds), "rounds": rounds}
