@@ -113,6 +113,9 @@ def test_batch_position_dependence_changes_the_numbers(random_checkpoints, tmp_p
 def test_bad_inputs_are_one_line_errors(trained, tmp_path):
     root, runs = trained
     r = run_cli("accuracy", "--checkpoint-dir", str(tmp_path / "none"), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.endswith("none: no such folder\n")
+    (tmp_path / "empty").mkdir()
+    r = run_cli("accuracy", "--checkpoint-dir", str(tmp_path / "empty"), cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "no task<N>_checkpoint.pth" in r.stderr
     gap = tmp_path / "gap"
     gap.mkdir()

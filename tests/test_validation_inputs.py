@@ -313,6 +313,9 @@ def test_verify_finds_the_checkpoint_beside_the_export(tmp_path, monkeypatch):
     (tmp_path / "run" / "output" / "checkpoint").mkdir(parents=True)
     (tmp_path / "run" / "output" / "checkpoint" / info.checkpoint).write_bytes(b"")
     assert source_checkpoint(onnx_path, info, None) == tmp_path / "run" / "output" / "checkpoint" / info.checkpoint
+    with pytest.raises(InputError, match="--checkpoint-dir elsewhere: no such folder"):
+        source_checkpoint(onnx_path, info, "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
     assert source_checkpoint(onnx_path, info, "elsewhere") == Path("elsewhere") / info.checkpoint
 
 
