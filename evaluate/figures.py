@@ -38,8 +38,9 @@ def _frame(fig, caption: str, notes: Sequence[str]) -> None:
     fig.supxlabel("\n".join(textwrap.wrap(caption, int(width * 14))), fontsize=8)
     if notes:
         banner = " + ".join(dict.fromkeys(n.split(":")[0] for n in notes)) + ": NOT A MEASUREMENT OF REAL MODELS"
+        # A box padded by 0: constrained layout keeps the text's own extent clear, not a padded box's.
         fig.suptitle("\n".join(textwrap.wrap(banner, int(width * 8))), color="white", fontsize=11,
-                     fontweight="bold", backgroundcolor="red")
+                     fontweight="bold", bbox=dict(facecolor="red", edgecolor="red", pad=0))
 
 
 def _colourbar(fig, image, ax, label: str, formatter: Optional[Callable[[float], str]] = None) -> None:

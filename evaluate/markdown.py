@@ -26,6 +26,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
+def _mode(modes: dict, key: str) -> str:
+    """One cell of the modes table: "unknown" when the store did not record it, "—" when it does not
+    apply (a frozen backbone has no prompt selection)."""
+    if key not in modes:
+        return "unknown"
+    return "—" if modes[key] is None else str(modes[key])
+
+
 def _head(ev: Evaluation) -> list[str]:
     from .report import caption, figure_files, model_label
 
@@ -39,7 +47,7 @@ def _head(ev: Evaluation) -> list[str]:
     modes = ev.query.get("modes", {})
     keys = ("output", "pool", "selection", "gather", "query")
     lines += ["## How each model embeds", ""] + _table(["model", *keys], [
-        [label(m), *(str(modes.get(m, {}).get(k, "unknown")) for k in keys)] for m in ev.models])
+        [label(m), *(_mode(modes.get(m, {}), k) for k in keys)] for m in ev.models])
     if ev.protocol.get("frozen_backbone"):
         lines += [f"{', '.join(ev.protocol['frozen_backbone'])}: the bundle's `query` output, the frozen backbone's "
                   "own [CLS] without prompts, evaluated as the oldest model (first row and column; it takes part in "
