@@ -23,12 +23,12 @@ import onnxruntime as ort
 import PIL
 from tqdm import tqdm
 
-from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, QUERY_OUTPUT
+from ..common.contract import BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, QUERY_OUTPUT
 from ..common.digest import file_sha256
 from ..common.errors import InputError
 from ..common.faults import fault_point
 from ..common.locks import locked
-from .bundle import BundleInfo, bundle_info, bundle_set_ids, is_bundle, read_props
+from .bundle import BundleInfo, bundle_info, bundle_set_ids, read_props
 from .datasets import Dataset
 from .device import TensorRTOptions
 from .manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manifest, ModelRecord
@@ -239,10 +239,11 @@ def model_targets(model: Path, model_id: str, store: str | Path, data_key: str,
     and task t's slice of ``embedding`` under ``<model_id>.task<t>``, in output order; with
     ``output='query'``, the backbone's alone under ``model_id``.
     """
-    if not is_bundle(model):
+    props = read_props(model)
+    if BUNDLE_TASKS_KEY not in props:
         view = View(output or EMBEDDING_OUTPUT)
         return [Target(view, model_id, set_path(store, model_id, data_key))]
-    info = BundleInfo.from_props(read_props(model), str(model))
+    info = BundleInfo.from_props(props, str(model))
     if output == QUERY_OUTPUT:
         return [Target(View(QUERY_OUTPUT), model_id, set_path(store, model_id, data_key), backbone=True)]
     if output is not None:
@@ -253,23 +254,24 @@ def model_targets(model: Path, model_id: str, store: str | Path, data_key: str,
         Target(View(EMBEDDING_OUTPUT, p), i, set_path(store, i, data_key)) for p, i in enumerate(ids[1:])]
 
 
-def _infos(session: ort.InferenceSession, model: Path, targets: Sequence[Target]) -> list[ModelInfo]:
-    """What the model says of each target's task (a bundle's backbone: the first task's common fields)."""
-    if not is_bundle(model):
-        return [model_info(session, model)]
+def _infos(session: ort.InferenceSession, model: Path, targets: Sequence[Target]) -> tuple[list[ModelInfo], int]:
+    """What the model says of each target's task (a bundle's backbone: the first task's common
+    fields), and how many tasks a bundle holds (0: a single-task file)."""
+    if not any(t.backbone or t.view.position is not None for t in targets):
+        return [model_info(session, model)], 0
     info = bundle_info(session, model)
-    return [info.common if t.backbone else info.tasks[t.view.position] for t in targets]
+    return [info.common if t.backbone else info.tasks[t.view.position] for t in targets], len(info.tasks)
 
 
-def run_sizes(model: Path, batch_size: int, shard_rows: int) -> tuple[int, int]:
+def run_sizes(batch_size: int, shard_rows: int, tasks: int) -> tuple[int, int]:
     """(images per model run, rows per shard of each set) for ``--batch-size`` and ``--shard-rows``.
 
-    A bundle of T tasks computes T prompted rows per image and holds T + 1 sets' shards at once, so
-    the options count rows of all of them: a run takes ``batch_size // T`` images and each set's
-    shard ``shard_rows // (T + 1)`` rows (at least 1), and memory stays near a single file's."""
-    if not is_bundle(model):
+    A bundle of T ``tasks`` computes T prompted rows per image and holds T + 1 sets' shards at once,
+    so the options count rows of all of them: a run takes ``batch_size // T`` images and each set's
+    shard ``shard_rows // (T + 1)`` rows (at least 1), and memory stays near a single file's
+    (``tasks`` 0: a single-task file, the options as given)."""
+    if not tasks:
         return batch_size, shard_rows
-    tasks = len(BundleInfo.from_props(read_props(model), str(model)).tasks)
     return max(1, batch_size // tasks), max(1, shard_rows // (tasks + 1))
 
 
@@ -293,14 +295,14 @@ def _compute(model: Path, sha256: str, dataset: Dataset, store: str | Path, targ
     local = engine.ray is None  # with Ray, this session only reads the metadata
     session, used = create_session(model, provider if local else "cpu", warn, threads=engine.threads if local else 1,
                                    trt=engine.trt if local else None)
-    infos = _infos(session, model, targets)
+    infos, tasks = _infos(session, model, targets)
     manifests = [_manifest(t, model, sha256, i, dataset, used, batch_size) for t, i in zip(targets, infos)]
     if migrate and list(targets) == [Target(View(), targets[0].model_id, targets[0].path)]:
         migrated = migrate_legacy(store, targets[0].path, sha256, dataset, manifests[0], skip_bad=skip_bad,
                                   shard_rows=shard_rows, warn=warn)
         if migrated is not None:
             return [EmbedResult(migrated, True, None, 0.0)]
-    per_run, rows = run_sizes(model, batch_size, shard_rows)
+    per_run, rows = run_sizes(batch_size, shard_rows, tasks)
     identity = {"format": STORE_FORMAT, "model_sha256": sha256, "location": dataset.location,
                 "fingerprint": dataset.fingerprint, "batch_size": batch_size, "skip_bad": skip_bad}
     dim = infos[0].embedding_dim
