@@ -25,7 +25,7 @@ def import_checkout(name: str = "dpcompat"):
 
 
 if __name__ == "__dpcompat_worker__":
-    # Run by runpy as the initializer of a spawn/forkserver worker of dpcompat.infer.workers, with
+    # Run by runpy as the initializer of a spawn/forkserver worker of dpcompat.infer.data.workers, with
     # ``then`` = (module, function, args) given as a global: register the package, then hand over.
     import importlib
 

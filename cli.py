@@ -116,7 +116,7 @@ def _runtime_options(command):
 
 
 def _trt(trt_fp16, trt_cache, trt_workspace):
-    from .infer.device import TensorRTOptions
+    from .infer.runtime.device import TensorRTOptions
 
     return TensorRTOptions(fp16=trt_fp16, cache=Path(trt_cache) if trt_cache else None, workspace_gib=trt_workspace)
 
@@ -132,7 +132,7 @@ def _fetch_data(download: bool, data_path: str, *specs: str | None) -> None:
 
 
 _DOWNLOAD = click.option("--download", is_flag=True, help="Fetch CIFAR-10/100 into --data-path first when missing "
-                                                          "(torchvision, or the official tarball, md5-checked).")
+                                                          "(the official tarball, md5-checked).")
 
 # ---- commands: train ----
 
@@ -230,7 +230,7 @@ def _device(ctx, param, value):
 
 @cli.command()
 @click.option("--data-path", default="data", show_default=True, help="Folder holding cifar-100-python/.")
-@click.option("--download", is_flag=True, help="Fetch CIFAR-100 with torchvision if it is not under --data-path.")
+@click.option("--download", is_flag=True, help="Fetch CIFAR-100 (the official tarball, md5-checked) if it is not under --data-path.")
 @click.option("--output-dir", default="output", show_default=True, help="Writes checkpoint/task{N}_checkpoint.pth and metrics.jsonl.")
 @click.option("--model", default="vit_base_patch16_224", show_default=True, help="timm ViT name, e.g. vit_tiny_patch16_224.")
 @click.option("--input-size", type=POSITIVE, help="Image size (default: from the model name).")
@@ -400,7 +400,7 @@ def _onnx_name(name: str) -> str:
 
 
 def _calibration_set(spec, count, data_path):
-    from .infer.datasets import open_dataset
+    from .infer.data.datasets import open_dataset
 
     if count < 1:
         raise InputError(f"--calibration-count {count}: must be at least 1")
@@ -436,7 +436,7 @@ def verify_command(ctx, task, onnx_path, checkpoint_dir, export_dir, images_dir,
     from .export.parity import format_table
     from .export.verify import Inputs, verify_export
     from .common.atomic import write_json
-    from .infer.bundle import is_bundle
+    from .infer.runtime.bundle import is_bundle
 
     if (task is None) == (onnx_path is None):
         raise InputError("give exactly one of --task N or --onnx PATH")
@@ -507,9 +507,9 @@ def embed(model, dataset, data_path, download, store, model_id, provider, thread
     <model-id>.task<N>, and one for its frozen backbone, <model-id>.backbone; --batch-size and
     --shard-rows then count the rows of all of them (images x tasks).
     """
-    from .infer.datasets import open_dataset
+    from .infer.data.datasets import open_dataset
     from .infer.embed import Engine, embed_model
-    from .infer.ray_engine import RayOptions
+    from .infer.engines.ray import RayOptions
 
     ray = None
     if engine == "ray":
@@ -605,14 +605,14 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
         raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
     from .evaluate.pipeline import (collect_from_models, collect_from_store, evaluate_sets, model_files as find_models,
                                     once_to_stderr, order_by_task)
-    from .evaluate.report import check_out_dir, summary, write_reports
-    from .infer.bundle import is_bundle
+    from .evaluate.report.writer import check_out_dir, summary, write_reports
+    from .infer.runtime.bundle import is_bundle
 
     gallery = gallery or query
     writable_dir(out, "--out")
     check_out_dir(out)
     if projections is not None:
-        from .evaluate.projections import parse_methods
+        from .evaluate.study.projections import parse_methods
         projections = parse_methods(projections)
     if from_store is not None:
         if model_files or exports_dir:
@@ -633,7 +633,7 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
         ev = evaluate_sets(q, g, k=k, include_self=include_self, progress=progress)
     written = write_reports(ev, out)
     if projections:
-        from .evaluate.projections import write_projections
+        from .evaluate.study.projections import write_projections
         written.append(write_projections([s.embeddings for s in q], q[0].labels, ev.models, out, methods=projections,
                                          sample=projection_sample))
     click.echo(summary(ev))
@@ -659,8 +659,8 @@ def _cell_bar(desc: str, *, disable: bool):
 
 def _production_options(*, indexes, gallery_precisions, params, **options):
     """evaluate's production options, checked (FAISS importable when an index is asked for)."""
-    from .evaluate.indexes import IndexParams
-    from .evaluate.production import ProductionOptions
+    from .evaluate.search.indexes import IndexParams
+    from .evaluate.search.production import ProductionOptions
 
     def split(values):
         return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
@@ -669,7 +669,7 @@ def _production_options(*, indexes, gallery_precisions, params, **options):
                                    params=IndexParams(**params), **options)
     production.check()
     if production.indexes:
-        from .evaluate.indexes import faiss_module
+        from .evaluate.search.indexes import faiss_module
 
         faiss_module()
     return production
@@ -678,8 +678,8 @@ def _production_options(*, indexes, gallery_precisions, params, **options):
 def _evaluate_production(q, g, ev, production, files, precision_exports, store, data_path, query_spec, out, *,
                          provider, batch_size, skip_bad, quiet):
     """Indexes, backfilling and reduced precision (evaluate's production.json/.md and backfill figures)."""
-    from .evaluate.production import collect_precision_sets, evaluate_production, precision_rows
-    from .evaluate.production_report import write_production
+    from .evaluate.search.production import collect_precision_sets, evaluate_production, precision_rows
+    from .evaluate.report.production import write_production
 
     exclude_self = ev.protocol["own_image_left_out"]
     with _cell_bar("index cells", disable=quiet or not production.indexes) as progress:
@@ -702,7 +702,7 @@ def doctor(as_json):
     """Versions, onnxruntime providers (listed and actually working) and GPUs of this host."""
     import json
 
-    from .infer.session import doctor_report, format_doctor
+    from .infer.runtime.session import doctor_report, format_doctor
 
     report = doctor_report()
     click.echo(json.dumps(report, indent=2) if as_json else format_doctor(report))
@@ -733,8 +733,8 @@ def audit(ctx, specs, data_path, model, feature, threshold, k, within, store, ou
     SPECS: two or more data sets (every two are compared), or one (audited against itself).
     Exit code 0: no pair found; 1: pairs found; 2: bad input.
     """
-    from .evaluate.audit import run_audit
-    from .evaluate.audit_report import audit_dict, write_audit
+    from .evaluate.study.audit import run_audit
+    from .evaluate.study.audit_report import audit_dict, write_audit
 
     result = run_audit(specs, data_path, model=model, feature=feature, threshold=threshold, k=k, within=within,
                        store=store, provider=provider, batch_size=batch_size, progress=not quiet)
@@ -760,12 +760,12 @@ def inspect_command(path, as_json, depth):
     """
     import json
 
-    from .infer.summary import format_inspection
+    from .infer.runtime.summary import format_inspection
 
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
     if Path(path).suffix.lower() == ".onnx":
-        from .infer.summary import inspect_onnx
+        from .infer.runtime.summary import inspect_onnx
         report = inspect_onnx(path)
     else:
         from .export.summary import inspect_checkpoint
@@ -849,9 +849,10 @@ def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_
     A bundle: images x tasks per second of the bundle and of its tasks' single files, timed in
     alternating rounds on the same images and threads, and their ratio."""
     from .common.synthetic import write_photo_folder
-    from .infer.bench import bench_embed, format_table
-    from .infer.bundle import is_bundle
-    from .infer.datasets import open_dataset
+    from .bench.embed import bench_embed
+    from .common.tables import format_table
+    from .infer.runtime.bundle import is_bundle
+    from .infer.data.datasets import open_dataset
 
     if is_bundle(model_path):
         if compare_torch:
@@ -876,7 +877,7 @@ def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_
 
     runner = None
     if compare_torch:
-        from .export.bench import torch_throughput
+        from .bench.export import torch_throughput
         from .export.verify import source_checkpoint
 
         def torch_runner(info, device, sizes):
@@ -906,7 +907,7 @@ def bench_embed_command(model_path, provider, threads, trt_fp16, trt_cache, trt_
 
 
 def _feeding_lines(result: dict) -> list[str]:
-    from .infer.bench import format_table
+    from .common.tables import format_table
 
     if "pipeline" not in result:
         return []
@@ -922,8 +923,8 @@ def _feeding_lines(result: dict) -> list[str]:
 
 
 def _bench_bundle(model_path, provider, batch_sizes, repeats, singles_dir, json_path, *, threads, trt):
-    from .infer.bench import format_table
-    from .infer.bundle_bench import bench_bundle
+    from .common.tables import format_table
+    from .bench.bundle import bench_bundle
 
     result = bench_bundle(model_path, singles_dir, provider, batch_sizes, repeats=repeats,
                           warn=lambda m: click.echo(m, err=True), threads=threads, trt=trt)
@@ -944,8 +945,8 @@ def _bench_bundle(model_path, provider, batch_sizes, repeats, singles_dir, json_
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_json_file)
 def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
     """Time and peak memory of the compatibility evaluation on random unit vectors."""
-    from .evaluate.bench import bench_evaluate
-    from .infer.bench import format_table
+    from .bench.evaluate import bench_evaluate
+    from .common.tables import format_table
 
     writable_dir(workdir, "--workdir")
     # each model's set: float32 [queries, dim] embeddings and int64 [queries] labels
@@ -974,9 +975,9 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 def bench_index_command(gallery_size, queries, dim, classes, indexes, depth, nlist, nprobe, pq_m, workdir, json_path):
     """Exact streamed search vs FAISS indexes on a generated gallery: time, recall, memory beyond the inputs."""
-    from .evaluate.index_bench import bench_index
-    from .evaluate.indexes import IndexParams, check_kinds, faiss_module
-    from .infer.bench import format_table
+    from .bench.index import bench_index
+    from .evaluate.search.indexes import IndexParams, check_kinds, faiss_module
+    from .common.tables import format_table
 
     kinds = tuple(k.strip() for k in indexes.split(",") if k.strip())
     params = IndexParams(nlist=nlist, nprobe=nprobe, pq_m=pq_m)
@@ -1000,8 +1001,8 @@ def bench_index_command(gallery_size, queries, dim, classes, indexes, depth, nli
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=_json_file)
 def bench_export_command(model_name, precision, workdir, json_path):
     """Export time and file size for an architecture with random weights."""
-    from .export.bench import bench_export
-    from .infer.bench import format_table
+    from .bench.export import bench_export
+    from .common.tables import format_table
 
     writable_dir(workdir, "--workdir")
     result = bench_export(model_name, workdir, precision)
@@ -1024,14 +1025,14 @@ def bench_store_command(model_path, small, large, resume_rows, shard_rows, batch
     """Peak RSS of embed on generated data at two sizes; cost of resuming after a SIGKILL at 50 %."""
     import shutil
 
-    from .infer.bench import format_table
-    from .infer.store_bench import bench_store
+    from .common.tables import format_table
+    from .bench.store import bench_store
 
     shutil.rmtree(workdir, ignore_errors=True)
     if model_path is None:
         from .common.contract import FORMAT_VERSION
         from .export.tiny import write_tiny_model
-        from .infer.metadata import ModelInfo, Preprocessing
+        from .infer.runtime.metadata import ModelInfo, Preprocessing
 
         info = ModelInfo(format_version=FORMAT_VERSION, task=1, checkpoint="none", checkpoint_sha256="0" * 64,
                          model="tiny-stand-in", embedding_dim=16, input_size=8, top_k=1, pool="cls",

@@ -105,7 +105,7 @@ class _Stages:
 
 def _choose_provider(provider: str, log: Callable[[str], None]) -> str:
     if provider == "auto":
-        from .infer.session import gpu_problem
+        from .infer.runtime.session import gpu_problem
 
         if problem := gpu_problem("cuda"):
             log(f"   CUDA unavailable ({problem}); running on CPU")
@@ -139,7 +139,7 @@ def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: 
 
 def export_provenance(path: Path) -> dict:
     """The provenance an export's metadata carries (what its checkpoint recorded in training)."""
-    from .infer.session import create_session, model_info
+    from .infer.runtime.session import create_session, model_info
 
     return model_info(create_session(path, "cpu")[0], path).provenance
 
@@ -187,7 +187,7 @@ def verify_stage(workdir: Path, data: Path, exports: list[Path], bundle: Path, s
 def evaluate_stage(workdir: Path, query, gallery, provenance: dict, notes: list[str],
                    log: Callable[[str], None]) -> list[Path]:
     from .evaluate.pipeline import evaluate_sets
-    from .evaluate.report import summary, write_reports
+    from .evaluate.report.writer import summary, write_reports
 
     ev = evaluate_sets(query, gallery, notes=notes)
     ev.protocol["demo"] = provenance

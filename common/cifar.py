@@ -169,21 +169,13 @@ _TARBALLS = {
 
 
 def download_cifar(root: str | Path, name: str) -> Path:
-    """Fetch ``name`` into ``root`` unless its folder is there: with torchvision when it imports, else
-    the official tarball over HTTPS (md5-checked, extracted without leaving anything half-written)."""
+    """Fetch ``name`` into ``root`` unless its folder is there: the official tarball over HTTPS (the
+    same file and md5 that torchvision uses), extracted without leaving anything half-written."""
     folder = cifar_dir(root, name)
     if folder.is_dir():
         return folder
-    try:
-        from torchvision import datasets
-    except Exception:  # not installed, or no working torch here: the torch-free way
-        url, md5 = _TARBALLS[name]
-        return fetch_tarball(url, md5, root, folder.name)
-    try:
-        getattr(datasets, name.upper())(str(root), download=True)
-    except Exception as e:
-        raise InputError(f"downloading {name} into {root} failed ({type(e).__name__}: {e})") from None
-    return folder
+    url, md5 = _TARBALLS[name]
+    return fetch_tarball(url, md5, root, folder.name)
 
 
 def fetch_tarball(url: str, md5: str, root: str | Path, folder: str) -> Path:

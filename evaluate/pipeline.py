@@ -8,14 +8,14 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .compat import Compatibility, compatibility
-from ..infer.bundle import BundleInfo, is_bundle, read_props
-from ..infer.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
+from .metrics.compat import Compatibility, compatibility
+from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
+from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
 from ..infer.embed import Engine, embed_model, model_targets
 from ..common.contract import QUERY_OUTPUT
 from ..common.errors import InputError
-from ..infer.metadata import ModelInfo
-from ..infer.store import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
+from ..infer.runtime.metadata import ModelInfo
+from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
 
 
 GENERATED_NOTE = ("GENERATED DATA: a model was trained on generated images (stripes by class), not real data; "

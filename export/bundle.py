@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from ..common.contract import BUNDLE_OUTPUTS, GATHERS, POOLS, PRECISIONS, QUERIES, SELECTIONS, check_choice
 from ..common.errors import InputError
-from ..infer.bundle import BundleInfo
+from ..infer.runtime.bundle import BundleInfo
 from ..train.checkpoint import model_from_checkpoint
 from ..train.model import DualPromptViT
 from .onnx_export import (_DTYPES, DEFAULT_OPSET, ExportResult, _check_options, save_checked, task_info,

@@ -4,7 +4,7 @@ The graph: ``image`` float32 [N, 3, S, S] -> unprompted query pass -> cosine aga
 -> per-sample (or the reference's batchwise) top_k -> per-sample e-prompt gather -> prompted pass ->
 ``embedding`` float32 [N, D] and ``prompt_index`` int64 [N] ([N, top_k] when top_k > 1). Both passes
 read the same backbone initializers, so the file holds each weight once. The contract (names,
-metadata) is :mod:`infer.metadata`'s.
+metadata) is :mod:`infer.runtime.metadata`'s.
 
 Exporter: torch's dynamo-based ``torch.onnx.export`` (needs onnxscript). Its constant folding
 materialises transposed copies of small weights once per use; :func:`dedupe_initializers` merges them.
@@ -31,7 +31,7 @@ from ..common.digest import file_sha256
 from ..common.errors import InputError
 from ..common.contract import (BATCH_AXIS, FORMAT_VERSION, GATHERS, INPUTS, OUTPUTS, POOLS, PRECISIONS, QUERIES,
                                SELECTIONS, check_choice)
-from ..infer.metadata import ModelInfo, Preprocessing
+from ..infer.runtime.metadata import ModelInfo, Preprocessing
 from ..train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, find_checkpoints,
                                 model_from_checkpoint, provenance_from_args, save_checkpoint)
 from ..train.model import DualPromptConfig, DualPromptViT

@@ -23,9 +23,9 @@ import onnx
 from ..common.atomic import atomic_file
 from ..common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT
 from ..common.errors import InputError
-from ..infer.datasets import Dataset
-from ..infer.preprocess import preprocess_batch
-from ..infer.session import create_session, model_info, run_model
+from ..infer.data.base import Dataset
+from ..infer.data.preprocess import preprocess_batch
+from ..infer.runtime.session import create_session, model_info, run_model
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import torchinfo
 
 from ..common.contract import POOLS
-from ..infer.bench import dualprompt_flops
-from ..infer.summary import parameter_groups
+from ..infer.runtime.summary import dualprompt_flops
+from ..infer.runtime.summary import parameter_groups
 from ..train.checkpoint import model_from_checkpoint
 
 # torchinfo's footer estimates (mult-adds of Linear/Conv layers only, memory) disagree with the

@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT
-from ..infer.metadata import ModelInfo
+from ..infer.runtime.metadata import ModelInfo
 
 POOL = 4
 

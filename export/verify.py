@@ -1,7 +1,7 @@
 """``verify``: an exported file on onnxruntime against its source checkpoint in PyTorch.
 
 Both sides get the same float32 arrays: images preprocessed once with the export's own metadata
-(:mod:`infer.preprocess`), or seeded random pixels in [0, 1].
+(:mod:`infer.data.preprocess`), or seeded random pixels in [0, 1].
 """
 from __future__ import annotations
 
@@ -15,15 +15,15 @@ import onnxruntime as ort
 import torch
 
 from .parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, Similarity, compare
-from ..infer.datasets import IMAGE_SUFFIXES, image_files, open_dataset, open_image
+from ..infer.data.datasets import IMAGE_SUFFIXES, image_files, open_dataset, open_image
 from ..common.digest import file_sha256
 from .onnx_export import contract_prompt_index
 from ..common.errors import InputError
 from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
-from ..infer.device import TensorRTOptions
-from ..infer.metadata import ModelInfo
-from ..infer.preprocess import preprocess_batch
-from ..infer.session import create_session, model_info, run_model
+from ..infer.runtime.device import TensorRTOptions
+from ..infer.runtime.metadata import ModelInfo
+from ..infer.data.preprocess import preprocess_batch
+from ..infer.runtime.session import create_session, model_info, run_model
 from ..train.checkpoint import checkpoint_folder, model_from_checkpoint
 from ..train.model import DualPromptViT
 
@@ -35,7 +35,7 @@ MAX_INPUT_BYTES = 2 ** 31  # every compared input is held at once: 2 GiB of floa
 @dataclass(frozen=True)
 class Inputs:
     """Where the compared images come from: ``images_dir`` (every image file below it), ``dataset``
-    (an :func:`infer.datasets.open_dataset` spec such as ``cifar10:test``, read from ``data_path``), or
+    (an :func:`infer.data.datasets.open_dataset` spec such as ``cifar10:test``, read from ``data_path``), or
     else ``count`` random images from ``seed``. At most ``count`` images are used."""
 
     images_dir: Optional[str] = None
@@ -153,7 +153,7 @@ def verify_export(onnx_path: str | Path, checkpoint: Optional[str | Path] = None
     """Compare ``onnx_path`` on onnxruntime with ``checkpoint`` in PyTorch (default: the file the
     metadata names, in ``checkpoint_dir`` or found beside the export), under the tolerances of the
     export's precision. The checkpoint must be the one it was exported from (same sha256); see
-    :func:`source_checkpoint`. ``threads`` and ``trt`` go to :func:`infer.session.create_session`."""
+    :func:`source_checkpoint`. ``threads`` and ``trt`` go to :func:`infer.runtime.session.create_session`."""
     start = time.perf_counter()
     session, used = create_session(onnx_path, provider, threads=threads, trt=trt)
     info = model_info(session, onnx_path)

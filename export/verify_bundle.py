@@ -12,9 +12,9 @@ import onnxruntime as ort
 import torch
 
 from ..common.contract import QUERY_OUTPUT
-from ..infer.bundle import bundle_info, task_outputs
-from ..infer.device import TensorRTOptions
-from ..infer.session import create_session, run_model
+from ..infer.runtime.bundle import bundle_info, task_outputs
+from ..infer.runtime.device import TensorRTOptions
+from ..infer.runtime.session import create_session, run_model
 from ..train.model import DualPromptViT
 from .parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, compare
 from .verify import Inputs, source_checkpoint, source_model, torch_forward, torch_similarity

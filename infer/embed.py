@@ -1,8 +1,8 @@
-"""Embed a data set with an exported model into the embedding store (see :mod:`infer.store`).
+"""Embed a data set with an exported model into the embedding store (see :mod:`infer.store.sets`).
 
-The loop is three swappable parts: a batch source (:func:`infer.workers.batch_source`: decode and
-preprocess in worker processes), an engine that runs the model (:func:`_run_local` in this process, or
-:func:`infer.ray_engine.embed_with_ray` on Ray actors), and :class:`~infer.shards.ShardWriter` (one
+The loop is three swappable parts: a batch source (:func:`infer.data.workers.batch_source`: decode and
+preprocess in worker processes), an engine that runs the model (:func:`infer.engines.local.run_local` in this process, or
+:func:`infer.engines.ray.embed_with_ray` on Ray actors), and :class:`~infer.store.shards.ShardWriter` (one
 shard of ``shard_rows`` items at a time, so memory does not grow with the data set, and a killed run
 resumes after its last complete shard). Batches never cross a shard boundary.
 """
@@ -23,22 +23,23 @@ import onnxruntime as ort
 import PIL
 from tqdm import tqdm
 
-from ..common.contract import BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, QUERY_OUTPUT
+from ..common.contract import BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, QUERY_OUTPUT
 from ..common.digest import file_sha256
 from ..common.errors import InputError
 from ..common.faults import fault_point
 from ..common.locks import locked
-from .bundle import BundleInfo, bundle_info, bundle_set_ids, read_props
-from .datasets import Dataset
-from .device import TensorRTOptions
-from .manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manifest, ModelRecord
-from .metadata import ModelInfo, Preprocessing
-from .migrate import migrate_legacy
-from .session import create_session, model_info, run_model
-from .shards import ShardWriter, tidy, writer_lock
-from .ray_engine import RayOptions
-from .store import EmbeddingSet, check_model_id, read_set, set_path
-from .workers import Batch, Embedded, batch_source
+from .runtime.bundle import BundleInfo, bundle_info, bundle_set_ids, read_props
+from .data.base import Dataset
+from .runtime.device import TensorRTOptions
+from .store.manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manifest, ModelRecord
+from .runtime.metadata import ModelInfo, Preprocessing
+from .store.migrate import migrate_legacy
+from .runtime.session import create_session, model_info
+from .store.shards import ShardWriter, tidy, writer_lock
+from .engines.local import View, run_local
+from .engines.ray import RayOptions
+from .store.sets import EmbeddingSet, check_model_id, read_set, set_path
+from .data.workers import Embedded, batch_source
 
 @dataclass
 class EmbedResult:
@@ -77,32 +78,6 @@ class Engine:
     ray: Optional[RayOptions] = None
 
 
-@dataclass(frozen=True)
-class View:
-    """Where one stored set comes from in a model's outputs: the graph ``output``, at ``position`` of
-    its task axis for a bundle's per-task embedding (None: the whole [N, D] output)."""
-
-    output: str = EMBEDDING_OUTPUT
-    position: Optional[int] = None
-
-    @property
-    def name(self) -> str:
-        return self.output if self.position is None else f"{self.output}[:, {self.position}]"
-
-    def take(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        out = outputs[self.output]
-        return out if self.position is None else out[:, self.position]
-
-
-def _run_local(session: ort.InferenceSession, batches: Iterator[Batch], views: Sequence[View]) -> Iterator[Embedded]:
-    """The local engine: each batch through the model in this process; ``embeddings`` [B, views, D]."""
-    names = tuple(dict.fromkeys([v.output for v in views] + [PROMPT_INDEX_OUTPUT]))
-    for b in batches:
-        out = run_model(session, b.images, names) if len(b.rows) else {}
-        stacked = np.stack([v.take(out) for v in views], axis=1) if out else None
-        yield Embedded(b.start, b.rows, stacked, out.get(PROMPT_INDEX_OUTPUT), b.skipped)
-
-
 def _outputs(model: Path, session: ort.InferenceSession, preprocessing: Preprocessing, dataset: Dataset,
              first: int, *, engine: Engine, provider: str, batch_size: int, shard_rows: int, skip_bad: bool,
              views: Sequence[View]) -> Iterator[Embedded]:
@@ -110,8 +85,8 @@ def _outputs(model: Path, session: ort.InferenceSession, preprocessing: Preproce
     if engine.ray is None:
         batches = batch_source(dataset, preprocessing, batch_size=batch_size, workers=engine.workers,
                                skip_bad=skip_bad, start=first, align=shard_rows)
-        return _run_local(session, batches, views)
-    from .ray_engine import embed_with_ray
+        return run_local(session, batches, views)
+    from .engines.ray import embed_with_ray
 
     return (replace(e, embeddings=e.embeddings[:, None])
             for e in embed_with_ray(model, dataset, options=engine.ray, provider=provider, batch_size=batch_size,

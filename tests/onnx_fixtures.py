@@ -15,10 +15,10 @@ import onnx
 from dpcompat.common.cifar import write_cifar
 from dpcompat.common.contract import FORMAT_VERSION
 from dpcompat.export.tiny import write_tiny_model
-from dpcompat.infer.metadata import ModelInfo, Preprocessing
-from dpcompat.infer.datasets import dataset_location
-from dpcompat.infer.manifest import DataRecord, Manifest, ModelRecord
-from dpcompat.infer.shards import write_set
+from dpcompat.infer.runtime.metadata import ModelInfo, Preprocessing
+from dpcompat.infer.data.datasets import dataset_location
+from dpcompat.infer.store.manifest import DataRecord, Manifest, ModelRecord
+from dpcompat.infer.store.shards import write_set
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_SIZE = 32

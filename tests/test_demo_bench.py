@@ -102,7 +102,7 @@ def test_bench_evaluate_and_export(tmp_path):
 
 
 def test_flops_of_vit_b_dualprompt():
-    from dpcompat.infer.bench import dualprompt_flops
+    from dpcompat.infer.runtime.summary import dualprompt_flops
     from dpcompat.train.model import DualPromptConfig
 
     arch = DualPromptConfig().asdict()

@@ -11,12 +11,12 @@ from PIL import Image
 from dpcompat.common.cifar import write_cifar
 from dpcompat.common.errors import InputError
 from dpcompat.common.synthetic import synthetic_images
-from dpcompat.evaluate import audit as audit_module
-from dpcompat.evaluate.audit import equal_pairs, run_audit
-from dpcompat.evaluate.indexes import exact_topk
-from dpcompat.evaluate.audit_report import sheet_pairs, write_audit
-from dpcompat.infer.datasets import dataset_key
-from dpcompat.infer.store import read_set
+from dpcompat.evaluate.study import audit as audit_module
+from dpcompat.evaluate.study.audit import equal_pairs, run_audit
+from dpcompat.evaluate.search.indexes import exact_topk
+from dpcompat.evaluate.study.audit_report import sheet_pairs, write_audit
+from dpcompat.infer.data.datasets import dataset_key
+from dpcompat.infer.store.sets import read_set
 from onnx_fixtures import run_cli, write_model
 from test_evaluate_cli import BLOCK_TORCH
 
@@ -185,7 +185,7 @@ def test_auto_feature_prefers_a_query_output(tmp_path):
     embedding = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, feature="embedding",
                           store=store, provider="cpu")
     assert embedding.feature == "embedding" and (store / "m" / dataset_key("cifar10:test", tmp_path)).is_dir()
-    from dpcompat.infer.datasets import open_dataset
+    from dpcompat.infer.data.datasets import open_dataset
     from dpcompat.infer.embed import embed_dataset
 
     warnings = []

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from dpcompat.common.errors import InputError
-from dpcompat.evaluate.backfill import (area, backfill_order, default_pairs, exact_curve, fractions, index_curve,
+from dpcompat.evaluate.search.backfill import (area, backfill_order, default_pairs, exact_curve, fractions, index_curve,
                                         parse_pairs)
-from dpcompat.evaluate.compat import compatibility
-from dpcompat.evaluate.indexes import IndexParams, build_index
+from dpcompat.evaluate.metrics.compat import compatibility
+from dpcompat.evaluate.search.indexes import IndexParams, build_index
 
 
 def unit(rng, n, d):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from dpcompat.infer.datasets import dataset_key
+from dpcompat.infer.data.datasets import dataset_key
 from onnx_fixtures import run_cli, write_data, write_model, write_random_set
 
 

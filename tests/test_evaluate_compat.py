@@ -6,10 +6,11 @@ import math
 import numpy as np
 import pytest
 
-from dpcompat.evaluate.compat import METRICS, compatibility, criteria
-from dpcompat.evaluate.metrics import cmc_curve, retrieval_metrics, retrieval_outcomes
+from dpcompat.evaluate.metrics.compat import METRICS, compatibility, criteria
+from dpcompat.evaluate.metrics.ranking import cmc_curve, retrieval_metrics, retrieval_outcomes
 from dpcompat.evaluate.pipeline import Evaluation
-from dpcompat.evaluate.report import figure_files, report_dict, summary, write_reports
+from dpcompat.evaluate.report.labels import figure_files
+from dpcompat.evaluate.report.writer import report_dict, summary, write_reports
 
 NAN = float("nan")
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from dpcompat.common.errors import InputError
-from dpcompat.evaluate.compat import compatibility
-from dpcompat.evaluate.indexes import (IndexParams, average_precision_at, check_kinds, exact_topk,
+from dpcompat.evaluate.metrics.compat import compatibility
+from dpcompat.evaluate.search.indexes import (IndexParams, average_precision_at, check_kinds, exact_topk,
                                        neighbour_metrics, recall_at)
-from dpcompat.evaluate.metrics import average_precision, retrieval_metrics
-from dpcompat.infer.store import read_set
+from dpcompat.evaluate.metrics.ranking import average_precision, retrieval_metrics
+from dpcompat.infer.store.sets import read_set
 
 from onnx_fixtures import write_random_set
 
@@ -111,7 +111,7 @@ def test_parameters_resolve_to_documented_defaults_and_refuse_nonsense():
 
 
 def test_missing_faiss_names_the_extra(monkeypatch):
-    from dpcompat.evaluate.indexes import faiss_module
+    from dpcompat.evaluate.search.indexes import faiss_module
 
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(InputError, match=r"dpcompat\[faiss\]"):
@@ -125,7 +125,7 @@ def store_sets(tmp_path, t=3, n=120, d=16):
 
 
 def test_flat_through_faiss_equals_the_exact_matrices(tmp_path):
-    from dpcompat.evaluate.search import index_compatibility
+    from dpcompat.evaluate.search.cells import index_compatibility
 
     sets = store_sets(tmp_path)
     labels = sets[0].labels
@@ -143,7 +143,7 @@ def test_flat_through_faiss_equals_the_exact_matrices(tmp_path):
 
 
 def test_ivf_and_ivfpq_recall_against_a_brute_force_search(tmp_path):
-    from dpcompat.evaluate.search import index_compatibility
+    from dpcompat.evaluate.search.cells import index_compatibility
 
     sets = store_sets(tmp_path, t=2, n=300)
     params = IndexParams(nlist=8, nprobe=2, pq_m=4)
@@ -166,7 +166,7 @@ def test_ivf_and_ivfpq_recall_against_a_brute_force_search(tmp_path):
 
 
 def test_indexes_are_cached_by_digest_and_parameters(tmp_path):
-    from dpcompat.evaluate.search import cached_index
+    from dpcompat.evaluate.search.cells import cached_index
 
     sets = store_sets(tmp_path, t=1)
     resolved = IndexParams(nlist=4).resolve("ivf", 120, 16)
@@ -188,13 +188,13 @@ def test_indexes_are_cached_by_digest_and_parameters(tmp_path):
 
 
 def cache_name_matches(path, resolved):
-    from dpcompat.evaluate.indexes import cache_name
+    from dpcompat.evaluate.search.indexes import cache_name
 
     return path.name.split("-")[1] == cache_name("ivf", resolved, "0" * 16, 0).split("-")[1]
 
 
 def test_bench_index_on_a_small_generated_gallery(tmp_path):
-    from dpcompat.evaluate.index_bench import bench_index
+    from dpcompat.bench.index import bench_index
 
     result = bench_index(tmp_path, gallery=3000, queries=50, dim=32, classes=20, kinds=("ivf", "ivfpq"),
                          params=IndexParams(nlist=20, nprobe=20), depth=10)

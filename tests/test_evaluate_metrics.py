@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from dpcompat.evaluate import metrics
-from dpcompat.evaluate.metrics import (average_precision, cmc_curve, knn_predict, linear_cka, linear_cka_matrix,
+from dpcompat.evaluate.metrics import ranking as metrics
+from dpcompat.evaluate.metrics.ranking import (average_precision, cmc_curve, knn_predict, linear_cka, linear_cka_matrix,
                                        ranked_outcomes, retrieval_metrics, retrieval_outcomes, topk_indices)
 
 

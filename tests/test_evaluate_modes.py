@@ -2,8 +2,8 @@
 import dataclasses
 import json
 
-from dpcompat.infer.datasets import dataset_key
-from dpcompat.infer.store import read_set
+from dpcompat.infer.data.datasets import dataset_key
+from dpcompat.infer.store.sets import read_set
 from onnx_fixtures import model_info, run_cli, write_data, write_model
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from dpcompat.infer.datasets import dataset_key
+from dpcompat.infer.data.datasets import dataset_key
 from onnx_fixtures import model_info, run_cli, write_data, write_model
 
 pytest.importorskip("faiss", reason="faiss-cpu (the [faiss] extra) is not installed")

@@ -6,8 +6,8 @@ import sklearn.manifold  # noqa: F401  (loaded before threadpool_limits, so its 
 from threadpoolctl import threadpool_limits
 
 from dpcompat.common.errors import InputError
-from dpcompat.evaluate.projections import JOINT, parse_methods, project, sample_indices, write_projections
-from dpcompat.infer.datasets import dataset_key
+from dpcompat.evaluate.study.projections import JOINT, parse_methods, project, sample_indices, write_projections
+from dpcompat.infer.data.datasets import dataset_key
 from onnx_fixtures import run_cli, write_random_set
 
 

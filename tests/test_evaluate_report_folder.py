@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 from dpcompat.common.errors import InputError
-from dpcompat.evaluate.compat import compatibility
+from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.pipeline import Evaluation, evaluate_sets
-from dpcompat.evaluate.report import check_out_dir, write_reports
-from dpcompat.infer.datasets import dataset_key
+from dpcompat.evaluate.report.writer import check_out_dir, write_reports
+from dpcompat.infer.data.datasets import dataset_key
 from onnx_fixtures import run_cli, write_random_set
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = '''
 import pickle, runpy, sys
 runpy.run_path(sys.argv[1])["import_checkout"]()
-from dpcompat.evaluate.report import write_reports
+from dpcompat.evaluate.report.writer import write_reports
 write_reports(pickle.load(open(sys.argv[2], "rb")), sys.argv[3])
 '''
 

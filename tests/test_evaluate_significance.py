@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from dpcompat.evaluate.compat import compatibility
-from dpcompat.evaluate.significance import (COMPATIBLE, NOT_COMPATIBLE, UNDECIDED, bootstrap_means, interval,
+from dpcompat.evaluate.metrics.compat import compatibility
+from dpcompat.evaluate.metrics.significance import (COMPATIBLE, NOT_COMPATIBLE, UNDECIDED, bootstrap_means, interval,
                                             mcnemar_exact, verdict)
 
 

@@ -21,11 +21,11 @@ from dpcompat.export.onnx_export import file_sha256, initializer_bytes
 from dpcompat.export.parity import TOLERANCES, compare, cosine_rows
 from dpcompat.export.verify import Inputs, torch_forward, torch_similarity
 from dpcompat.export.verify_bundle import verify_bundle
-from dpcompat.infer.bundle import BundleInfo, bundle_set_ids, is_bundle, read_props, task_outputs
-from dpcompat.infer.datasets import open_dataset
+from dpcompat.infer.runtime.bundle import BundleInfo, bundle_set_ids, is_bundle, read_props, task_outputs
+from dpcompat.infer.data.datasets import open_dataset
 from dpcompat.infer.embed import embed_dataset, embed_model
-from dpcompat.infer.metadata import ModelInfo
-from dpcompat.infer.session import model_info
+from dpcompat.infer.runtime.metadata import ModelInfo
+from dpcompat.infer.runtime.session import model_info
 from dpcompat.train.checkpoint import checkpoint_path, config_to_args, model_from_checkpoint, save_checkpoint
 from dpcompat.train.model import DualPromptViT
 from dpcompat.common.faults import ENV

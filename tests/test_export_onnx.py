@@ -14,7 +14,7 @@ from dpcompat.export.onnx_export import (EmbeddingExport, export_random, export_
                                 unique_parameter_bytes)
 from dpcompat.export.parity import TOLERANCES, compare, cosine_rows
 from dpcompat.common.contract import FORMAT_VERSION
-from dpcompat.infer.metadata import ModelInfo, Preprocessing
+from dpcompat.infer.runtime.metadata import ModelInfo, Preprocessing
 from dpcompat.train.checkpoint import checkpoint_path, config_to_args, model_from_checkpoint, save_checkpoint
 from train_fixtures import TINY_ARCH, tiny_model, varied_images
 

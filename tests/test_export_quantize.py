@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from dpcompat.cli import cli
 from dpcompat.common.errors import InputError
 from dpcompat.export.quantize import quantize_int8
-from dpcompat.infer.datasets import open_dataset
+from dpcompat.infer.data.datasets import open_dataset
 from dpcompat.infer.embed import embed_dataset
-from dpcompat.infer.preprocess import preprocess_batch
+from dpcompat.infer.data.preprocess import preprocess_batch
 from dpcompat.train.checkpoint import checkpoint_path, config_to_args, save_checkpoint
 from onnx_fixtures import PREPROCESSING, write_data, write_model
 from train_fixtures import tiny_model

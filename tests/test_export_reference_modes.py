@@ -7,8 +7,8 @@ import torch
 
 from dpcompat.export.onnx_export import export_task
 from dpcompat.export.verify import Inputs, verify_export
-from dpcompat.infer.metadata import ModelInfo
-from dpcompat.infer.session import model_info
+from dpcompat.infer.runtime.metadata import ModelInfo
+from dpcompat.infer.runtime.session import model_info
 from dpcompat.train.checkpoint import checkpoint_path, config_to_args, save_checkpoint
 from train_fixtures import reference_outputs, tiny_model, varied_images
 

@@ -8,8 +8,8 @@ import pytest
 
 from dpcompat.common.digest import file_sha256
 from dpcompat.common.faults import ENV
-from dpcompat.infer.datasets import dataset_key
-from dpcompat.infer.store import read_set
+from dpcompat.infer.data.datasets import dataset_key
+from dpcompat.infer.store.sets import read_set
 from onnx_fixtures import ROOT, leftovers, run_cli, write_data, write_model
 
 EMBED = ["embed", "--model", "m.onnx", "--dataset", "cifar10:test", "--store", "emb", "--shard-rows", "8",

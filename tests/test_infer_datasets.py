@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpcompat.infer.datasets import dataset_key, dataset_location, open_dataset
+from dpcompat.infer.data.datasets import dataset_key, dataset_location, open_dataset
 from dpcompat.common.errors import InputError
 from onnx_fixtures import write_data
 

@@ -8,8 +8,8 @@ import pytest
 
 from dpcompat.common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, parse_provider
 from dpcompat.common.errors import InputError
-from dpcompat.infer import device, session as sess
-from dpcompat.infer.device import TensorRTOptions, provider_chain
+from dpcompat.infer.runtime import device, session as sess
+from dpcompat.infer.runtime.device import TensorRTOptions, provider_chain
 from onnx_fixtures import run_cli, write_model
 
 

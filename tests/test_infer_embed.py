@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from dpcompat.infer.datasets import open_dataset
+from dpcompat.infer.data.datasets import open_dataset
 from dpcompat.infer.embed import embed_dataset
 from dpcompat.common.errors import InputError
-from dpcompat.infer.store import read_set
+from dpcompat.infer.store.sets import read_set
 from dpcompat.common.digest import file_sha256
 from onnx_fixtures import leftovers, run_cli, write_data, write_model
 from test_infer_datasets import write_folder
@@ -109,7 +109,7 @@ def test_embed_command(setup):
 
 
 def test_embed_command_on_gpu_providers(setup):
-    from dpcompat.infer.session import gpu_problem
+    from dpcompat.infer.runtime.session import gpu_problem
 
     if gpu_problem("cuda") is None:
         pytest.skip("CUDA works on this host")

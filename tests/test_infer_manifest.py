@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dpcompat.common.errors import InputError
-from dpcompat.infer.manifest import DataRecord, Manifest, ModelRecord, Shard
+from dpcompat.infer.store.manifest import DataRecord, Manifest, ModelRecord, Shard
 
 SHA = st.text("0123456789abcdef", min_size=64, max_size=64)
 NAME = st.text(min_size=1, max_size=30)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dpcompat.common.errors import InputError
-from dpcompat.infer.datasets import dataset_key, open_dataset
+from dpcompat.infer.data.datasets import dataset_key, open_dataset
 
 
 def write_npz(path, *, rgb=True, size=28, n=6, column_labels=True, **extra):

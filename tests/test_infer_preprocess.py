@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dpcompat.infer.metadata import Preprocessing
-from dpcompat.infer.preprocess import preprocess_batch, preprocess_image, resized_size
+from dpcompat.infer.runtime.metadata import Preprocessing
+from dpcompat.infer.data.preprocess import preprocess_batch, preprocess_image, resized_size
 
 SPECS = [Preprocessing(), Preprocessing.for_input_size(32),
          Preprocessing(resize=37, crop=33, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))]

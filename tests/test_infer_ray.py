@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from dpcompat.common.errors import InputError
-from dpcompat.infer.datasets import open_dataset
+from dpcompat.infer.data.datasets import open_dataset
 from dpcompat.infer.embed import Engine, embed_dataset
-from dpcompat.infer.ray_engine import RayOptions, embed_with_ray, runtime_env
+from dpcompat.infer.engines.ray import RayOptions, embed_with_ray, runtime_env
 from onnx_fixtures import run_cli, write_data, write_model
 from test_infer_datasets import write_folder
 

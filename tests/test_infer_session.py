@@ -5,10 +5,10 @@ import numpy as np
 import onnx
 import pytest
 
-from dpcompat.infer import session as sess
+from dpcompat.infer.runtime import session as sess
 from dpcompat.common.errors import InputError
 from dpcompat.common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
-from dpcompat.infer.session import ProviderUnavailable, create_session, doctor_report, format_doctor, model_info, run_model
+from dpcompat.infer.runtime.session import ProviderUnavailable, create_session, doctor_report, format_doctor, model_info, run_model
 from onnx_fixtures import PREPROCESSING, model_info as fixture_info, write_model
 
 CUDA_WORKS = sess.gpu_problem("cuda") is None

@@ -8,10 +8,10 @@ import pytest
 
 from dpcompat.common.digest import file_sha256
 from dpcompat.common.errors import InputError
-from dpcompat.infer.manifest import shard_files
-from dpcompat.infer.metadata import Preprocessing
-from dpcompat.infer.shards import write_set
-from dpcompat.infer.store import check_comparable, read_set, set_path
+from dpcompat.infer.store.manifest import shard_files
+from dpcompat.infer.runtime.metadata import Preprocessing
+from dpcompat.infer.store.shards import write_set
+from dpcompat.infer.store.sets import check_comparable, read_set, set_path
 from onnx_fixtures import leftovers, write_random_set
 
 

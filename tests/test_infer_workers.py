@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from dpcompat.common.errors import InputError
-from dpcompat.infer import workers as w
-from dpcompat.infer.datasets import open_dataset
+from dpcompat.infer.data import workers as w
+from dpcompat.infer.data.datasets import open_dataset
 from dpcompat.infer.embed import Engine, embed_dataset
-from dpcompat.infer.preprocess import preprocess_image
-from dpcompat.infer.workers import batch_source
+from dpcompat.infer.data.preprocess import preprocess_image
+from dpcompat.infer.data.workers import batch_source
 from onnx_fixtures import PREPROCESSING, write_data, write_model
 from test_infer_datasets import write_folder
 

@@ -6,8 +6,8 @@ import pytest
 
 from dpcompat.export.onnx_export import export_task
 from dpcompat.export.summary import inspect_checkpoint
-from dpcompat.infer.bench import dualprompt_flops
-from dpcompat.infer.summary import format_inspection, inspect_onnx, parameter_shapes
+from dpcompat.infer.runtime.summary import dualprompt_flops
+from dpcompat.infer.runtime.summary import format_inspection, inspect_onnx, parameter_shapes
 from dpcompat.train.checkpoint import checkpoint_path, config_to_args, save_checkpoint
 from onnx_fixtures import run_cli, write_model
 from test_evaluate_cli import BLOCK_TORCH

@@ -153,7 +153,7 @@ def test_full_disk_is_one_line_before_training(tmp_path, monkeypatch):
 
 
 def test_os_error_during_the_work_names_the_file(tmp_path, monkeypatch):
-    import dpcompat.evaluate.bench as bench
+    import dpcompat.bench.evaluate as bench
 
     def fails(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / "store" / "embeddings.npy"))

@@ -24,10 +24,10 @@ from dpcompat.common.errors import InputError
 from dpcompat.common.provenance import GENERATED_NOTE, MARKER, RANDOM_BACKBONE_NOTE, notes
 from dpcompat.common.synthetic import write_synthetic_cifar
 from dpcompat.export.verify import Inputs, source_checkpoint
-from dpcompat.infer.datasets import open_image
-from dpcompat.infer.metadata import ModelInfo, Preprocessing
-from dpcompat.infer.preprocess import preprocess_image
-from dpcompat.infer.session import create_session, model_info as session_model_info
+from dpcompat.infer.data.datasets import open_image
+from dpcompat.infer.runtime.metadata import ModelInfo, Preprocessing
+from dpcompat.infer.data.preprocess import preprocess_image
+from dpcompat.infer.runtime.session import create_session, model_info as session_model_info
 from dpcompat.train.checkpoint import config_from_args, config_to_args, model_from_checkpoint
 from dpcompat.train.model import DualPromptConfig
 from onnx_fixtures import model_info, run_cli, write_data, write_model

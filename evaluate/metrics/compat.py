@@ -1,0 +1,231 @@
+"""Backward-compatibility matrices (BCT, Shen et al. 2020), the multi-model criteria and their uncertainty.
+
+C[i][j] = metric of queries embedded by model i against the gallery embedded by model j, for
+j <= i (NaN above the diagonal). Model i is compatible with an older model j < i when
+C[i][j] > C[j][j]. With T models (0-based indices here, models 1..T in the papers):
+
+* AC (Biondi et al., CL2R / CoReS): the fraction of pairs i > j that are compatible; AC of model i:
+  the fraction of its older models it is compatible with. AM: the mean of C[i][j] over i >= j.
+* BC = mean over j < T-1 of (C[T-1][j] - C[j][j]): the newest model against every older gallery.
+  FC = mean over i >= 1 of (C[i][i-1] - C[i][i]): each model's queries on the previous gallery
+  against a full re-index.
+* Update gain of a cell: (C[i][j] - C[j][j]) / (C[i][i] - C[j][j]), the part of a full re-index's
+  improvement obtained without re-indexing; undefined (NaN) when |C[i][i] - C[j][j]| is below one
+  query's worth, 1 / N queries.
+* Negative flip rate (Yan et al., "Positive-Congruent Training", CVPR 2021) of a cell i > j: the
+  fraction of queries that model j answered right against its own gallery and model i's query
+  answers wrong against the same gallery (top-1 and kNN).
+
+Uncertainty and the per-cell verdict: see :mod:`.significance`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .ranking import SUMMARY_METRICS, QueryOutcomes, cmc_curve, linear_cka_matrix, retrieval_outcomes
+from .significance import RESAMPLES, SEED, bootstrap_means, interval, mcnemar_exact, verdict
+
+METRICS = SUMMARY_METRICS
+BINARY = ("top1", "top5", "knn")  # right/wrong per query: McNemar applies
+FLIP_METRICS = ("top1", "knn")
+CMC_DEPTH = 10
+
+
+@dataclass
+class CellTest:
+    """One cell i > j of one metric: ``difference`` C[i][j] - C[j][j] (the mean paired per-query
+    difference), its bootstrap ``low``/``high`` bounds, McNemar's ``gained``/``lost``/``p_value``
+    (None for metrics that are not right/wrong) and the ``verdict``."""
+
+    query: int
+    gallery: int
+    difference: float
+    low: float
+    high: float
+    verdict: str
+    gained: Optional[int] = None
+    lost: Optional[int] = None
+    p_value: Optional[float] = None
+
+
+@dataclass
+class Criteria:
+    """Point criteria of one metric's matrix (see the module doc) and, when computed on per-query
+    values, their intervals and per-cell tests.
+
+    ``compatible``: (i, j, C[i][j] > C[j][j]) for every i > j; ``margins`` [T, T]: C[i][j] - C[j][j]
+    for i > j, NaN elsewhere; ``update_gain`` [T, T] likewise (NaN also where undefined);
+    ``ac_per_model`` [T] (NaN for the first model); ``intervals``: name -> (low, high) for AC, BC, FC.
+    """
+
+    AC: float
+    AM: float
+    BC: float
+    FC: float
+    compatible: list[tuple[int, int, bool]]
+    margins: np.ndarray
+    update_gain: np.ndarray
+    ac_per_model: np.ndarray
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    tests: list[CellTest] = field(default_factory=list)
+
+    def verdicts(self) -> dict[tuple[int, int], str]:
+        return {(c.query, c.gallery): c.verdict for c in self.tests}
+
+
+@dataclass
+class Compatibility:
+    """``metrics[name]`` [T, T] lower-triangular matrices, ``criteria[name]``, ``cka`` [T, T] symmetric,
+    ``cmc`` [T, T, depth] (NaN above the diagonal), ``negative_flips[name]`` [T, T] for top1 and knn
+    (NaN except below the diagonal), ``queries`` N, ``resamples``/``seed`` of the bootstrap and
+    ``seconds`` spent per stage (cells: products and ranking of every metric; bootstrap: the resampled
+    means; tests_and_criteria: McNemar, intervals, verdicts, criteria, CMC, flips; cka)."""
+
+    metrics: dict[str, np.ndarray]
+    criteria: dict[str, Criteria]
+    cka: np.ndarray
+    cmc: np.ndarray
+    negative_flips: dict[str, np.ndarray]
+    queries: int
+    resamples: int
+    seed: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _reduce(matrix: np.ndarray) -> tuple[np.ndarray, ...]:
+    """AC, BC, FC of matrices [..., T, T] (NaN when undefined, i.e. fewer than two models)."""
+    t = matrix.shape[-1]
+    if t < 2:
+        nan = np.full(matrix.shape[:-2], np.nan)
+        return nan, nan, nan
+    i, j = np.tril_indices(t, -1)
+    diagonal = np.diagonal(matrix, axis1=-2, axis2=-1)
+    margins = matrix[..., i, j] - diagonal[..., j]
+    bc = (matrix[..., t - 1, :t - 1] - diagonal[..., :t - 1]).mean(axis=-1)
+    fc = (matrix[..., np.arange(1, t), np.arange(t - 1)] - diagonal[..., 1:]).mean(axis=-1)
+    return (margins > 0).mean(axis=-1), bc, fc
+
+
+def criteria(matrix: np.ndarray, *, min_denominator: float = 0.0) -> Criteria:
+    """Point criteria of a lower-triangular matrix C [T, T] (see the module doc).
+
+    ``min_denominator``: the update gain is undefined where |C[i][i] - C[j][j]| < this (and where it is 0).
+    """
+    t = len(matrix)
+    margins, gain = np.full((t, t), np.nan), np.full((t, t), np.nan)
+    compatible = []
+    for i in range(t):
+        for j in range(i):
+            margins[i, j] = matrix[i, j] - matrix[j, j]
+            compatible.append((i, j, bool(matrix[i, j] > matrix[j, j])))
+            denominator = matrix[i, i] - matrix[j, j]
+            if abs(denominator) >= min_denominator and denominator != 0:
+                gain[i, j] = margins[i, j] / denominator
+    ac_per_model = np.array([np.mean([ok for a, _, ok in compatible if a == i]) if i else np.nan for i in range(t)])
+    ac, bc, fc = (float(x) for x in _reduce(matrix))
+    return Criteria(AC=ac, AM=float(np.mean(matrix[np.tril_indices(t)])), BC=bc, FC=fc, compatible=compatible,
+                    margins=margins, update_gain=gain, ac_per_model=ac_per_model)
+
+
+def _with_significance(point: Criteria, name: str, per_query: np.ndarray, resampled: np.ndarray) -> Criteria:
+    """``point`` with intervals and cell tests from ``per_query`` [N, T, T] values of metric ``name``
+    and the bootstrap means of its cells ``resampled`` [B, T, T]."""
+    t = per_query.shape[1]
+    i, j = np.tril_indices(t, -1)
+    low, high = interval(resampled[:, i, j] - resampled[:, j, j])
+    tests = []
+    for n, (a, b) in enumerate(zip(i, j)):
+        test = CellTest(query=int(a), gallery=int(b), difference=float(point.margins[a, b]), low=float(low[n]),
+                        high=float(high[n]), verdict="")
+        if name in BINARY:
+            old, new = per_query[:, b, b] > 0, per_query[:, a, b] > 0
+            test.gained, test.lost = int(np.sum(new & ~old)), int(np.sum(old & ~new))
+            test.p_value = mcnemar_exact(test.lost, test.gained)
+        test.verdict = verdict(test.low, test.high, test.p_value)
+        tests.append(test)
+    bounds = {key: tuple(float(x) for x in interval(value)) for key, value in zip(("AC", "BC", "FC"), _reduce(resampled))}
+    point.intervals, point.tests = bounds if t > 1 else {}, sorted(tests, key=lambda c: (c.query, c.gallery))
+    return point
+
+
+def _cells(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
+           gallery_labels: np.ndarray, k: int, exclude_self: bool,
+           progress: Optional[Callable[[int, int], None]]) -> dict[tuple[int, int], QueryOutcomes]:
+    t = len(query)
+    outcomes = {}
+    for i in range(t):
+        for j in range(i + 1):
+            outcomes[i, j] = retrieval_outcomes(query[i], query_labels, gallery[j], gallery_labels, k=k,
+                                                exclude_self=exclude_self)
+            if progress:
+                progress(len(outcomes), t * (t + 1) // 2)
+    return outcomes
+
+
+def _cmc_and_flips(outcomes: dict[tuple[int, int], QueryOutcomes], t: int, depth: int) -> tuple[np.ndarray, dict]:
+    cmc = np.full((t, t, depth), np.nan)
+    flips = {name: np.full((t, t), np.nan) for name in FLIP_METRICS}
+    for (i, j), cell in outcomes.items():
+        cmc[i, j] = cmc_curve(cell.first_hit, depth)
+        if i > j:
+            for name in FLIP_METRICS:
+                old, new = outcomes[j, j].per_query(name) > 0, cell.per_query(name) > 0
+                flips[name][i, j] = float(np.mean(old & ~new))
+    return cmc, flips
+
+
+def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
+                  gallery_labels: np.ndarray, *, k: int = 5, exclude_self: bool = False,
+                  progress: Optional[Callable[[int, int], None]] = None, resamples: int = RESAMPLES,
+                  seed: int = SEED) -> Compatibility:
+    """Every metric for every pair (query model i, gallery model j <= i), criteria with intervals, CMC,
+    negative flip rates and CKA.
+
+    Parameters
+    ----------
+    query : T arrays float32 [Nq, D], the query images embedded by models 1..T (L2-normalised).
+    gallery : T arrays float32 [Ng, D], the gallery images embedded by the same models, same order.
+    query_labels : int [Nq]; gallery_labels : int [Ng].
+    k : neighbours of the kNN vote.
+    exclude_self : query and gallery are the same images in the same order: leave each query's own
+        image out of its gallery.
+    progress : called with (cells done, cells in all) after each cell.
+    resamples, seed : of the bootstrap (:mod:`.significance`).
+
+    Returns
+    -------
+    :class:`Compatibility`; CKA is between the models' query embeddings.
+    """
+    t, n = len(query), len(query_labels)
+    start = time.perf_counter()
+    outcomes = _cells(query, gallery, query_labels, gallery_labels, k, exclude_self, progress)
+    seconds = {"cells": time.perf_counter() - start}
+    start = time.perf_counter()
+    lower = list(outcomes)
+    per_query = {name: np.stack([outcomes[c].per_query(name) for c in lower], axis=1) for name in METRICS}  # [N, cells]
+    resampled = bootstrap_means(np.concatenate([per_query[name] for name in METRICS], axis=1),
+                                resamples=resamples, seed=seed)
+    seconds["bootstrap"] = time.perf_counter() - start
+    start = time.perf_counter()
+    summaries = [outcomes[c].summary() for c in lower]
+    matrices, result_criteria = {}, {}
+    rows, cols = np.array(lower).T
+    for m, name in enumerate(METRICS):
+        values, boot = np.full((n, t, t), np.nan), np.full((resamples, t, t), np.nan)
+        values[:, rows, cols] = per_query[name]
+        boot[:, rows, cols] = resampled[:, m * len(lower):(m + 1) * len(lower)]
+        matrices[name] = np.full((t, t), np.nan)
+        matrices[name][rows, cols] = [s[name] for s in summaries]
+        result_criteria[name] = _with_significance(criteria(matrices[name], min_denominator=1.0 / n), name,
+                                                   values, boot)
+    cmc, flips = _cmc_and_flips(outcomes, t, min(CMC_DEPTH, len(gallery_labels) - exclude_self))
+    seconds["tests_and_criteria"] = time.perf_counter() - start
+    start = time.perf_counter()
+    cka = linear_cka_matrix(query)
+    seconds["cka"] = time.perf_counter() - start
+    return Compatibility(metrics=matrices, criteria=result_criteria, cka=cka, cmc=cmc, negative_flips=flips,
+                         queries=n, resamples=resamples, seed=seed, seconds=seconds)

@@ -1,0 +1,199 @@
+"""Labelled image sets named on the command line, read without torchvision.
+
+Specs:
+  ``cifar10:train``, ``cifar10:test``, ``cifar100:train``, ``cifar100:test``
+      CIFAR's python layout under ``--data-path`` (see :mod:`infer.cifar`).
+  ``folder:PATH``
+      one sub-folder per class (sorted names -> labels 0, 1, ...), images below it (jpg, jpeg, png,
+      webp, any letter case, sub-folders included), in sorted path order. PATH is relative to the
+      working directory.
+  ``npz:PATH[:split]``
+      a MedMNIST-layout ``.npz`` file, split train, val or test (default); see :mod:`infer.data.npz`.
+  ``generated:N``
+      N generated 8x8 RGB images (a pure function of the index, no files) in 10 classes
+      (label = index mod 10): for benchmarks and tests of the embedding loop at any size.
+
+A data set's ``location`` is its spec resolved to an absolute place (the folder, or CIFAR's folder
+under ``--data-path``); the store names a set by it, never by a name two data sets can share.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ...common.cifar import cifar_dir, load_cifar
+from ...common.contract import MAX_IMAGE_PIXELS
+from ...common.errors import InputError
+from .base import CIFAR_KINDS as _CIFAR, Dataset, location_key
+from .npz import NpzDataset, parse_npz_spec
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+_SPLITS = ("train", "test")
+MAX_GENERATED = 10**9
+_GENERATED_SIZE, _GENERATED_CLASSES = 8, 10
+
+
+class CifarDataset(Dataset):
+    def __init__(self, spec: str, name: str, split: str, data_path: str | Path):
+        self.spec, self.name, self.split = spec, name, split
+        self.location = dataset_location(spec, data_path)
+        data = load_cifar(data_path, name, split)
+        self.images, self.labels, self.classes = data.images, data.labels, data.classes
+
+    def image(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index])
+
+    def item_name(self, index: int) -> str:
+        return f"{self.spec}[{index}]"
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256(f"cifar {self.images.shape} {self.labels.shape}\n".encode())
+        h.update(self.images.tobytes())
+        h.update(self.labels.astype("<i8").tobytes())
+        return h.hexdigest()
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every jpg/jpeg/png/webp below ``folder``, sorted, hidden files and folders left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def open_image(path: Path) -> Image.Image:
+    """The RGB image in ``path``; InputError naming the file when it cannot be decoded or its size
+    (width x height, read from the header before decoding) exceeds the contract's MAX_IMAGE_PIXELS."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own, larger guard
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise InputError(f"{path}: {width} x {height} pixels, above the limit of {MAX_IMAGE_PIXELS:,}")
+                return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+
+
+class FolderDataset(Dataset):
+    def __init__(self, spec: str, root: Path):
+        if not root.is_dir():
+            raise InputError(f"{spec}: {root} is not a folder")
+        self.spec, self.name, self.split, self.root = spec, "folder", root.resolve().name, root
+        self.location = dataset_location(spec)
+        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not self.classes:
+            raise InputError(f"{spec}: {root} has no class sub-folders (expected one folder per class)")
+        files, labels = [], []
+        for label, name in enumerate(self.classes):
+            found = image_files(root / name)
+            files.extend(found)
+            labels.extend([label] * len(found))
+        if not files:
+            raise InputError(f"{spec}: no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images under {root}")
+        self.files = files
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def image(self, index: int) -> Image.Image:
+        return open_image(self.files[index])
+
+    def item_name(self, index: int) -> str:
+        return self.files[index].relative_to(self.root).as_posix()
+
+    def stored_bytes(self, index: int) -> bytes:
+        try:
+            return self.files[index].read_bytes()
+        except OSError as e:
+            raise InputError(f"{self.files[index]}: cannot read ({e.strerror})") from None
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256(f"folder {len(self.files)}\n".encode())
+        for path, label in zip(self.files, self.labels):
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError as e:
+                raise InputError(f"{path}: cannot read ({e.strerror})") from None
+            h.update(f"{path.relative_to(self.root).as_posix()}\t{label}\t{digest}\n".encode())
+        return h.hexdigest()
+
+
+class GeneratedDataset(Dataset):
+    def __init__(self, spec: str, count: int):
+        self.spec, self.name, self.split, self.location = spec, "generated", str(count), f"generated:{count}"
+        self.labels = np.arange(count, dtype=np.int64) % _GENERATED_CLASSES
+        self.classes = [f"generated_{c}" for c in range(_GENERATED_CLASSES)]
+        self._pixels = np.arange(_GENERATED_SIZE * _GENERATED_SIZE * 3, dtype=np.uint64)
+
+    def image(self, index: int) -> Image.Image:
+        # A multiplicative hash of (index, pixel): cheap, deterministic, different for every index.
+        x = (self._pixels + np.uint64(index) * np.uint64(193)) * np.uint64(2654435761) >> np.uint64(11)
+        return Image.fromarray((x & np.uint64(255)).astype(np.uint8).reshape(_GENERATED_SIZE, _GENERATED_SIZE, 3))
+
+    def item_name(self, index: int) -> str:
+        return f"{self.spec}[{index}]"
+
+    def _fingerprint(self) -> str:
+        # The images are a pure function of the index: the generator's definition is the content.
+        return hashlib.sha256(f"generated v1 {len(self)} {_GENERATED_SIZE} {_GENERATED_CLASSES}\n".encode()).hexdigest()
+
+
+def _parse(spec: str) -> tuple[str, str]:
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise InputError(f"dataset {spec!r}: expected cifar10:train|test, cifar100:train|test, folder:PATH "
+                         "npz:PATH[:train|val|test] or generated:N")
+    if kind in _CIFAR:
+        if rest not in _SPLITS:
+            raise InputError(f"dataset {spec!r}: unknown split {rest!r}, expected train or test")
+    elif kind == "generated":
+        if not rest.isdigit() or not 1 <= int(rest) <= MAX_GENERATED:
+            raise InputError(f"dataset {spec!r}: expected generated:N with N from 1 to {MAX_GENERATED}")
+    elif kind not in ("folder", "npz"):
+        raise InputError(f"dataset {spec!r}: unknown kind {kind!r}, expected cifar10, cifar100, folder, npz "
+                         "or generated")
+    return kind, rest
+
+
+def dataset_location(spec: str, data_path: str | Path = "data") -> str:
+    """Where the data of ``spec`` is, absolute and without symbolic links, from the spec alone
+    (``folder:/abs/images``, ``cifar10:test:/abs/data/cifar-10-batches-py``, ``generated:N``)."""
+    kind, rest = _parse(spec)
+    if kind == "folder":
+        return f"folder:{Path(rest).resolve()}"
+    if kind == "generated":
+        return f"generated:{int(rest)}"
+    if kind == "npz":
+        path, split = parse_npz_spec(rest)
+        return f"npz:{split}:{path.resolve()}"
+    return f"{kind}:{rest}:{cifar_dir(data_path, kind).resolve()}"
+
+
+def dataset_key(spec: str, data_path: str | Path = "data") -> str:
+    """The store folder of a spec (see :func:`location_key`), so stored sets can be found without the data."""
+    return location_key(dataset_location(spec, data_path))
+
+
+def legacy_dataset_key(spec: str) -> str:
+    """The folder name store format 1 used, ``<name>-<split>``, which two data sets could share."""
+    kind, rest = _parse(spec)
+    split = Path(rest).resolve().name if kind == "folder" else rest
+    if kind == "npz":
+        path, part = parse_npz_spec(rest)
+        split = f"{path.stem}-{part}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{kind}-{split}")
+
+
+def open_dataset(spec: str, data_path: str | Path = "data") -> Dataset:
+    """The data set named by ``spec`` (see the module doc); ``data_path`` holds CIFAR's folders."""
+    kind, rest = _parse(spec)
+    if kind == "folder":
+        return FolderDataset(spec, Path(rest))
+    if kind == "npz":
+        return NpzDataset(spec, *parse_npz_spec(rest))
+    if kind == "generated":
+        return GeneratedDataset(spec, int(rest))
+    return CifarDataset(spec, kind, rest, data_path)

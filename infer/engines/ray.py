@@ -1,0 +1,187 @@
+"""``embed --engine ray``: the same preprocessing and the same onnxruntime model in a pool of Ray
+actors (Ray Data ``map_batches`` with a callable class holding one session per actor), results in
+dataset order, so the store written from them is the one the local engine writes.
+
+Every actor reads the data itself: on a cluster the data set (and nothing else) must be readable
+at the same absolute path on every node; the model travels through Ray's object store, and this
+package's torch-free code (``common`` and ``infer``) as the actors' ``py_modules``, so they run the
+driver's code, not whatever dpcompat a node has installed (or none).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ...common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
+from ...common.errors import InputError
+from ..data.base import Dataset
+from ..runtime.device import TensorRTOptions
+from ..runtime.metadata import ModelInfo
+from ..data.workers import Embedded, batch_bounds, load_batch
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``address``: a Ray cluster (``ray://host:10001`` or ``host:6379``); default ``RAY_ADDRESS``,
+    else a new local cluster. ``actors``: sessions running at once; ``gpus_per_actor``: GPUs each
+    actor reserves (fractions share a GPU); ``cpus_per_actor``: CPUs each reserves, also its
+    onnxruntime threads unless ``--threads`` says otherwise."""
+
+    address: Optional[str] = None
+    actors: int = 2
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+
+    def check(self) -> None:
+        if self.actors < 1:
+            raise InputError(f"--actors {self.actors}: must be at least 1")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
+            raise InputError(f"--gpus-per-actor {self.gpus_per_actor} / CPUs per actor {self.cpus_per_actor}: "
+                             "GPUs must be 0 or more and CPUs more than 0")
+
+
+class EmbedActor:
+    """One onnxruntime session; each call embeds one batch of dataset rows ``[start, stop)``.
+
+    Output: one row per dataset row, in order: ``row``, ``ok`` (False: unreadable, skipped),
+    ``embedding`` (the raw model output; zeros where not ok), ``prompt_index``, ``provider``.
+    """
+
+    def __init__(self, model_ref, dataset_ref, provider: str, threads: Optional[int], skip_bad: bool,
+                 trt: Optional[TensorRTOptions], digest: str):
+        import ray
+
+        if code_digest() != digest:
+            raise RuntimeError(f"this Ray worker imports dpcompat from {_ROOT}, other code "
+                               "than the driver's: let embed start Ray, or ray.init(runtime_env="
+                               "dpcompat.infer.engines.ray.runtime_env(folder))")
+        from ..runtime.session import create_session, model_info
+
+        model, self.dataset = ray.get(model_ref), ray.get(dataset_ref)
+        self.session, self.provider = create_session(model, provider, threads=threads, trt=trt)
+        self.info: ModelInfo = model_info(self.session, "model")
+        self.skip_bad = skip_bad
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..runtime.session import run_model
+
+        start, stop = int(batch["start"][0]), int(batch["stop"][0])
+        b = load_batch(self.dataset, start, stop, self.info.preprocessing, skip_bad=self.skip_bad)
+        ok = np.isin(np.arange(start, stop), b.rows)
+        embedding = np.zeros((stop - start, self.info.embedding_dim), np.float32)
+        index_shape = (stop - start,) if self.info.top_k == 1 else (stop - start, self.info.top_k)
+        prompt_index = np.full(index_shape, -1, np.int64)
+        if len(b.rows):
+            out = run_model(self.session, b.images)
+            embedding[ok], prompt_index[ok] = out[EMBEDDING_OUTPUT], out[PROMPT_INDEX_OUTPUT]
+        return {"row": np.arange(start, stop, dtype=np.int64), "ok": ok, "embedding": embedding,
+                "prompt_index": prompt_index, "provider": np.full(stop - start, self.provider)}
+
+
+def _portable(dataset: Dataset) -> Dataset:
+    """The data set with absolute paths, so that actors in other working folders find its files."""
+    if not hasattr(dataset, "files"):
+        return dataset
+    moved = copy.copy(dataset)
+    moved.root, moved.files = dataset.root.absolute(), [p.absolute() for p in dataset.files]
+    return moved
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _sources() -> list[Path]:
+    return [_ROOT / "__init__.py"] + sorted(_ROOT.glob("common/*.py")) + sorted(_ROOT.glob("infer/**/*.py"))
+
+
+def code_digest() -> str:
+    """sha256 of this package's torch-free sources: actors refuse to run other code than the driver's."""
+    h = hashlib.sha256()
+    for file in _sources():
+        h.update(f"{file.relative_to(_ROOT).as_posix()}\n".encode() + file.read_bytes())
+    return h.hexdigest()
+
+
+def runtime_env(folder: str | Path) -> dict:
+    """A Ray ``runtime_env`` that ships this package's torch-free code (``common``, ``infer``) to
+    every worker as ``py_modules``, copied under ``folder`` (uploaded by ``ray.init``). ``embed_with_ray``
+    uses it when it connects; a program that calls ``ray.init`` itself passes it there."""
+    dest = Path(folder) / "dpcompat"
+    for file in _sources():
+        target = dest / file.relative_to(_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
+    return {"py_modules": [str(dest)]}
+
+
+def _connect(options: RayOptions):
+    """``ray.init`` on the chosen cluster unless already connected; True when this call connected."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--engine ray needs Ray: pip install \"dpcompat[ray]\" (or pip install \"ray[data]\")") from None
+    if ray.is_initialized():
+        return ray, False
+    address = options.address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        with tempfile.TemporaryDirectory(prefix="dpcompat-ray-") as code:  # uploaded by ray.init
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env(code))
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise InputError(f"--ray-address {address}: cannot connect to Ray ({str(e).splitlines()[0]})") from None
+    return ray, True
+
+
+def embed_with_ray(model: str | Path, dataset: Dataset, *, options: RayOptions = RayOptions(), provider: str = "cpu",
+                   batch_size: int = 64, skip_bad: bool = False, threads: Optional[int] = None,
+                   trt: Optional[TensorRTOptions] = None, start: int = 0,
+                   align: Optional[int] = None) -> Iterator[Embedded]:
+    """Raw model outputs of every ``batch_size`` rows of ``dataset``, in order, computed by Ray actors
+    (one onnxruntime session each). Batches are the local engine's (same rows, same preprocessing,
+    same session options), so on the CPU the outputs are equal bit for bit. Options are checked and
+    Ray is connected before the first batch is asked for; a cluster this call started is shut down
+    when the iterator ends or is closed. ``start`` and ``align``: see :func:`infer.data.workers.batch_bounds`."""
+    options.check()
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    ray, started = _connect(options)
+    bounds = batch_bounds(start, len(dataset), batch_size, align)
+    return _ordered_batches(ray, started, Path(model), dataset, options, provider, bounds, skip_bad,
+                            threads or max(1, int(options.cpus_per_actor)), trt)
+
+
+def _ordered_batches(ray, started, model, dataset, options, provider, bounds, skip_bad, threads, trt):
+    try:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        items = [{"start": s, "stop": e} for s, e in bounds]
+        refs = (ray.put(model.read_bytes()), ray.put(_portable(dataset)))
+        results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            EmbedActor, batch_size=1, concurrency=options.actors, num_gpus=options.gpus_per_actor,
+            num_cpus=options.cpus_per_actor,
+            fn_constructor_args=(*refs, provider, threads, skip_bad, trt, code_digest()))
+        due = iter(bounds)
+        expected = bounds[0][0] if bounds else 0
+        for block in results.iter_batches(batch_size=None, batch_format="numpy"):
+            rows = block["row"]
+            if len(rows) and not np.array_equal(rows, np.arange(expected, expected + len(rows))):
+                raise RuntimeError(f"Ray returned rows {rows[0]}..{rows[-1]} where row {expected} was due")
+            first, expected = expected, expected + len(rows)
+            while len(rows) and (bound := next(due)):  # a block holds whole batches (one per actor call)
+                part, ok = slice(bound[0] - first, bound[1] - first), block["ok"][bound[0] - first:bound[1] - first]
+                yield Embedded(start=bound[0], rows=rows[part][ok], embeddings=block["embedding"][part][ok],
+                               prompt_index=block["prompt_index"][part][ok],
+                               skipped=[dataset.item_name(int(r)) for r in rows[part][~ok]],
+                               provider=str(block["provider"][part][0]))
+                if bound[1] == expected:
+                    break
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,174 @@
+"""Bundles: one ONNX file for several tasks of one training run, which share the frozen backbone.
+
+A bundle's graph takes ``image`` [N, 3, S, S] and gives ``embedding`` [N, T, D], ``prompt_index``
+[N, T] (or [N, T, top_k]) and ``query`` [N, D] (see :mod:`dpcompat.common.contract`). Its metadata
+is a single-task file's, less ``task``/``checkpoint``/``checkpoint_sha256``, plus ``bundle_tasks``:
+those three fields for every task, in output order. :class:`BundleInfo` turns that back into what
+each task's own single-task file would say.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnxruntime as ort
+
+from ...common.contract import (BUNDLE_OUTPUTS, BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT,
+                               QUERY_OUTPUT)
+from ...common.errors import InputError
+from .metadata import ModelInfo
+
+TASK_FIELDS = ("task", "checkpoint", "checkpoint_sha256")
+MAX_TASKS = 1024  # tasks one bundle may list (its metadata is parsed before the graph is checked)
+BACKBONE_ID = "backbone"  # store id suffix of the ``query`` output's sets: the frozen backbone as a model
+_MODEL_PROPS = 14  # ModelProto.metadata_props, a repeated StringStringEntryProto {key = 1, value = 2}
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """What a bundle says about itself: per task, in output order, the metadata its single-task file carries."""
+
+    tasks: tuple[ModelInfo, ...]
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise ValueError("a bundle holds at least one task")
+        numbers = [t.task for t in self.tasks]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"task numbers {numbers} repeat")
+        common = self.tasks[0]
+        for t in self.tasks[1:]:
+            differ = [f.name for f in fields(ModelInfo) if f.name not in TASK_FIELDS + ("versions",)
+                      and getattr(t, f.name) != getattr(common, f.name)]
+            if differ:
+                raise ValueError(f"task {t.task}'s {', '.join(differ)} differ from task {common.task}'s")
+
+    @property
+    def common(self) -> ModelInfo:
+        """The fields every task shares (read ``task``, ``checkpoint`` ... from :attr:`tasks`)."""
+        return self.tasks[0]
+
+    @property
+    def task_numbers(self) -> list[int]:
+        return [t.task for t in self.tasks]
+
+    def to_props(self) -> dict[str, str]:
+        props = {k: v for k, v in self.common.to_props().items() if k not in TASK_FIELDS}
+        props[BUNDLE_TASKS_KEY] = json.dumps([{k: getattr(t, k) for k in TASK_FIELDS} for t in self.tasks])
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str) -> "BundleInfo":
+        """Parse a bundle's ``metadata_props``; ``source`` (the file) is named in any error."""
+        try:
+            entries = json.loads(props[BUNDLE_TASKS_KEY])
+            if not isinstance(entries, list) or not 1 <= len(entries) <= MAX_TASKS:
+                raise ValueError(f"expected a list of 1 to {MAX_TASKS} tasks")
+            per_task = [{k: str(e[k]) for k in TASK_FIELDS} for e in entries]
+        except KeyError as e:
+            raise InputError(f"{source}: not a dpcompat bundle (metadata lacks {e})") from None
+        except (ValueError, TypeError) as e:
+            raise InputError(f"{source}: malformed {BUNDLE_TASKS_KEY} metadata ({e})") from None
+        tasks = tuple(ModelInfo.from_props({**props, **fields}, source) for fields in per_task)
+        try:
+            return cls(tasks)
+        except ValueError as e:
+            raise InputError(f"{source}: malformed bundle metadata ({e})") from None
+
+
+def _varint(f: BinaryIO) -> int:
+    value, shift = 0, 0
+    while True:
+        byte = f.read(1)
+        if not byte:
+            raise EOFError
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+
+
+def _fields(f: BinaryIO, end: int, wanted: tuple[int, ...]) -> dict[int, list[bytes]]:
+    """The length-delimited fields numbered in ``wanted`` of a protobuf message ending at ``end``;
+    every other field is skipped without reading it (a graph's weights are never loaded)."""
+    found: dict[int, list[bytes]] = {}
+    while f.tell() < end:
+        number, wire = divmod(_varint(f), 8)
+        if wire == 0:
+            _varint(f)
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+        elif wire == 2:
+            length = _varint(f)
+            if number in wanted:
+                found.setdefault(number, []).append(f.read(length))
+            else:
+                f.seek(length, os.SEEK_CUR)
+        else:
+            raise ValueError(f"wire type {wire}")
+    if f.tell() != end:
+        raise EOFError
+    return found
+
+
+def read_props(path: str | Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file, read from its protobuf without loading the graph: cheap enough
+    to tell a bundle from a single-task file before opening a session (no onnx package needed)."""
+    try:
+        with open(path, "rb") as f:
+            entries = _fields(f, os.fstat(f.fileno()).st_size, (_MODEL_PROPS,)).get(_MODEL_PROPS, [])
+        props = {}
+        for raw in entries:
+            pair = {n: v[-1].decode() for n, v in _fields(io.BytesIO(raw), len(raw), (1, 2)).items()}
+            props[pair.get(1, "")] = pair.get(2, "")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such ONNX file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (EOFError, ValueError, UnicodeDecodeError):
+        raise InputError(f"{path}: not an ONNX file (truncated or corrupt protobuf)") from None
+    return props
+
+
+def is_bundle(path: str | Path) -> bool:
+    """Whether the ONNX file at ``path`` is a bundle (its metadata lists ``bundle_tasks``)."""
+    return BUNDLE_TASKS_KEY in read_props(path)
+
+
+def bundle_info(session: ort.InferenceSession, path: str | Path) -> BundleInfo:
+    """The bundle's metadata, after checking the session's declared inputs and outputs against the
+    bundle contract and the metadata's sizes."""
+    info = BundleInfo.from_props(session.get_modelmeta().custom_metadata_map, str(path))
+    image = next((i for i in session.get_inputs() if i.name == INPUT_NAME), None)
+    if image is None or image.type != "tensor(float)":
+        raise InputError(f"{path}: expected input '{INPUT_NAME}' float32 [N, 3, S, S]")
+    c = info.common
+    outputs = {o.name: o for o in session.get_outputs()}
+    t, dim, k = len(info.tasks), c.embedding_dim, c.top_k
+    expected = {EMBEDDING_OUTPUT: [t, dim], PROMPT_INDEX_OUTPUT: [t] + ([k] if k > 1 else []), QUERY_OUTPUT: [dim]}
+    for spec in BUNDLE_OUTPUTS:
+        got = outputs.get(spec.name)
+        want_type = "tensor(float)" if spec.dtype == "float32" else "tensor(int64)"
+        if got is None or got.type != want_type or list(got.shape[1:]) != expected[spec.name]:
+            shape = None if got is None else f"{got.type} {got.shape}"
+            raise InputError(f"{path}: bundle output '{spec.name}' is {shape}, expected {spec.dtype} "
+                             f"[N, {', '.join(map(str, expected[spec.name]))}] for {t} tasks")
+    c.check_graph(image.shape, outputs[QUERY_OUTPUT].shape, str(path))
+    return info
+
+
+def bundle_set_ids(model_id: str, info: BundleInfo) -> list[str]:
+    """Store ids of a bundle's sets, in evaluation order: ``<model_id>.backbone`` (the frozen backbone,
+    the oldest model), then ``<model_id>.task<t>`` for every task in output order."""
+    return [f"{model_id}.{BACKBONE_ID}"] + [f"{model_id}.task{t}" for t in info.task_numbers]
+
+
+def task_outputs(outputs: dict[str, np.ndarray], position: int) -> tuple[np.ndarray, np.ndarray]:
+    """(embedding [N, D], prompt_index [N] or [N, top_k]) of the task at ``position`` in a bundle's
+    outputs: exactly what that task's single-task file gives."""
+    return outputs[EMBEDDING_OUTPUT][:, position], outputs[PROMPT_INDEX_OUTPUT][:, position]

@@ -1,0 +1,240 @@
+"""The manifest of a stored embedding set (``manifest.json``), as typed records with validation.
+
+Everything read from a manifest is untrusted: :meth:`Manifest.from_json` checks types, bounds and
+the consistency of counts, and turns any malformed input into one :class:`InputError`. Shard file
+names are derived from their position, never read from the manifest, so a manifest cannot point
+outside its set folder.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Optional
+
+from ...common.errors import InputError
+
+STORE_FORMAT = "2"
+DEFAULT_SHARD_ROWS = 65_536
+MAX_MANIFEST_BYTES = 256 * 2**20
+MAX_ROWS = 2**40
+MAX_DIM = 65_536
+MAX_SHARDS = 2**20
+MAX_TEXT = 4096
+MAX_KEYS = 64
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class _Malformed(ValueError):
+    """A manifest field that is not what the format says; becomes an InputError naming the file."""
+
+
+def _get(d: dict, key: str, kind: type | tuple, *, optional: bool = False) -> Any:
+    if not isinstance(d, dict):
+        raise _Malformed(f"expected an object holding {key!r}")
+    if key not in d or d[key] is None:
+        if optional:
+            return None
+        raise _Malformed(f"no {key!r}")
+    value = d[key]
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        raise _Malformed(f"{key!r} is {type(value).__name__}, expected {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _text(d: dict, key: str, *, optional: bool = False, limit: int = MAX_TEXT) -> Optional[str]:
+    value = _get(d, key, str, optional=optional)
+    if value is not None and len(value) > limit:
+        raise _Malformed(f"{key!r} is longer than {limit} characters")
+    return value
+
+
+def _int(d: dict, key: str, low: int, high: int, *, optional: bool = False) -> Optional[int]:
+    value = _get(d, key, int, optional=optional)
+    if value is not None and not low <= value <= high:
+        raise _Malformed(f"{key!r} is {value}, expected {low} to {high}")
+    return value
+
+
+def _sha256(d: dict, key: str, *, optional: bool = False) -> Optional[str]:
+    value = _text(d, key, optional=optional)
+    if value is not None and not _SHA256.match(value):
+        raise _Malformed(f"{key!r} is not a sha256 hex digest")
+    return value
+
+
+def _scalars(d: dict, key: str, *, optional: bool = True) -> dict:
+    """A flat JSON object of at most MAX_KEYS short strings, numbers, booleans, nulls or short lists of them."""
+    value = _get(d, key, dict, optional=optional) or {}
+    if len(value) > MAX_KEYS:
+        raise _Malformed(f"{key!r} has more than {MAX_KEYS} entries")
+    for k, v in value.items():
+        items = v if isinstance(v, list) and len(v) <= 16 else [v]
+        if len(k) > 256 or not all(x is None or isinstance(x, (bool, int, float)) or
+                                   isinstance(x, str) and len(x) <= MAX_TEXT for x in items):
+            raise _Malformed(f"{key!r}: entry {k[:40]!r} is not a short scalar")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The export a set was computed with (``id`` names its store folder)."""
+
+    id: str
+    sha256: str
+    task: int
+    file: Optional[str] = None
+    checkpoint_sha256: Optional[str] = None
+    architecture: Optional[str] = None
+    embedding_dim: Optional[int] = None
+    input_size: Optional[int] = None
+    top_k: Optional[int] = None
+    pool: Optional[str] = None
+    selection: Optional[str] = None
+    precision: Optional[str] = None
+    export_versions: dict = field(default_factory=dict)
+    output: str = "embedding"  # the graph output stored (a bundle's frozen-backbone set stores "query")
+    gather: str = "per-sample"  # the export's e-prompt gather and query function (see common/contract.py)
+    query: str = "cls"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelRecord":
+        return cls(id=_text(d, "id", limit=255), sha256=_sha256(d, "sha256"), task=_int(d, "task", 0, 10**6),
+                   file=_text(d, "file", optional=True), checkpoint_sha256=_text(d, "checkpoint_sha256", optional=True),
+                   architecture=_text(d, "architecture", optional=True),
+                   embedding_dim=_int(d, "embedding_dim", 1, MAX_DIM, optional=True),
+                   input_size=_int(d, "input_size", 1, 2**16, optional=True),
+                   top_k=_int(d, "top_k", 1, 2**16, optional=True), pool=_text(d, "pool", optional=True),
+                   selection=_text(d, "selection", optional=True), precision=_text(d, "precision", optional=True),
+                   export_versions=_scalars(d, "export_versions"),
+                   output=_text(d, "output", limit=255, optional=True) or "embedding",
+                   gather=_text(d, "gather", limit=64, optional=True) or "per-sample",
+                   query=_text(d, "query", limit=64, optional=True) or "cls")
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """The data a set holds the embeddings of: the spec as given, its resolved ``location`` (which
+    names the set), its content ``fingerprint`` and its item count ``size`` (skipped ones included)."""
+
+    spec: str
+    location: str
+    name: str
+    split: str
+    fingerprint: str
+    size: int
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataRecord":
+        return cls(spec=_text(d, "spec"), location=_text(d, "location"), name=_text(d, "name", limit=255),
+                   split=_text(d, "split", limit=MAX_TEXT), fingerprint=_sha256(d, "fingerprint"),
+                   size=_int(d, "size", 1, MAX_ROWS))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One complete shard: its row count and the sha256 of its two files' bytes."""
+
+    rows: int
+    embeddings_sha256: str
+    labels_sha256: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Shard":
+        return cls(rows=_int(d, "rows", 0, MAX_ROWS), embeddings_sha256=_sha256(d, "embeddings_sha256"),
+                   labels_sha256=_sha256(d, "labels_sha256"))
+
+
+def shard_files(index: int) -> tuple[str, str]:
+    """The embeddings and labels file names of shard ``index``."""
+    return f"embeddings-{index:05d}.npy", f"labels-{index:05d}.npy"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a set holds and how it was made. ``count``, ``dim``, ``shard_rows`` and ``shards`` are
+    filled in by the store when the set is written; ``provenance`` is the export's (data, backbone)."""
+
+    model: ModelRecord
+    dataset: DataRecord
+    preprocessing: dict
+    skipped: tuple[str, ...] = ()
+    provenance: dict = field(default_factory=dict)
+    count: int = 0
+    dim: int = 0
+    shard_rows: int = DEFAULT_SHARD_ROWS
+    shards: tuple[Shard, ...] = ()
+    provider: Optional[str] = None
+    batch_size: Optional[int] = None
+    versions: dict = field(default_factory=dict)
+    created: Optional[str] = None
+    seconds: Optional[float] = None
+    format_version: str = STORE_FORMAT
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["skipped"], d["shards"] = list(self.skipped), [asdict(s) for s in self.shards]
+        return json.dumps(d, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "Manifest":
+        """Parse and validate; ``source`` (the file) is named in any error."""
+        try:
+            d = json.loads(text, parse_constant=_refuse_constant)
+        except RecursionError:
+            raise InputError(f"{source}: malformed manifest (nested too deeply)") from None
+        except ValueError as e:
+            raise InputError(f"{source}: not readable JSON ({e})") from None
+        try:
+            version = _text(d, "format_version", limit=16)
+            if version != STORE_FORMAT:
+                raise InputError(f"{source}: store format {version}, this toolkit reads {STORE_FORMAT}" + (
+                    " (format 1 recorded neither where its data came from nor digests: run embed with its model "
+                    "and data once to migrate the set)" if version == "1" else ""))
+            return _manifest(d).checked()
+        except _Malformed as e:
+            raise InputError(f"{source}: malformed manifest ({e})") from None
+
+    def checked(self) -> "Manifest":
+        """This manifest if its counts agree with each other; _Malformed otherwise."""
+        if sum(s.rows for s in self.shards) != self.count:
+            raise _Malformed(f"count {self.count} is not the sum of its shards' rows")
+        if any(s.rows > self.shard_rows for s in self.shards):
+            raise _Malformed(f"a shard holds more than shard_rows {self.shard_rows} rows")
+        if self.count + len(self.skipped) != self.dataset.size:
+            raise _Malformed(f"count {self.count} + {len(self.skipped)} skipped is not the data set size "
+                             f"{self.dataset.size}")
+        if self.model.embedding_dim is not None and self.model.embedding_dim != self.dim:
+            raise _Malformed(f"dim {self.dim} differs from the model's embedding_dim {self.model.embedding_dim}")
+        return self
+
+    def with_storage(self, *, dim: int, shard_rows: int, shards: tuple[Shard, ...],
+                     skipped: tuple[str, ...]) -> "Manifest":
+        """This manifest describing the shards written."""
+        return replace(self, count=sum(s.rows for s in shards), dim=dim, shard_rows=shard_rows, shards=shards,
+                       skipped=skipped)
+
+
+def _refuse_constant(name: str) -> None:
+    raise _Malformed(f"{name} is not a number")
+
+
+def _manifest(d: dict) -> Manifest:
+    skipped = _get(d, "skipped", list)
+    shards = _get(d, "shards", list)
+    if len(shards) > MAX_SHARDS or len(skipped) > MAX_ROWS:
+        raise _Malformed("too many shards or skipped items")
+    if not all(isinstance(s, str) and len(s) <= MAX_TEXT for s in skipped):
+        raise _Malformed("'skipped' must list item names (strings)")
+    seconds = _get(d, "seconds", (int, float), optional=True)
+    if seconds is not None and not 0 <= seconds < 10**9:
+        raise _Malformed(f"'seconds' is {seconds}")
+    return Manifest(model=ModelRecord.from_dict(_get(d, "model", dict)),
+                    dataset=DataRecord.from_dict(_get(d, "dataset", dict)),
+                    preprocessing=_scalars(d, "preprocessing", optional=False), skipped=tuple(skipped),
+                    provenance=_scalars(d, "provenance"), count=_int(d, "count", 1, MAX_ROWS),
+                    dim=_int(d, "dim", 1, MAX_DIM), shard_rows=_int(d, "shard_rows", 1, 2**31),
+                    shards=tuple(Shard.from_dict(s) for s in shards), provider=_text(d, "provider", optional=True),
+                    batch_size=_int(d, "batch_size", 1, 2**31, optional=True), versions=_scalars(d, "versions"),
+                    created=_text(d, "created", optional=True, limit=64), seconds=seconds)
+
