@@ -47,7 +47,7 @@ def test_installed_next_to_huggingface_evaluate(tmp_path):
         import sys
         sys.path.insert(0, sys.argv[1])
         import evaluate
-        from dpcompat.evaluate.metrics.ranking import retrieval_metrics
+        from dpcompat.evaluate.metrics.table import retrieval_metrics
         from dpcompat.cli import cli
         from dpcompat.common.contract import OUTPUTS
         assert evaluate.STANDIN == 'huggingface-evaluate', evaluate.__file__
