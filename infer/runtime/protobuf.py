@@ -184,11 +184,6 @@ def props(entries: dict[str, str]) -> bytes:
     return b"".join(bytes_field(MODEL_PROPS, bytes_field(1, k) + bytes_field(2, v)) for k, v in entries.items())
 
 
-def props_of(entry_fields: Sequence[bytes | memoryview]) -> dict[str, str]:
-    """``{key: value}`` of encoded StringStringEntryProto messages."""
-    return {text_of(raw, 1): text_of(raw, 2) for raw in entry_fields}
-
-
 def model(graph: bytes, *, opset: int, ir_version: int, metadata: dict[str, str], producer: str = "dpcompat") -> bytes:
     """A ModelProto of ``graph`` importing the default domain at ``opset``."""
     return (int_field(MODEL_IR_VERSION, ir_version) + bytes_field(MODEL_PRODUCER, producer)
