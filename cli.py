@@ -364,8 +364,8 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
         raise InputError("--bundle is traced in fp32 or fp16; quantise single-task files (--task N --precision int8)")
     dataset = _calibration_set(calibration, calibration_count, data_path) if quantized else None
     out_name = _onnx_name(bundle_name) if bundle else None
-    chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     writable_dir(output_dir, "--output-dir")
+    chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     if bundle:
         from .export.bundle import export_bundle
 
