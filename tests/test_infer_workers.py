@@ -10,7 +10,8 @@ import pytest
 from dpcompat.common.errors import InputError
 from dpcompat.infer.data import workers as w
 from dpcompat.infer.data.datasets import open_dataset
-from dpcompat.infer.embed import Engine, embed_dataset
+from dpcompat.infer.embed import embed_dataset
+from dpcompat.infer.runtime.options import RuntimeOptions
 from dpcompat.infer.data.preprocess import preprocess_image
 from dpcompat.infer.data.workers import batch_source
 from onnx_fixtures import PREPROCESSING, write_data, write_model
@@ -107,9 +108,10 @@ def test_options_are_checked_before_any_work(pets):
 def test_embed_with_workers_stores_the_same_set(tmp_path):
     ds = open_dataset("cifar10:test", write_data(tmp_path / "data", test_per_class=3))
     model = write_model(tmp_path / "task1.onnx")
-    one = embed_dataset(model, ds, tmp_path / "a", provider="cpu", batch_size=8, engine=Engine(workers=0, threads=1))
+    one = embed_dataset(model, ds, tmp_path / "a",
+                        runtime=RuntimeOptions(provider="cpu", batch_size=8, workers=0, threads=1))
     # 12-row shards: batches of 8 are cut at each shard's end (8 + 4), as the store needs
-    two = embed_dataset(model, ds, tmp_path / "b", provider="cpu", batch_size=8, shard_rows=12,
-                        engine=Engine(workers=2, threads=2))
+    two = embed_dataset(model, ds, tmp_path / "b", shard_rows=12,
+                        runtime=RuntimeOptions(provider="cpu", batch_size=8, workers=2, threads=2))
     assert one.set.embeddings.tobytes() == two.set.embeddings.tobytes()
     assert one.set.labels.tolist() == two.set.labels.tolist() == ds.labels.tolist()
