@@ -97,8 +97,22 @@ def test_workers_stop_when_the_consumer_stops(tmp_path, how):
     assert multiprocessing.active_children() == []
 
 
+def test_a_pool_starts_only_the_processes_its_batches_need(tmp_path):
+    ds = open_dataset("cifar10:test", write_data(tmp_path, test_per_class=1))  # 10 rows: 3 batches of 4
+    source = batch_source(ds, PREPROCESSING, batch_size=4, workers=8)
+    next(source)
+    assert len(multiprocessing.active_children()) == 3
+    source.close()
+    assert multiprocessing.active_children() == []
+    one = batch_source(ds, PREPROCESSING, batch_size=10, workers=8)  # one batch: decoded in this process
+    next(one)
+    assert multiprocessing.active_children() == []
+    one.close()
+
+
 def test_options_are_checked_before_any_work(pets):
-    for kw, message in [({"workers": -1}, "--workers -1"), ({"batch_size": 0}, "--batch-size 0"),
+    for kw, message in [({"workers": -1}, "--workers -1"), ({"workers": 257}, "--workers 257: must be from 0 to 256"),
+                        ({"batch_size": 0}, "--batch-size 0"),
                         ({"prefetch": 0}, "prefetch 0"), ({"start_method": "thread"}, "start method 'thread'"),
                         ({"start": 8}, "start row 8")]:
         with pytest.raises(InputError, match=message):

@@ -17,7 +17,8 @@ from dpcompat.infer.data import workers as workers_module
 from dpcompat.infer.embed import run_sizes
 from dpcompat.infer.engines import ray as ray_module
 from dpcompat.infer.runtime import session as session_module, throughput as throughput_module
-from dpcompat.infer.runtime.options import TensorRTOptions
+from dpcompat.common.errors import InputError
+from dpcompat.infer.runtime.options import RayOptions, RuntimeOptions, TensorRTOptions
 from dpcompat.infer.store.sets import read_set
 from onnx_fixtures import model_info, write_bundle, write_data, write_model
 
@@ -156,3 +157,13 @@ def test_ray_engine(place, spies, local_ray, monkeypatch):
     assert (call["provider"], call["threads"], call["skip_bad"], call["actors"]) == ("tensorrt", 1, True, 1)
     assert call["trt"].cache.name == "engines" and call["sizes"] == {BATCH, 40 % BATCH}
     assert all(spies["bars"]) and [s.manifest.batch_size for s in stored(place / "s")] == [BATCH]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 0}, "--batch-size 0"), ({"batch_size": 4097}, "--batch-size 4097"), ({"threads": 0}, "--threads 0"),
+    ({"threads": 1025}, "--threads 1025"), ({"workers": -1}, "--workers -1"), ({"workers": 257}, "--workers 257"),
+    ({"ray": RayOptions(actors=0)}, "--actors 0"), ({"ray": RayOptions(gpus_per_actor=float("nan"))}, "--gpus-per-actor nan"),
+])
+def test_the_library_checks_the_ranges_the_command_line_declares(options, message):
+    with pytest.raises(InputError, match=message):
+        RuntimeOptions(**options).check()
