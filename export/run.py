@@ -74,8 +74,8 @@ def export_checkpoints(opts: ExportOptions) -> Iterator[tuple[str, ExportResult 
         raise InputError("--bundle is traced in fp32 or fp16; quantise single-task files (--task N --precision int8)")
     dataset = open_dataset(opts.calibration, opts.data_path) if quantized else None
     name = _onnx_name(opts.bundle_name) if opts.bundle_name else None
-    chosen = select_checkpoints(opts.checkpoint_dir, opts.tasks)
     writable_dir(opts.output_dir, "--output-dir")
+    chosen = select_checkpoints(opts.checkpoint_dir, opts.tasks)
     modes = dict(selection=opts.selection, pool=opts.pool, opset=opts.opset, gather=opts.gather, query=opts.query)
     if name:
         from .bundle import export_bundle
