@@ -1,4 +1,4 @@
-"""dpcompat command line: train, export, verify, embed, evaluate, demo, bench, doctor.
+"""dpcompat command line: train, export, verify, embed, evaluate, gate, demo, bench, doctor.
 
 Each command parses its options, calls the library and prints. Bad input raises ``InputError``,
 which becomes one line on stderr and exit code 2 (``--debug`` shows the traceback instead).
@@ -584,16 +584,21 @@ def _report_set(r) -> None:
 @click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
               help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
 @click.option("--no-backbone", is_flag=True, help="A bundle's tasks only, without its frozen backbone's row and column.")
+@click.option("--primary-metric", default="top1", show_default=True,
+              help="The metric the decision rule judges every pair by (the others are evidence).")
+@click.option("--tolerance", default=0.01, show_default=True, callback=_non_negative,
+              help="The rule's margin: a candidate may lose at most this much of the primary metric (0 to below 1).")
 def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, data_path, download, store, out, k,
              include_self, provider, threads, trt_fp16, trt_cache, trt_workspace, workers, batch_size, skip_bad, quiet,
              projections, projection_sample, indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_m,
              ef_construction, ef_search, backfill, backfill_pairs, backfill_steps, backfill_seed, backfill_order,
-             gallery_precisions, precision_exports, no_backbone):
+             gallery_precisions, precision_exports, no_backbone, primary_metric, tolerance):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
     Writes compatibility.json/.csv/.md and figures (rows: query model, columns: gallery model); the
-    models are put in the order of the task in their metadata. With --index, --backfill,
-    --gallery-precision or --precision-exports also production.json/.md.
+    models are put in the order of the task in their metadata. Every pair gets the decision rule's
+    verdict and recommendation (a not-compatible pair's backfill fraction on the --backfill-steps
+    grid). With --index, --backfill, --gallery-precision or --precision-exports also production.json/.md.
     """
     production = _production_options(
         indexes=indexes, depth=index_depth, backfill=backfill, backfill_pairs=backfill_pairs,
@@ -603,11 +608,14 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
         gallery_precisions=gallery_precisions)
     if precision_exports and from_store is not None:
         raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
-    from .evaluate.pipeline import (collect_from_models, collect_from_store, evaluate_sets, model_files as find_models,
-                                    once_to_stderr, order_by_task)
+    from .evaluate.metrics.decision import Rule
+    from .evaluate.pipeline import (DecisionOptions, collect_from_models, collect_from_store, evaluate_sets,
+                                    model_files as find_models, once_to_stderr, order_by_task)
     from .evaluate.report.writer import check_out_dir, summary, write_reports
     from .infer.runtime.bundle import is_bundle
 
+    decision = DecisionOptions(rule=Rule(metric=primary_metric, tolerance=tolerance), steps=backfill_steps,
+                               seed=backfill_seed, order_file=backfill_order)
     gallery = gallery or query
     writable_dir(out, "--out")
     check_out_dir(out)
@@ -630,7 +638,7 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
                                    workers=workers, threads=threads, trt=_trt(trt_fp16, trt_cache, trt_workspace))
     q, g = order_by_task(q, g, once_to_stderr())
     with _cell_bar("cells", disable=quiet) as progress:
-        ev = evaluate_sets(q, g, k=k, include_self=include_self, progress=progress)
+        ev = evaluate_sets(q, g, k=k, include_self=include_self, progress=progress, options=decision)
     written = write_reports(ev, out)
     if projections:
         from .evaluate.study.projections import write_projections
@@ -692,8 +700,35 @@ def _evaluate_production(q, g, ev, production, files, precision_exports, store, 
                                               provider=provider, batch_size=batch_size, skip_bad=skip_bad,
                                               progress=not quiet)
         rows = precision_rows(q, g, sets, speeds, k=ev.protocol["k"], exclude_self=exclude_self)
-    written = write_production(result, out, precision_rows=rows)
+    written = write_production(result, out, precision_rows=rows, notes=ev.notes)
     click.echo(f"production reports: {', '.join(str(p) for p in written)}")
+
+
+@cli.command()
+@click.option("--report", default="reports", show_default=True, type=click.Path(),
+              help="An evaluate report folder (or its compatibility.json).")
+@click.option("--deployed", type=click.Path(dir_okay=False), help="The deployed model's file (its gallery is indexed).")
+@click.option("--deployed-id", help="Its model id in the report (default: the file's stem; alone: no file check).")
+@click.option("--candidate", type=click.Path(dir_okay=False), help="The candidate model's file (its queries).")
+@click.option("--candidate-id", help="Its model id in the report (default: the file's stem; alone: no file check).")
+@click.option("--json", "as_json", is_flag=True, help="Print the pair's decision object as JSON.")
+@click.option("--allow-demo", is_flag=True, help="Decide on a report of generated data or a random backbone.")
+@click.pass_context
+def gate(ctx, report, deployed, deployed_id, candidate, candidate_id, as_json, allow_demo):
+    """Release decision for a candidate model on a deployed model's gallery, read from a report.
+
+    Exit code 0: keep the index; 3: backfill or re-index; 4: undecided (collect more queries);
+    2: bad input (no such report or pair, a model file other than the report's, demo data).
+    """
+    import json
+
+    from .evaluate.report.gate import ModelRef, release_gate
+
+    result = release_gate(report, ModelRef("--deployed", deployed, deployed_id),
+                          ModelRef("--candidate", candidate, candidate_id), allow_demo=allow_demo,
+                          warn=lambda note: click.echo(note, err=True))
+    click.echo(json.dumps(result.pair, indent=2) if as_json else result.line)
+    ctx.exit(result.exit_code)
 
 
 @cli.command()

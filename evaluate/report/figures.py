@@ -109,7 +109,7 @@ def margin_heatmaps(path: Path, margins: dict[str, np.ndarray], verdicts: dict[s
         _grid(ax, models, f"{name}: better (blue) or worse (red) than the old model alone")
         texts = np.full(m.shape, "", dtype=object)
         for (i, j), v in verdicts[name].items():
-            texts[i, j] = f"{m[i, j]:+.3f}{MARKERS[v]}"
+            texts[i, j] = f"{m[i, j]:+.3f}{MARKERS.get(v, '')}"
         _annotate(ax, texts, -np.abs(shown) / limit, -0.6)
     _frame(fig, f"{MARKER_LEGEND}. {caption}", notes)
     fig.savefig(path, format="png", dpi=100)
