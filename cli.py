@@ -595,10 +595,9 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
              gallery_precisions, precision_exports, no_backbone, primary_metric, tolerance):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
-    Writes compatibility.json/.csv/.md and figures (rows: query model, columns: gallery model); the
-    models are put in the order of the task in their metadata. Every pair gets the decision rule's
-    verdict and recommendation (a not-compatible pair's backfill fraction on the --backfill-steps
-    grid). With --index, --backfill, --gallery-precision or --precision-exports also production.json/.md.
+    Writes compatibility.json/.csv/.md and figures, led by each pair's verdict and recommendation under
+    the decision rule; models in the task order of their metadata. With --index, --backfill,
+    --gallery-precision or --precision-exports also production.json/.md.
     """
     production = _production_options(
         indexes=indexes, depth=index_depth, backfill=backfill, backfill_pairs=backfill_pairs,
@@ -614,8 +613,7 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     from .evaluate.report.writer import check_out_dir, summary, write_reports
     from .infer.runtime.bundle import is_bundle
 
-    decision = DecisionOptions(rule=Rule(metric=primary_metric, tolerance=tolerance), steps=backfill_steps,
-                               seed=backfill_seed, order_file=backfill_order)
+    decision = DecisionOptions(Rule(primary_metric, tolerance), backfill_steps, backfill_seed, backfill_order)
     gallery = gallery or query
     writable_dir(out, "--out")
     check_out_dir(out)

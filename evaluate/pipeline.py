@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -274,8 +275,10 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     models = [s.model_id for s in query]
     records = [{"id": s.model_id, "sha256": s.manifest.model.sha256, "file": s.manifest.model.file,
                 "task": s.manifest.model.task} for s in query]
+    start = time.perf_counter()
     decision = decide_arrays(result, models, [r["sha256"] for r in records], *arrays, query[0].labels,
                              gallery[0].labels, k=k, exclude_self=exclude_self, options=options)
+    result.seconds["decision"] = time.perf_counter() - start  # the backfill search of not-compatible pairs
     provenance = [dict(s.manifest.provenance or {}) for s in query]
     given = {n.split(":")[0] for n in notes}
     notes = [*(n for n in provenance_notes(provenance) if n.split(":")[0] not in given), *notes]

@@ -110,6 +110,10 @@ def test_identical_models_keep_the_index_and_a_rotated_one_re_indexes():
         assert (p.verdict, p.recommendation, p.backfill_fraction) == (NOT_COMPATIBLE, "re-index", None)
         assert p.value == 0 and p.reference == 1 and p.reindex_interval == [0.0, 0.0]  # a rotation keeps cosines
         assert "even re-indexed" not in p.words
+    weak = pairs_data(noise=1.0)[0] @ rotation(x.shape[1])  # worse than task1 even on its own gallery
+    (worse,) = decided([x, weak], labels)[1].pairs
+    assert worse.recommendation == "re-index" and worse.reindex_interval[1] < -0.01
+    assert "note: even re-indexed, task2 scores below task1" in worse.words
 
 
 def test_a_model_changed_on_half_the_gallery_backfills_half(tmp_path):

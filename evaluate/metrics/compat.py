@@ -92,7 +92,8 @@ class Compatibility:
     metric (:func:`.table.flip_names`; NaN except below the diagonal), ``queries`` N,
     ``resamples``/``seed`` of the bootstrap and ``seconds`` spent per stage (cells: products and
     ranking of every metric; bootstrap: the resampled means; tests_and_criteria: McNemar, intervals,
-    verdicts, criteria, CMC, flips; cka)."""
+    criteria, CMC, flips; cka; decision, added by :func:`evaluate.pipeline.evaluate_sets`: the rule
+    and the backfill search of not-compatible pairs)."""
 
     metrics: dict[str, np.ndarray]
     criteria: dict[str, Criteria]
