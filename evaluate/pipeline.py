@@ -234,13 +234,16 @@ def decide_arrays(result: Compatibility, models: Sequence[str], sha256: Sequence
                   options: DecisionOptions = DecisionOptions()) -> Decision:
     """:func:`.metrics.decision.decide` for an evaluation of the arrays ``query``/``gallery`` (T arrays
     [Nq, D] / [Ng, D], as :func:`.metrics.compat.compatibility` took them): the backfill search runs
-    exact search on galleries mixed in the options' order."""
+    exact search on galleries mixed in the options' order; its ends are the evaluation's own cells
+    (f = 0: C[i][j], f = 1: C[i][i], by definition)."""
     n = len(gallery_labels)
     steps = options.steps
     counts = backfilled_counts(n, fractions(steps))
     order = backfill_order(n, seed=options.seed, order_file=options.order_file)
 
     def values(i: int, j: int, step: int) -> np.ndarray:
+        if step in (0, steps):
+            return result.values(options.rule.metric, i, j if step == 0 else i)
         return backfilled_values(query[i], gallery[j], gallery[i], query_labels, gallery_labels,
                                  order[:counts[step]], metric=options.rule.metric, k=k, exclude_self=exclude_self)
 

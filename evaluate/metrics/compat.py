@@ -93,7 +93,8 @@ class Compatibility:
     ``resamples``/``seed`` of the bootstrap and ``seconds`` spent per stage (cells: products and
     ranking of every metric; bootstrap: the resampled means; tests_and_criteria: McNemar, intervals,
     criteria, CMC, flips; cka; decision, added by :func:`evaluate.pipeline.evaluate_sets`: the rule
-    and the backfill search of not-compatible pairs)."""
+    and the backfill search of not-compatible pairs). ``per_query[name]`` float64 [N, cells]: the
+    per-query values of every cell i >= j, columns in the order of ``cells`` (see :meth:`values`)."""
 
     metrics: dict[str, np.ndarray]
     criteria: dict[str, Criteria]
@@ -104,6 +105,12 @@ class Compatibility:
     resamples: int
     seed: int
     seconds: dict[str, float] = field(default_factory=dict)
+    per_query: dict[str, np.ndarray] = field(default_factory=dict)
+    cells: list[tuple[int, int]] = field(default_factory=list)
+
+    def values(self, name: str, i: int, j: int) -> np.ndarray:
+        """Per-query values float64 [N] of metric ``name`` in cell (i, j), j <= i (NaN: no value)."""
+        return self.per_query[name][:, self.cells.index((i, j))]
 
 
 def _reduce(matrix: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -244,4 +251,5 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
     cka = linear_cka_matrix(query)
     seconds["cka"] = time.perf_counter() - start
     return Compatibility(metrics=matrices, criteria=result_criteria, cka=cka, cmc=cmc, negative_flips=flips,
-                         queries=n, resamples=resamples, seed=seed, seconds=seconds)
+                         queries=n, resamples=resamples, seed=seed, seconds=seconds, per_query=per_query,
+                         cells=list(lower))
