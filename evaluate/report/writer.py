@@ -18,6 +18,8 @@ from typing import Optional
 import numpy as np
 
 from . import figures
+from .decision_view import decision_view
+from .html import HTML_FILE, write_html
 from .labels import EVIDENCE, caption, figure_files, model_label
 from .markdown import decision_rows, markdown, own_rows
 from ..metrics.compat import Criteria
@@ -37,7 +39,7 @@ _EXTRA_FILES = ("production.json", "production.md", "projections.png")
 
 
 def _report_name(name: str) -> bool:
-    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, *_EXTRA_FILES) or name in figure_files() or (
+    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, HTML_FILE, *_EXTRA_FILES) or name in figure_files() or (
         name.startswith(("heatmap_", "backfill_")) and name.endswith(".png"))
 
 
@@ -164,27 +166,29 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
                 w.writerow(["cka", models[i], models[j], f"{r.cka[i, j]:.6f}", *[""] * 7])
 
 
-def _write_figures(folder: Path, ev: Evaluation) -> None:
-    """The figures; cells are marked with the pairs' verdicts under the rule on the primary metric's
-    heatmap and margin panel only (other metrics are evidence)."""
-    r, text, primary = ev.result, caption(ev), ev.decision.rule.metric
+def _write_figures(folder: Path, ev: Evaluation, data: dict) -> None:
+    """The figures, decision.png first; cells carry the pairs' verdicts under the rule on the primary
+    metric's heatmap and margin panel only (the other metrics are evidence)."""
+    r, text = ev.result, caption(ev)
+    rule, pairs = decision_view(data)
+    figures.decision_figure(folder / "decision.png", pairs, ev.models, metric=rule["metric"],
+                            tolerance=rule["tolerance"], confidence=rule["confidence"], caption=text, notes=ev.notes)
     verdicts = ev.decision.verdicts(ev.models)
-    unmarked = {(t.query, t.gallery): None for t in r.criteria[primary].tests}
     for name in METRICS:
-        marked = name == primary
-        title = f"{name}{' (decision rule: marked cells)' if marked else ' (evidence)'}: AM {r.criteria[name].AM:.3f}"
+        marked = name == rule["metric"]
         figures.metric_heatmap(folder / f"heatmap_{name}.png", r.metrics[name], verdicts if marked else {}, ev.models,
-                               name=name, title=title, caption=text, notes=ev.notes)
+                               name=name, title=f"{name} C[i][j]: the query model's queries on the gallery model's "
+                                               f"index{'' if marked else ' (evidence)'}", caption=text, notes=ev.notes)
     figures.margin_heatmaps(folder / "margins.png", {n: r.criteria[n].margins for n in METRICS},
-                            {n: verdicts if n == primary else unmarked for n in METRICS}, ev.models, caption=text,
-                            notes=ev.notes)
+                            {rule["metric"]: verdicts}, ev.models, caption=text, notes=ev.notes)
     figures.cmc_curves(folder / "cmc.png", r.cmc, ev.models, caption=text, notes=ev.notes)
     figures.flip_heatmaps(folder / "negative_flips.png", r.negative_flips, ev.models, caption=text, notes=ev.notes)
     figures.cka_heatmap(folder / "heatmap_cka.png", r.cka, ev.models, caption=text, notes=ev.notes)
 
 
 def write_reports(ev: Evaluation, out_dir: str | Path) -> list[Path]:
-    """Write compatibility.json/.csv/.md and the figures (:func:`figure_files`) as one folder ``out_dir``.
+    """Write compatibility.json/.csv/.md, the figures (:func:`figure_files`) and report.html as one
+    folder ``out_dir``.
 
     The files are built in a temporary folder beside ``out_dir`` that then replaces it in one step:
     ``out_dir`` holds the previous complete report or the new one, whatever moment a run is killed.
@@ -192,10 +196,12 @@ def write_reports(ev: Evaluation, out_dir: str | Path) -> list[Path]:
     """
     out = check_out_dir(out_dir)
     with replaced_dir(out) as tmp:
-        write_json(tmp / JSON_FILE, report_dict(ev))
+        data = report_dict(ev)
+        write_json(tmp / JSON_FILE, data)
         _write_csv(tmp / CSV_FILE, ev)
         (tmp / MARKDOWN_FILE).write_text(markdown(ev))
-        _write_figures(tmp, ev)
+        _write_figures(tmp, ev, data)
+        write_html(tmp)
         names = sorted(p.name for p in tmp.iterdir())
     return [out / name for name in names]
 
