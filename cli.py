@@ -595,9 +595,8 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
              gallery_precisions, precision_exports, no_backbone, primary_metric, tolerance):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
-    Writes compatibility.json/.csv/.md and figures, led by each pair's verdict and recommendation under
-    the decision rule; models in the task order of their metadata. With --index, --backfill,
-    --gallery-precision or --precision-exports also production.json/.md.
+    Writes compatibility.json/.csv/.md, figures and report.html, led by each pair's decision under the rule
+    (models in task order); with --index, --backfill or --*-precision* also production.json/.md.
     """
     production = _production_options(
         indexes=indexes, depth=index_depth, backfill=backfill, backfill_pairs=backfill_pairs,
@@ -607,13 +606,12 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
         gallery_precisions=gallery_precisions)
     if precision_exports and from_store is not None:
         raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
-    from .evaluate.metrics.decision import Rule
     from .evaluate.pipeline import (DecisionOptions, collect_from_models, collect_from_store, evaluate_sets,
                                     model_files as find_models, once_to_stderr, order_by_task)
     from .evaluate.report.writer import check_out_dir, summary, write_reports
     from .infer.runtime.bundle import is_bundle
 
-    decision = DecisionOptions(Rule(primary_metric, tolerance), backfill_steps, backfill_seed, backfill_order)
+    decision = DecisionOptions.of(primary_metric, tolerance, backfill_steps, backfill_seed, backfill_order)
     gallery = gallery or query
     writable_dir(out, "--out")
     check_out_dir(out)

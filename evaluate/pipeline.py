@@ -53,6 +53,12 @@ class DecisionOptions:
     seed: int = 0
     order_file: Optional[str] = None
 
+    @classmethod
+    def of(cls, metric: str, tolerance: float, steps: int, seed: int, order_file: Optional[str]) -> "DecisionOptions":
+        """The options of ``evaluate``'s values (--primary-metric, --tolerance, --backfill-*); InputError
+        for a metric or tolerance the rule refuses, before any work."""
+        return cls(Rule(metric=metric, tolerance=tolerance), steps, seed, order_file)
+
 
 def provenance_notes(provenance: Sequence[dict]) -> list[str]:
     """The banner notes that ``provenance`` (one dict per model) calls for, each once, worded as
