@@ -65,8 +65,8 @@ def test_demo_writes_every_stage_and_valid_pngs(demo_run):
     assert all(json.loads((workdir / "verify" / f"verify_{name}.json").read_text())["passed"]
                for name in ("task1", "task2", "tasks"))
     pngs = sorted((workdir / "reports").glob("*.png"))
-    assert [p.stem for p in pngs] == sorted([*(f"heatmap_{m}" for m in (*METRICS, "cka")), "margins", "cmc",
-                                             "negative_flips"])
+    assert [p.stem for p in pngs] == sorted([*(f"heatmap_{m}" for m in (*METRICS, "cka")), "decision", "margins",
+                                             "cmc", "negative_flips"])
     from PIL import Image
 
     for p in pngs:
