@@ -56,6 +56,10 @@ GATHERS = ("per-sample", "reference")
 QUERIES = ("cls", "notebook")
 # training's feature distillation: the original study's cosine term, or BCT's influence loss
 DISTILL_KINDS = ("cosine", "bct")
+# compatibility adapters (evaluate/adapt): orthogonal Procrustes, ridge least squares without and with a bias;
+# query: the new model's queries mapped into the old model's space; gallery: the old gallery mapped into the new's
+ADAPTER_KINDS = ("orthogonal", "linear", "affine")
+ADAPTER_DIRECTIONS = ("query", "gallery")
 PRECISIONS = ("fp32", "fp16")  # traced by the exporter
 QUANTIZED_PRECISIONS = ("int8",)  # onnxruntime static quantisation of an fp32 export (export/quantize.py)
 FILE_PRECISIONS = PRECISIONS + QUANTIZED_PRECISIONS  # what an export's metadata may say

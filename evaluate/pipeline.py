@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .metrics.compat import Compatibility, compatibility
+from .metrics.table import deepest
 from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
 from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
 from ..infer.embed import Engine, embed_model, model_targets
@@ -232,8 +233,9 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     per_query = gallery[0].count - exclude_self
     if not 1 <= k <= per_query:
         raise InputError(f"--k {k}: must be between 1 and {per_query}, the gallery size per query")
-    if per_query < 5:
-        raise InputError(f"gallery {gallery[0].path}: {per_query} items per query, top5 needs at least 5")
+    name, places = deepest()
+    if per_query < places:
+        raise InputError(f"gallery {gallery[0].path}: {per_query} items per query, {name} needs at least {places}")
     result = compatibility([s.embeddings for s in query], [s.embeddings for s in gallery], query[0].labels,
                            gallery[0].labels, k=k, exclude_self=exclude_self, progress=progress)
     provenance = [dict(s.manifest.provenance or {}) for s in query]

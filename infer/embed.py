@@ -38,7 +38,7 @@ from .runtime.session import create_session, model_info
 from .store.shards import ShardWriter, tidy, writer_lock
 from .engines.local import View, run_local
 from .engines.ray import RayOptions
-from .store.sets import EmbeddingSet, check_model_id, read_set, set_path
+from .store.sets import EmbeddingSet, check_model_id, read_manifest, read_set, set_path
 from .data.workers import Embedded, batch_source
 
 @dataclass
@@ -161,6 +161,17 @@ def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
     return stored if skip_bad or not m.skipped else None
 
 
+def _refuse_transformed(path: Path) -> None:
+    """InputError if the set at ``path`` is a gallery transformed by an adapter: embed never replaces one."""
+    try:
+        transformed = path.is_dir() and read_manifest(path).transformed
+    except InputError:
+        return  # unreadable: recomputed like any broken set
+    if transformed:
+        raise InputError(f"{path}: holds a gallery transformed by an adapter, not a model's embeddings; embed this "
+                         "model under another --model-id")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -185,7 +196,7 @@ def _manifest(target: Target, model: Path, sha256: str, info: ModelInfo, dataset
                          embedding_dim=info.embedding_dim, input_size=info.input_size, top_k=info.top_k,
                          pool=info.pool, selection=info.selection, precision=info.precision,
                          export_versions=info.versions, output=target.view.name, gather=info.gather,
-                         query=info.query)
+                         query=info.query, adapter=info.adapter)
     if target.backbone:  # the frozen backbone's own [CLS]: no task, no checkpoint, no prompt choice of its own
         record = replace(record, task=0, checkpoint_sha256=None, top_k=None, pool="cls", selection=None, query="cls")
     data = DataRecord(spec=dataset.spec, location=dataset.location, name=dataset.name, split=dataset.split,
@@ -341,6 +352,7 @@ def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, model
         found = {}
         for t in targets:
             tidy(t.path)
+            _refuse_transformed(t.path)
             stored = None if force else _stored_match(t.path, sha256, dataset, skip_bad, warn, t.view.name)
             if stored is not None:
                 ShardWriter.discard_partial(t.path)

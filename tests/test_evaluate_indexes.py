@@ -9,7 +9,8 @@ from dpcompat.common.errors import InputError
 from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.search.indexes import (IndexParams, average_precision_at, check_kinds, exact_topk,
                                        neighbour_metrics, recall_at)
-from dpcompat.evaluate.metrics.ranking import average_precision, retrieval_metrics
+from dpcompat.evaluate.metrics.ranking import average_precision
+from dpcompat.evaluate.metrics.table import retrieval_metrics
 from dpcompat.infer.store.sets import read_set
 
 from onnx_fixtures import write_random_set

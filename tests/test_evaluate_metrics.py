@@ -8,7 +8,8 @@ from sklearn.metrics import average_precision_score
 
 from dpcompat.evaluate.metrics import ranking as metrics
 from dpcompat.evaluate.metrics.ranking import (average_precision, cmc_curve, knn_predict, linear_cka, linear_cka_matrix,
-                                       ranked_outcomes, retrieval_metrics, retrieval_outcomes, topk_indices)
+                                       ranked_outcomes, retrieval_outcomes, topk_indices)
+from dpcompat.evaluate.metrics.table import retrieval_metrics
 
 
 def tied_vectors(rng, n, d=3):

@@ -1,4 +1,5 @@
 """An installed dpcompat exposes one import name, ``dpcompat``, and lives beside Hugging Face's ``evaluate``."""
+import configparser
 import shutil
 import subprocess
 import sys
@@ -6,8 +7,18 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "__init__.py", "cli.py", "demo.py", "checkout.py",
-           "common", "train", "export", "infer", "evaluate")
+
+
+def _folders() -> list[str]:
+    """The checkout's folders that setup.cfg installs as sub-packages of dpcompat."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    return sorted({name.split(".")[1] for name in config["options"]["packages"].split() if "." in name})
+
+
+def _sources() -> list[str]:
+    """The files an install reads: the build files, the root modules and every package folder."""
+    return ["setup.cfg", "pyproject.toml", "README.md", *(p.name for p in ROOT.glob("*.py")), *_folders()]
 
 
 def _pip_install(source: Path, target: Path) -> None:
@@ -28,7 +39,7 @@ def _standin_evaluate(folder: Path) -> Path:
 def _copy_sources(dest: Path) -> Path:
     """The files a source distribution holds, without the checkout's build leftovers or virtual env."""
     dest.mkdir()
-    for name in SOURCES:
+    for name in _sources():
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, dest / name)
     return dest
 
@@ -40,14 +51,14 @@ def test_installed_next_to_huggingface_evaluate(tmp_path):
 
     top = sorted(p.name for p in site.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin")
     assert top == ["dpcompat", "evaluate"], top
-    assert sorted(p.name for p in (site / "dpcompat").iterdir() if p.is_dir() and p.name != "__pycache__") == [
-        "common", "evaluate", "export", "infer", "train"]
+    installed = sorted(p.name for p in (site / "dpcompat").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert installed == _folders() and {"common", "evaluate", "export", "infer", "train"} <= set(installed)
 
     script = textwrap.dedent("""
         import sys
         sys.path.insert(0, sys.argv[1])
         import evaluate
-        from dpcompat.evaluate.metrics.ranking import retrieval_metrics
+        from dpcompat.evaluate.metrics.table import retrieval_metrics
         from dpcompat.cli import cli
         from dpcompat.common.contract import OUTPUTS
         assert evaluate.STANDIN == 'huggingface-evaluate', evaluate.__file__

@@ -14,7 +14,9 @@ C[i][j] > C[j][j]. With T models (0-based indices here, models 1..T in the paper
   query's worth, 1 / N queries.
 * Negative flip rate (Yan et al., "Positive-Congruent Training", CVPR 2021) of a cell i > j: the
   fraction of queries that model j answered right against its own gallery and model i's query
-  answers wrong against the same gallery (top-1 and kNN).
+  answers wrong against the same gallery (the metrics marked ``flip`` in :mod:`.table`: top-1, kNN).
+
+Every metric of :data:`.table.METRICS` gets its matrix, criteria and per-cell tests.
 
 Uncertainty and the per-cell verdict: see :mod:`.significance`.
 """
@@ -26,12 +28,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .ranking import SUMMARY_METRICS, QueryOutcomes, cmc_curve, linear_cka_matrix, retrieval_outcomes
+from . import table
+from .ranking import FIRST_HIT, QueryOutcomes, check_depth, cmc_curve, linear_cka_matrix, retrieval_outcomes
 from .significance import RESAMPLES, SEED, bootstrap_means, interval, mcnemar_exact, verdict
+from .table import METRICS
 
-METRICS = SUMMARY_METRICS
-BINARY = ("top1", "top5", "knn")  # right/wrong per query: McNemar applies
-FLIP_METRICS = ("top1", "knn")
 CMC_DEPTH = 10
 
 
@@ -39,7 +40,7 @@ CMC_DEPTH = 10
 class CellTest:
     """One cell i > j of one metric: ``difference`` C[i][j] - C[j][j] (the mean paired per-query
     difference), its bootstrap ``low``/``high`` bounds, McNemar's ``gained``/``lost``/``p_value``
-    (None for metrics that are not right/wrong) and the ``verdict``."""
+    (None for metrics that are not right/wrong, ``Metric.binary``) and the ``verdict``."""
 
     query: int
     gallery: int
@@ -80,10 +81,11 @@ class Criteria:
 @dataclass
 class Compatibility:
     """``metrics[name]`` [T, T] lower-triangular matrices, ``criteria[name]``, ``cka`` [T, T] symmetric,
-    ``cmc`` [T, T, depth] (NaN above the diagonal), ``negative_flips[name]`` [T, T] for top1 and knn
-    (NaN except below the diagonal), ``queries`` N, ``resamples``/``seed`` of the bootstrap and
-    ``seconds`` spent per stage (cells: products and ranking of every metric; bootstrap: the resampled
-    means; tests_and_criteria: McNemar, intervals, verdicts, criteria, CMC, flips; cka)."""
+    ``cmc`` [T, T, depth] (NaN above the diagonal), ``negative_flips[name]`` [T, T] for each flip
+    metric (:func:`.table.flip_names`; NaN except below the diagonal), ``queries`` N,
+    ``resamples``/``seed`` of the bootstrap and ``seconds`` spent per stage (cells: products and
+    ranking of every metric; bootstrap: the resampled means; tests_and_criteria: McNemar, intervals,
+    verdicts, criteria, CMC, flips; cka)."""
 
     metrics: dict[str, np.ndarray]
     criteria: dict[str, Criteria]
@@ -141,7 +143,7 @@ def _with_significance(point: Criteria, name: str, per_query: np.ndarray, resamp
     for n, (a, b) in enumerate(zip(i, j)):
         test = CellTest(query=int(a), gallery=int(b), difference=float(point.margins[a, b]), low=float(low[n]),
                         high=float(high[n]), verdict="")
-        if name in BINARY:
+        if METRICS[name].binary:
             old, new = per_query[:, b, b] > 0, per_query[:, a, b] > 0
             test.gained, test.lost = int(np.sum(new & ~old)), int(np.sum(old & ~new))
             test.p_value = mcnemar_exact(test.lost, test.gained)
@@ -156,11 +158,12 @@ def _cells(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_lab
            gallery_labels: np.ndarray, k: int, exclude_self: bool,
            progress: Optional[Callable[[int, int], None]]) -> dict[tuple[int, int], QueryOutcomes]:
     t = len(query)
+    requires = table.requirements() | {FIRST_HIT}  # CMC reads the first relevant place
     outcomes = {}
     for i in range(t):
         for j in range(i + 1):
             outcomes[i, j] = retrieval_outcomes(query[i], query_labels, gallery[j], gallery_labels, k=k,
-                                                exclude_self=exclude_self)
+                                                exclude_self=exclude_self, requires=requires)
             if progress:
                 progress(len(outcomes), t * (t + 1) // 2)
     return outcomes
@@ -168,12 +171,12 @@ def _cells(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_lab
 
 def _cmc_and_flips(outcomes: dict[tuple[int, int], QueryOutcomes], t: int, depth: int) -> tuple[np.ndarray, dict]:
     cmc = np.full((t, t, depth), np.nan)
-    flips = {name: np.full((t, t), np.nan) for name in FLIP_METRICS}
+    flips = {name: np.full((t, t), np.nan) for name in table.flip_names()}
     for (i, j), cell in outcomes.items():
         cmc[i, j] = cmc_curve(cell.first_hit, depth)
         if i > j:
-            for name in FLIP_METRICS:
-                old, new = outcomes[j, j].per_query(name) > 0, cell.per_query(name) > 0
+            for name in flips:
+                old, new = table.per_query(outcomes[j, j], name) > 0, table.per_query(cell, name) > 0
                 flips[name][i, j] = float(np.mean(old & ~new))
     return cmc, flips
 
@@ -201,17 +204,19 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
     :class:`Compatibility`; CKA is between the models' query embeddings.
     """
     t, n = len(query), len(query_labels)
+    check_depth(len(gallery_labels) - exclude_self, table.ranked_places(k))
     start = time.perf_counter()
     outcomes = _cells(query, gallery, query_labels, gallery_labels, k, exclude_self, progress)
     seconds = {"cells": time.perf_counter() - start}
     start = time.perf_counter()
     lower = list(outcomes)
-    per_query = {name: np.stack([outcomes[c].per_query(name) for c in lower], axis=1) for name in METRICS}  # [N, cells]
+    per_query = {name: np.stack([table.per_query(outcomes[c], name) for c in lower], axis=1)
+                 for name in METRICS}  # [N, cells]
     resampled = bootstrap_means(np.concatenate([per_query[name] for name in METRICS], axis=1),
                                 resamples=resamples, seed=seed)
     seconds["bootstrap"] = time.perf_counter() - start
     start = time.perf_counter()
-    summaries = [outcomes[c].summary() for c in lower]
+    summaries = [table.summary(outcomes[c]) for c in lower]
     matrices, result_criteria = {}, {}
     rows, cols = np.array(lower).T
     for m, name in enumerate(METRICS):

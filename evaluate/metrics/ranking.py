@@ -1,4 +1,6 @@
-"""Retrieval metrics over cosine similarity, and linear CKA. Pure functions over numpy arrays.
+"""The ranking step of retrieval over cosine similarity (per-query outcomes, each computed only when
+a metric requires it; the metrics themselves are declared in :mod:`.table`), and linear CKA. Pure
+functions over numpy arrays.
 
 Conventions shared by every function here:
 
@@ -25,47 +27,58 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import AbstractSet, Optional, Sequence
 
 import numpy as np
 
 # Similarities per block of rows: ~16 MB of float32 per copy whatever the gallery size.
 _BLOCK_ELEMENTS = 4 * 1024 * 1024
 _TOPK_CHUNK = 128  # columns per chunk when looking for the top-k candidates
-SUMMARY_METRICS = ("top1", "top5", "knn", "mAP", "mAP@R", "R-precision")
+
+# What the ranking step can compute, each named once, with the fields of QueryOutcomes it fills; a metric
+# declares the ones it reads (:mod:`.table`) and the ranking computes only those asked for, in one pass.
+FIRST_HIT = "first_hit"  # the place of each query's first relevant item
+KNN_VOTE = "knn_vote"  # the majority vote of its k nearest items
+FIRST_R = "first_r"  # its relevant items among the first R places (AP@R, R-precision)
+FULL_RANKING = "full_ranking"  # every relevant item's place over the whole ranking (exact AP)
+OUTCOME_FIELDS = {FIRST_HIT: ("first_hit",), KNN_VOTE: ("knn_correct",), FIRST_R: ("ap_at_r", "r_precision"),
+                  FULL_RANKING: ("ap",)}
+REQUIREMENTS = frozenset(OUTCOME_FIELDS)
+_PLACES = frozenset({FIRST_HIT, FIRST_R})  # what needs the exact places of the relevant items
 
 
 @dataclass
 class QueryOutcomes:
-    """Per-query results of one query set against one gallery; every array has shape [Nq].
+    """Per-query results of one query set against one gallery; every array has shape [Nq], and a
+    field is None when its requirement was not asked of the ranking.
 
-    ``first_hit``: int64, 1-based place of the first relevant item in the ranking, 0 when the query
-    has none; ``knn_correct``: bool; ``ap``, ``ap_at_r``, ``r_precision``: float64, NaN when the
-    query has no relevant item.
+    ``first_hit`` (:data:`FIRST_HIT`): int64, 1-based place of the first relevant item, 0 when the
+    query has none; ``knn_correct`` (:data:`KNN_VOTE`): bool, the kNN vote is the query's label;
+    ``ap_at_r``, ``r_precision`` (:data:`FIRST_R`), ``ap`` (:data:`FULL_RANKING`): float64, NaN when
+    the query has no relevant item. For a ranked list cut at K places (an index's search,
+    :func:`evaluate.search.indexes.list_outcomes`) ``first_hit`` is 0 beyond K and ``ap`` is AP@K.
     """
 
-    first_hit: np.ndarray
-    knn_correct: np.ndarray
-    ap: np.ndarray
-    ap_at_r: np.ndarray
-    r_precision: np.ndarray
+    first_hit: Optional[np.ndarray] = None
+    knn_correct: Optional[np.ndarray] = None
+    ap: Optional[np.ndarray] = None
+    ap_at_r: Optional[np.ndarray] = None
+    r_precision: Optional[np.ndarray] = None
 
-    def per_query(self, name: str) -> np.ndarray:
-        """The per-query values whose mean is the summary metric ``name`` (float64 [Nq], NaN = no value)."""
-        if name in ("top1", "top5"):
-            return topk_hits(self.first_hit, int(name[3:])).astype(np.float64)
-        return {"knn": self.knn_correct.astype(np.float64), "mAP": self.ap, "mAP@R": self.ap_at_r,
-                "R-precision": self.r_precision}[name]
 
-    def summary(self) -> dict[str, float]:
-        """``{name: mean of its per-query values}`` for every name in ``SUMMARY_METRICS``; NaN when none."""
-        out = {}
-        for name in SUMMARY_METRICS:
-            values = self.per_query(name)
-            values = values[~np.isnan(values)]
-            out[name] = float(values.mean()) if values.size else float("nan")
-        return out
+def check_requirements(requires: AbstractSet[str]) -> frozenset:
+    """``requires`` as a frozenset, or ValueError naming what the ranking cannot compute."""
+    unknown = set(requires) - REQUIREMENTS
+    if unknown:
+        raise ValueError(f"unknown ranking requirement(s) {sorted(unknown)}: expected among {sorted(REQUIREMENTS)}")
+    return frozenset(requires)
+
+
+def check_depth(items: int, places: int) -> None:
+    """ValueError when a query's gallery holds fewer than ``places`` items (the deepest place ranked)."""
+    if items < places:
+        raise ValueError(f"the gallery has {items} items per query, fewer than the {places} ranked")
 
 
 def topk_hits(first_hit: np.ndarray, k: int) -> np.ndarray:
@@ -117,17 +130,6 @@ def topk_indices(similarity: np.ndarray, k: int, kth_value: Optional[np.ndarray]
     return cols[rank < k].reshape(n, k).astype(np.int64)
 
 
-def topk_accuracy(neighbour_labels: np.ndarray, query_labels: np.ndarray, k: int) -> float:
-    """Fraction of queries whose label is among their ``k`` nearest gallery items.
-
-    Parameters
-    ----------
-    neighbour_labels : int array [Nq, K >= k], labels of the ranked nearest items, best first.
-    query_labels : int array [Nq].
-    """
-    return float(np.mean(np.any(neighbour_labels[:, :k] == query_labels[:, None], axis=1)))
-
-
 def knn_predict(neighbour_labels: np.ndarray) -> np.ndarray:
     """Majority label of each row of ranked neighbour labels.
 
@@ -142,11 +144,6 @@ def knn_predict(neighbour_labels: np.ndarray) -> np.ndarray:
     votes = (neighbour_labels[:, :, None] == neighbour_labels[:, None, :]).sum(axis=2)  # [Nq, k]: votes for each position's label
     first_best = np.argmax(votes == votes.max(axis=1, keepdims=True), axis=1)  # earliest position with the most votes
     return neighbour_labels[np.arange(len(neighbour_labels)), first_best].astype(np.int64)
-
-
-def knn_accuracy(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> float:
-    """Fraction of queries whose :func:`knn_predict` label is their own. Shapes [Nq, k] and [Nq]."""
-    return float(np.mean(knn_predict(neighbour_labels) == query_labels))
 
 
 def columns_by_label(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -164,20 +161,10 @@ def _tied_places(similarity_row: np.ndarray, before: int, value: float, relevant
     return before + 1 + np.flatnonzero(relevant[equal])
 
 
-def _class_outcomes(similarity: np.ndarray, sorted_similarity: np.ndarray, rows: np.ndarray, columns: np.ndarray,
-                    relevant_mask: np.ndarray) -> tuple[np.ndarray, ...]:
-    """AP, AP@R, R-precision and first-hit place of the queries ``rows`` whose relevant items are the
-    gallery ``columns`` (``relevant_mask`` [Ng] marks the same items)."""
-    m = similarity.shape[1]
-    relevant = np.sort(similarity[np.ix_(rows, columns)], axis=1)  # [n_c, R] ascending, -inf first
+def _sklearn_ap(relevant: np.ndarray, below: np.ndarray, valid: np.ndarray, count: np.ndarray, m: int) -> np.ndarray:
+    """AP over the whole ranking with sklearn's tie groups, from each relevant item's similarity
+    (``relevant`` [n_c, R] ascending) and the number of items less similar (``below``)."""
     size = relevant.shape[1]
-    below = np.empty(relevant.shape, np.int64)  # items less similar than each relevant item
-    following = np.empty(relevant.shape, sorted_similarity.dtype)  # the next larger-or-equal similarity
-    for i, q in enumerate(rows):  # one binary search per row beats flattening 10^8 keys
-        below[i] = np.searchsorted(sorted_similarity[q], relevant[i])
-        following[i] = sorted_similarity[q].take(np.minimum(below[i] + 1, m - 1))
-    valid = relevant > -np.inf
-    count = valid.sum(axis=1)
     # sklearn AP: #relevant >= a value = size - index of the first of its tied group in the ascending row
     index = np.arange(size)
     new_value = np.ones(relevant.shape, bool)
@@ -185,7 +172,15 @@ def _class_outcomes(similarity: np.ndarray, sorted_similarity: np.ndarray, rows:
     group_start = np.where(new_value, index, 0)
     np.maximum.accumulate(group_start, axis=1, out=group_start)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ap = np.where(valid, (size - group_start) / (m - below), 0.0).sum(axis=1) / count
+        return np.where(valid, (size - group_start) / (m - below), 0.0).sum(axis=1) / count
+
+
+def _places(similarity: np.ndarray, sorted_similarity: np.ndarray, rows: np.ndarray, relevant: np.ndarray,
+            below: np.ndarray, following: np.ndarray, valid: np.ndarray, count: np.ndarray,
+            relevant_mask: np.ndarray) -> np.ndarray:
+    """Places (1-based, total order) of each row's relevant items, ascending [n_c, R]; m + 1 for an
+    item outside the query's gallery. Exact within the first R places and for the first relevant item."""
+    m = similarity.shape[1]
     # Place in the total order: m - below when no other item has the same similarity.
     place = np.where(valid, m - below, m + 1).astype(np.int32)
     tied = valid & (below + 1 < m) & (following == relevant)
@@ -199,18 +194,51 @@ def _class_outcomes(similarity: np.ndarray, sorted_similarity: np.ndarray, rows:
             done.add((i, value))
             place[i, relevant[i] == value] = _tied_places(similarity[q], before, value, relevant_mask)
     place.sort(axis=1)
-    within = place <= count[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap_at_r = np.where(within, (index + 1) / place, 0.0).sum(axis=1) / count
-        r_precision = within.sum(axis=1) / count
-    first_hit = np.where(count > 0, place[:, 0], 0)
-    return ap, ap_at_r, r_precision, first_hit
+    return place
+
+
+def _class_outcomes(similarity: np.ndarray, sorted_similarity: np.ndarray, rows: np.ndarray, columns: np.ndarray,
+                    relevant_mask: np.ndarray, requires: frozenset) -> dict[str, np.ndarray]:
+    """The :class:`QueryOutcomes` fields that ``requires`` asks for (first_hit, ap_at_r, r_precision,
+    ap) of the queries ``rows`` whose relevant items are the gallery ``columns`` (``relevant_mask``
+    [Ng] marks the same items), as ``{field: array [n_c]}``."""
+    m = similarity.shape[1]
+    relevant = np.sort(similarity[np.ix_(rows, columns)], axis=1)  # [n_c, R] ascending, -inf first
+    places = bool(requires & _PLACES)
+    below = np.empty(relevant.shape, np.int64)  # items less similar than each relevant item
+    following = np.empty(relevant.shape, sorted_similarity.dtype)  # the next larger-or-equal similarity
+    for i, q in enumerate(rows):  # one binary search per row beats flattening 10^8 keys
+        below[i] = np.searchsorted(sorted_similarity[q], relevant[i])
+        if places:
+            following[i] = sorted_similarity[q].take(np.minimum(below[i] + 1, m - 1))
+    valid = relevant > -np.inf
+    count = valid.sum(axis=1)
+    out = {}
+    if FULL_RANKING in requires:
+        out["ap"] = _sklearn_ap(relevant, below, valid, count, m)
+    if places:
+        place = _places(similarity, sorted_similarity, rows, relevant, below, following, valid, count, relevant_mask)
+        if FIRST_R in requires:
+            within = place <= count[:, None]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["ap_at_r"] = np.where(within, (np.arange(relevant.shape[1]) + 1) / place, 0.0).sum(axis=1) / count
+                out["r_precision"] = within.sum(axis=1) / count
+        if FIRST_HIT in requires:
+            out["first_hit"] = np.where(count > 0, place[:, 0], 0)
+    return out
+
+
+def _no_outcomes(n: int, requires: frozenset) -> dict[str, np.ndarray]:
+    """The label-wise fields ``requires`` asks for, as for queries with no relevant item: place 0, NaN."""
+    return {f: np.zeros(n, np.int64) if f == "first_hit" else np.full(n, np.nan)
+            for r in sorted(requires - {KNN_VOTE}) for f in OUTCOME_FIELDS[r]}
 
 
 def ranked_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, *, k: int = 5,
                     sorted_similarity: Optional[np.ndarray] = None,
-                    class_columns: Optional[dict[int, np.ndarray]] = None) -> QueryOutcomes:
-    """Every per-query outcome of queries against a gallery, given their similarities.
+                    class_columns: Optional[dict[int, np.ndarray]] = None,
+                    requires: AbstractSet[str] = REQUIREMENTS) -> QueryOutcomes:
+    """The per-query outcomes ``requires`` asks for, of queries against a gallery given their similarities.
 
     Parameters
     ----------
@@ -219,10 +247,11 @@ def ranked_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_la
     k : neighbours of the kNN vote (at most the finite entries of every row).
     sorted_similarity : optional, ``np.sort(similarity, axis=1)`` when already computed.
     class_columns : optional, ``columns_by_label(gallery_labels)`` when already computed.
+    requires : subset of :data:`REQUIREMENTS`; default all.
 
     Returns
     -------
-    :class:`QueryOutcomes` with arrays [Nq].
+    :class:`QueryOutcomes` with arrays [Nq] for what was required, None for the rest.
 
     Notes
     -----
@@ -230,23 +259,26 @@ def ranked_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_la
     #items with score >= s_r. Only each row's sort and the ranks of its relevant items are needed,
     not a full argsort; an item tied with another gets its place from an exact look at the tie.
     """
-    n = len(similarity)
+    requires = check_requirements(requires)
     if sorted_similarity is None:
         sorted_similarity = np.sort(similarity, axis=1)
-    if class_columns is None:
-        class_columns = columns_by_label(gallery_labels)
-    ap, ap_at_r, r_precision = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    first_hit = np.zeros(n, np.int64)
-    for label in np.unique(query_labels):
-        columns = class_columns.get(int(label))
-        if columns is None:
-            continue
-        rows = np.flatnonzero(query_labels == label)
-        ap[rows], ap_at_r[rows], r_precision[rows], first_hit[rows] = _class_outcomes(
-            similarity, sorted_similarity, rows, columns, gallery_labels == label)
-    m = similarity.shape[1]
-    knn = knn_predict(gallery_labels[topk_indices(similarity, k, sorted_similarity[:, m - k])]) == query_labels
-    return QueryOutcomes(first_hit=first_hit, knn_correct=knn, ap=ap, ap_at_r=ap_at_r, r_precision=r_precision)
+    out = _no_outcomes(len(similarity), requires)
+    if out:
+        if class_columns is None:
+            class_columns = columns_by_label(gallery_labels)
+        for label in np.unique(query_labels):
+            columns = class_columns.get(int(label))
+            if columns is None:
+                continue
+            rows = np.flatnonzero(query_labels == label)
+            got = _class_outcomes(similarity, sorted_similarity, rows, columns, gallery_labels == label, requires)
+            for name, values in got.items():
+                out[name][rows] = values
+    if KNN_VOTE in requires:
+        m = similarity.shape[1]
+        out["knn_correct"] = knn_predict(gallery_labels[topk_indices(similarity, k, sorted_similarity[:, m - k])]
+                                         ) == query_labels
+    return QueryOutcomes(**out)
 
 
 def average_precision(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
@@ -255,7 +287,7 @@ def average_precision(similarity: np.ndarray, query_labels: np.ndarray, gallery_
     Shapes: similarity [Nq, Ng] (``-inf``: not in the gallery), query_labels [Nq], gallery_labels [Ng].
     Returns float64 [Nq]; NaN for a query with no relevant item in its gallery.
     """
-    return ranked_outcomes(similarity, query_labels, gallery_labels, k=1).ap
+    return ranked_outcomes(similarity, query_labels, gallery_labels, requires={FULL_RANKING}).ap
 
 
 def _usable_cpus() -> int:
@@ -263,7 +295,8 @@ def _usable_cpus() -> int:
 
 
 def retrieval_outcomes(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
-                       *, k: int = 5, exclude_self: bool = False, threads: Optional[int] = None) -> QueryOutcomes:
+                       *, k: int = 5, exclude_self: bool = False, threads: Optional[int] = None,
+                       requires: AbstractSet[str] = REQUIREMENTS) -> QueryOutcomes:
     """Per-query outcomes of queries against a gallery by cosine similarity, in row blocks.
 
     Parameters
@@ -275,20 +308,22 @@ def retrieval_outcomes(query: np.ndarray, query_labels: np.ndarray, gallery: np.
         leave it out of query i's gallery.
     threads : threads ranking each block (numpy releases the GIL), default: the usable CPUs. The
         next block's similarities are computed (BLAS) while the current one is ranked.
+    requires : what to compute, a subset of :data:`REQUIREMENTS` (default all); the metrics of
+        :mod:`.table` declare theirs.
 
     Returns
     -------
-    :class:`QueryOutcomes`, arrays [Nq].
+    :class:`QueryOutcomes`, arrays [Nq] (None for what was not required).
 
     Memory beyond the inputs is bounded by the block size, whatever Nq and Ng: two blocks of
     ``_BLOCK_ELEMENTS`` similarities in flight, each with a sorted copy and ranking temporaries.
     """
+    requires = check_requirements(requires)
     query, gallery = np.asarray(query), np.asarray(gallery)  # plain views of memory-mapped sets
     nq, ng = len(query), len(gallery)
     if exclude_self and nq != ng:
         raise ValueError("exclude_self needs the query and gallery sets to be the same images")
-    if ng - exclude_self < max(k, 5):
-        raise ValueError(f"the gallery has {ng - exclude_self} items per query, fewer than the {max(k, 5)} ranked")
+    check_depth(ng - exclude_self, k if KNN_VOTE in requires else 1)
     threads = threads or _usable_cpus()
     class_columns = columns_by_label(gallery_labels)
     block = max(threads, _BLOCK_ELEMENTS // max(ng, 1))
@@ -296,7 +331,7 @@ def retrieval_outcomes(query: np.ndarray, query_labels: np.ndarray, gallery: np.
 
     def rank(similarity: np.ndarray, start: int) -> None:
         parts[start] = ranked_outcomes(similarity, query_labels[start:start + len(similarity)], gallery_labels,
-                                       k=k, class_columns=class_columns)
+                                       k=k, class_columns=class_columns, requires=requires)
 
     with ThreadPoolExecutor(threads) as pool:
         ranking: list = []
@@ -312,16 +347,8 @@ def retrieval_outcomes(query: np.ndarray, query_labels: np.ndarray, gallery: np.
         for done in ranking:
             done.result()
     ordered = [parts[s] for s in sorted(parts)]
-    return QueryOutcomes(*(np.concatenate([getattr(p, f) for p in ordered])
-                           for f in QueryOutcomes.__dataclass_fields__))
-
-
-def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
-                      *, k: int = 5, exclude_self: bool = False, threads: Optional[int] = None) -> dict[str, float]:
-    """``{name: value}`` for every name in ``SUMMARY_METRICS`` (top1, top5, knn, mAP, mAP@R,
-    R-precision) of queries against a gallery; see :func:`retrieval_outcomes` for the parameters."""
-    return retrieval_outcomes(query, query_labels, gallery, gallery_labels, k=k, exclude_self=exclude_self,
-                              threads=threads).summary()
+    return QueryOutcomes(**{f.name: np.concatenate([getattr(p, f.name) for p in ordered])
+                            for f in fields(QueryOutcomes) if getattr(ordered[0], f.name) is not None})
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:

@@ -17,7 +17,7 @@ C[j][j] is therefore a paired comparison: each query contributes its difference.
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -28,9 +28,13 @@ ALPHA = 0.05
 _CHUNK = 50  # resamples drawn at a time: [_CHUNK, N] indices in memory
 
 COMPATIBLE, NOT_COMPATIBLE, UNDECIDED = "compatible", "not compatible", "undecided"
-RULE = (f"compatible when the {LEVEL:.0%} bootstrap interval of C[i][j] - C[j][j] lies above 0, not compatible "
-        f"when it lies below 0, undecided otherwise (0 inside the interval); for right/wrong metrics (top1, "
-        f"top5, knn) McNemar's exact test must also give p < {ALPHA}, else undecided")
+
+
+def rule(binary: Sequence[str]) -> str:
+    """The verdict rule in words, naming the right/wrong metrics ``binary`` (McNemar applies to them)."""
+    return (f"compatible when the {LEVEL:.0%} bootstrap interval of C[i][j] - C[j][j] lies above 0, not compatible "
+            f"when it lies below 0, undecided otherwise (0 inside the interval); for right/wrong metrics "
+            f"({', '.join(binary)}) McNemar's exact test must also give p < {ALPHA}, else undecided")
 
 
 def mcnemar_exact(lost: int, gained: int) -> float:
@@ -88,7 +92,7 @@ def interval(samples: np.ndarray, *, level: float = LEVEL) -> tuple[np.ndarray, 
 
 
 def verdict(low: float, high: float, p_value: Optional[float] = None, *, alpha: float = ALPHA) -> str:
-    """``RULE`` applied to one cell: its difference's interval (low, high) and, for right/wrong
+    """:func:`rule` applied to one cell: its difference's interval (low, high) and, for right/wrong
     metrics, McNemar's p-value."""
     significant = p_value is None or p_value < alpha
     if low > 0 and significant:

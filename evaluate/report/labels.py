@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..metrics.compat import METRICS
+from ..metrics.table import METRICS, flip_names
 from ..metrics.significance import LEVEL
 from ..pipeline import Evaluation
 
@@ -16,7 +16,8 @@ def figure_files() -> dict[str, str]:
     files["margins.png"] = ("C[i][j] \u2212 C[j][j] of every metric on a diverging scale centred on each column's "
                             "diagonal: blue = the new query beats the old model on its own gallery, red = worse")
     files["cmc.png"] = "CMC curves (top-k accuracy, k = 1..depth) of the diagonal cells and of the newest model's row"
-    files["negative_flips.png"] = ("negative flip rates (top-1, kNN): queries the old model answered right on its "
+    flips = ", ".join(METRICS[name].label for name in flip_names())
+    files["negative_flips.png"] = (f"negative flip rates ({flips}): queries the old model answered right on its "
                                    "gallery that the new model's query gets wrong")
     files["heatmap_cka.png"] = "1 \u2212 linear CKA between the models' query embeddings on a log scale (drift)"
     return files

@@ -7,11 +7,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..metrics.compat import BINARY, FLIP_METRICS, METRICS, Criteria
+from ..metrics.compat import Criteria
+from ..metrics.table import METRICS, binary_names, flip_names
 from .figures import MARKER_LEGEND, MARKERS
 from .labels import caption, figure_files, model_label
 from ..pipeline import Evaluation
-from ..metrics.significance import COMPATIBLE, LEVEL, NOT_COMPATIBLE, RULE, UNDECIDED
+from ..metrics.significance import COMPATIBLE, LEVEL, NOT_COMPATIBLE, UNDECIDED, rule
 
 
 def _f(x: float, digits: int = 4) -> str:
@@ -66,8 +67,8 @@ def _decisions(ev: Evaluation) -> list[str]:
         rows.append([name, f"{_f(c.AC, 3)} {_span(c, 'AC')}", _f(c.AM), f"{_f(c.BC)} {_span(c, 'BC')}",
                      f"{_f(c.FC)} {_span(c, 'FC')}", *counts])
     return ["## Decision summary", "",
-            f"Verdict rule: {RULE}. Bootstrap: {r.resamples} resamples of the {r.queries} queries, seed {r.seed}; "
-            f"intervals are {LEVEL:.0%} percentile intervals.", "",
+            f"Verdict rule: {rule(binary_names())}. Bootstrap: {r.resamples} resamples of the {r.queries} queries, "
+            f"seed {r.seed}; intervals are {LEVEL:.0%} percentile intervals.", "",
             *_table(["metric", f"AC [{LEVEL:.0%}]", "AM", "BC [interval]", "FC [interval]", "compatible",
                      "not compatible", "undecided"], rows)]
 
@@ -80,7 +81,7 @@ def _matrix_section(ev: Evaluation, name: str) -> list[str]:
                           for j in range(len(models)))] for i in range(len(models))]
     cells = []
     for t in c.tests:
-        test = f"{t.gained}/{t.lost}, p = {t.p_value:.3g}" if name in BINARY else "\u2014"
+        test = f"{t.gained}/{t.lost}, p = {t.p_value:.3g}" if METRICS[name].binary else "\u2014"
         gain = c.update_gain[t.query, t.gallery]
         cells.append([models[t.query], models[t.gallery], _f(m[t.query, t.gallery]), _f(m[t.gallery, t.gallery]),
                       f"{t.difference:+.4f}", f"[{t.low:+.4f}, {t.high:+.4f}]", test, t.verdict,
@@ -97,7 +98,7 @@ def _other_sections(ev: Evaluation) -> list[str]:
     t = len(models)
     lines = ["## Negative flip rate", "", "Fraction of queries the old model answered right on its own gallery "
              "and the new model's query gets wrong on the same gallery (Yan et al. 2021).", ""]
-    for name in FLIP_METRICS:
+    for name in flip_names():
         f = r.negative_flips[name]
         lines += [f"### {name}", "", *_table(["query \\ gallery", *models], [
             [models[i], *(_f(f[i, j]) if j < i else "" for j in range(t))] for i in range(t)])]

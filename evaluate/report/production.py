@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ...common.atomic import atomic_file, write_json
+from ..metrics.table import index_metrics
 
 JSON_FILE = "production.json"
 MARKDOWN_FILE = "production.md"
@@ -87,12 +88,15 @@ def _backfill_figure(path: Path, pair: dict, fractions: Sequence[float], notes: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 7.5))
+    shown = index_metrics()  # exact curves by their name, index curves by their index name
+    rows = (len(shown) + 1) // 2
+    fig = Figure(figsize=(10, 3.75 * rows))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2).ravel()
-    for ax, base in zip(axes, ("top1", "top5", "knn", "mAP")):
+    axes = fig.subplots(rows, 2).ravel()
+    for ax, metric in zip(axes, shown):
+        base = metric.name
         for n, (method, curves) in enumerate(pair["curves"].items()):
-            name = base if base in curves else f"{base}@K"
+            name = base if base in curves else metric.index_name
             # dashes and markers differ so that equal curves (exact and flat) stay visible on top of each other
             ax.plot(fractions, curves[name], linestyle=("-", "--", ":", "-.")[n % 4], marker="osv^D"[n % 5],
                     markersize=4, label=f"{method} ({name}, AUC {pair['auc'][method][name]:.3f})")

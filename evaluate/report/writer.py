@@ -18,9 +18,10 @@ import numpy as np
 from . import figures
 from .labels import caption, figure_files, model_label
 from .markdown import markdown
-from ..metrics.compat import BINARY, FLIP_METRICS, METRICS, Criteria
+from ..metrics.compat import Criteria
+from ..metrics.table import METRICS, binary_names, flip_names
 from ..pipeline import Evaluation
-from ..metrics.significance import COMPATIBLE, LEVEL, NOT_COMPATIBLE, RULE, UNDECIDED
+from ..metrics.significance import COMPATIBLE, LEVEL, NOT_COMPATIBLE, UNDECIDED, rule
 from ...common.atomic import replaced_dir, write_json
 from ...common.errors import InputError
 
@@ -76,7 +77,7 @@ def _criteria_dict(c: Criteria, name: str, matrix: np.ndarray) -> dict:
         gain = c.update_gain[i, j]
         cells.append({"query": i, "gallery": j, "value": _num(matrix[i, j]), "old": _num(matrix[j, j]),
                       "difference": _num(test.difference), "interval": [_num(test.low), _num(test.high)],
-                      "mcnemar": None if name not in BINARY else
+                      "mcnemar": None if not METRICS[name].binary else
                       {"gained": test.gained, "lost": test.lost, "p": _num(test.p_value)},
                       "verdict": test.verdict, "update_gain": _num(gain),
                       "update_gain_undefined": None if math.isfinite(gain) else
@@ -108,13 +109,13 @@ def report_dict(ev: Evaluation) -> dict:
         "query": ev.query,
         "gallery": ev.gallery,
         "protocol": ev.protocol,
-        "significance": {"resamples": r.resamples, "seed": r.seed, "level": LEVEL, "rule": RULE,
-                         "queries": r.queries},
+        "significance": {"resamples": r.resamples, "seed": r.seed, "level": LEVEL,
+                         "rule": rule(binary_names()), "queries": r.queries},
         "metrics": {name: _matrix(r.metrics[name], True) for name in METRICS},
         "criteria": {name: _criteria_dict(c, name, r.metrics[name]) for name, c in r.criteria.items()},
         "cmc": {"depth": int(r.cmc.shape[-1]),
                 "curves": [[[_num(v) for v in r.cmc[i, j]] if j <= i else None for j in range(t)] for i in range(t)]},
-        "negative_flip_rate": {name: _matrix(r.negative_flips[name], True) for name in FLIP_METRICS},
+        "negative_flip_rate": {name: _matrix(r.negative_flips[name], True) for name in flip_names()},
         "cka": _matrix(r.cka, False),
         "figures": figure_files(),
     }
@@ -137,7 +138,7 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
                         f"{test.high:.6f}", "" if test.p_value is None else f"{test.p_value:.6g}", test.verdict,
                         f"{c.update_gain[i, j]:.6f}" if math.isfinite(c.update_gain[i, j]) else "undefined"]
                     w.writerow([name, models[i], models[j], "" if math.isnan(value) else f"{value:.6f}", *extra])
-        for name in FLIP_METRICS:
+        for name in flip_names():
             for test in r.criteria[name].tests:
                 w.writerow([f"negative_flip_rate_{name}", models[test.query], models[test.gallery],
                             f"{r.negative_flips[name][test.query, test.gallery]:.6f}", *[""] * 7])

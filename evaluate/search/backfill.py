@@ -12,7 +12,7 @@ import numpy as np
 
 from ...common.errors import InputError
 from .indexes import faiss_module, neighbour_metrics, search
-from ..metrics.ranking import retrieval_metrics
+from ..metrics.table import retrieval_metrics
 
 
 def fractions(steps: int) -> np.ndarray:
@@ -76,7 +76,7 @@ def mixed_gallery(old: np.ndarray, new: np.ndarray, items: np.ndarray) -> np.nda
 def exact_curve(query: np.ndarray, old: np.ndarray, new: np.ndarray, query_labels: np.ndarray,
                 gallery_labels: np.ndarray, order: np.ndarray, f: np.ndarray, *, k: int = 5,
                 exclude_self: bool = False) -> dict[str, np.ndarray]:
-    """Every exact metric (top1, top5, knn, mAP) at each fraction ``f`` [F]: queries [Nq, D] of the new
+    """Every exact metric (:data:`.table.METRICS`) at each fraction ``f`` [F]: queries [Nq, D] of the new
     model against the gallery with its first round(f * Ng) items of ``order`` re-embedded."""
     curves: dict[str, list[float]] = {}
     for count in backfilled_counts(len(old), f):

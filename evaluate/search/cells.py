@@ -14,10 +14,10 @@ import numpy as np
 from ...common.atomic import atomic_file
 from ...infer.store.sets import EmbeddingSet
 from ..metrics.compat import Criteria, criteria
+from ..metrics.table import index_metrics
 from .indexes import (IndexParams, build_index, cache_name, embeddings_digest, exact_topk, faiss_module,
                       neighbour_metrics, recall_at, search)
 
-INDEX_METRICS = ("top1", "top5", "knn", "mAP@K")
 CACHE_FOLDER = ".indexes"  # under the store; a model id cannot start with '.'
 
 
@@ -78,7 +78,8 @@ def index_compatibility(query: Sequence[EmbeddingSet], gallery: Sequence[Embeddi
     depth = min(depth, gallery[0].count - exclude_self)
     recalls = [f"recall@{r}" for r in recall_depths(depth)]
     methods = ["exact", *kinds]
-    results = {m: SearchResult(m, _empty(t, INDEX_METRICS), _empty(t, recalls)) for m in methods}
+    names = [m.index_name for m in index_metrics()]
+    results = {m: SearchResult(m, _empty(t, names), _empty(t, recalls)) for m in methods}
     q_labels, g_labels = query[0].labels, gallery[0].labels
     done, cells = 0, t * (t + 1) // 2
     for j in range(t):
@@ -100,7 +101,7 @@ def index_compatibility(query: Sequence[EmbeddingSet], gallery: Sequence[Embeddi
                 results[kind].search_seconds += time.perf_counter() - start
             for method, found in lists.items():
                 values = neighbour_metrics(found, q_labels, g_labels, k=k, exclude_self=exclude_self)
-                for name in INDEX_METRICS:
+                for name in names:
                     results[method].metrics[name][i, j] = values[name]
                 for name, r in zip(recalls, recall_depths(depth)):
                     results[method].recall[name][i, j] = recall_at(found, exact, r)

@@ -19,12 +19,13 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import AbstractSet, Optional
 
 import numpy as np
 
 from ...common.errors import InputError
-from ..metrics.ranking import knn_accuracy, topk_accuracy, topk_indices
+from ..metrics.ranking import FIRST_HIT, FULL_RANKING, KNN_VOTE, QueryOutcomes, knn_predict, topk_indices
+from ..metrics.table import index_requirements, index_summary
 
 INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 ADD_BLOCK = 65_536  # gallery rows copied into an index at a time
@@ -219,22 +220,52 @@ def average_precision_at(neighbour_labels: np.ndarray, query_labels: np.ndarray,
         return np.where(relevant_counts > 0, (precision * hits).sum(axis=1) / denominator, np.nan)
 
 
-def neighbour_metrics(neighbours: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, *,
-                      k: int = 5, exclude_self: bool = False) -> dict[str, float]:
-    """top1, top5, knn (k neighbours) and mAP@K of ranked neighbour ids [Nq, K >= max(k, 5)].
+LIST_REQUIREMENTS = frozenset({FIRST_HIT, KNN_VOTE, FULL_RANKING})  # what a ranked top-K list can give
 
-    ``exclude_self``: query i is gallery item i (not in its list, and not counted as relevant).
+
+def list_outcomes(neighbours: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, *, k: int = 5,
+                  exclude_self: bool = False, requires: AbstractSet[str] = LIST_REQUIREMENTS) -> QueryOutcomes:
+    """Per-query outcomes of ranked neighbour lists, the index's order taken as the ranking.
+
+    Parameters
+    ----------
+    neighbours : int [Nq, K], gallery ids best first, -1 for an empty slot (a wrong neighbour).
+    query_labels : int [Nq]; gallery_labels : int [Ng].
+    k : neighbours of the kNN vote (the first k of each list, k <= K).
+    exclude_self : query i is gallery item i (not in its list, and not counted as relevant).
+    requires : a subset of :data:`LIST_REQUIREMENTS`; other fields stay None.
+
+    Returns
+    -------
+    :class:`QueryOutcomes`: ``first_hit`` the place of the first relevant item in the list (0 when
+    none is among the K), ``knn_correct`` the vote of the first k, ``ap`` AP@K
+    (:func:`average_precision_at`).
     """
+    if not requires <= LIST_REQUIREMENTS:
+        raise ValueError(f"a ranked top-K list cannot give {sorted(requires - LIST_REQUIREMENTS)}")
     empty = min(int(query_labels.min()), int(gallery_labels.min())) - 1
     labels = np.where(neighbours >= 0, gallery_labels[np.maximum(neighbours, 0)], empty)
-    values, counts = np.unique(gallery_labels, return_counts=True)
-    position = np.clip(np.searchsorted(values, query_labels), 0, len(values) - 1)
-    relevant = np.where(values[position] == query_labels, counts[position], 0) - int(exclude_self)
-    ap = average_precision_at(labels, query_labels, relevant)
-    has = ~np.isnan(ap)
-    return {"top1": topk_accuracy(labels, query_labels, 1), "top5": topk_accuracy(labels, query_labels, 5),
-            "knn": knn_accuracy(labels[:, :k], query_labels),
-            "mAP@K": float(ap[has].mean()) if has.any() else float("nan")}
+    hits = labels == query_labels[:, None]
+    out = QueryOutcomes()
+    if FIRST_HIT in requires:
+        out.first_hit = np.where(hits.any(axis=1), np.argmax(hits, axis=1) + 1, 0).astype(np.int64)
+    if KNN_VOTE in requires:
+        out.knn_correct = knn_predict(labels[:, :k]) == query_labels
+    if FULL_RANKING in requires:
+        values, counts = np.unique(gallery_labels, return_counts=True)
+        position = np.clip(np.searchsorted(values, query_labels), 0, len(values) - 1)
+        relevant = np.where(values[position] == query_labels, counts[position], 0) - int(exclude_self)
+        out.ap = average_precision_at(labels, query_labels, relevant)
+    return out
+
+
+def neighbour_metrics(neighbours: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, *,
+                      k: int = 5, exclude_self: bool = False) -> dict[str, float]:
+    """``{index name: value}`` of the metrics reported through indexes (:func:`.table.index_metrics`:
+    top1, top5, knn, mAP@K) of ranked neighbour ids [Nq, K]; K at least the deepest place they read
+    and k. See :func:`list_outcomes` for the parameters."""
+    return index_summary(list_outcomes(neighbours, query_labels, gallery_labels, k=k, exclude_self=exclude_self,
+                                       requires=index_requirements()))
 
 
 def embeddings_digest(embeddings: np.ndarray, rows: int = ADD_BLOCK) -> str:

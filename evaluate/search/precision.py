@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..metrics.ranking import retrieval_metrics
+from ..metrics.table import retrieval_metrics
 
 STORAGE_PRECISIONS = ("fp16", "int8")
 _ROWS = 65_536

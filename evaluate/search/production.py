@@ -17,6 +17,7 @@ from ..metrics.compat import Compatibility
 from .indexes import IndexParams, check_kinds
 from .precision import STORAGE_PRECISIONS, query_precision_row, storage_matrices
 from .cells import cached_index, index_compatibility
+from ..metrics.table import deepest
 
 
 @dataclass
@@ -41,8 +42,10 @@ class ProductionOptions:
     def check(self) -> None:
         """InputError for an impossible option, before any work."""
         check_kinds(self.indexes, self.params)
-        if self.depth < 5:
-            raise InputError(f"--index-depth {self.depth}: must be at least 5 (top5 needs five neighbours)")
+        name, places = deepest(indexed=True)
+        if self.depth < places:
+            raise InputError(f"--index-depth {self.depth}: must be at least {places} ({name} needs {places} "
+                             "neighbours)")
         fractions(self.backfill_steps)
         for p in self.gallery_precisions:
             if p not in STORAGE_PRECISIONS:

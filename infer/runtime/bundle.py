@@ -13,7 +13,6 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import onnxruntime as ort
@@ -22,11 +21,11 @@ from ...common.contract import (BUNDLE_OUTPUTS, BUNDLE_TASKS_KEY, EMBEDDING_OUTP
                                QUERY_OUTPUT)
 from ...common.errors import InputError
 from .metadata import ModelInfo
+from .protobuf import MODEL_PROPS, length_fields
 
 TASK_FIELDS = ("task", "checkpoint", "checkpoint_sha256")
 MAX_TASKS = 1024  # tasks one bundle may list (its metadata is parsed before the graph is checked)
 BACKBONE_ID = "backbone"  # store id suffix of the ``query`` output's sets: the frozen backbone as a model
-_MODEL_PROPS = 14  # ModelProto.metadata_props, a repeated StringStringEntryProto {key = 1, value = 2}
 
 
 @dataclass(frozen=True)
@@ -81,50 +80,15 @@ class BundleInfo:
             raise InputError(f"{source}: malformed bundle metadata ({e})") from None
 
 
-def _varint(f: BinaryIO) -> int:
-    value, shift = 0, 0
-    while True:
-        byte = f.read(1)
-        if not byte:
-            raise EOFError
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return value
-        shift += 7
-
-
-def _fields(f: BinaryIO, end: int, wanted: tuple[int, ...]) -> dict[int, list[bytes]]:
-    """The length-delimited fields numbered in ``wanted`` of a protobuf message ending at ``end``;
-    every other field is skipped without reading it (a graph's weights are never loaded)."""
-    found: dict[int, list[bytes]] = {}
-    while f.tell() < end:
-        number, wire = divmod(_varint(f), 8)
-        if wire == 0:
-            _varint(f)
-        elif wire in (1, 5):
-            f.seek(8 if wire == 1 else 4, os.SEEK_CUR)
-        elif wire == 2:
-            length = _varint(f)
-            if number in wanted:
-                found.setdefault(number, []).append(f.read(length))
-            else:
-                f.seek(length, os.SEEK_CUR)
-        else:
-            raise ValueError(f"wire type {wire}")
-    if f.tell() != end:
-        raise EOFError
-    return found
-
-
 def read_props(path: str | Path) -> dict[str, str]:
     """``metadata_props`` of an ONNX file, read from its protobuf without loading the graph: cheap enough
     to tell a bundle from a single-task file before opening a session (no onnx package needed)."""
     try:
         with open(path, "rb") as f:
-            entries = _fields(f, os.fstat(f.fileno()).st_size, (_MODEL_PROPS,)).get(_MODEL_PROPS, [])
+            entries = length_fields(f, os.fstat(f.fileno()).st_size, (MODEL_PROPS,)).get(MODEL_PROPS, [])
         props = {}
         for raw in entries:
-            pair = {n: v[-1].decode() for n, v in _fields(io.BytesIO(raw), len(raw), (1, 2)).items()}
+            pair = {n: v[-1].decode() for n, v in length_fields(io.BytesIO(raw), len(raw), (1, 2)).items()}
             props[pair.get(1, "")] = pair.get(2, "")
     except FileNotFoundError:
         raise InputError(f"{path}: no such ONNX file") from None

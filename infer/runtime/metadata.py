@@ -9,11 +9,12 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ...common.contract import (FILE_PRECISIONS, FORMAT_VERSION, GATHERS, INTERPOLATIONS, MAX_EMBEDDING_DIM,
                                MAX_INPUT_SIZE, MAX_RESIZE, POOLS, QUERIES, SELECTIONS)
 from ...common.errors import InputError
+from ..store.manifest import AdapterRecord
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -116,18 +117,24 @@ class ModelInfo:
     # The reference modes (common.contract GATHERS, QUERIES); files written before they existed read as the defaults.
     gather: str = "per-sample"
     query: str = "cls"
+    # A query adapter appended to the graph (evaluate/adapt): ``embedding`` is then in the adapter's target
+    # model's space, of dimension ``adapter.dim_out``; the other fields still describe the source model.
+    adapter: Optional[AdapterRecord] = None
 
     def to_props(self) -> dict[str, str]:
         structured = ("versions", "architecture", "provenance")
-        props = {k: str(v) for k, v in asdict(self).items() if k not in ("preprocessing", *structured)}
+        props = {k: str(v) for k, v in asdict(self).items() if k not in ("preprocessing", "adapter", *structured)}
         props["preprocessing"] = self.preprocessing.to_json()
         props.update({k: json.dumps(getattr(self, k), sort_keys=True) for k in structured})
+        if self.adapter is not None:
+            props[ADAPTER_KEY] = json.dumps(asdict(self.adapter), sort_keys=True)
         return props
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> "ModelInfo":
         """Parse and bound ``metadata_props``; ``source`` (the file) is named in any error."""
-        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"architecture", "provenance", "gather", "query"})
+        missing = sorted(set(cls.__dataclass_fields__) - set(props) - {"architecture", "provenance", "gather", "query",
+                                                                        ADAPTER_KEY})
         if missing:
             raise InputError(f"{source}: not a dpcompat export (metadata lacks {', '.join(missing)})")
         if props["format_version"] != FORMAT_VERSION:
@@ -143,7 +150,8 @@ class ModelInfo:
                        preprocessing=Preprocessing.from_json(props["preprocessing"]),
                        versions=_json_object(props, "versions"), architecture=_json_object(props, "architecture"),
                        provenance=_json_object(props, "provenance"),
-                       gather=props.get("gather", "per-sample"), query=props.get("query", "cls"))
+                       gather=props.get("gather", "per-sample"), query=props.get("query", "cls"),
+                       adapter=_adapter(props))
         except (ValueError, KeyError, TypeError, RecursionError) as e:
             raise InputError(f"{source}: malformed export metadata ({str(e)[:300]})") from None
         info.check(source)
@@ -168,6 +176,9 @@ class ModelInfo:
             problems.append(f"preprocessing crop {self.preprocessing.crop} differs from input_size {self.input_size}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.provenance.items()):
             problems.append("provenance is not an object of strings")
+        if self.adapter is not None and self.adapter.dim_out != self.embedding_dim:
+            problems.append(f"embedding_dim {self.embedding_dim} differs from the adapter's output dimension "
+                            f"{self.adapter.dim_out}")
         problems += _architecture_problems(self.architecture, self)
         if problems:
             raise InputError(f"{source}: inconsistent export metadata ({'; '.join(problems)})")
@@ -185,6 +196,17 @@ class ModelInfo:
 
 
 _PLAIN_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
+ADAPTER_KEY = "adapter"
+
+
+def _adapter(props: dict[str, str]) -> Optional[AdapterRecord]:
+    """The ``adapter`` metadata of a model file: a query adapter (a gallery adapter transforms stored sets)."""
+    if ADAPTER_KEY not in props:
+        return None
+    adapter = AdapterRecord.from_dict(_json_object(props, ADAPTER_KEY))
+    if adapter.direction != "query":
+        raise ValueError(f"a model file carries a query adapter, not a {adapter.direction} adapter")
+    return adapter
 
 
 def _int_prop(props: dict[str, str], key: str, high: int) -> int:
@@ -215,7 +237,10 @@ def _architecture_problems(arch: dict, info: ModelInfo) -> list[str]:
         layers = arch.get(key)
         if not isinstance(layers, list) or not all(_is_int(i) and 0 <= i < arch["depth"] for i in layers):
             out.append(f"architecture {key} is not a list of block indices below depth {arch['depth']}")
-    for key, field_name in (("img_size", "input_size"), ("embed_dim", "embedding_dim"), ("top_k", "top_k")):
-        if arch[key] != getattr(info, field_name):
-            out.append(f"architecture {key} {arch[key]} differs from {field_name} {getattr(info, field_name)}")
+    # The backbone's width is the adapter's input where an adapter follows it.
+    width = ("adapter dim_in", info.adapter.dim_in) if info.adapter else ("embedding_dim", info.embedding_dim)
+    for key, (field_name, value) in (("img_size", ("input_size", info.input_size)), ("embed_dim", width),
+                                     ("top_k", ("top_k", info.top_k))):
+        if arch[key] != value:
+            out.append(f"architecture {key} {arch[key]} differs from {field_name} {value}")
     return out

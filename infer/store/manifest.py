@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional
 
+from ...common.contract import ADAPTER_DIRECTIONS, ADAPTER_KINDS
 from ...common.errors import InputError
 
 STORE_FORMAT = "2"
@@ -76,9 +77,53 @@ def _scalars(d: dict, key: str, *, optional: bool = True) -> dict:
     return value
 
 
+def _choice(d: dict, key: str, allowed: tuple[str, ...]) -> str:
+    value = _text(d, key, limit=64)
+    if value not in allowed:
+        raise _Malformed(f"{key!r} is {value!r}, expected one of {', '.join(allowed)}")
+    return value
+
+
+@dataclass(frozen=True)
+class AdapterRecord:
+    """A compatibility adapter (:mod:`evaluate.adapt`) that maps embeddings of the ``source`` model into
+    the ``target`` model's space: its ``digest`` (sha256 of its content), ``kind``, ``direction``,
+    dimensions, and the data it was fitted on (location, fingerprint, rows). A model file with a query
+    adapter inside, and every set made with an adapter, carries one: such vectors live in the target's
+    space, whatever model computed them."""
+
+    digest: str
+    kind: str
+    direction: str
+    source_id: str
+    source_sha256: str
+    target_id: str
+    target_sha256: str
+    dim_in: int
+    dim_out: int
+    fit_location: str
+    fit_fingerprint: str
+    fit_rows: int
+
+    def __post_init__(self):
+        if self.kind == "orthogonal" and self.dim_in != self.dim_out:
+            raise _Malformed(f"an orthogonal adapter maps {self.dim_in} to {self.dim_out} dimensions")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdapterRecord":
+        return cls(digest=_sha256(d, "digest"), kind=_choice(d, "kind", ADAPTER_KINDS),
+                   direction=_choice(d, "direction", ADAPTER_DIRECTIONS), source_id=_text(d, "source_id", limit=255),
+                   source_sha256=_sha256(d, "source_sha256"), target_id=_text(d, "target_id", limit=255),
+                   target_sha256=_sha256(d, "target_sha256"), dim_in=_int(d, "dim_in", 1, MAX_DIM),
+                   dim_out=_int(d, "dim_out", 1, MAX_DIM), fit_location=_text(d, "fit_location"),
+                   fit_fingerprint=_sha256(d, "fit_fingerprint"), fit_rows=_int(d, "fit_rows", 1, MAX_ROWS))
+
+
 @dataclass(frozen=True)
 class ModelRecord:
-    """The export a set was computed with (``id`` names its store folder)."""
+    """The export a set was computed with (``id`` names its store folder). ``adapter``: the vectors are
+    in that adapter's target space (a model file with a query adapter inside, or a transformed set, see
+    :class:`TransformRecord`; then ``sha256`` is the adapter's digest: no model file computed them)."""
 
     id: str
     sha256: str
@@ -96,9 +141,11 @@ class ModelRecord:
     output: str = "embedding"  # the graph output stored (a bundle's frozen-backbone set stores "query")
     gather: str = "per-sample"  # the export's e-prompt gather and query function (see common/contract.py)
     query: str = "cls"
+    adapter: Optional[AdapterRecord] = None
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelRecord":
+        adapter = _get(d, "adapter", dict, optional=True)
         return cls(id=_text(d, "id", limit=255), sha256=_sha256(d, "sha256"), task=_int(d, "task", 0, 10**6),
                    file=_text(d, "file", optional=True), checkpoint_sha256=_text(d, "checkpoint_sha256", optional=True),
                    architecture=_text(d, "architecture", optional=True),
@@ -109,7 +156,22 @@ class ModelRecord:
                    export_versions=_scalars(d, "export_versions"),
                    output=_text(d, "output", limit=255, optional=True) or "embedding",
                    gather=_text(d, "gather", limit=64, optional=True) or "per-sample",
-                   query=_text(d, "query", limit=64, optional=True) or "cls")
+                   query=_text(d, "query", limit=64, optional=True) or "cls",
+                   adapter=None if adapter is None else AdapterRecord.from_dict(adapter))
+
+
+@dataclass(frozen=True)
+class TransformRecord:
+    """How a transformed set was made: a gallery adapter (the set's ``model.adapter``) applied to the
+    stored set at ``source_set``, which ``source_model`` embedded. Such a set was never embedded by a
+    model: evaluate reports it as the source model's gallery mapped into the target's space."""
+
+    source_set: str
+    source_model: ModelRecord
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformRecord":
+        return cls(source_set=_text(d, "source_set"), source_model=ModelRecord.from_dict(_get(d, "source_model", dict)))
 
 
 @dataclass(frozen=True)
@@ -169,6 +231,7 @@ class Manifest:
     versions: dict = field(default_factory=dict)
     created: Optional[str] = None
     seconds: Optional[float] = None
+    transform: Optional[TransformRecord] = None
     format_version: str = STORE_FORMAT
 
     def to_json(self) -> str:
@@ -206,7 +269,22 @@ class Manifest:
                              f"{self.dataset.size}")
         if self.model.embedding_dim is not None and self.model.embedding_dim != self.dim:
             raise _Malformed(f"dim {self.dim} differs from the model's embedding_dim {self.model.embedding_dim}")
+        adapter = self.model.adapter
+        if adapter is not None and adapter.dim_out != self.dim:
+            raise _Malformed(f"dim {self.dim} differs from the adapter's output dimension {adapter.dim_out}")
+        if self.transform is not None and (adapter is None or adapter.direction != "gallery"
+                                           or adapter.digest != self.model.sha256
+                                           or adapter.source_sha256 != self.transform.source_model.sha256):
+            raise _Malformed("a transformed set's model must be its gallery adapter (sha256 = the adapter's digest, "
+                             "source = the transformed set's model)")
+        if self.transform is None and adapter is not None and adapter.direction != "query":
+            raise _Malformed("a set embedded by a model file can only carry a query adapter")
         return self
+
+    @property
+    def transformed(self) -> bool:
+        """Whether the vectors were computed by an adapter from a stored set, not by a model pass."""
+        return self.transform is not None
 
     def with_storage(self, *, dim: int, shard_rows: int, shards: tuple[Shard, ...],
                      skipped: tuple[str, ...]) -> "Manifest":
@@ -227,6 +305,7 @@ def _manifest(d: dict) -> Manifest:
     if not all(isinstance(s, str) and len(s) <= MAX_TEXT for s in skipped):
         raise _Malformed("'skipped' must list item names (strings)")
     seconds = _get(d, "seconds", (int, float), optional=True)
+    transform = _get(d, "transform", dict, optional=True)
     if seconds is not None and not 0 <= seconds < 10**9:
         raise _Malformed(f"'seconds' is {seconds}")
     return Manifest(model=ModelRecord.from_dict(_get(d, "model", dict)),
@@ -236,5 +315,6 @@ def _manifest(d: dict) -> Manifest:
                     dim=_int(d, "dim", 1, MAX_DIM), shard_rows=_int(d, "shard_rows", 1, 2**31),
                     shards=tuple(Shard.from_dict(s) for s in shards), provider=_text(d, "provider", optional=True),
                     batch_size=_int(d, "batch_size", 1, 2**31, optional=True), versions=_scalars(d, "versions"),
-                    created=_text(d, "created", optional=True, limit=64), seconds=seconds)
+                    created=_text(d, "created", optional=True, limit=64), seconds=seconds,
+                    transform=None if transform is None else TransformRecord.from_dict(transform))
 

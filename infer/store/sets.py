@@ -52,6 +52,23 @@ class EmbeddingSet:
         """The shards in row order, memory-mapped."""
         return iter(self._shards)
 
+    def row_blocks(self, rows: int) -> Iterator[Block]:
+        """Consecutive blocks of ``rows`` rows (the last may be shorter) whatever the shard sizes: a copy
+        where a block spans shards, else a view of the mapped shard. Memory: one block."""
+        pending: list[Block] = []
+        have = 0
+        for shard in self._shards:
+            at = 0
+            while at < len(shard.labels):
+                take = min(rows - have, len(shard.labels) - at)
+                pending.append(Block(shard.embeddings[at:at + take], shard.labels[at:at + take]))
+                have, at = have + take, at + take
+                if have == rows:
+                    yield _joined(pending)
+                    pending, have = [], 0
+        if pending:
+            yield _joined(pending)
+
     @cached_property
     def embeddings(self) -> np.ndarray:
         return self._shards[0].embeddings if len(self._shards) == 1 else np.concatenate([b.embeddings for b in self._shards])
@@ -76,6 +93,12 @@ class EmbeddingSet:
     def data(self) -> tuple[str, tuple[str, ...]]:
         """What identifies the rows: the data set's fingerprint and the items left out of it."""
         return self.manifest.dataset.fingerprint, self.manifest.skipped
+
+
+def _joined(parts: Sequence[Block]) -> Block:
+    if len(parts) == 1:
+        return parts[0]
+    return Block(np.concatenate([p.embeddings for p in parts]), np.concatenate([p.labels for p in parts]))
 
 
 def check_model_id(model_id: str) -> str:
