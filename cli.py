@@ -364,8 +364,8 @@ def export_command(task, tasks, all_tasks, checkpoint_dir, output_dir, selection
         raise InputError("--bundle is traced in fp32 or fp16; quantise single-task files (--task N --precision int8)")
     dataset = _calibration_set(calibration, calibration_count, data_path) if quantized else None
     out_name = _onnx_name(bundle_name) if bundle else None
-    chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     writable_dir(output_dir, "--output-dir")
+    chosen = select_checkpoints(checkpoint_dir, _chosen_tasks(task, tasks, all_tasks))
     if bundle:
         from .export.bundle import export_bundle
 
@@ -634,8 +634,10 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
     written = write_reports(ev, out)
     if projections:
         from .evaluate.study.projections import write_projections
+        from .evaluate.report.html import write_html
         written.append(write_projections([s.embeddings for s in q], q[0].labels, ev.models, out, methods=projections,
-                                         sample=projection_sample))
+                                         sample=projection_sample, notes=ev.notes))
+        write_html(out)  # again, with the projections
     click.echo(summary(ev))
     click.echo(f"reports: {', '.join(str(p) for p in written)}")
     if production.wanted or precision_exports:
@@ -679,6 +681,7 @@ def _evaluate_production(q, g, ev, production, files, precision_exports, store, 
                          provider, batch_size, skip_bad, quiet):
     """Indexes, backfilling and reduced precision (evaluate's production.json/.md and backfill figures)."""
     from .evaluate.search.production import collect_precision_sets, evaluate_production, precision_rows
+    from .evaluate.report.labels import caption
     from .evaluate.report.production import write_production
 
     exclude_self = ev.protocol["own_image_left_out"]
@@ -692,7 +695,7 @@ def _evaluate_production(q, g, ev, production, files, precision_exports, store, 
                                               provider=provider, batch_size=batch_size, skip_bad=skip_bad,
                                               progress=not quiet)
         rows = precision_rows(q, g, sets, speeds, k=ev.protocol["k"], exclude_self=exclude_self)
-    written = write_production(result, out, precision_rows=rows)
+    written = write_production(result, out, notes=ev.notes, caption=caption(ev), precision_rows=rows)
     click.echo(f"production reports: {', '.join(str(p) for p in written)}")
 
 

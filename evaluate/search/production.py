@@ -85,9 +85,10 @@ def _backfill_section(query, gallery, models, opts: ProductionOptions, store, k,
         curves = {"exact": exact_curve(q, old, new, *labels, order, f, k=k, exclude_self=exclude_self)}
         for kind in opts.indexes:
             resolved = opts.params.resolve(kind, n, gallery[j].dim)
-            index = cached_index(gallery[j], kind, resolved, store, seed=opts.seed)[0]
-            curves[kind] = index_curve(index, kind, resolved, q, new, *labels, order, f, k=k,
-                                       exclude_self=exclude_self, depth=min(opts.depth, n - exclude_self))
+            ends = tuple(cached_index(gallery[m], kind, resolved, store, seed=opts.seed)[0] for m in (j, i))
+            curves[kind] = index_curve(ends, kind, resolved, q, old, new, *labels, order, f, k=k,
+                                       exclude_self=exclude_self, depth=min(opts.depth, n - exclude_self),
+                                       seed=opts.seed)
         section["pairs"].append({
             "new": models[i], "old": models[j],
             "curves": {m: {name: v.tolist() for name, v in c.items()} for m, c in curves.items()},
