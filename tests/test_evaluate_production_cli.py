@@ -88,7 +88,7 @@ def test_query_precision_rows(workdir):
     (("--backfill-order", "order.txt"), "--backfill-pairs and --backfill-order need --backfill"),
     (("--backfill", "--backfill-pairs", "task1:task3"), "task3 must be older than task1"),
     (("--gallery-precision", "int4"), "--gallery-precision 'int4'"),
-    (("--index", "ivf", "--nprobe", "0"), "--nprobe 0: must be at least 1"),
+    (("--index", "ivf", "--nprobe", "0"), "--nprobe 0: expected an integer 1 to"),
     (("--precision-exports", "missing"), "--precision-exports missing: no task1.onnx there"),
 ])
 def test_refusals_are_one_line(workdir, args, message):
