@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
-
 from .metrics.compat import Compatibility, compatibility
 from .metrics.table import deepest
+from .metrics.unlabelled import require_labels, require_set_labels
 from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
 from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
 from ..infer.embed import Engine, embed_model, model_targets
@@ -128,6 +127,8 @@ def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: s
     (``workers``, ``threads``, ``trt``, ``ray``) goes to :class:`infer.embed.Engine`."""
     specs = list(dict.fromkeys([query_spec, gallery_spec]))
     datasets = {spec: open_dataset(spec, data_path) for spec in specs}
+    for spec, dataset in datasets.items():
+        require_labels(spec, dataset.labelled)  # before any embedding
     sets_of = [(m, t.model_id) for m in models for t in model_targets(m, m.stem, store, datasets[query_spec].key)]
     _unique_ids([i for _, i in sets_of], [f"{m} ({i})" for m, i in sets_of])
     warn = warn or once_to_stderr()
@@ -167,6 +168,7 @@ def collect_from_store(model_ids: Sequence[str], query_spec: str, gallery_spec: 
         raise InputError("--from-store: no model ids (expected e.g. task1,task2,task3)")
     sets = {spec: [_stored_set(store, m, spec, data_path) for m in model_ids]
             for spec in dict.fromkeys([query_spec, gallery_spec])}
+    require_set_labels(s for found in sets.values() for s in found)
     return sets[query_spec], sets[gallery_spec]
 
 
@@ -177,7 +179,8 @@ def _describe(sets: Sequence[EmbeddingSet]) -> dict:
                           "gather": s.manifest.model.gather, "query": s.manifest.model.query,
                           "output": s.manifest.model.output} for s in sets}
     return {"spec": m.dataset.spec, "location": m.dataset.location, "fingerprint": m.dataset.fingerprint,
-            "count": sets[0].count, "skipped": len(m.skipped), "sets": [str(s.path) for s in sets], "modes": modes}
+            "count": sets[0].count, "skipped": len(m.skipped), "labelled": sets[0].labelled,
+            "sets": [str(s.path) for s in sets], "modes": modes}
 
 
 def is_backbone(s: EmbeddingSet) -> bool:
@@ -226,9 +229,10 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     When query and gallery are the same data, each query's own image is left out of its gallery
     unless ``include_self``. ``notes`` are added to those the models' provenance calls for.
     """
+    require_set_labels((query[0], gallery[0]))
     check_comparable(query, gallery)
     query, gallery = order_by_task(query, gallery, warn or once_to_stderr())
-    same = query[0].data == gallery[0].data and np.array_equal(query[0].labels, gallery[0].labels)
+    same = query[0].same_items(gallery[0])
     exclude_self = same and not include_self
     per_query = gallery[0].count - exclude_self
     if not 1 <= k <= per_query:
