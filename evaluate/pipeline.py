@@ -180,7 +180,8 @@ def _describe(sets: Sequence[EmbeddingSet]) -> dict:
                           "output": s.manifest.model.output} for s in sets}
     return {"spec": m.dataset.spec, "location": m.dataset.location, "fingerprint": m.dataset.fingerprint,
             "count": sets[0].count, "skipped": len(m.skipped), "labelled": sets[0].labelled,
-            "sets": [str(s.path) for s in sets], "modes": modes}
+            "sets": [str(s.path) for s in sets], "modes": modes,
+            "model_sha256": {s.model_id: s.manifest.model.sha256 for s in sets}}
 
 
 def is_backbone(s: EmbeddingSet) -> bool:

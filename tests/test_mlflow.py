@@ -1,0 +1,98 @@
+"""evaluate --mlflow: one run per evaluation in a local store under tmp_path (never the network), read
+back with MLflow's own client."""
+import json
+import sys
+
+import pytest
+
+from dpcompat.common.errors import InputError
+from dpcompat.evaluate.pipeline import evaluate_sets
+from dpcompat.evaluate.report import mlflow_log
+from dpcompat.evaluate.report.writer import report_dict, write_reports
+from dpcompat.infer.store.sets import read_set
+from onnx_fixtures import write_random_set
+
+mlflow = pytest.importorskip("mlflow", reason="mlflow (the [mlflow] extra) is not installed")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """(compatibility.json's content, the report folder, a tracking URI) of one evaluation of three models;
+    one store for the module's runs (creating an MLflow database takes seconds)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    sets = [read_set(write_random_set(root / "store" / f"m{t}" / "set", f"m{t}", n=60, seed=t + 1).path)
+            for t in range(3)]
+    ev = evaluate_sets(sets, sets)
+    write_reports(ev, root / "rep")
+    report = json.loads((root / "rep" / "compatibility.json").read_text())
+    assert report == json.loads(json.dumps(report_dict(ev)))  # what is logged is compatibility.json's content
+    return report, root / "rep", f"sqlite:///{root / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a local store's artifacts under the working directory
+
+
+def with_decision(report):
+    """The report as the decision rule (issue 22) extends it, for one pair."""
+    return {**report, "decision": {
+        "rule": {"metric": "top1", "tolerance": 0.01, "confidence": 0.95, "resamples": 1000, "seed": 0},
+        "pairs": [{"gallery": "m0", "query": "m2", "difference": -0.05, "low": -0.09, "high": -0.02,
+                   "verdict": "not compatible", "recommendation": "backfill", "backfill_fraction": 0.3,
+                   "queries_needed": None}]}}
+
+
+def test_an_evaluation_is_one_run_read_back_with_mlflows_client(evaluated):
+    report, rep, uri = evaluated
+    target = mlflow_log.MlflowTarget(uri=uri, experiment="gallery-compat", run_name="nightly")
+    mlflow_log.check_target(target)
+    logged = mlflow_log.log_evaluation(with_decision(report), rep, target)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(logged.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "nightly"
+    assert client.get_experiment(run.info.experiment_id).name == "gallery-compat"
+    p, m, t = run.data.params, run.data.metrics, run.data.tags
+    assert p["models"] == "m0,m1,m2" and p["model.m1.sha256"] == "0" * 64 and "gallery.model.m1.sha256" not in p
+    assert p["query.fingerprint"] == "f" * 64 and p["query.count"] == "60" and p["query.labelled"] == "True"
+    assert p["protocol.k"] == "5" and p["significance.seed"] == str(report["significance"]["seed"])
+    assert p["significance.resamples"] == str(report["significance"]["resamples"]) and p["decision.tolerance"] == "0.01"
+    assert m["top1.q_m2.g_m0"] == pytest.approx(report["metrics"]["top1"][2][0])
+    assert "top1.q_m0.g_m2" not in m  # above the diagonal: no cell
+    cell = next(c for c in report["criteria"]["top1"]["cells"] if (c["query"], c["gallery"]) == (2, 0))
+    assert (m["top1.q_m2.g_m0.diff.low"], m["top1.q_m2.g_m0.diff.high"]) == pytest.approx(tuple(cell["interval"]))
+    assert m["top1.q_m2.g_m0.diff"] == pytest.approx(cell["difference"]) and "top1.q_m2.g_m0.mcnemar_p" in m
+    assert t["verdict.top1.q_m2.g_m0"] == cell["verdict"]
+    assert (t["decision.q_m2.g_m0"], t["recommendation.q_m2.g_m0"]) == ("not compatible", "backfill")
+    assert m["decision.q_m2.g_m0.backfill_fraction"] == 0.3 and "decision.q_m2.g_m0.queries_needed" not in m
+    assert t["dpcompat.generated_data"] == "false"
+    files = {a.path for a in client.list_artifacts(logged.run_id)}
+    assert {"compatibility.json", "compatibility.md", "compatibility.csv"} <= files
+    assert len(m) == len(mlflow_log.run_metrics(with_decision(report)))  # every metric arrived (in batches)
+
+
+def test_each_evaluation_is_a_run_of_its_own_and_generated_data_is_tagged(evaluated):
+    report, rep, uri = evaluated
+    generated = {**report, "provenance": [{**report["provenance"][0], "data": "generated"}, *report["provenance"][1:]],
+                 "notes": ["GENERATED DATA: ..."]}
+    runs = [mlflow_log.log_evaluation(r, rep, mlflow_log.MlflowTarget(uri=uri)) for r in (report, generated)]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert runs[0].run_id != runs[1].run_id and runs[0].experiment_id == runs[1].experiment_id
+    assert client.get_experiment(runs[0].experiment_id).name == "Default"
+    tags = client.get_run(runs[1].run_id).data.tags
+    assert tags["dpcompat.generated_data"] == "true" and tags["dpcompat.notes"] == "GENERATED DATA: ..."
+    assert not [k for k in client.get_run(runs[0].run_id).data.tags if k.startswith("decision.")]
+
+
+def test_without_mlflow_the_option_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow raises ImportError
+    with pytest.raises(InputError, match=r'^--mlflow needs mlflow: pip install "dpcompat\[mlflow\]"$'):
+        mlflow_log.check_target(mlflow_log.MlflowTarget())
+
+
+def test_a_store_mlflow_refuses_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    target = mlflow_log.MlflowTarget(uri=f"sqlite:///{tmp_path / 'file' / 'sub' / 'mlflow.db'}")
+    with pytest.raises(InputError, match=r"^--mlflow sqlite:///.*file/sub/mlflow.db: ") as e:
+        mlflow_log.check_target(target)
+    assert "\n" not in str(e.value)
