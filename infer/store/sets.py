@@ -103,11 +103,13 @@ class EmbeddingSet:
         """What identifies the rows: the data set's fingerprint and the items left out of it."""
         return self.manifest.dataset.fingerprint, self.manifest.skipped
 
+    def same_labels(self, other: "EmbeddingSet") -> bool:
+        """Whether both sets have the same labels row for row, or both none."""
+        return self.labelled == other.labelled and (not self.labelled or np.array_equal(self.labels, other.labels))
+
     def same_items(self, other: "EmbeddingSet") -> bool:
-        """Whether the rows of both sets are the same items with the same labels, or both without."""
-        if self.data != other.data or self.labelled != other.labelled:
-            return False
-        return not self.labelled or np.array_equal(self.labels, other.labels)
+        """Whether the rows of both sets are the same items (data and items left out) with the same labels."""
+        return self.data == other.data and self.same_labels(other)
 
 
 def _joined(parts: Sequence[Block]) -> Block:
