@@ -9,8 +9,9 @@ from dpcompat.common.errors import InputError
 from dpcompat.evaluate.pipeline import evaluate_sets
 from dpcompat.evaluate.report import mlflow_log
 from dpcompat.evaluate.report.writer import report_dict, write_reports
-from dpcompat.infer.store.sets import read_set
-from onnx_fixtures import write_random_set
+from dpcompat.infer.data.datasets import dataset_key, dataset_location
+from dpcompat.infer.store.sets import read_set, set_path
+from onnx_fixtures import run_cli, write_random_set
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow (the [mlflow] extra) is not installed")
 
@@ -96,3 +97,25 @@ def test_a_store_mlflow_refuses_is_one_line(tmp_path):
     with pytest.raises(InputError, match=r"^--mlflow sqlite:///.*file/sub/mlflow.db: ") as e:
         mlflow_log.check_target(target)
     assert "\n" not in str(e.value)
+
+
+def test_evaluate_mlflow_logs_the_report_folder(tmp_path, evaluated):
+    _, _, uri = evaluated
+    for t in range(2):
+        write_random_set(set_path(tmp_path / "emb", f"m{t}", dataset_key("cifar10:test", "data")), f"m{t}", n=60,
+                         seed=t + 1)
+    r = run_cli("evaluate", "--from-store", "m0,m1", "--store", "emb", "--out", "rep", "--quiet", "--mlflow", uri,
+                "--mlflow-experiment", "cli", "--mlflow-run-name", "from the command line", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    said = r.stdout.splitlines()[-1]
+    assert said.startswith("mlflow: run ") and said.endswith(f" at {uri}")
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(said.split()[2])
+    assert run.info.run_name == "from the command line" and run.data.params["models"] == "m0,m1"
+    assert run.data.params["query.location"] == dataset_location("cifar10:test", "data")
+    for args, message in [(("task1.onnx", "--mlflow", "task2.onnx"), "error: --mlflow task2.onnx: a model file, not a "
+                                                                       "tracking URI; put --mlflow after the model files"),
+                          (("--from-store", "m0", "--mlflow-run-name", "x"),
+                           "error: --mlflow-experiment and --mlflow-run-name need --mlflow")]:
+        bad = run_cli("evaluate", *args, "--store", "emb", "--out", "rep2", cwd=tmp_path)
+        assert bad.returncode == 2 and bad.stderr.startswith(message) and bad.stderr.count("\n") == 1
+    assert not (tmp_path / "rep2").exists()

@@ -27,6 +27,7 @@ queries on gallery model j's gallery, the report's cell C[i][j]):
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -191,6 +192,17 @@ def log_evaluation(report: dict, report_dir: str | Path, target: MlflowTarget = 
         raise _refused(mlflow, target, e) from None
 
 
+def log_report_folder(report_dir: str | Path, target: MlflowTarget = MlflowTarget()) -> LoggedRun:
+    """:func:`log_evaluation` of the report folder ``report_dir`` as evaluate wrote it (its
+    ``compatibility.json`` read back: the run logs what the report says, its decision included)."""
+    path = Path(report_dir) / "compatibility.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable report ({e})") from None
+    return log_evaluation(report, report_dir, target)
+
+
 def _refused(mlflow, target: MlflowTarget, e: Exception) -> InputError:
     return InputError(f"--mlflow {target.uri or mlflow.get_tracking_uri()}: {str(e).splitlines()[0]}")
 
@@ -203,3 +215,21 @@ def check_target(target: MlflowTarget) -> None:
         mlflow.MlflowClient(tracking_uri=target.uri).search_experiments(max_results=1)
     except (mlflow.exceptions.MlflowException, OSError) as e:
         raise _refused(mlflow, target, e) from None
+
+
+def mlflow_target(uri: Optional[str], *, experiment: Optional[str] = None,
+                  run_name: Optional[str] = None) -> Optional[MlflowTarget]:
+    """evaluate's ``--mlflow [URI]`` (None: not given; ``""``: given bare, MLflow's default store),
+    ``--mlflow-experiment`` and ``--mlflow-run-name`` as a target checked by :func:`check_target`;
+    None without ``--mlflow``. A URI ending in ``.onnx`` is a model file that a bare ``--mlflow``
+    swallowed from the command line: refused."""
+    if uri is None:
+        if experiment or run_name:
+            raise InputError("--mlflow-experiment and --mlflow-run-name need --mlflow")
+        return None
+    if uri.endswith(".onnx"):
+        raise InputError(f"--mlflow {uri}: a model file, not a tracking URI; put --mlflow after the model files, "
+                         "or give it a URI (--mlflow sqlite:///mlflow.db)")
+    target = MlflowTarget(uri=uri or None, experiment=experiment, run_name=run_name)
+    check_target(target)
+    return target
