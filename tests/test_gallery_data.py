@@ -12,8 +12,13 @@ from dpcompat.evaluate.pipeline import evaluate_sets
 from dpcompat.infer.data import files
 from dpcompat.infer.data.datasets import dataset_key, dataset_location, open_dataset
 from dpcompat.infer.embed import embed_dataset
+from dpcompat.infer.runtime.options import RuntimeOptions
 from dpcompat.infer.store.sets import read_set
 from onnx_fixtures import leftovers, run_cli, write_model
+
+
+def CPU(**options):
+    return RuntimeOptions(provider="cpu", **options)
 
 
 def image(path, seed, size=(20, 24)):
@@ -152,7 +157,7 @@ def test_fingerprint_reads_no_more_than_a_header_of_a_non_image(tmp_path, monkey
 
 def unlabelled_sets(tmp_path, model):
     ds = open_dataset(f"folder:{flat_gallery(tmp_path / 'gallery')}")
-    return ds, embed_dataset(model, ds, tmp_path / "store", provider="cpu", batch_size=2, shard_rows=3)
+    return ds, embed_dataset(model, ds, tmp_path / "store", runtime=CPU(batch_size=2), shard_rows=3)
 
 
 def test_embed_a_flat_folder_stores_no_labels(tmp_path):
@@ -168,9 +173,9 @@ def test_embed_a_flat_folder_stores_no_labels(tmp_path):
     assert all(b.labels is None for b in stored.blocks()) and all(b.labels is None for b in stored.row_blocks(2))
     # the rows are the items in the folder's order: the same as a list naming them in that order
     listed = write_list(tmp_path, "same.txt", [str(f) for f in ds.files])
-    by_list = embed_dataset(model, open_dataset(f"list:{listed}"), tmp_path / "store", provider="cpu")
+    by_list = embed_dataset(model, open_dataset(f"list:{listed}"), tmp_path / "store", runtime=CPU())
     np.testing.assert_array_equal(by_list.set.embeddings, stored.embeddings)
-    assert embed_dataset(model, ds, tmp_path / "store", provider="cpu").reused
+    assert embed_dataset(model, ds, tmp_path / "store", runtime=CPU()).reused
     assert not leftovers(tmp_path / "store")
 
 
@@ -182,9 +187,9 @@ def test_unreadable_listed_files_stop_before_work_or_are_skipped(tmp_path):
     ds = open_dataset(f"list:{listed}")
     assert ds.unreadable_items() == (("gone.png", "missing"), ("bad.png", "cannot be read"))
     with pytest.raises(InputError, match=r"gone.png: unreadable image \(missing; 2 such item\(s\) in all\).*--skip-bad"):
-        embed_dataset(model, ds, tmp_path / "store", provider="cpu")
+        embed_dataset(model, ds, tmp_path / "store", runtime=CPU())
     assert not (tmp_path / "store").exists()  # refused before anything was written
-    r = embed_dataset(model, ds, tmp_path / "store", provider="cpu", skip_bad=True)
+    r = embed_dataset(model, ds, tmp_path / "store", runtime=CPU(skip_bad=True))
     assert r.set.manifest.skipped == ("gone.png", "bad.png") and r.set.labels.tolist() == [3]
 
 
