@@ -207,6 +207,11 @@ def test_bench_index_on_a_small_generated_gallery(tmp_path):
     assert ivf["recall@1"] == 1.0 and ivf["recall@10"] == 1.0  # every list probed
     assert 0 < ivfpq["recall@10"] <= 1 and ivfpq["params"]["pq_m"] == 4
     assert result["input_bytes"] == g.nbytes + q.nbytes and exact["peak_extra_mib"] >= 0
+    pq = ("PQ trained on 3000 points for 256 centroids per sub-vector: fewer than FAISS recommends (39 per centroid), "
+          "recall may suffer")
+    assert (ivf["training"], ivfpq["training"]) == ([], [pq])
+    from dpcompat.bench.index import format_index
+    assert format_index(result).splitlines()[-1] == f"note: {pq}"
 
 
 def test_faiss_training_warning_is_said_once_per_evaluation(tmp_path, capfd):

@@ -119,3 +119,15 @@ def test_evaluate_mlflow_logs_the_report_folder(tmp_path, evaluated):
         bad = run_cli("evaluate", *args, "--store", "emb", "--out", "rep2", cwd=tmp_path)
         assert bad.returncode == 2 and bad.stderr.startswith(message) and bad.stderr.count("\n") == 1
     assert not (tmp_path / "rep2").exists()
+
+
+def test_mlflow_is_an_extra_the_production_install_does_not_pull():
+    import configparser
+    from pathlib import Path
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    requires = lambda text: {line.split(">")[0].split("[")[0].strip() for line in text.split("\n") if line.strip()}  # noqa: E731
+    assert "mlflow" not in requires(cfg["options"]["install_requires"])
+    extras = cfg["options.extras_require"]
+    assert "mlflow" in requires(extras["mlflow"]) and "mlflow" in requires(extras["dev"])
