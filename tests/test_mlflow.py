@@ -35,41 +35,39 @@ def in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow puts a local store's artifacts under the working directory
 
 
-def with_decision(report):
-    """The report as the decision rule (issue 22) extends it, for one pair."""
-    return {**report, "decision": {
-        "rule": {"metric": "top1", "tolerance": 0.01, "confidence": 0.95, "resamples": 1000, "seed": 0},
-        "pairs": [{"gallery": "m0", "query": "m2", "difference": -0.05, "low": -0.09, "high": -0.02,
-                   "verdict": "not compatible", "recommendation": "backfill", "backfill_fraction": 0.3,
-                   "queries_needed": None}]}}
-
-
-def test_an_evaluation_is_one_run_read_back_with_mlflows_client(evaluated):
+def test_an_evaluation_is_one_run_read_back_with_mlflows_client(evaluated, monkeypatch):
     report, rep, uri = evaluated
+    monkeypatch.setattr(mlflow_log, "MAX_METRICS_PER_CALL", 50)  # several batches, as a 10-model report needs
+    monkeypatch.setattr(mlflow_log, "MAX_PARAMS_PER_CALL", 10)
     target = mlflow_log.MlflowTarget(uri=uri, experiment="gallery-compat", run_name="nightly")
     mlflow_log.check_target(target)
-    logged = mlflow_log.log_evaluation(with_decision(report), rep, target)
+    logged = mlflow_log.log_evaluation(report, rep, target)
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(logged.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "nightly"
     assert client.get_experiment(run.info.experiment_id).name == "gallery-compat"
     p, m, t = run.data.params, run.data.metrics, run.data.tags
-    assert p["models"] == "m0,m1,m2" and p["model.m1.sha256"] == "0" * 64 and "gallery.model.m1.sha256" not in p
+    assert p["models"] == "m0,m1,m2" and p["model.m1.sha256"] == "0" * 64 and p["model.m2.task"] == "3"
     assert p["query.fingerprint"] == "f" * 64 and p["query.count"] == "60" and p["query.labelled"] == "True"
     assert p["protocol.k"] == "5" and p["significance.seed"] == str(report["significance"]["seed"])
-    assert p["significance.resamples"] == str(report["significance"]["resamples"]) and p["decision.tolerance"] == "0.01"
+    assert p["significance.resamples"] == str(report["significance"]["resamples"])
+    assert (p["decision.metric"], p["decision.tolerance"]) == ("top1", "0.01")
     assert m["top1.q_m2.g_m0"] == pytest.approx(report["metrics"]["top1"][2][0])
     assert "top1.q_m0.g_m2" not in m  # above the diagonal: no cell
     cell = next(c for c in report["criteria"]["top1"]["cells"] if (c["query"], c["gallery"]) == (2, 0))
     assert (m["top1.q_m2.g_m0.diff.low"], m["top1.q_m2.g_m0.diff.high"]) == pytest.approx(tuple(cell["interval"]))
     assert m["top1.q_m2.g_m0.diff"] == pytest.approx(cell["difference"]) and "top1.q_m2.g_m0.mcnemar_p" in m
-    assert t["verdict.top1.q_m2.g_m0"] == cell["verdict"]
-    assert (t["decision.q_m2.g_m0"], t["recommendation.q_m2.g_m0"]) == ("not compatible", "backfill")
-    assert m["decision.q_m2.g_m0.backfill_fraction"] == 0.3 and "decision.q_m2.g_m0.queries_needed" not in m
+    own = report["criteria"]["mAP@R"]["diagonal"][1]["interval"]
+    assert (m["mAP_at_R.q_m1.g_m1.low"], m["mAP_at_R.q_m1.g_m1.high"]) == pytest.approx(tuple(own))
+    pairs = report["decision"]["pairs"]
+    assert len(pairs) == 3 and all(f"decision.q_{d['query']}.g_{d['gallery']}" in t for d in pairs)
+    pair = next(d for d in pairs if (d["query"], d["gallery"]) == ("m2", "m0"))
+    assert (t["decision.q_m2.g_m0"], t["recommendation.q_m2.g_m0"]) == (pair["verdict"], pair["recommendation"])
+    assert (m["decision.q_m2.g_m0.low"], m["decision.q_m2.g_m0.high"]) == pytest.approx((pair["low"], pair["high"]))
     assert t["dpcompat.generated_data"] == "false"
     files = {a.path for a in client.list_artifacts(logged.run_id)}
     assert {"compatibility.json", "compatibility.md", "compatibility.csv"} <= files
-    assert len(m) == len(mlflow_log.run_metrics(with_decision(report)))  # every metric arrived (in batches)
+    assert len(m) == len(mlflow_log.run_metrics(report)) > 150 and len(p) == len(mlflow_log.run_params(report)) > 30
 
 
 def test_each_evaluation_is_a_run_of_its_own_and_generated_data_is_tagged(evaluated):
@@ -82,7 +80,7 @@ def test_each_evaluation_is_a_run_of_its_own_and_generated_data_is_tagged(evalua
     assert client.get_experiment(runs[0].experiment_id).name == "Default"
     tags = client.get_run(runs[1].run_id).data.tags
     assert tags["dpcompat.generated_data"] == "true" and tags["dpcompat.notes"] == "GENERATED DATA: ..."
-    assert not [k for k in client.get_run(runs[0].run_id).data.tags if k.startswith("decision.")]
+    assert not [k for k in client.get_run(runs[0].run_id).data.tags if k.startswith("dpcompat.notes")]
 
 
 def test_without_mlflow_the_option_names_the_extra(monkeypatch):

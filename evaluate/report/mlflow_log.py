@@ -4,24 +4,23 @@ Everything logged is read from the report dict (the content of ``compatibility.j
 folder, so a run says exactly what the report says. ``mlflow`` is imported only here, only when asked.
 
 Names (model ids are folder names: letters, digits, '.', '_', '-'; ``q_<i>.g_<j>``: query model i's
-queries on gallery model j's gallery, the report's cell C[i][j]):
+queries on gallery model j's gallery, the report's cell C[i][j]; metric names as :func:`mlflow_name`
+writes them, ``mAP@R`` -> ``mAP_at_R``):
 
-* params: ``models``; ``model.<id>.sha256`` (of the file that embedded the query set; a gallery set of
-  another origin, e.g. an adapter's transformed set, adds ``gallery.model.<id>.sha256``);
+* params: ``models``; ``model.<id>.sha256`` and ``model.<id>.task`` (the report's model records);
   ``query.*`` / ``gallery.*`` (spec, location, fingerprint, count, skipped, labelled); ``protocol.*``;
-  ``significance.*`` (resamples, seed, level); with a decision, ``decision.*`` (its rule's metric,
-  tolerance, confidence, resamples, seed).
-* metrics (step 0), metric names as :func:`mlflow_name` writes them (``mAP@R`` -> ``mAP_at_R``):
-  ``<metric>.q_<i>.g_<j>`` every cell j <= i; for i > j the paired difference
-  C[i][j] - C[j][j] as ``<metric>.q_<i>.g_<j>.diff`` with its bootstrap interval's ends ``.diff.low``
-  and ``.diff.high`` (an interval of the difference, not of the cell) and McNemar's ``.mcnemar_p``
-  for right/wrong metrics; ``<metric>.AC`` / ``.BC`` / ``.FC`` (with ``.low`` / ``.high``), ``.AM``;
-  ``negative_flip_rate.<metric>.q_<i>.g_<j>``; with a decision, ``decision.q_<i>.g_<j>.difference``,
-  ``.low``, ``.high``, ``.backfill_fraction``, ``.queries_needed`` where defined.
-* tags: ``verdict.<metric>.q_<i>.g_<j>`` (each cell's verdict); with a decision,
-  ``decision.q_<i>.g_<j>`` (compatible / not compatible / undecided) and ``recommendation.q_<i>.g_<j>``
-  (keep / backfill / re-index / collect); ``dpcompat.generated_data`` (``true`` when a model was
-  trained on generated images), ``dpcompat.notes``, ``dpcompat.report``.
+  ``significance.*`` (resamples, seed, level); ``decision.*`` (the rule: metric, tolerance,
+  confidence, resamples, seed, power, backfill steps and order).
+* metrics (step 0): ``<metric>.q_<i>.g_<j>`` every cell j <= i; a model on its own gallery (i = j)
+  with its interval's ends ``.low`` / ``.high``; for i > j the paired difference C[i][j] - C[j][j] as
+  ``.diff`` with its interval's ends ``.diff.low`` / ``.diff.high`` (an interval of the difference,
+  not of the cell) and McNemar's ``.mcnemar_p`` for right/wrong metrics; ``<metric>.AC`` / ``.BC`` /
+  ``.FC`` (with ``.low`` / ``.high``), ``.AM``; ``negative_flip_rate.<metric>.q_<i>.g_<j>``; per
+  decided pair ``decision.q_<i>.g_<j>.<value | reference | difference | low | high | backfill_fraction
+  | backfill_value | queries_needed>`` where defined.
+* tags: per decided pair ``decision.q_<i>.g_<j>`` (compatible / not compatible / undecided) and
+  ``recommendation.q_<i>.g_<j>`` (keep / backfill / re-index / collect); ``dpcompat.generated_data``
+  (``true`` when a model was trained on generated images), ``dpcompat.notes``, ``dpcompat.report``.
 * artifacts: every file of the report folder.
 """
 from __future__ import annotations
@@ -78,24 +77,22 @@ def _cell(models: list[str], i: int, j: int) -> str:
 
 def _data_params(role: str, d: dict) -> dict[str, str]:
     keys = ("spec", "location", "fingerprint", "count", "skipped", "labelled")
-    out = {f"{role}.{k}": str(d[k]) for k in keys if k in d}
-    for model, sha in d.get("model_sha256", {}).items():
-        out[f"{'' if role == 'query' else 'gallery.'}model.{model}.sha256"] = sha
-    return out
+    return {f"{role}.{k}": str(d[k]) for k in keys if k in d}
 
 
 def run_params(report: dict) -> dict[str, str]:
     """The run's parameters (see the module doc)."""
-    params = {"models": ",".join(report["models"]), **_data_params("query", report["query"])}
-    gallery = _data_params("gallery", report["gallery"])
-    params.update({k: v for k, v in gallery.items() if not k.startswith("gallery.model.") or
-                   params.get(k.removeprefix("gallery.")) != v})
+    params = {"models": ",".join(report["models"]), **_data_params("query", report["query"]),
+              **_data_params("gallery", report["gallery"])}
+    for record in report.get("model_records", []):
+        params.update({f"model.{record['id']}.{k}": str(record[k]) for k in ("sha256", "task") if k in record})
     params.update({f"protocol.{k}": ",".join(map(str, v)) if isinstance(v, list) else str(v)
                    for k, v in report["protocol"].items()})
     params.update({f"significance.{k}": str(report["significance"][k]) for k in ("resamples", "seed", "level")})
     rule = report.get("decision", {}).get("rule", {})
-    params.update({f"decision.{k}": str(rule[k]) for k in ("metric", "tolerance", "confidence", "resamples", "seed")
-                   if k in rule})
+    params.update({f"decision.{k}": str(rule[k]) for k in ("metric", "tolerance", "confidence", "resamples", "seed",
+                                                           "power") if k in rule})
+    params.update({f"decision.backfill.{k}": str(v) for k, v in rule.get("backfill", {}).items()})
     return params
 
 
@@ -111,6 +108,8 @@ def _cell_metrics(report: dict) -> Iterator[tuple[str, Optional[float]]]:
             yield f"{name}.{key}", c[key]
             yield from zip((f"{name}.{key}.low", f"{name}.{key}.high"), c[f"{key}_interval"] or (None, None))
         yield f"{name}.AM", c["AM"]
+        for i, own in enumerate(c.get("diagonal", [])):
+            yield from zip((f"{name}.{_cell(models, i, i)}.low", f"{name}.{_cell(models, i, i)}.high"), own["interval"])
         for cell in c["cells"]:
             at = f"{name}.{_cell(models, cell['query'], cell['gallery'])}"
             yield f"{at}.diff", cell["difference"]
@@ -133,16 +132,15 @@ def run_metrics(report: dict) -> dict[str, float]:
     """The run's metrics (see the module doc); undefined values (null in the report) are left out."""
     found = dict(_cell_metrics(report))
     for at, pair in _decision_pairs(report):
-        for key in ("difference", "low", "high", "backfill_fraction", "queries_needed"):
+        for key in ("value", "reference", "difference", "low", "high", "backfill_fraction", "backfill_value",
+                    "queries_needed"):
             found[f"decision.{at}.{key}"] = pair.get(key)
     return {k: float(v) for k, v in found.items() if v is not None}
 
 
 def run_tags(report: dict, report_dir: Path) -> dict[str, str]:
     """The run's tags (see the module doc)."""
-    models = report["models"]
-    tags = {f"verdict.{mlflow_name(name)}.{_cell(models, cell['query'], cell['gallery'])}": cell["verdict"]
-            for name, c in report["criteria"].items() for cell in c["cells"]}
+    tags = {}
     for at, pair in _decision_pairs(report):
         tags[f"decision.{at}"] = pair["verdict"]
         tags[f"recommendation.{at}"] = pair["recommendation"]
