@@ -82,8 +82,10 @@ def production_options(indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_
 @click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
               help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
 @click.option("--no-backbone", is_flag=True, help="A bundle's tasks only, without its frozen backbone's row and column.")
-@click.option("--primary-metric", default="top1", show_default=True,
-              help="The metric the decision rule judges every pair by (the others are evidence).")
+@click.option("--primary-metric", help="The metric the decision rule judges every pair by (the others are evidence); "
+                                      "default: top1, or self-top1 on unlabelled data.")
+@click.option("--label-free", is_flag=True, help="Also compute the label-free metrics (self-top1, self-top5, overlap@k) "
+                                                 "on labelled data; on unlabelled data they are the only ones.")
 @click.option("--tolerance", type=Float(0.0), default=0.01, show_default=True,
               help="The rule's margin: a candidate may lose at most this much of the primary metric (0 to below 1).")
 @grouped("mlflow", mlflow_options, *MLFLOW)
