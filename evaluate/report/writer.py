@@ -23,7 +23,7 @@ from .html import HTML_FILE, write_html
 from .labels import EVIDENCE, caption, figure_files, model_label
 from .markdown import decision_rows, markdown, own_rows
 from ..metrics.compat import Criteria
-from ..metrics.table import METRICS, flip_names
+from ..metrics.table import metric
 from ..pipeline import Evaluation
 from ..metrics.significance import LEVEL
 from ...common.atomic import replaced_dir, write_json
@@ -80,7 +80,7 @@ def _criteria_dict(c: Criteria, name: str, matrix: np.ndarray) -> dict:
         gain = c.update_gain[i, j]
         cells.append({"query": i, "gallery": j, "value": _num(matrix[i, j]), "old": _num(matrix[j, j]),
                       "difference": _num(test.difference), "interval": [_num(test.low), _num(test.high)],
-                      "mcnemar": None if not METRICS[name].binary else
+                      "mcnemar": None if not metric(name).binary else
                       {"gained": test.gained, "lost": test.lost, "p": _num(test.p_value)},
                       "reindex_interval": [_num(test.reindex_low), _num(test.reindex_high)],
                       "update_gain": _num(gain),
@@ -125,13 +125,13 @@ def report_dict(ev: Evaluation) -> dict:
                          "use": "intervals and McNemar's test of every metric are evidence; the verdict is "
                                 "decision's"},
         "evidence_definitions": dict(EVIDENCE),
-        "metrics": {name: _matrix(r.metrics[name], True) for name in METRICS},
+        "metrics": {name: _matrix(matrix, True) for name, matrix in r.metrics.items()},
         "criteria": {name: _criteria_dict(c, name, r.metrics[name]) for name, c in r.criteria.items()},
         "cmc": {"depth": int(r.cmc.shape[-1]),
                 "curves": [[[_num(v) for v in r.cmc[i, j]] if j <= i else None for j in range(t)] for i in range(t)]},
-        "negative_flip_rate": {name: _matrix(r.negative_flips[name], True) for name in flip_names()},
+        "negative_flip_rate": {name: _matrix(flips, True) for name, flips in r.negative_flips.items()},
         "cka": _matrix(r.cka, False),
-        "figures": figure_files(primary=ev.decision.rule.metric),
+        "figures": figure_files(primary=ev.decision.rule.metric, names=list(r.metrics)),
     }
 
 
@@ -144,7 +144,7 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
         w = csv.writer(f)
         w.writerow(["metric", "query_model", "gallery_model", "value", "margin", "low", "high", "mcnemar_p",
                     "update_gain", "verdict", "recommendation"])
-        for name in METRICS:
+        for name in r.metrics:
             c = r.criteria[name]
             tests = {(x.query, x.gallery): x for x in c.tests}
             for i in range(len(models)):
@@ -157,7 +157,7 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
                         f"{c.update_gain[i, j]:.6f}" if math.isfinite(c.update_gain[i, j]) else "undefined"]
                     w.writerow([name, models[i], models[j], "" if math.isnan(value) else f"{value:.6f}", *extra,
                                 pair.verdict if pair else "", pair.recommendation if pair else ""])
-        for name in flip_names():
+        for name in r.negative_flips:
             for test in r.criteria[name].tests:
                 w.writerow([f"negative_flip_rate_{name}", models[test.query], models[test.gallery],
                             f"{r.negative_flips[name][test.query, test.gallery]:.6f}", *[""] * 7])
@@ -174,15 +174,16 @@ def _write_figures(folder: Path, ev: Evaluation, data: dict) -> None:
     figures.decision_figure(folder / "decision.png", pairs, ev.models, metric=rule["metric"],
                             tolerance=rule["tolerance"], confidence=rule["confidence"], caption=text, notes=ev.notes)
     verdicts = ev.decision.verdicts(ev.models)
-    for name in METRICS:
+    for name in r.metrics:
         marked = name == rule["metric"]
         figures.metric_heatmap(folder / f"heatmap_{name}.png", r.metrics[name], verdicts if marked else {}, ev.models,
                                name=name, title=f"{name} C[i][j]: the query model's queries on the gallery model's "
                                                f"index{'' if marked else ' (evidence)'}", caption=text, notes=ev.notes)
-    figures.margin_heatmaps(folder / "margins.png", {n: r.criteria[n].margins for n in METRICS},
+    figures.margin_heatmaps(folder / "margins.png", {n: r.criteria[n].margins for n in r.metrics},
                             {rule["metric"]: verdicts}, ev.models, caption=text, notes=ev.notes)
     figures.cmc_curves(folder / "cmc.png", r.cmc, ev.models, caption=text, notes=ev.notes)
-    figures.flip_heatmaps(folder / "negative_flips.png", r.negative_flips, ev.models, caption=text, notes=ev.notes)
+    if r.negative_flips:
+        figures.flip_heatmaps(folder / "negative_flips.png", r.negative_flips, ev.models, caption=text, notes=ev.notes)
     figures.cka_heatmap(folder / "heatmap_cka.png", r.cka, ev.models, caption=text, notes=ev.notes)
 
 
@@ -229,7 +230,7 @@ def summary(ev: Evaluation) -> str:
         lines.append("evidence, not verdicts (AC: share of pairs with C[i][j] > C[j][j], Biondi et al.; AM: mean "
                      "of C[i][j] over i >= j; definitions in compatibility.md):")
         evidence = [["metric", "AM", "AC", f"AC {LEVEL:.0%} interval"]]
-        for name in METRICS:
+        for name in r.metrics:
             c = r.criteria[name]
             low, high = c.intervals.get("AC", (math.nan, math.nan))
             evidence.append([name, f"{c.AM:.4f}", f"{c.AC:.3f}", f"[{low:.3f}, {high:.3f}]"])
