@@ -607,10 +607,12 @@ def evaluate(model_files, models_flag, exports_dir, from_store, query, gallery, 
                                     once_to_stderr, order_by_task)
     from .evaluate.report.writer import check_out_dir, summary, write_reports
     from .infer.runtime.bundle import is_bundle
+    from .infer.runtime.session import check_provider
 
     gallery = gallery or query
     writable_dir(out, "--out")
     check_out_dir(out)
+    check_provider(provider)  # an explicit GPU request is refused here even when no model will run
     if projections is not None:
         from .evaluate.study.projections import parse_methods
         projections = parse_methods(projections)

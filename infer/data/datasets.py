@@ -11,7 +11,7 @@ Specs:
       a MedMNIST-layout ``.npz`` file, split train, val or test (default); see :mod:`infer.data.npz`.
   ``generated:N``
       N generated 8x8 RGB images (a pure function of the index, no files) in 10 classes
-      (label = index mod 10): for benchmarks and tests of the embedding loop at any size.
+      (label = index mod 10), N up to MAX_GENERATED: for benchmarks and tests of the embedding loop.
 
 A data set's ``location`` is its spec resolved to an absolute place (the folder, or CIFAR's folder
 under ``--data-path``); the store names a set by it, never by a name two data sets can share.
@@ -27,14 +27,15 @@ import numpy as np
 from PIL import Image
 
 from ...common.cifar import cifar_dir, load_cifar
-from ...common.contract import MAX_IMAGE_PIXELS
-from ...common.errors import InputError
+from ...common.contract import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
+from ...common.digest import file_sha256
+from ...common.errors import InputError, shown
 from .base import CIFAR_KINDS as _CIFAR, Dataset, location_key
 from .npz import NpzDataset, parse_npz_spec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _SPLITS = ("train", "test")
-MAX_GENERATED = 10**9
+MAX_GENERATED = 10**7  # the labels (8 bytes per item) and batch ranges are held in memory: about 100 MB
 _GENERATED_SIZE, _GENERATED_CLASSES = 8, 10
 
 
@@ -65,18 +66,24 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def open_image(path: Path) -> Image.Image:
-    """The RGB image in ``path``; InputError naming the file when it cannot be decoded or its size
-    (width x height, read from the header before decoding) exceeds the contract's MAX_IMAGE_PIXELS."""
+    """The RGB image in ``path``; InputError naming the file when it cannot be decoded, is larger than
+    the contract's MAX_IMAGE_FILE_BYTES (not read then), or its size (width x height, read from the
+    header before decoding) exceeds MAX_IMAGE_PIXELS."""
     try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            raise InputError(f"{shown(path)}: {size:,} bytes, above the limit of {MAX_IMAGE_FILE_BYTES:,} for an "
+                             "image file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own, larger guard
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise InputError(f"{path}: {width} x {height} pixels, above the limit of {MAX_IMAGE_PIXELS:,}")
+                    raise InputError(f"{shown(path)}: {width} x {height} pixels, above the limit of "
+                                     f"{MAX_IMAGE_PIXELS:,}")
                 return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+        raise InputError(f"{shown(path)}: unreadable image ({type(e).__name__}: {shown(str(e)[:200])})") from None
 
 
 class FolderDataset(Dataset):
@@ -105,18 +112,24 @@ class FolderDataset(Dataset):
         return self.files[index].relative_to(self.root).as_posix()
 
     def stored_bytes(self, index: int) -> bytes:
+        path = self.files[index]
         try:
-            return self.files[index].read_bytes()
+            if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+                raise InputError(f"{shown(path)}: larger than {MAX_IMAGE_FILE_BYTES:,} bytes, not an image file")
+            return path.read_bytes()
         except OSError as e:
-            raise InputError(f"{self.files[index]}: cannot read ({e.strerror})") from None
+            raise InputError(f"{shown(path)}: cannot read ({e.strerror})") from None
 
     def _fingerprint(self) -> str:
+        """sha256 over one line per file: its name, label and sha256 (read in chunks), or ``too large``
+        for a file above MAX_IMAGE_FILE_BYTES, which is not read (:func:`open_image` refuses it)."""
         h = hashlib.sha256(f"folder {len(self.files)}\n".encode())
         for path, label in zip(self.files, self.labels):
             try:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                large = path.stat().st_size > MAX_IMAGE_FILE_BYTES
             except OSError as e:
-                raise InputError(f"{path}: cannot read ({e.strerror})") from None
+                raise InputError(f"{shown(path)}: cannot read ({e.strerror})") from None
+            digest = "too large" if large else file_sha256(path)
             h.update(f"{path.relative_to(self.root).as_posix()}\t{label}\t{digest}\n".encode())
         return h.hexdigest()
 
@@ -185,6 +198,29 @@ def legacy_dataset_key(spec: str) -> str:
         path, part = parse_npz_spec(rest)
         split = f"{path.stem}-{part}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{kind}-{split}")
+
+
+def spec_describes(spec: str, location: str) -> bool:
+    """Whether ``spec`` can name the data at ``location`` (a resolved location, see
+    :func:`dataset_location`), whatever folder it was resolved from: the same kind, the same split
+    (CIFAR, npz) or count (generated), the same folder or file name."""
+    try:
+        kind, rest = _parse(spec)
+    except InputError:
+        return False
+    where_kind, _, where = location.partition(":")
+    if kind != where_kind:
+        return False
+    if kind in _CIFAR:
+        return where.partition(":")[0] == rest
+    if kind == "generated":
+        return where == str(int(rest))
+    if kind == "npz":
+        path, split = parse_npz_spec(rest)
+        where_split, _, where_path = where.partition(":")
+        return where_split == split and Path(where_path).name == path.name
+    name = Path(rest).name
+    return not name or Path(where).name == name
 
 
 def open_dataset(spec: str, data_path: str | Path = "data") -> Dataset:
