@@ -165,7 +165,7 @@ def _declared(file: Path) -> tuple[tuple[int, ...], np.dtype, int]:
         raise InputError(f"{file}: not a readable .npy array ({str(e)[:200]})") from None
 
 
-def _load_checked(file: Path, dtype: type, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
+def load_checked(file: Path, dtype: type, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
     """The array in ``file``, refused unless its header declares ``dtype`` ``shape`` and its data bytes
     are exactly what the file holds past the header: checked before anything is allocated, so a header
     declaring 100 GB over 1 KB of data costs nothing."""
@@ -193,8 +193,8 @@ def _open_shard(path: Path, index: int, shard: Shard, dim: int, first_row: int) 
                              "embed recomputes the set")
     # Checked read into memory (one shard at a time), then mapped: pages of a mapping, once read, count
     # in the reader's resident memory, and checking every row would read every page.
-    embeddings = _load_checked(emb_file, np.float32, (shard.rows, dim), mmap=False)
-    labels = _load_checked(lab_file, np.int64, (shard.rows,), mmap=False)
+    embeddings = load_checked(emb_file, np.float32, (shard.rows, dim), mmap=False)
+    labels = load_checked(lab_file, np.int64, (shard.rows,), mmap=False)
     check_rows(embeddings, emb_file, first_row)
     return Block(_load(emb_file, mmap=True), labels)
 
