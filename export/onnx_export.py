@@ -29,15 +29,13 @@ import torch.nn as nn
 from ..common.atomic import atomic_file
 from ..common.digest import file_sha256
 from ..common.errors import InputError
-from ..common.contract import (BATCH_AXIS, FORMAT_VERSION, GATHERS, INPUTS, OUTPUTS, POOLS, PRECISIONS, QUERIES,
-                               SELECTIONS, check_choice)
+from ..common.contract import (BATCH_AXIS, DEFAULT_OPSET, FORMAT_VERSION, GATHERS, INPUTS, MIN_OPSET, OUTPUTS, POOLS,
+                               PRECISIONS, QUERIES, SELECTIONS, check_choice)
 from ..infer.runtime.metadata import ModelInfo, Preprocessing
 from ..train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, find_checkpoints, load_checkpoint,
                                 model_from_checkpoint, provenance_from_args, save_checkpoint)
 from ..train.model import DualPromptConfig, DualPromptViT
 
-DEFAULT_OPSET = 20  # onnxruntime >= 1.17; its Gelu op is what onnxruntime fuses with the bias (18 spells it with Erf)
-MIN_OPSET = 18  # the dynamo exporter's lowest
 SIZE_FACTOR = 1.05  # file bytes allowed per byte of unique parameters (backbone, prompts, keys)
 PROTOBUF_LIMIT = 2 ** 31 - 1
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}

@@ -20,7 +20,7 @@ from ..common.digest import file_sha256
 from .onnx_export import contract_prompt_index
 from ..common.errors import InputError
 from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
-from ..infer.runtime.device import TensorRTOptions
+from ..infer.runtime.options import TensorRTOptions
 from ..infer.runtime.metadata import ModelInfo
 from ..infer.data.preprocess import preprocess_batch
 from ..infer.runtime.session import create_session, model_info, run_model

@@ -13,7 +13,7 @@ from dpcompat.evaluate.adapt.adapter import Adapter
 from dpcompat.evaluate.adapt.curve import adapted_metrics, curve_sizes, learning_curve
 from dpcompat.evaluate.adapt.fit import RIDGE_GRID, fit_adapter, min_rows
 from dpcompat.evaluate.adapt.guard import check_no_leak, overlap
-from dpcompat.evaluate.metrics.ranking import retrieval_metrics
+from dpcompat.evaluate.metrics.table import retrieval_metrics
 from dpcompat.infer.store.manifest import DataRecord, Manifest, ModelRecord
 from dpcompat.infer.store.shards import write_set
 

@@ -7,9 +7,10 @@ import pytest
 
 from dpcompat.common.errors import InputError
 from dpcompat.infer.data.datasets import open_dataset
-from dpcompat.infer.embed import Engine, embed_dataset
+from dpcompat.infer.embed import embed_dataset
 from dpcompat.infer.engines import ray as ray_engine
-from dpcompat.infer.engines.ray import RayOptions, runtime_env
+from dpcompat.infer.engines.ray import runtime_env
+from dpcompat.infer.runtime.options import RayOptions, RuntimeOptions
 from onnx_fixtures import run_cli, write_data, write_model
 from test_hostile_models import assert_one_line
 from test_infer_datasets import write_folder
@@ -51,7 +52,7 @@ def test_gpus_the_cluster_lacks_are_refused_after_a_bounded_wait(tmp_path, local
     model = write_model(tmp_path / "task1.onnx")
     start = time.perf_counter()
     with pytest.raises(InputError, match=r"--gpus-per-actor 1: the Ray cluster offers 0 GPU\(s\) and 2 CPU\(s\)"):
-        embed_dataset(model, ds, tmp_path / "s", provider="cpu", engine=Engine(ray=RayOptions(gpus_per_actor=1)))
+        embed_dataset(model, ds, tmp_path / "s", runtime=RuntimeOptions(provider="cpu", ray=RayOptions(gpus_per_actor=1)))
     assert time.perf_counter() - start < 30
     assert not list((tmp_path / "s").rglob("*.partial"))
 
@@ -60,9 +61,9 @@ def test_an_unreadable_image_in_an_actor_is_the_local_engines_one_line(tmp_path,
     ds = open_dataset(f"folder:{write_folder(tmp_path / 'pets', bad=True)}")
     model = write_model(tmp_path / "task1.onnx")
     with pytest.raises(InputError) as local:
-        embed_dataset(model, ds, tmp_path / "a", provider="cpu", batch_size=3, engine=Engine(workers=0))
+        embed_dataset(model, ds, tmp_path / "a", runtime=RuntimeOptions(provider="cpu", batch_size=3, workers=0))
     with pytest.raises(InputError) as remote:
-        embed_dataset(model, ds, tmp_path / "b", provider="cpu", batch_size=3,
-                      engine=Engine(ray=RayOptions(actors=1)))
+        embed_dataset(model, ds, tmp_path / "b",
+                      runtime=RuntimeOptions(provider="cpu", batch_size=3, ray=RayOptions(actors=1)))
     assert str(remote.value) == str(local.value) and "broken.png: unreadable image" in str(local.value)
     assert "\n" not in str(remote.value)

@@ -13,12 +13,16 @@ from dpcompat.common.errors import InputError
 from dpcompat.evaluate.pipeline import GENERATED_NOTE, collect_from_models, evaluate_sets, order_by_task
 from dpcompat.evaluate.report.writer import check_out_dir
 from dpcompat.infer.data.datasets import dataset_key, dataset_location, open_dataset
-from dpcompat.infer.embed import Engine, embed_dataset
+from dpcompat.infer.embed import embed_dataset
+from dpcompat.infer.runtime.options import RuntimeOptions
 from dpcompat.infer.runtime.session import gpu_problem
 from dpcompat.infer.store.manifest import content_digest
 from dpcompat.infer.store.sets import read_set
 from onnx_fixtures import model_info, run_cli, write_data, write_model, write_random_set
 from test_hostile_models import assert_one_line
+
+
+CPU = RuntimeOptions(provider="cpu")
 
 
 def _notes(events):
@@ -35,7 +39,7 @@ def work(tmp_path):
         info = replace(model_info(task, dim=8), provenance={"data": "generated", "backbone": "random"})
         write_model(tmp_path / f"task{task}.onnx", info=info)
     models = [tmp_path / "task1.onnx", tmp_path / "task2.onnx"]
-    collect_from_models(models, "cifar10:test", "cifar10:test", data, tmp_path / "S", provider="cpu")
+    collect_from_models(models, "cifar10:test", "cifar10:test", data, tmp_path / "S", runtime=CPU)
     return tmp_path, models, data
 
 
@@ -52,7 +56,7 @@ def _edit(path, change, reseal):
 
 
 def _evaluate(work_dir, models, data, events):
-    q, g = collect_from_models(models, "cifar10:test", "cifar10:test", data, work_dir / "S", provider="cpu",
+    q, g = collect_from_models(models, "cifar10:test", "cifar10:test", data, work_dir / "S", runtime=CPU,
                                warn=_notes(events))
     return evaluate_sets(*order_by_task(q, g, _notes(events)), k=3)
 
@@ -139,11 +143,11 @@ def test_a_failed_embed_leaves_no_empty_partial_folder_and_says_when_it_resumes(
     data = write_data(tmp_path / "D", test_per_class=1)
     nan = write_model(tmp_path / "nan.onnx", poison=float("nan"))
     with pytest.raises(InputError, match="NaN or Inf") as e:
-        embed_dataset(nan, open_dataset("cifar10:test", data), tmp_path / "S", provider="cpu")
+        embed_dataset(nan, open_dataset("cifar10:test", data), tmp_path / "S", runtime=CPU)
     assert "resumes" not in str(e.value) and not list((tmp_path / "S").rglob("*.partial"))
     ds = open_dataset("generated:3")
     model = write_model(tmp_path / "task1.onnx")
-    options = dict(provider="cpu", batch_size=1, shard_rows=1, engine=Engine(workers=0), warn=lambda m: None)
+    options = dict(runtime=RuntimeOptions(provider="cpu", batch_size=1, workers=0), shard_rows=1, warn=lambda m: None)
 
     def unreadable_third(index, image=ds.image):
         if index == 2:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ...common.errors import InputError
 from ...infer.store.sets import EmbeddingSet
-from ..metrics.ranking import retrieval_metrics
+from ..metrics.table import retrieval_metrics
 from .adapter import Adapter
 from .apply import adapted_embeddings
 from .fit import check_pair, fit_adapter, min_rows

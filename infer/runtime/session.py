@@ -25,9 +25,10 @@ import onnxruntime as ort
 
 from ...common.errors import InputError, shown
 from ...common.contract import BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, parse_provider
-from .device import ORT_PROVIDER, TensorRTOptions, provider_chain, run_bound
+from .device import ORT_PROVIDER, provider_chain, run_bound
 from .graph import check_graph, check_inputs, check_outputs
 from .limits import ORT_ERRORS, cap_cpu_memory, quiet_run, remember, run_failure
+from .options import TensorRTOptions
 from .metadata import ModelInfo
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
