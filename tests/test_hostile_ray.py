@@ -52,7 +52,8 @@ def test_gpus_the_cluster_lacks_are_refused_after_a_bounded_wait(tmp_path, local
     model = write_model(tmp_path / "task1.onnx")
     start = time.perf_counter()
     with pytest.raises(InputError, match=r"--gpus-per-actor 1: the Ray cluster offers 0 GPU\(s\) and 2 CPU\(s\)"):
-        embed_dataset(model, ds, tmp_path / "s", runtime=RuntimeOptions(provider="cpu", ray=RayOptions(gpus_per_actor=1)))
+        embed_dataset(model, ds, tmp_path / "s",
+                      runtime=RuntimeOptions(provider="cpu", ray=RayOptions(gpus_per_actor=1)))
     assert time.perf_counter() - start < 30
     assert not list((tmp_path / "s").rglob("*.partial"))
 

@@ -147,7 +147,8 @@ def test_a_failed_embed_leaves_no_empty_partial_folder_and_says_when_it_resumes(
     assert "resumes" not in str(e.value) and not list((tmp_path / "S").rglob("*.partial"))
     ds = open_dataset("generated:3")
     model = write_model(tmp_path / "task1.onnx")
-    options = dict(runtime=RuntimeOptions(provider="cpu", batch_size=1, workers=0), shard_rows=1, warn=lambda m: None)
+    options = dict(runtime=RuntimeOptions(provider="cpu", batch_size=1, workers=0), shard_rows=1,
+                   warn=lambda m: None)
 
     def unreadable_third(index, image=ds.image):
         if index == 2:

@@ -51,7 +51,8 @@ _BEGINNINGS = {".png": (b"\x89PNG\r\n\x1a\n",), ".json": (b"{",), ".md": (b"# ",
 def _foreign_entry(entry: Path) -> Optional[str]:
     """Why ``entry`` (named like a report file) is not one a report wrote, or None when it is."""
     if entry.is_symlink() or not entry.is_file():
-        return f"{shown(entry.name)} is {'a link' if entry.is_symlink() else 'a folder' if entry.is_dir() else 'not a file'}"
+        kind = "a link" if entry.is_symlink() else "a folder" if entry.is_dir() else "not a file"
+        return f"{shown(entry.name)} is {kind}"
     starts = _BEGINNINGS.get(entry.suffix)
     if starts is None:
         return None
