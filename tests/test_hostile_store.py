@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from dpcompat.common.errors import InputError
-from dpcompat.evaluate.pipeline import GENERATED_NOTE, collect_from_models, evaluate_sets, order_by_task
+from dpcompat.common.provenance import GENERATED_NOTE
+from dpcompat.evaluate.pipeline import collect_from_models, evaluate_sets, order_by_task
 from dpcompat.evaluate.report.writer import check_out_dir
 from dpcompat.infer.data.datasets import dataset_key, dataset_location, open_dataset
 from dpcompat.infer.embed import embed_dataset
