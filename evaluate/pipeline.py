@@ -15,14 +15,15 @@ from .metrics.table import deepest, metric as table_metric
 from .metrics.unlabelled import metric_names, primary_metric, require_same_items
 from .search.backfill import backfill_order, backfilled_counts, backfilled_values, fractions
 from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
-from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
+from ..infer.data.base import CIFAR_KINDS
+from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset, spec_describes
 from ..infer.embed import embed_model, model_targets
 from ..common.contract import QUERY_OUTPUT
 from ..common.provenance import notes as model_notes
 from ..common.errors import InputError
 from ..infer.runtime.metadata import ModelInfo
 from ..infer.runtime.options import RuntimeOptions
-from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
+from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_manifest, read_set, set_path
 
 
 @dataclass
@@ -190,20 +191,51 @@ def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: s
     return sets[query_spec], sets[gallery_spec]
 
 
+def _held_locations(store: str | Path, model_id: str) -> list[str]:
+    """'location (spec)' of every set the store holds for ``model_id`` (those whose manifest reads)."""
+    folder = Path(store) / model_id
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_dir() and not path.name.startswith("."):
+            try:
+                data = read_manifest(path).dataset
+            except InputError:
+                continue
+            found.append(f"{data.location} ({data.spec})")
+    return found
+
+
+def _missing_set(path: Path, store: str | Path, model_id: str, spec: str, location: str) -> InputError:
+    """Why there is no stored set of ``model_id`` on ``spec`` at ``path``: the location looked for, and
+    the locations the store holds for that model (a CIFAR spec's depends on --data-path)."""
+    held = _held_locations(store, model_id)
+    where = (f"the store holds {model_id} on {'; '.join(held)[:600]}" if held else
+             f"the store holds no set of {model_id}")
+    hint = " (--data-path decides where a CIFAR spec points: give the one it was embedded with)" \
+        if spec.split(":")[0] in CIFAR_KINDS and held else ""
+    return InputError(f"{path}: no stored set of {model_id} on {spec} at {location}; {where}{hint}; embed it first, "
+                      "or pass the ONNX files")
+
+
 def _stored_set(store: str | Path, model_id: str, spec: str, data_path: str | Path) -> EmbeddingSet:
-    """The stored set of ``model_id`` on ``spec``, refused unless its manifest names the data asked for."""
+    """The stored set of ``model_id`` on ``spec``, refused unless its manifest names the data asked for:
+    its location, and a spec that names that location (an edited spec would mislabel the report)."""
     location = dataset_location(spec, data_path)
     path = set_path(store, model_id, dataset_key(spec, data_path))
     if not path.is_dir():
         legacy = set_path(store, model_id, legacy_dataset_key(spec))
-        hint = (f"; {legacy} is a set in store format 1, which does not record its data's location: run embed "
-                "with its model and data once to migrate it") if (legacy / "embeddings.npy").is_file() else ""
-        raise InputError(f"{path}: no stored set of {model_id} on {spec} (embed it first, or pass the ONNX files)"
-                         + hint)
+        if (legacy / "embeddings.npy").is_file():
+            raise InputError(f"{path}: no stored set of {model_id} on {spec}; {legacy} is a set in store format 1, "
+                             "which does not record its data's location: run embed with its model and data once to "
+                             "migrate it")
+        raise _missing_set(path, store, model_id, spec, location)
     stored = read_set(path)
-    if stored.manifest.dataset.location != location:
-        raise InputError(f"{path}: holds embeddings of {stored.manifest.dataset.location}, not of the data asked "
-                         f"for, {location}")
+    data = stored.manifest.dataset
+    if data.location != location:
+        raise InputError(f"{path}: holds embeddings of {data.location}, not of the data asked for, {location}")
+    if not spec_describes(data.spec, location):
+        raise InputError(f"{path}: its manifest names the data {data.spec[:100]!r}, which is not {spec} at "
+                         f"{location}: the manifest was edited; embed recomputes the set")
     return stored
 
 

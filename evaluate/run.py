@@ -16,6 +16,7 @@ from ..common.errors import InputError
 from ..common.outputs import writable_dir
 from ..infer.runtime.bundle import is_bundle
 from ..infer.runtime.options import RuntimeOptions
+from ..infer.runtime.session import check_provider
 from ..infer.store.sets import EmbeddingSet
 from .pipeline import (DecisionOptions, Evaluation, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
@@ -130,6 +131,7 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     decision = opts.decision()
     writable_dir(opts.out, "--out")
     check_out_dir(opts.out)
+    check_provider(opts.runtime.provider)  # an explicit GPU request is refused even when no model will run
     methods = None
     if opts.projections is not None:
         from .study.projections import parse_methods

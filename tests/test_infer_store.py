@@ -8,7 +8,7 @@ import pytest
 
 from dpcompat.common.digest import file_sha256
 from dpcompat.common.errors import InputError
-from dpcompat.infer.store.manifest import shard_files
+from dpcompat.infer.store.manifest import content_digest, shard_files
 from dpcompat.infer.runtime.metadata import Preprocessing
 from dpcompat.infer.store.shards import write_set
 from dpcompat.infer.store.sets import check_comparable, read_set, set_path
@@ -29,9 +29,12 @@ def test_round_trip_in_shards(tmp_path):
     assert not leftovers(tmp_path)
 
 
-def _edit_manifest(path, change):
+def _edit_manifest(path, change, reseal=False):
+    """Edit the manifest; ``reseal``: forge its own digest too (an editor who knows the format)."""
     m = json.loads((path / "manifest.json").read_text())
     change(m)
+    if reseal:
+        m["manifest_sha256"] = content_digest(m)
     (path / "manifest.json").write_text(json.dumps(m))
 
 
@@ -41,7 +44,7 @@ def _redigest(path, index=0):
 
     def change(m):
         m["shards"][index].update(embeddings_sha256=file_sha256(path / emb), labels_sha256=file_sha256(path / lab))
-    _edit_manifest(path, change)
+    _edit_manifest(path, change, reseal=True)
 
 
 def _rewrite(path, name, change, forge=True):

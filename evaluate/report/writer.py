@@ -27,7 +27,7 @@ from ..metrics.table import metric
 from ..pipeline import Evaluation
 from ..metrics.significance import LEVEL
 from ...common.atomic import replaced_dir, write_json
-from ...common.errors import InputError
+from ...common.errors import InputError, shown
 
 JSON_FILE = "compatibility.json"
 CSV_FILE = "compatibility.csv"
@@ -43,18 +43,47 @@ def _report_name(name: str) -> bool:
         name.startswith(("heatmap_", "backfill_")) and name.endswith(".png"))
 
 
+# How a file the report writes begins, by suffix: a previous report's entry must be a plain file that
+# begins so, else it is not ours (a folder, a link, someone's notes under a report's name) and --out refuses.
+_BEGINNINGS = {".png": (b"\x89PNG\r\n\x1a\n",), ".json": (b"{",), ".md": (b"# ",), ".csv": (b"metric,",),
+               ".html": (b"<!DOCTYPE html", b"<!doctype html", b"<html")}
+
+
+def _foreign_entry(entry: Path) -> Optional[str]:
+    """Why ``entry`` (named like a report file) is not one a report wrote, or None when it is."""
+    if entry.is_symlink() or not entry.is_file():
+        kind = "a link" if entry.is_symlink() else "a folder" if entry.is_dir() else "not a file"
+        return f"{shown(entry.name)} is {kind}"
+    starts = _BEGINNINGS.get(entry.suffix)
+    if starts is None:
+        return None
+    try:
+        with open(entry, "rb") as f:
+            head = f.read(max(map(len, starts)))
+    except OSError as e:
+        return f"{shown(entry.name)} cannot be read ({e.strerror})"
+    return None if head.startswith(starts) else f"{shown(entry.name)} is not a report's {entry.suffix[1:]} file"
+
+
 def check_out_dir(out_dir: str | Path) -> Path:
     """Refuse, before any work, an ``--out`` that cannot become a report folder: a file, a folder
-    holding anything but a previous report (it is replaced as a whole), or an unwritable place."""
+    holding anything but a previous report (it is replaced as a whole: every entry must be named like
+    a report's file, be a plain file, and begin as that kind of file does), or an unwritable place."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not _report_name(p.name))
+        entries = sorted(out.iterdir())
+        foreign = [shown(p.name) for p in entries if not _report_name(p.name)]
         if foreign:
             raise InputError(f"--out {out}: holds files that are not part of a report ({', '.join(foreign[:3])}"
                              f"{', ...' if len(foreign) > 3 else ''}); the folder is replaced as a whole, "
                              "so give an empty or new folder")
+        wrong = [why for why in map(_foreign_entry, entries) if why]
+        if wrong:
+            raise InputError(f"--out {out}: {'; '.join(wrong[:3])}{'; ...' if len(wrong) > 3 else ''}: not what a "
+                             "report writes there, and the folder is replaced as a whole; move it, or give an empty "
+                             "or new folder")
     anchor = next(p for p in out.absolute().parents if p.exists())  # the temporary folder is made beside out
     if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
         raise InputError(f"--out {out}: cannot write in {anchor}")
