@@ -27,7 +27,7 @@ from ..metrics.compat import Criteria
 from ..metrics.table import METRICS, flip_names
 from ..pipeline import Evaluation
 from ..metrics.significance import LEVEL
-from ...common.atomic import replaced_dir, write_json
+from ...common.atomic import atomic_file, replaced_dir, write_json
 from ...common.errors import InputError
 from ...common.tables import text_columns
 
@@ -208,6 +208,17 @@ def write_reports(ev: Evaluation, out_dir: str | Path) -> list[Path]:
         write_html(tmp)
         names = sorted(p.name for p in tmp.iterdir())
     return [out / name for name in names]
+
+
+def rewrite_adapters(ev: Evaluation, out_dir: str | Path) -> list[Path]:
+    """Rewrite the files of the report folder ``out_dir`` (written by :func:`write_reports` from the
+    same evaluation) that show the adapted rows: compatibility.json, compatibility.md and report.html,
+    each atomically; the CSV and the figures hold none and are kept. Returns the files rewritten."""
+    out = Path(out_dir)
+    write_json(out / JSON_FILE, report_dict(ev))
+    with atomic_file(out / MARKDOWN_FILE) as tmp:
+        tmp.write_text(markdown(ev))
+    return [out / JSON_FILE, out / MARKDOWN_FILE, write_html(out)]
 
 
 def summary(ev: Evaluation) -> str:
