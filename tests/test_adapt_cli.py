@@ -317,3 +317,24 @@ def test_adapt_and_evaluate_adapters_run_with_torch_blocked(rotated):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "loaded []" in r.stdout and "gallery adapter" in r.stdout
     assert json.loads((root / "reports" / "compatibility.json").read_text())["adapters"]["rows"][0]["verdict"]
+
+
+def test_bench_adapt_measures_fits_and_the_transform_against_the_peak(tmp_path, monkeypatch, capfd):
+    from dpcompat.bench.adapt import bench_adapt, format_adapt
+    from dpcompat.infer.runtime import throughput
+
+    monkeypatch.setattr(throughput, "matmul_peak", lambda provider: {"provider": provider, "runs": [], "peak": 1e10})
+    result = bench_adapt(tmp_path, rows=3000, dim=32, kinds=("orthogonal", "linear"), repeats=1)
+    assert [f["kind"] for f in result["fit"]] == ["orthogonal", "linear"] and result["fit"][1]["ridge"] is not None
+    assert all(f["seconds"] > 0 and f["peak_extra_mib"] > 0 and f["rows_per_s"] > 0 for f in result["fit"])
+    a = result["apply"]
+    assert a["rows"] == 3000 and a["kernel_rows"] == 3000 and a["kind"] == "orthogonal"
+    assert a["fraction_of_peak"] == pytest.approx(2 * 32 * 32 * 3000 / a["seconds"] / 1e10)
+    assert a["kernel_fraction_of_peak"] == pytest.approx(a["kernel_flops"] / 1e10)
+    old = read_set(set_path(tmp_path / "store", "old", dataset_key("generated:3000")))
+    new = read_set(set_path(tmp_path / "store", "new", dataset_key("generated:3000")))
+    moved = read_set(set_path(tmp_path / "store", "old-to-new", dataset_key("generated:3000")))
+    assert moved.manifest.transformed and np.einsum("nd,nd->n", moved.embeddings, new.embeddings).mean() > 0.95
+    assert old.count == 3000 and "of peak" in format_adapt(result) and "load average" in format_adapt(result)
+    code, _, err = run(capfd, "bench", "adapt", "--kinds", "orthogonal,sideways", "--workdir", "b", cwd=tmp_path)
+    assert code == 2 and "--kinds 'sideways': expected one of orthogonal, linear, affine" in err
