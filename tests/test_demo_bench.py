@@ -115,7 +115,7 @@ def test_bench_evaluate_and_export(tmp_path):
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["cells"] == 6 and e["seconds"] > 0 and e["peak_extra_mib"] > 0
     assert e["products_seconds"] > 0 and e["ratio_to_products"] == pytest.approx(e["seconds"] / e["products_seconds"])
-    assert set(e["stages"]) == {"cells", "bootstrap", "tests_and_criteria", "cka"} and e["resamples"] == 1000
+    assert set(e["stages"]) == {"cells", "bootstrap", "tests_and_criteria", "cka", "decision"} and e["resamples"] == 1000
     r = run_cli("bench", "export", "--model", "vit_tiny_patch16_224", "--workdir", "bx", "--json", "x.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     x = json.loads((tmp_path / "x.json").read_text())
