@@ -207,7 +207,8 @@ def adapter_stage(workdir: Path, data: Path, bundle: Path, query, gallery, ev, p
     (with the learning curve) to the report's JSON, Markdown and HTML, as ``evaluate --adapters`` does."""
     from .evaluate.adapt.collect import evaluate_rows, row_inputs
     from .evaluate.adapt.fit import fit_adapter
-    from .evaluate.pipeline import DecisionOptions, collect_from_models
+    from .evaluate.decide import DecisionOptions
+    from .evaluate.pipeline import collect_from_models
     from .evaluate.report.adapters import adapters_summary
     from .evaluate.report.writer import rewrite_adapters
 
