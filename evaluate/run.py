@@ -17,7 +17,7 @@ from ..common.outputs import writable_dir
 from ..infer.runtime.bundle import is_bundle
 from ..infer.runtime.options import RuntimeOptions
 from ..infer.store.sets import EmbeddingSet
-from .pipeline import (Evaluation, collect_from_models, collect_from_store, evaluate_sets, model_files,
+from .pipeline import (DecisionOptions, Evaluation, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
 from .report.writer import check_out_dir, write_reports
 from .search.production import ProductionOptions
@@ -33,6 +33,7 @@ class EvaluateOptions:
     ``out`` is replaced by the report folder. ``no_backbone``: a bundle's tasks without its frozen
     backbone. ``projections``: ``pca``, ``tsne`` or both, comma-separated (None: none).
     ``precision_exports``: folders of fp16/int8 exports mirroring the models' files.
+    ``primary_metric`` and ``tolerance``: the decision rule (:mod:`.metrics.decision`).
     """
 
     model_files: tuple[str, ...] = ()
@@ -52,6 +53,15 @@ class EvaluateOptions:
     precision_exports: tuple[str, ...] = ()
     production: ProductionOptions = field(default_factory=ProductionOptions)
     runtime: RuntimeOptions = RuntimeOptions()
+    primary_metric: str = "top1"
+    tolerance: float = 0.01
+
+    def decision(self) -> DecisionOptions:
+        """The decision rule and the backfill grid it searches (--backfill-steps/-seed/-order); InputError
+        for a metric or tolerance the rule refuses, before any work."""
+        p = self.production
+        return DecisionOptions.of(self.primary_metric, self.tolerance, p.backfill_steps, p.backfill_seed,
+                                  p.backfill_order)
 
 
 @dataclass
@@ -101,6 +111,7 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     (with ``projections.png`` when asked for). Every check that needs no data comes before any work."""
     if opts.precision_exports and opts.from_store is not None:
         raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
+    decision = opts.decision()
     writable_dir(opts.out, "--out")
     check_out_dir(opts.out)
     methods = None
@@ -111,7 +122,7 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     q, g, files = _sets(opts, opts.gallery or opts.query)
     q, g = order_by_task(q, g, once_to_stderr())
     with cell_bar("cells", disable=not opts.runtime.progress) as progress:
-        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress)
+        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, options=decision)
     written = write_reports(ev, opts.out)
     if methods:
         from .report.html import write_html
