@@ -211,10 +211,10 @@ def q(path: str | Path) -> str:
     return shlex.quote(str(path))
 
 
-def next_commands(workdir: str | Path, s: DemoSettings, *, launcher: str, gate: bool) -> list[str]:
+def next_commands(workdir: str | Path, s: DemoSettings, *, launcher: str) -> list[str]:
     """The stages one by one on the demo's files, as commands that run from the folder the demo ran in
     (``workdir`` as it was given; ``launcher``: how to start the command line, e.g. ``python cli.py``):
-    export and verify the last task's file, embed it, evaluate every task's file and, with ``gate``,
+    export and verify the last task's file, embed it, evaluate every task's file and
     the release decision for the last task on the first task's gallery (``--allow-demo``: the demo's data
     is generated or its backbone random, which the gate otherwise refuses)."""
     w, last = Path(workdir), s.num_tasks
@@ -225,10 +225,8 @@ def next_commands(workdir: str | Path, s: DemoSettings, *, launcher: str, gate: 
                 f"--data-path {data} --limit {s.verify_count}",
                 f"embed --model {files[-1]} --dataset cifar10:test --data-path {data} --store {store}",
                 f"evaluate --models {' '.join(files)} --query cifar10:test --data-path {data} --store {store} "
-                f"--out {q(w / 'reports-tasks')}"]
-    if gate:
-        commands.append(f"gate --report {q(w / 'reports-tasks')} --deployed {files[0]} --candidate {files[-1]} "
-                        "--allow-demo")
+                f"--out {q(w / 'reports-tasks')}",
+                f"gate --report {q(w / 'reports-tasks')} --deployed {files[0]} --candidate {files[-1]} --allow-demo"]
     return [f"{launcher} {c}" for c in commands]
 
 

@@ -36,9 +36,8 @@ def demo(workdir, data_path, download, pretrained_weights, smoke, distill_weight
         click.echo(f"NOTE: {note}")
     click.echo(f"report: {Path(workdir) / 'reports' / 'compatibility.md'}")
     click.echo(f"heatmap: {Path(workdir) / 'reports' / 'heatmap_top1.png'}")
-    gate = "gate" in click.get_current_context().find_root().command.commands
     click.echo("\nnext, each stage on its own with the demo's files (run from this folder):")
-    for line in next_commands(workdir, SMOKE if smoke else DEMO, launcher=launcher(), gate=gate):
+    for line in next_commands(workdir, SMOKE if smoke else DEMO, launcher=launcher()):
         click.echo(f"  {line}")
 
 
