@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,52 +36,77 @@ def write_random_store(store: str | Path, *, models: int = 10, n: int = 10_000, 
 
 
 def products_seconds(query: list[np.ndarray], gallery: list[np.ndarray]) -> float:
-    """Time of the similarity products of every cell i >= j alone, in the blocks the evaluation uses."""
-    import time
-
-    from ..evaluate.metrics.ranking import _BLOCK_ELEMENTS
+    """Time of the similarity products of every cell i >= j alone, in the blocks and by the function
+    the evaluation uses (:func:`evaluate.metrics.ranking.similarities`)."""
+    from ..evaluate.metrics.ranking import _usable_cpus, block_rows, similarities
 
     start = time.perf_counter()
     for i in range(len(query)):
         q = np.asarray(query[i])
         for j in range(i + 1):
-            g = np.asarray(gallery[j])
-            block = max(1, _BLOCK_ELEMENTS // len(g))
+            g = np.ascontiguousarray(gallery[j], dtype=np.float32)
+            block = block_rows(len(g), _usable_cpus())
             for s in range(0, len(q), block):
-                q[s:s + block] @ g.T
+                similarities(q[s:s + block], g)
     return time.perf_counter() - start
 
 
+def ranking_ns(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, requires: frozenset, *, k: int = 5) -> float:
+    """CPU nanoseconds per similarity of the ranking step alone, single-threaded, on one cell: queries
+    [N, D] against the gallery [N, D] (the same items: own image left out), in the evaluation's
+    blocks; the products are computed first and not counted."""
+    from ..evaluate.metrics.ranking import block_rows, ranked_outcomes, similarities
+    from ..evaluate.metrics.selection import LabelColumns
+
+    gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+    columns, block, spent = LabelColumns.of(labels), block_rows(len(gallery), 1), 0.0
+    for s in range(0, len(query), block):
+        similarity = similarities(query[s:s + block], gallery)
+        similarity[np.arange(len(similarity)), np.arange(s, s + len(similarity))] = -np.inf
+        start = time.thread_time()
+        ranked_outcomes(similarity, labels[s:s + block], labels, k=k, columns=columns, requires=requires)
+        spent += time.thread_time() - start
+    return spent * 1e9 / (len(query) * len(gallery))
+
+
 def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768,
-                   classes: int = 10) -> dict:
+                   classes: int = 10, full_map: bool = False) -> dict:
     """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
-    (not timed), beside the time of its similarity products alone (measured in the same run, first).
+    (not timed), beside the time of its similarity products alone (measured in the same run, first),
+    and the ranking's CPU time per similarity (:func:`ranking_ns`, on the cell of the last two models).
 
     Extra memory is what the evaluation allocates beyond the memory-mapped sets (tracemalloc, which
     numpy reports its buffers to). ``stages`` splits the evaluation: cells (products, ranking and
     every per-query metric), bootstrap, tests_and_criteria (McNemar, intervals, verdicts, CMC, flips), cka.
+    ``full_map``: with the exact mAP (``evaluate --full-map``), which sorts every similarity row.
     """
     import resource
-    import time
     import tracemalloc
 
+    from ..evaluate.metrics.ranking import FIRST_HIT
+    from ..evaluate.metrics.table import chosen, requirements
     from ..evaluate.pipeline import collect_from_store, evaluate_sets
     from .machine import machine_info
 
     ids = write_random_store(Path(workdir) / "store", models=models, n=n, dim=dim, classes=classes)
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
     products = products_seconds([s.embeddings for s in query], [s.embeddings for s in gallery])
+    names = chosen(full_map=full_map)
+    ranking = ranking_ns(query[-1].embeddings, gallery[max(models - 2, 0)].embeddings, query[0].labels,
+                         requirements(names) | {FIRST_HIT})
     tracemalloc.start()
     start = time.perf_counter()
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
-    ev = evaluate_sets(query, gallery)
+    ev = evaluate_sets(query, gallery, full_map=full_map)
     seconds = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {"benchmark": "evaluate", "models": models, "queries": n, "gallery": n, "dim": dim, "classes": classes,
-            "cells": models * (models + 1) // 2, "seconds": seconds, "products_seconds": products,
-            "ratio_to_products": seconds / products, "stages": ev.result.seconds, "resamples": ev.result.resamples,
+            "metrics": list(names), "cells": models * (models + 1) // 2, "seconds": seconds,
+            "products_seconds": products, "ratio_to_products": seconds / products,
+            "ranking_ns_per_similarity": ranking, "stages": ev.result.seconds, "resamples": ev.result.resamples,
             "peak_extra_mib": peak / 2**20,
             # the whole process: imports, the memory-mapped sets' pages and BLAS buffers included
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "own_image_left_out": ev.protocol["own_image_left_out"], "machine": machine_info()}
+            "own_image_left_out": ev.protocol["own_image_left_out"], "load_average": list(os.getloadavg()),
+            "machine": machine_info()}

@@ -16,7 +16,8 @@ C[i][j] > C[j][j]. With T models (0-based indices here, models 1..T in the paper
   fraction of queries that model j answered right against its own gallery and model i's query
   answers wrong against the same gallery (the metrics marked ``flip`` in :mod:`.table`: top-1, kNN).
 
-Every metric of :data:`.table.METRICS` gets its matrix, criteria and per-cell tests.
+Every metric computed (:func:`.table.chosen`: all of :data:`.table.METRICS` but the opt-in exact
+mAP, unless asked for) gets its matrix, criteria and per-cell tests.
 
 Uncertainty and the per-cell verdict: see :mod:`.significance`.
 """
@@ -29,8 +30,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import table
-from .ranking import FIRST_HIT, QueryOutcomes, check_depth, cmc_curve, linear_cka_matrix, retrieval_outcomes
-from .significance import RESAMPLES, SEED, bootstrap_means, interval, mcnemar_exact, verdict
+from .cka import linear_cka_matrix
+from .neighbours import cmc_curve
+from .ranking import FIRST_HIT, QueryOutcomes, check_depth, retrieval_outcomes
+from .significance import RESAMPLES, SEED, bootstrap_means, count_interval, interval, mcnemar_exact, verdict
 from .table import METRICS
 
 CMC_DEPTH = 10
@@ -60,7 +63,8 @@ class Criteria:
 
     ``compatible``: (i, j, C[i][j] > C[j][j]) for every i > j; ``margins`` [T, T]: C[i][j] - C[j][j]
     for i > j, NaN elsewhere; ``update_gain`` [T, T] likewise (NaN also where undefined);
-    ``ac_per_model`` [T] (NaN for the first model); ``intervals``: name -> (low, high) for AC, BC, FC.
+    ``ac_per_model`` [T] (NaN for the first model); ``intervals``: name -> (low, high) for AC (a count
+    interval, :func:`.significance.count_interval`), BC and FC (bootstrap percentile intervals).
     """
 
     AC: float
@@ -80,7 +84,8 @@ class Criteria:
 
 @dataclass
 class Compatibility:
-    """``metrics[name]`` [T, T] lower-triangular matrices, ``criteria[name]``, ``cka`` [T, T] symmetric,
+    """``metrics[name]`` [T, T] lower-triangular matrices of the metrics computed (table order),
+    ``criteria[name]``, ``cka`` [T, T] symmetric,
     ``cmc`` [T, T, depth] (NaN above the diagonal), ``negative_flips[name]`` [T, T] for each flip
     metric (:func:`.table.flip_names`; NaN except below the diagonal), ``queries`` N,
     ``resamples``/``seed`` of the bootstrap and ``seconds`` spent per stage (cells: products and
@@ -149,16 +154,17 @@ def _with_significance(point: Criteria, name: str, per_query: np.ndarray, resamp
             test.p_value = mcnemar_exact(test.lost, test.gained)
         test.verdict = verdict(test.low, test.high, test.p_value)
         tests.append(test)
-    bounds = {key: tuple(float(x) for x in interval(value)) for key, value in zip(("AC", "BC", "FC"), _reduce(resampled))}
+    bounds = {"AC": count_interval(per_query[:, i, j] - per_query[:, j, j]),
+              **{key: tuple(float(x) for x in interval(value)) for key, value in zip(("BC", "FC"), _reduce(resampled)[1:])}}
     point.intervals, point.tests = bounds if t > 1 else {}, sorted(tests, key=lambda c: (c.query, c.gallery))
     return point
 
 
 def _cells(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
-           gallery_labels: np.ndarray, k: int, exclude_self: bool,
+           gallery_labels: np.ndarray, k: int, exclude_self: bool, names: Sequence[str],
            progress: Optional[Callable[[int, int], None]]) -> dict[tuple[int, int], QueryOutcomes]:
     t = len(query)
-    requires = table.requirements() | {FIRST_HIT}  # CMC reads the first relevant place
+    requires = table.requirements(names) | {FIRST_HIT}  # CMC reads the first relevant place
     outcomes = {}
     for i in range(t):
         for j in range(i + 1):
@@ -169,9 +175,10 @@ def _cells(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_lab
     return outcomes
 
 
-def _cmc_and_flips(outcomes: dict[tuple[int, int], QueryOutcomes], t: int, depth: int) -> tuple[np.ndarray, dict]:
+def _cmc_and_flips(outcomes: dict[tuple[int, int], QueryOutcomes], t: int, depth: int,
+                   names: Sequence[str]) -> tuple[np.ndarray, dict]:
     cmc = np.full((t, t, depth), np.nan)
-    flips = {name: np.full((t, t), np.nan) for name in table.flip_names()}
+    flips = {name: np.full((t, t), np.nan) for name in table.flip_names() if name in names}
     for (i, j), cell in outcomes.items():
         cmc[i, j] = cmc_curve(cell.first_hit, depth)
         if i > j:
@@ -184,7 +191,7 @@ def _cmc_and_flips(outcomes: dict[tuple[int, int], QueryOutcomes], t: int, depth
 def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
                   gallery_labels: np.ndarray, *, k: int = 5, exclude_self: bool = False,
                   progress: Optional[Callable[[int, int], None]] = None, resamples: int = RESAMPLES,
-                  seed: int = SEED) -> Compatibility:
+                  seed: int = SEED, names: Optional[Sequence[str]] = None) -> Compatibility:
     """Every metric for every pair (query model i, gallery model j <= i), criteria with intervals, CMC,
     negative flip rates and CKA.
 
@@ -198,6 +205,8 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
         image out of its gallery.
     progress : called with (cells done, cells in all) after each cell.
     resamples, seed : of the bootstrap (:mod:`.significance`).
+    names : the metrics to compute, default :func:`.table.chosen` (``table.chosen(full_map=True)``
+        adds the exact mAP, which sorts every similarity row).
 
     Returns
     -------
@@ -206,20 +215,21 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
     t, n = len(query), len(query_labels)
     check_depth(len(gallery_labels) - exclude_self, table.ranked_places(k))
     start = time.perf_counter()
-    outcomes = _cells(query, gallery, query_labels, gallery_labels, k, exclude_self, progress)
+    names = table.chosen() if names is None else tuple(names)
+    outcomes = _cells(query, gallery, query_labels, gallery_labels, k, exclude_self, names, progress)
     seconds = {"cells": time.perf_counter() - start}
     start = time.perf_counter()
     lower = list(outcomes)
     per_query = {name: np.stack([table.per_query(outcomes[c], name) for c in lower], axis=1)
-                 for name in METRICS}  # [N, cells]
-    resampled = bootstrap_means(np.concatenate([per_query[name] for name in METRICS], axis=1),
+                 for name in names}  # [N, cells]
+    resampled = bootstrap_means(np.concatenate([per_query[name] for name in names], axis=1),
                                 resamples=resamples, seed=seed)
     seconds["bootstrap"] = time.perf_counter() - start
     start = time.perf_counter()
-    summaries = [table.summary(outcomes[c]) for c in lower]
+    summaries = [table.summary(outcomes[c], names) for c in lower]
     matrices, result_criteria = {}, {}
     rows, cols = np.array(lower).T
-    for m, name in enumerate(METRICS):
+    for m, name in enumerate(names):
         values, boot = np.full((n, t, t), np.nan), np.full((resamples, t, t), np.nan)
         values[:, rows, cols] = per_query[name]
         boot[:, rows, cols] = resampled[:, m * len(lower):(m + 1) * len(lower)]
@@ -227,7 +237,7 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
         matrices[name][rows, cols] = [s[name] for s in summaries]
         result_criteria[name] = _with_significance(criteria(matrices[name], min_denominator=1.0 / n), name,
                                                    values, boot)
-    cmc, flips = _cmc_and_flips(outcomes, t, min(CMC_DEPTH, len(gallery_labels) - exclude_self))
+    cmc, flips = _cmc_and_flips(outcomes, t, min(CMC_DEPTH, len(gallery_labels) - exclude_self), names)
     seconds["tests_and_criteria"] = time.perf_counter() - start
     start = time.perf_counter()
     cka = linear_cka_matrix(query)

@@ -2,21 +2,22 @@
 a figure was computed on, and a model's label."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
-from ..metrics.table import METRICS, flip_names
+from ..metrics.table import METRICS, chosen, flip_names
 from ..metrics.significance import LEVEL
 from ..pipeline import Evaluation
 
 
-def figure_files() -> dict[str, str]:
-    """``{file name: one-line explanation}`` of every figure, in the order the report lists them."""
+def figure_files(names: Optional[Sequence[str]] = None) -> dict[str, str]:
+    """``{file name: one-line explanation}`` of every figure of a report on the metrics ``names``
+    (default :func:`.table.chosen`), in the order the report lists them."""
     files = {f"heatmap_{name}.png": f"{name} C[i][j] on a fixed 0-1 scale; cells marked + compatible, "
-                                     "\u2212 not compatible, ? undecided at this N" for name in METRICS}
+                                     "\u2212 not compatible, ? undecided at this N" for name in (names or chosen())}
     files["margins.png"] = ("C[i][j] \u2212 C[j][j] of every metric on a diverging scale centred on each column's "
                             "diagonal: blue = the new query beats the old model on its own gallery, red = worse")
     files["cmc.png"] = "CMC curves (top-k accuracy, k = 1..depth) of the diagonal cells and of the newest model's row"
-    flips = ", ".join(METRICS[name].label for name in flip_names())
+    flips = ", ".join(METRICS[name].label for name in flip_names() if name in (names or chosen()))
     files["negative_flips.png"] = (f"negative flip rates ({flips}): queries the old model answered right on its "
                                    "gallery that the new model's query gets wrong")
     files["heatmap_cka.png"] = "1 \u2212 linear CKA between the models' query embeddings on a log scale (drift)"

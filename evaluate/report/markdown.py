@@ -12,7 +12,7 @@ from ..metrics.table import METRICS, binary_names, flip_names
 from .figures import MARKER_LEGEND, MARKERS
 from .labels import caption, figure_files, model_label
 from ..pipeline import Evaluation
-from ..metrics.significance import COMPATIBLE, LEVEL, NOT_COMPATIBLE, UNDECIDED, rule
+from ..metrics.significance import AC_INTERVAL, COMPATIBLE, LEVEL, NOT_COMPATIBLE, UNDECIDED, rule
 
 
 def _f(x: float, digits: int = 4) -> str:
@@ -54,22 +54,23 @@ def _head(ev: Evaluation) -> list[str]:
                   "AC, AM and the other summaries as the update before the first task). `evaluate --no-backbone` "
                   "leaves it out.", ""]
     lines += [caption(ev), "", "Rows: query model; columns: gallery model (update order, oldest first).", "",
-              "## Figures", ""] + [f"- `{name}`: {text}." for name, text in figure_files().items()] + [""]
+              "## Figures", ""]
+    lines += [f"- `{name}`: {text}." for name, text in figure_files(list(ev.result.metrics)).items()] + [""]
     return lines
 
 
 def _decisions(ev: Evaluation) -> list[str]:
     r = ev.result
     rows = []
-    for name in METRICS:
+    for name in r.metrics:
         c = r.criteria[name]
         counts = [str(sum(t.verdict == v for t in c.tests)) for v in (COMPATIBLE, NOT_COMPATIBLE, UNDECIDED)]
         rows.append([name, f"{_f(c.AC, 3)} {_span(c, 'AC')}", _f(c.AM), f"{_f(c.BC)} {_span(c, 'BC')}",
                      f"{_f(c.FC)} {_span(c, 'FC')}", *counts])
     return ["## Decision summary", "",
             f"Verdict rule: {rule(binary_names())}. Bootstrap: {r.resamples} resamples of the {r.queries} queries, "
-            f"seed {r.seed}; intervals are {LEVEL:.0%} percentile intervals.", "",
-            *_table(["metric", f"AC [{LEVEL:.0%}]", "AM", "BC [interval]", "FC [interval]", "compatible",
+            f"seed {r.seed}; cell, BC and FC intervals are {LEVEL:.0%} percentile intervals. {AC_INTERVAL}.", "",
+            *_table(["metric", f"AC [{LEVEL:.0%} count]", "AM", "BC [interval]", "FC [interval]", "compatible",
                      "not compatible", "undecided"], rows)]
 
 
@@ -124,6 +125,6 @@ def _cka(cka: np.ndarray, i: int, j: int) -> str:
 def markdown(ev: Evaluation) -> str:
     """The whole ``compatibility.md``."""
     lines = _head(ev) + _decisions(ev)
-    for name in METRICS:
+    for name in ev.result.metrics:
         lines += _matrix_section(ev, name)
     return "\n".join(lines + _other_sections(ev))

@@ -21,7 +21,7 @@ from .markdown import markdown
 from ..metrics.compat import Criteria
 from ..metrics.table import METRICS, binary_names, flip_names
 from ..pipeline import Evaluation
-from ..metrics.significance import COMPATIBLE, LEVEL, NOT_COMPATIBLE, UNDECIDED, rule
+from ..metrics.significance import AC_INTERVAL, COMPATIBLE, LEVEL, NOT_COMPATIBLE, UNDECIDED, rule
 from ...common.atomic import replaced_dir, write_json
 from ...common.errors import InputError
 
@@ -36,7 +36,7 @@ _EXTRA_FILES = ("production.json", "production.md", "projections.png")
 
 
 def _report_name(name: str) -> bool:
-    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, *_EXTRA_FILES) or name in figure_files() or (
+    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, *_EXTRA_FILES) or name in figure_files(list(METRICS)) or (
         name.startswith(("heatmap_", "backfill_")) and name.endswith(".png"))
 
 
@@ -110,14 +110,14 @@ def report_dict(ev: Evaluation) -> dict:
         "gallery": ev.gallery,
         "protocol": ev.protocol,
         "significance": {"resamples": r.resamples, "seed": r.seed, "level": LEVEL,
-                         "rule": rule(binary_names()), "queries": r.queries},
-        "metrics": {name: _matrix(r.metrics[name], True) for name in METRICS},
+                         "rule": rule(binary_names()), "queries": r.queries, "ac_interval": AC_INTERVAL},
+        "metrics": {name: _matrix(m, True) for name, m in r.metrics.items()},
         "criteria": {name: _criteria_dict(c, name, r.metrics[name]) for name, c in r.criteria.items()},
         "cmc": {"depth": int(r.cmc.shape[-1]),
                 "curves": [[[_num(v) for v in r.cmc[i, j]] if j <= i else None for j in range(t)] for i in range(t)]},
         "negative_flip_rate": {name: _matrix(r.negative_flips[name], True) for name in flip_names()},
         "cka": _matrix(r.cka, False),
-        "figures": figure_files(),
+        "figures": figure_files(list(r.metrics)),
     }
 
 
@@ -127,7 +127,7 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
         w = csv.writer(f)
         w.writerow(["metric", "query_model", "gallery_model", "value", "margin", "compatible", "low", "high",
                     "mcnemar_p", "verdict", "update_gain"])
-        for name in METRICS:
+        for name in r.metrics:
             c = r.criteria[name]
             tests = {(x.query, x.gallery): x for x in c.tests}
             for i in range(len(models)):
@@ -149,13 +149,13 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
 
 def _write_figures(folder: Path, ev: Evaluation) -> None:
     r, text = ev.result, caption(ev)
-    for name in METRICS:
+    for name in r.metrics:
         c = r.criteria[name]
         ac = "n/a" if math.isnan(c.AC) else f"{c.AC:.2f}"
         figures.metric_heatmap(folder / f"heatmap_{name}.png", r.metrics[name], c.verdicts(), ev.models, name=name,
                                title=f"{name}: AC {ac}, AM {c.AM:.3f}", caption=text, notes=ev.notes)
-    figures.margin_heatmaps(folder / "margins.png", {n: r.criteria[n].margins for n in METRICS},
-                            {n: r.criteria[n].verdicts() for n in METRICS}, ev.models, caption=text, notes=ev.notes)
+    figures.margin_heatmaps(folder / "margins.png", {n: r.criteria[n].margins for n in r.metrics},
+                            {n: r.criteria[n].verdicts() for n in r.metrics}, ev.models, caption=text, notes=ev.notes)
     figures.cmc_curves(folder / "cmc.png", r.cmc, ev.models, caption=text, notes=ev.notes)
     figures.flip_heatmaps(folder / "negative_flips.png", r.negative_flips, ev.models, caption=text, notes=ev.notes)
     figures.cka_heatmap(folder / "heatmap_cka.png", r.cka, ev.models, caption=text, notes=ev.notes)
@@ -187,7 +187,7 @@ def summary(ev: Evaluation) -> str:
              f"cosine, kNN k={ev.protocol['k']}",
              f"{'metric':<12}{'diagonal':>9}{'AM':>8}{'AC':>7}  {'AC ' + format(LEVEL, '.0%') + ' interval':<19}"
              "compatible / not / undecided"]
-    for name in METRICS:
+    for name in r.metrics:
         c = r.criteria[name]
         ac = "n/a" if math.isnan(c.AC) else f"{c.AC:.3f}"
         low, high = c.intervals.get("AC", (math.nan, math.nan))
