@@ -14,11 +14,11 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from .common.atomic import write_json
 from .common.cifar import download_cifar, load_cifar, write_cifar
 from .common.errors import InputError
 from .common.provenance import GENERATED_NOTE, RANDOM_BACKBONE_NOTE, notes as provenance_notes
 from .common.synthetic import write_synthetic_cifar
+from .infer.runtime.options import RuntimeOptions
 
 
 @dataclass(frozen=True)
@@ -164,22 +164,19 @@ def verify_stage(workdir: Path, data: Path, exports: list[Path], bundle: Path, s
                  log: Callable[[str], None]) -> None:
     """Verify every export (each task of the bundle and its query output too) against its checkpoint;
     a parity failure stops the demo."""
-    from .export.verify import Inputs, verify_export
-    from .export.verify_bundle import verify_bundle
+    from .export.verify import Inputs
+    from .export.verify_file import verify_file
 
     parity = []
-    checkpoints = workdir / "output" / "checkpoint"
     inputs = Inputs(dataset="cifar10:test", data_path=str(data), count=s.verify_count)
-    for path in exports:
-        report = verify_export(path, checkpoint_dir=checkpoints, inputs=inputs, provider=provider)
-        write_json(workdir / "verify" / f"verify_{path.stem}.json", report.to_dict())
-        parity.append(report.passed)
-        log(f"   {path.name}: {'PASS' if report.passed else 'FAIL'}")
-    reports = verify_bundle(bundle, checkpoints, inputs=inputs, provider=provider)
-    write_json(workdir / "verify" / f"verify_{bundle.stem}.json",
-               {"passed": all(r.passed for r in reports), "reports": [r.to_dict() for r in reports]})
-    parity += [r.passed for r in reports]
-    log(f"   {bundle.name}: " + ", ".join(f"{r.context['task']} {'PASS' if r.passed else 'FAIL'}" for r in reports))
+    for path in [*exports, bundle]:
+        reports = verify_file(path, workdir / "output" / "checkpoint", inputs=inputs,
+                              runtime=RuntimeOptions(provider=provider),
+                              report=workdir / "verify" / f"verify_{path.stem}.json")
+        parity += [r.passed for r in reports]
+        verdicts = [("PASS" if r.passed else "FAIL") if len(reports) == 1 else
+                    f"{r.context['task']} {'PASS' if r.passed else 'FAIL'}" for r in reports]
+        log(f"   {path.name}: {', '.join(verdicts)}")
     if not all(parity):
         raise RuntimeError("ONNX parity failed; see the verify_*.json reports")
 
@@ -200,10 +197,12 @@ def evaluate_stage(workdir: Path, query, gallery, provenance: dict, notes: list[
 def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", download: bool = False,
              pretrained_weights: Optional[str] = None, smoke: bool = False, provider: str = "auto",
              log: Callable[[str], None] = print, distill: tuple[float, str] = (0.0, "cosine")) -> dict:
-    """Run every stage into ``workdir``; returns a summary with the report's location and stage times.
+    """Run every stage into ``workdir``; returns a summary with the report's location, stage times and
+    the whole run's ``seconds``.
     ``distill``: (weight, kind) of a feature-distillation term in training (weight 0: none)."""
     from .evaluate.pipeline import collect_from_models
 
+    start = time.perf_counter()
     s = SMOKE if smoke else DEMO
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -223,10 +222,11 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
         verify_stage(workdir, data, exports, bundle, s, provider, log)
     with stages.stage("embed"):  # one pass of the bundle: every task's sets and the frozen backbone's
         query, gallery = collect_from_models([bundle], "cifar10:test", "cifar10:test", data, workdir / "embeddings",
-                                             provider=provider)
+                                             runtime=RuntimeOptions(provider=provider))
     with stages.stage("evaluate"):
         provenance = {**model_provenance, "evaluation_data": "generated" if generated else "cifar10", "notes": notes,
                       "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows,
                       "distillation": {"weight": distill[0], "kind": distill[1]}}
         written = evaluate_stage(workdir, query, gallery, provenance, notes, log)
-    return {"reports": [str(p) for p in written], "times": stages.times, "generated": generated, "notes": notes}
+    return {"reports": [str(p) for p in written], "times": stages.times, "generated": generated, "notes": notes,
+            "seconds": time.perf_counter() - start}

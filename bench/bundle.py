@@ -12,8 +12,9 @@ import numpy as np
 
 from ..common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, QUERY_OUTPUT
 from ..common.errors import InputError
+from ..common.tables import format_table
 from .machine import machine_info
-from ..infer.runtime.device import TensorRTOptions
+from ..infer.runtime.options import TensorRTOptions
 from ..infer.runtime.bundle import BundleInfo, bundle_info, read_props
 from ..infer.runtime.metadata import ModelInfo
 from ..infer.runtime.session import create_session
@@ -94,3 +95,13 @@ def bench_bundle(path: str | Path, singles_dir: str | Path, provider: str, batch
             "singles": [str(f) for f in files], "architecture": info.common.architecture,
             "precision": info.common.precision, "provider": used, "threads": threads, "repeats": repeats, "rows": rows,
             "machine": machine_info()}
+
+
+def format_bundle(result: dict) -> str:
+    """``bench embed``'s table for a bundle."""
+    cols = [("batch_size", "batch", "d"), ("bundle_images_tasks_per_s", "bundle img x tasks/s", ".2f"),
+            ("singles_images_tasks_per_s", f"{len(result['tasks'])} single files img x tasks/s", ".2f"),
+            ("ratio", "bundle / singles", ".2f")]
+    head = (f"{result['model']} (tasks {', '.join(map(str, result['tasks']))}) vs their single files on "
+            f"{result['provider']} ({result['precision']})")
+    return "\n".join([head, format_table(result["rows"], cols)])

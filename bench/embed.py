@@ -7,7 +7,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -15,7 +15,12 @@ from PIL import Image
 from ..infer.data.base import Dataset
 from ..infer.data.preprocess import preprocess_batch
 from ..infer.data.workers import batch_source
-from ..infer.runtime.device import TensorRTOptions
+from ..common.errors import InputError
+from ..common.synthetic import write_photo_folder
+from ..common.tables import format_table
+from ..infer.data.datasets import open_dataset
+from ..infer.runtime.bundle import is_bundle
+from ..infer.runtime.options import RuntimeOptions, TensorRTOptions
 from ..infer.runtime.metadata import ModelInfo, Preprocessing
 from ..infer.runtime.summary import dualprompt_flops
 from ..infer.runtime.throughput import matmul_peak, median_seconds, onnx_throughput
@@ -40,7 +45,8 @@ def pipeline_throughput(dataset: Dataset, spec: Preprocessing, worker_counts: Se
     (no model) for each worker count; the counts alternate run by run (1, 2, 1, 2, ...), so a change
     in the machine's load hits every count alike; one untimed pass first (file cache, imports).
     Each row: ``workers``, ``seconds`` (median), ``images_per_s``, ``per_worker`` (images/s divided by
-    the processes decoding, 1 for 0 or 1 worker), ``speedup`` (over the first count)."""
+    the processes decoding: 1 for 0 or 1 worker, and never more than the batches, since a pool starts
+    no more processes than there are batches), ``speedup`` (over the first count)."""
     def run(workers: int) -> float:
         t0 = time.perf_counter()
         for _ in batch_source(dataset, spec, batch_size=batch_size, workers=workers):
@@ -52,11 +58,11 @@ def pipeline_throughput(dataset: Dataset, spec: Preprocessing, worker_counts: Se
     for _ in range(repeats):
         for w in worker_counts:
             times[w].append(run(w))
-    rows = []
+    rows, batches = [], math.ceil(len(dataset) / batch_size)
     for w in worker_counts:
         seconds = statistics.median(times[w])
         rows.append({"workers": w, "seconds": seconds, "images_per_s": len(dataset) / seconds,
-                     "per_worker": len(dataset) / seconds / max(w, 1), "runs": times[w]})
+                     "per_worker": len(dataset) / seconds / max(min(w, batches), 1), "runs": times[w]})
     for r in rows:
         r["speedup"] = r["images_per_s"] / rows[0]["images_per_s"]
     return rows
@@ -109,3 +115,73 @@ def bench_embed(path: str | Path, provider: str, batch_sizes: Sequence[int], rep
                               "rows": pipeline}
         result["feeding"] = feeding(max(r["images_per_s"] for r in rows), pipeline)
     return result
+
+
+def bench_embed_file(path: str | Path, *, runtime: RuntimeOptions, batch_sizes: Sequence[int], repeats: int = 5,
+                     compare_torch: bool = False, checkpoint_dir: Optional[str] = None,
+                     worker_counts: Sequence[int] = (1, 2), photos: int = 384, pipeline_dataset: Optional[str] = None,
+                     workdir: str | Path = "bench-embed", singles_dir: Optional[str] = None,
+                     warn: Callable[[str], None] = _stderr) -> dict:
+    """``bench embed``: a bundle against its tasks' single files in ``singles_dir`` (default: beside
+    it, see :func:`bench.bundle.bench_bundle`), or a task's file through :func:`bench_embed`, with the
+    input pipeline timed on ``pipeline_dataset`` or else on ``photos`` generated photo-sized JPEGs under
+    ``workdir`` (0: not timed), and with ``compare_torch`` PyTorch eager on its source checkpoint
+    (needs torch). Sessions open with ``runtime``'s provider, threads and TensorRT settings."""
+    options = dict(threads=runtime.threads, trt=runtime.trt)
+    if is_bundle(path):
+        from .bundle import bench_bundle
+
+        if compare_torch:
+            raise InputError("--compare-torch: time one task's single file against PyTorch, not a bundle")
+        return bench_bundle(path, singles_dir or Path(path).parent, runtime.provider, batch_sizes, repeats=repeats,
+                            warn=warn, **options)
+    if singles_dir:
+        raise InputError(f"--singles-dir: {path} is not a bundle")
+    runner = None
+    if compare_torch:
+        from .export import torch_runner
+
+        runner = torch_runner(path, checkpoint_dir, repeats)
+    pipeline = None
+    if pipeline_dataset:
+        pipeline = open_dataset(pipeline_dataset)
+    elif photos > 0:
+        pipeline = open_dataset(f"folder:{write_photo_folder(Path(workdir) / 'photos', photos)}")
+    try:
+        return bench_embed(path, runtime.provider, batch_sizes, repeats, runner, warn, photos=pipeline,
+                           worker_counts=worker_counts, **options)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def _feeding_lines(result: dict) -> list[str]:
+    if "pipeline" not in result:
+        return []
+    p, f = result["pipeline"], result["feeding"]
+    cols = [("workers", "workers", "d"), ("images_per_s", "pipeline img/s", ".0f"),
+            ("per_worker", "per worker", ".0f"), ("speedup", "speedup", ".2f")]
+    needed = ", ".join(f"{s} img/s: {n}" for s, n in f["workers_needed_by_model_speed"].items())
+    return [f"input pipeline on {p['dataset']} ({p['images']} images, batch {p['batch_size']}, no model):",
+            format_table(p["rows"], cols),
+            f"model {f['model_images_per_s']:.1f} img/s -> bottleneck: {f['bottleneck']}; it needs "
+            f"{f['workers_needed']} worker(s) at {f['per_worker_images_per_s']:.0f} img/s per worker",
+            f"workers a model needs, by its speed: {needed}"]
+
+
+def format_embed(result: dict) -> str:
+    """``bench embed``'s tables (a bundle's: :func:`bench.bundle.format_bundle`)."""
+    if result["benchmark"] == "embed-bundle":
+        from .bundle import format_bundle
+
+        return format_bundle(result)
+    cols = [("batch_size", "batch", "d"), ("images_per_s", "onnxruntime img/s", ".2f"),
+            ("fraction_of_peak", "of matmul peak", ".1%"), ("torch_images_per_s", "torch img/s", ".2f"),
+            ("speedup_vs_torch", "ort/torch", ".2f")]
+    peak, first = result["matmul_peak"], result["onnxruntime"][0]
+    head = (f"{result['model']} on {result['provider']} ({result['precision']}), {result['flops_per_image'] / 1e9:.1f} "
+            f"GFLOP/image, measured {peak['precision']} matmul peak {peak['peak'] / 1e9:.0f} GFLOP/s\n"
+            f"session created in {first['session_seconds']:.2f} s; first run "
+            f"{first['first_run_seconds']:.2f} s (TensorRT builds its engine there unless --trt-cache has it)")
+    pre = result["preprocessing_images_per_s_per_process"]
+    tail = "preprocessing per process: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in pre.items())
+    return "\n".join([head, format_table(result["onnxruntime"], cols), tail] + _feeding_lines(result))

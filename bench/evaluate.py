@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.tables import format_table
 from ..infer.data.datasets import dataset_key, dataset_location
 from ..infer.store.manifest import DataRecord, Manifest, ModelRecord
 from ..infer.runtime.metadata import Preprocessing
@@ -110,3 +111,13 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "own_image_left_out": ev.protocol["own_image_left_out"], "load_average": list(os.getloadavg()),
             "machine": machine_info()}
+
+
+def format_evaluate(result: dict) -> str:
+    """``bench evaluate``'s table and the time of each stage."""
+    cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
+            ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("products_seconds", "products alone s", ".1f"),
+            ("ratio_to_products", "ratio", ".2f"), ("ranking_ns_per_similarity", "ranking ns/similarity", ".2f"),
+            ("peak_extra_mib", "peak extra MiB", ".0f"), ("max_rss_mib", "max RSS MiB", ".0f")]
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stages"].items())
+    return format_table([result], cols) + f"\nstages: {stages} ({result['resamples']} bootstrap resamples)"

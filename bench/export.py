@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..common.errors import InputError
+from ..common.tables import format_table
 from ..infer.runtime.throughput import median_seconds
 from ..infer.runtime.metadata import ModelInfo
 from ..train.checkpoint import model_from_checkpoint
@@ -48,3 +50,28 @@ def bench_export(model_name: str, workdir: str | Path, precision: str = "fp32", 
     return {"benchmark": "export", "model": model_name, "architecture": arch, "precision": precision,
             "seconds": r.seconds, "file_bytes": r.file_bytes, "unique_parameter_bytes": r.parameter_bytes,
             "size_ratio": r.size_ratio, "onnx": str(r.path), "machine": machine_info()}
+
+
+def torch_runner(model_path: str | Path, checkpoint_dir: Optional[str | Path],
+                 repeats: int) -> Callable[[ModelInfo, str, Sequence[int]], list[dict]]:
+    """``bench embed --compare-torch``'s runner: :func:`torch_throughput` of the checkpoint the export
+    ``model_path`` names (found as ``verify`` finds it, or in ``checkpoint_dir``)."""
+    from ..export.verify import source_checkpoint
+    from ..train.checkpoint import checkpoint_folder
+
+    if checkpoint_dir is not None:
+        checkpoint_folder(checkpoint_dir)
+
+    def run(info: ModelInfo, device: str, sizes: Sequence[int]) -> list[dict]:
+        ckpt = source_checkpoint(model_path, info, checkpoint_dir)
+        if not ckpt.is_file():
+            raise InputError(f"{ckpt}: the source checkpoint of {model_path} is needed for --compare-torch")
+        return torch_throughput(ckpt, info, device, sizes, repeats)
+    return run
+
+
+def format_export(result: dict) -> str:
+    """``bench export``'s table."""
+    cols = [("seconds", "export s", ".1f"), ("file_bytes", "file bytes", ",d"),
+            ("unique_parameter_bytes", "parameter bytes", ",d"), ("size_ratio", "ratio", ".4f")]
+    return f"{result['model']} ({result['precision']})\n" + format_table([result], cols)

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..common.tables import format_table
 from ..evaluate.search.indexes import IndexParams, build_index, exact_topk, neighbour_metrics, recall_at, search
 
 
@@ -93,3 +94,15 @@ def bench_index(workdir: str | Path, *, gallery: int = 1_000_000, queries: int =
         del index
     result["machine"] = machine_info()
     return result
+
+
+def format_index(result: dict) -> str:
+    """``bench index``'s table: one row per method, exact search first."""
+    depth = result["depth"]
+    cols = [("kind", "method", "s"), ("build_seconds", "build s", ".1f"), ("build_cpu_seconds", "build CPU s", ".1f"),
+            ("search_seconds", "search s", ".1f"), ("search_cpu_seconds", "search CPU s", ".1f"),
+            ("recall@1", "recall@1", ".4f"), (f"recall@{depth}", f"recall@{depth}", ".4f"), ("top1", "top1", ".4f"),
+            ("peak_extra_mib", "peak extra MiB", ".0f")]
+    head = (f"{result['gallery']} x {result['dim']} gallery, {result['queries']} queries, inputs "
+            f"{result['input_bytes'] / 2**30:.2f} GiB (memory-mapped; not counted)")
+    return head + "\n" + format_table(result["methods"], cols)

@@ -178,6 +178,13 @@ def download_cifar(root: str | Path, name: str) -> Path:
     return fetch_tarball(url, md5, root, folder.name)
 
 
+def download_named(root: str | Path, *specs: Optional[str]) -> None:
+    """Fetch into ``root`` each CIFAR set that the data set ``specs`` name (``cifar10:test``,
+    ``cifar100:train``, ...; None and other kinds are skipped), unless its folder is there."""
+    for name in sorted({spec.partition(":")[0] for spec in specs if spec} & set(FOLDERS)):
+        download_cifar(root, name)
+
+
 def fetch_tarball(url: str, md5: str, root: str | Path, folder: str) -> Path:
     """Download ``url`` (a .tar.gz holding ``folder``), check its md5, extract ``folder`` into ``root``."""
     import hashlib

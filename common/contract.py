@@ -63,6 +63,8 @@ ADAPTER_DIRECTIONS = ("query", "gallery")
 PRECISIONS = ("fp32", "fp16")  # traced by the exporter
 QUANTIZED_PRECISIONS = ("int8",)  # onnxruntime static quantisation of an fp32 export (export/quantize.py)
 FILE_PRECISIONS = PRECISIONS + QUANTIZED_PRECISIONS  # what an export's metadata may say
+DEFAULT_OPSET = 20  # onnxruntime >= 1.17; its Gelu op is what onnxruntime fuses with the bias (18 spells it with Erf)
+MIN_OPSET = 18  # the dynamo exporter's lowest (the newest is the installed onnx's)
 PROVIDERS = ("auto", "cuda", "tensorrt", "cpu")
 GPU_PROVIDERS = ("cuda", "tensorrt")  # these two take a device id: cuda:1, tensorrt:0
 

@@ -12,10 +12,11 @@ from .metrics.compat import Compatibility, compatibility
 from .metrics.table import chosen, deepest
 from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
 from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
-from ..infer.embed import Engine, embed_model, model_targets
+from ..infer.embed import embed_model, model_targets
 from ..common.contract import QUERY_OUTPUT
 from ..common.errors import InputError
 from ..infer.runtime.metadata import ModelInfo
+from ..infer.runtime.options import RuntimeOptions
 from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
 
 
@@ -118,23 +119,18 @@ def _unique_ids(ids: Sequence[str], sources: Sequence[object]) -> None:
 
 
 def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: str, data_path: str | Path,
-                        store: str | Path, provider: str = "auto", batch_size: int = 64,
-                        skip_bad: bool = False, progress: bool = False,
-                        warn: Optional[Callable[[str], None]] = None, backbone: bool = True,
-                        **runtime) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
-    """Query and gallery sets of every model, embedding what the store lacks (in the order given;
-    :func:`evaluate_sets` puts them in task order). A bundle gives its frozen backbone's set (unless
-    not ``backbone``) and every task's (see :func:`infer.embed.model_targets`). ``runtime``
-    (``workers``, ``threads``, ``trt``, ``ray``) goes to :class:`infer.embed.Engine`."""
+                        store: str | Path, *, runtime: RuntimeOptions = RuntimeOptions(),
+                        warn: Optional[Callable[[str], None]] = None,
+                        backbone: bool = True) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
+    """Query and gallery sets of every model, embedding what the store lacks with ``runtime`` (in the
+    order given; :func:`evaluate_sets` puts them in task order). A bundle gives its frozen backbone's
+    set (unless not ``backbone``) and every task's (see :func:`infer.embed.model_targets`)."""
     specs = list(dict.fromkeys([query_spec, gallery_spec]))
     datasets = {spec: open_dataset(spec, data_path) for spec in specs}
     sets_of = [(m, t.model_id) for m in models for t in model_targets(m, m.stem, store, datasets[query_spec].key)]
     _unique_ids([i for _, i in sets_of], [f"{m} ({i})" for m, i in sets_of])
     warn = warn or once_to_stderr()
-    engine = Engine(**runtime)
-    sets = {spec: [r.set for m in models for r in embed_model(m, datasets[spec], store, provider=provider,
-                                                              batch_size=batch_size, skip_bad=skip_bad,
-                                                              progress=progress, warn=warn, engine=engine)]
+    sets = {spec: [r.set for m in models for r in embed_model(m, datasets[spec], store, runtime=runtime, warn=warn)]
             for spec in specs}
     if not backbone:
         sets = {spec: [s for s in found if not is_backbone(s)] for spec, found in sets.items()}

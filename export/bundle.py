@@ -126,8 +126,8 @@ def export_bundle(checkpoints: dict[int, Path], out_path: str | Path, *, selecti
     _check_options(selection, pool, precision, opset, gather, query)
     if not checkpoints:
         raise InputError("a bundle needs at least one task")
+    loaded = load_tasks(checkpoints)  # refusals first: a refused bundle leaves no folder behind
     out_path = writable(out_path)
-    loaded = load_tasks(checkpoints)
     try:
         info = BundleInfo(tuple(task_info(path, task, m.cfg, ckpt.get("args"), selection=selection, pool=pool,
                                           precision=precision, gather=gather, query=query)

@@ -29,15 +29,13 @@ import torch.nn as nn
 from ..common.atomic import atomic_file
 from ..common.digest import file_sha256
 from ..common.errors import InputError
-from ..common.contract import (BATCH_AXIS, FORMAT_VERSION, GATHERS, INPUTS, OUTPUTS, POOLS, PRECISIONS, QUERIES,
-                               SELECTIONS, check_choice)
+from ..common.contract import (BATCH_AXIS, DEFAULT_OPSET, FORMAT_VERSION, GATHERS, INPUTS, MIN_OPSET, OUTPUTS, POOLS,
+                               PRECISIONS, QUERIES, SELECTIONS, check_choice)
 from ..infer.runtime.metadata import ModelInfo, Preprocessing
-from ..train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, find_checkpoints,
+from ..train.checkpoint import (CHECKPOINT_RE, checkpoint_path, config_to_args, find_checkpoints, load_checkpoint,
                                 model_from_checkpoint, provenance_from_args, save_checkpoint)
 from ..train.model import DualPromptConfig, DualPromptViT
 
-DEFAULT_OPSET = 20  # onnxruntime >= 1.17; its Gelu op is what onnxruntime fuses with the bias (18 spells it with Erf)
-MIN_OPSET = 18  # the dynamo exporter's lowest
 SIZE_FACTOR = 1.05  # file bytes allowed per byte of unique parameters (backbone, prompts, keys)
 PROTOBUF_LIMIT = 2 ** 31 - 1
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -272,15 +270,18 @@ def task_info(checkpoint: Path, task: int, cfg: DualPromptConfig, args: object, 
 
 
 def select_checkpoints(checkpoint_dir: str | Path, tasks: Optional[Sequence[int]]) -> dict[int, Path]:
-    """Checkpoints for ``tasks`` (None: every one found); a missing task is an error naming those found."""
+    """Checkpoints for ``tasks`` (None: every one found); a missing task is an error naming those found.
+    Each is read once here (:func:`~train.checkpoint.load_checkpoint` refuses NaN or Inf weights and
+    dtypes the model does not hold), so a bad one stops the command before any file is exported."""
     found = find_checkpoints(checkpoint_dir)
-    if tasks is None:
-        return found
-    missing = [t for t in tasks if t not in found]
+    missing = [t for t in tasks or () if t not in found]
     if missing:
         raise InputError(f"{checkpoint_dir}: no checkpoint for task {', '.join(map(str, missing))} "
                          f"(tasks found: {', '.join(map(str, found))})")
-    return {t: found[t] for t in tasks}
+    chosen = found if tasks is None else {t: found[t] for t in tasks}
+    for path in chosen.values():
+        load_checkpoint(path)
+    return chosen
 
 
 def export_random(model_name: str, workdir: str | Path, seed: int = 0, selection: str = "per-sample",

@@ -20,15 +20,15 @@ from ..common.digest import file_sha256
 from .onnx_export import contract_prompt_index
 from ..common.errors import InputError
 from ..common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
-from ..infer.runtime.device import TensorRTOptions
+from ..infer.runtime.options import TensorRTOptions
 from ..infer.runtime.metadata import ModelInfo
 from ..infer.data.preprocess import preprocess_batch
 from ..infer.runtime.session import create_session, model_info, run_model
-from ..train.checkpoint import checkpoint_folder, model_from_checkpoint
+from ..train.checkpoint import (DEFAULT_CHECKPOINT_DIR, checkpoint_folder, distinct_folders, model_from_checkpoint,
+                                nearby_checkpoint_dirs, pointer_to)
 from ..train.model import DualPromptViT
 
 DEFAULT_COUNT = 64
-DEFAULT_CHECKPOINT_DIR = "output/checkpoint"
 MAX_INPUT_BYTES = 2 ** 31  # every compared input is held at once: 2 GiB of float32 images at most
 
 
@@ -122,16 +122,20 @@ def onnx_forward(session: ort.InferenceSession) -> Forward:
 def source_checkpoint(onnx_path: str | Path, info: ModelInfo, checkpoint_dir: Optional[str | Path]) -> Path:
     """The checkpoint an export names, in ``checkpoint_dir``; with None, the first of
     ``output/checkpoint`` and the layouts ``export``, ``demo`` and ``bench export`` write beside an export
-    (``<dir>/checkpoint``, ``<dir>/../output/checkpoint``, ``<dir>/../checkpoint``) that holds it."""
+    (``<dir>/checkpoint``, ``<dir>/../output/checkpoint``, ``<dir>/../checkpoint``) that holds it. When
+    none does, the error lists those folders (each location once) and names any other folder nearby
+    (:func:`~train.checkpoint.nearby_checkpoint_dirs`) that holds it."""
     if checkpoint_dir is not None:
         return checkpoint_folder(checkpoint_dir) / info.checkpoint
     here = Path(onnx_path).parent
-    folders = [Path(DEFAULT_CHECKPOINT_DIR), here / "checkpoint", here.parent / "output" / "checkpoint",
-               here.parent / "checkpoint"]
+    folders = distinct_folders([DEFAULT_CHECKPOINT_DIR, here / "checkpoint", here.parent / "output" / "checkpoint",
+                                here.parent / "checkpoint"])
     found = next((f / info.checkpoint for f in folders if (f / info.checkpoint).is_file()), None)
     if found is None:
+        elsewhere = nearby_checkpoint_dirs(info.checkpoint, exclude=folders)
         raise InputError(f"{onnx_path}: its source checkpoint {info.checkpoint} is in none of "
-                         f"{', '.join(map(str, folders))}; name its folder with --checkpoint-dir")
+                         f"{', '.join(map(str, folders))}" +
+                         (pointer_to(elsewhere, f"{info.checkpoint} is") if elsewhere else "; name its folder with --checkpoint-dir"))
     return found
 
 

@@ -13,7 +13,7 @@ import torch
 
 from ..common.contract import QUERY_OUTPUT
 from ..infer.runtime.bundle import bundle_info, task_outputs
-from ..infer.runtime.device import TensorRTOptions
+from ..infer.runtime.options import TensorRTOptions
 from ..infer.runtime.session import create_session, run_model
 from ..train.model import DualPromptViT
 from .parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, compare

@@ -30,14 +30,13 @@ from ..common.faults import fault_point
 from ..common.locks import locked
 from .runtime.bundle import BundleInfo, bundle_info, bundle_set_ids, read_props
 from .data.base import Dataset
-from .runtime.device import TensorRTOptions
 from .store.manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manifest, ModelRecord
 from .runtime.metadata import ModelInfo, Preprocessing
+from .runtime.options import RuntimeOptions
 from .store.migrate import migrate_legacy
 from .runtime.session import create_session, model_info
 from .store.shards import ShardWriter, tidy, writer_lock
 from .engines.local import View, run_local
-from .engines.ray import RayOptions
 from .store.sets import EmbeddingSet, check_model_id, read_manifest, read_set, set_path
 from .data.workers import Embedded, batch_source
 
@@ -51,6 +50,17 @@ class EmbedResult:
     provider: Optional[str]
     seconds: float
     resumed_rows: int = 0
+
+
+def describe_result(r: EmbedResult) -> str:
+    """One line on a set written or reused (what ``embed`` prints)."""
+    if r.reused:
+        return f"reused {r.set.path} ({r.set.count} x {r.set.dim}; same model file and data; --force recomputes)"
+    skipped = len(r.set.manifest.skipped)
+    return (f"wrote {r.set.path}: {r.set.count} x {r.set.dim} in {len(r.set.manifest.shards)} shard(s) on "
+            f"{r.provider} in {r.seconds:.1f} s"
+            + (f" ({r.resumed_rows} rows resumed from an interrupted run)" if r.resumed_rows else "")
+            + (f", {skipped} unreadable image(s) skipped (listed in manifest.json)" if skipped else ""))
 
 
 def _warn(message: str) -> None:
@@ -67,31 +77,18 @@ def versions() -> dict[str, Optional[str]]:
             "pillow": PIL.__version__, "dpcompat": own}
 
 
-@dataclass(frozen=True)
-class Engine:
-    """How batches are decoded and run: decoding ``workers``, onnxruntime ``threads``, TensorRT options,
-    or ``ray`` (the model then runs in Ray actors)."""
-
-    workers: Optional[int] = None
-    threads: Optional[int] = None
-    trt: Optional[TensorRTOptions] = None
-    ray: Optional[RayOptions] = None
-
-
 def _outputs(model: Path, session: ort.InferenceSession, preprocessing: Preprocessing, dataset: Dataset,
-             first: int, *, engine: Engine, provider: str, batch_size: int, shard_rows: int, skip_bad: bool,
-             views: Sequence[View]) -> Iterator[Embedded]:
-    """Model outputs of rows ``first`` onwards, in order, in batches that never cross a shard boundary."""
-    if engine.ray is None:
-        batches = batch_source(dataset, preprocessing, batch_size=batch_size, workers=engine.workers,
-                               skip_bad=skip_bad, start=first, align=shard_rows)
+             first: int, *, runtime: RuntimeOptions, shard_rows: int, views: Sequence[View]) -> Iterator[Embedded]:
+    """Model outputs of rows ``first`` onwards, in order, in batches of ``runtime.batch_size`` images
+    that never cross a shard boundary."""
+    if runtime.ray is None:
+        batches = batch_source(dataset, preprocessing, batch_size=runtime.batch_size, workers=runtime.workers,
+                               skip_bad=runtime.skip_bad, start=first, align=shard_rows)
         return run_local(session, batches, views)
     from .engines.ray import embed_with_ray
 
     return (replace(e, embeddings=e.embeddings[:, None])
-            for e in embed_with_ray(model, dataset, options=engine.ray, provider=provider, batch_size=batch_size,
-                                    skip_bad=skip_bad, threads=engine.threads, trt=engine.trt, start=first,
-                                    align=shard_rows))
+            for e in embed_with_ray(model, dataset, runtime=runtime, start=first, align=shard_rows))
 
 
 def shards_of(outputs: Iterator[Embedded], dataset: Dataset, first: int, *, shard_rows: int, dim: int,
@@ -273,15 +270,16 @@ def _writers(targets: Sequence[Target], identity: dict, *, dim: int, shard_rows:
 
 
 def _compute(model: Path, sha256: str, dataset: Dataset, store: str | Path, targets: Sequence[Target], *,
-             provider: str, batch_size: int, shard_rows: int, skip_bad: bool, migrate: bool, progress: bool,
-             warn: Callable[[str], None], engine: Engine) -> list[EmbedResult]:
+             runtime: RuntimeOptions, shard_rows: int, migrate: bool,
+             warn: Callable[[str], None]) -> list[EmbedResult]:
     """Embed ``dataset`` shard by shard into every target, resuming an interrupted run of the same
     identity (or, with ``migrate``, taking over a store format 1 set of this model and data)."""
     start = time.perf_counter()
-    local = engine.ray is None  # with Ray, this session only reads the metadata
-    session, used = create_session(model, provider if local else "cpu", warn, threads=engine.threads if local else 1,
-                                   trt=engine.trt if local else None)
+    local = runtime.ray is None  # with Ray, this session only reads the metadata
+    session, used = (create_session(model, runtime.provider, warn, threads=runtime.threads, trt=runtime.trt) if local
+                     else create_session(model, "cpu", warn, threads=1))
     infos, tasks = _infos(session, model, targets)
+    batch_size, skip_bad = runtime.batch_size, runtime.skip_bad
     manifests = [_manifest(t, model, sha256, i, dataset, used, batch_size) for t, i in zip(targets, infos)]
     if migrate and list(targets) == [Target(View(), targets[0].model_id, targets[0].path)]:
         migrated = migrate_legacy(store, targets[0].path, sha256, dataset, manifests[0], skip_bad=skip_bad,
@@ -297,9 +295,10 @@ def _compute(model: Path, sha256: str, dataset: Dataset, store: str | Path, targ
     first = min(len(writers[0].done) * rows, n)
     providers = {used}
     with tqdm(total=n, initial=first, desc=f"{targets[0].model_id} {dataset.spec}", unit="img",
-              disable=not progress, file=sys.stderr) as bar:
-        outputs = _outputs(model, session, infos[0].preprocessing, dataset, first, engine=engine, provider=provider,
-                           batch_size=per_run, shard_rows=rows, skip_bad=skip_bad, views=[t.view for t in targets])
+              disable=not runtime.progress, file=sys.stderr) as bar:
+        outputs = _outputs(model, session, infos[0].preprocessing, dataset, first,
+                           runtime=replace(runtime, batch_size=per_run), shard_rows=rows,
+                           views=[t.view for t in targets])
         for embeddings, labels, skipped in shards_of(outputs, dataset, first, shard_rows=rows, dim=dim, model=model,
                                                      views=[t.view.name for t in targets], on_batch=bar.update,
                                                      on_provider=providers.add):
@@ -312,34 +311,32 @@ def _compute(model: Path, sha256: str, dataset: Dataset, store: str | Path, targ
                         resumed) for w, m in zip(writers, manifests)]
 
 
-def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, model_id: Optional[str] = None,
-                provider: str = "auto", batch_size: int = 64, shard_rows: int = DEFAULT_SHARD_ROWS,
-                force: bool = False, skip_bad: bool = False, progress: bool = False,
-                warn: Callable[[str], None] = _warn, output: Optional[str] = None,
-                engine: Engine = Engine()) -> list[EmbedResult]:
+def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, runtime: RuntimeOptions = RuntimeOptions(),
+                model_id: Optional[str] = None, shard_rows: int = DEFAULT_SHARD_ROWS, force: bool = False,
+                warn: Callable[[str], None] = _warn, output: Optional[str] = None) -> list[EmbedResult]:
     """Embed every image of ``dataset`` with the ONNX file ``model`` into the sets of
     :func:`model_targets` under ``<store>/<id>/<dataset.key>/`` (``model_id`` defaults to the file
     stem): one for a single-task file, T + 1 for a bundle of T tasks (computed in one pass).
 
     An existing set of the same model file (sha256), output and data (location and fingerprint) is
     reused unless ``force``; one that fails verification is recomputed. An unreadable image is an
-    error, or with ``skip_bad`` left out and listed in the manifest. NaN or Inf (or an all-zero
+    error, or with ``runtime.skip_bad`` left out and listed in the manifest. NaN or Inf (or an all-zero
     vector) in an output is an error and nothing is stored. Writers of one set run one at a time (a
     lock file); a killed run leaves its complete shards, and the next run of the same command resumes
-    after them. ``output`` names the graph output stored (see :func:`model_targets`); ``engine`` says
-    how batches are decoded and run (workers, threads, Ray). ``batch_size`` and ``shard_rows``: see
+    after them. ``output`` names the graph output stored (see :func:`model_targets`); ``runtime`` says
+    how the model is opened and fed (provider, threads, decoding workers, batch size, TensorRT, Ray;
+    :class:`~infer.runtime.options.RuntimeOptions`). ``runtime.batch_size`` and ``shard_rows``: see
     :func:`run_sizes`.
     """
     model = Path(model)
     model_id = check_model_id(model_id or model.stem)
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    runtime.check()
     if not 1 <= shard_rows <= 2**31:
         raise InputError(f"--shard-rows {shard_rows}: must be from 1 to {2**31}")
     if not model.is_file():
         raise InputError(f"{model}: no such ONNX file")
     targets = model_targets(model, model_id, store, dataset.key, output)
-    if engine.ray is not None and [t.view for t in targets] != [View()]:
+    if runtime.ray is not None and [t.view for t in targets] != [View()]:
         raise InputError(f"--engine ray stores a single-task file's '{EMBEDDING_OUTPUT}' output only; embed "
                          f"{model} ({', '.join(t.view.name for t in targets)}) with the local engine")
     sha256 = file_sha256(model)
@@ -353,16 +350,15 @@ def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, model
         for t in targets:
             tidy(t.path)
             _refuse_transformed(t.path)
-            stored = None if force else _stored_match(t.path, sha256, dataset, skip_bad, warn, t.view.name)
+            stored = None if force else _stored_match(t.path, sha256, dataset, runtime.skip_bad, warn, t.view.name)
             if stored is not None:
                 ShardWriter.discard_partial(t.path)
                 found[t] = EmbedResult(stored, True, None, 0.0)
         missing = [t for t in targets if t not in found]
         if missing:
             migrate = not force and len(targets) == 1 and not targets[0].path.exists()
-            found.update(zip(missing, _compute(model, sha256, dataset, store, missing, provider=provider,
-                                               batch_size=batch_size, shard_rows=shard_rows, skip_bad=skip_bad,
-                                               migrate=migrate, progress=progress, warn=warn, engine=engine)))
+            found.update(zip(missing, _compute(model, sha256, dataset, store, missing, runtime=runtime,
+                                               shard_rows=shard_rows, migrate=migrate, warn=warn)))
         return [found[t] for t in targets]
 
 

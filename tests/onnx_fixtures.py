@@ -38,6 +38,43 @@ def write_model(path: Path, task: int = 1, dim: int = 16, seed: Optional[int] = 
     return write_tiny_model(path, info or model_info(task, dim), seed=task if seed is None else seed, poison=poison)
 
 
+def write_bundle(path: Path, tasks: tuple[int, ...] = (1, 2), dim: int = 16, seed: int = 0) -> Path:
+    """A tiny bundle with the bundle contract (``embedding`` [N, T, D], ``prompt_index`` [N, T],
+    ``query`` [N, D]) of ``tasks``: the tiny model's 4 x 4 average pool, then one projection per output."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dpcompat.common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, QUERY_OUTPUT
+    from dpcompat.infer.runtime.bundle import BundleInfo
+
+    rng, t, features, pool = np.random.default_rng(seed), len(tasks), 3 * 4 * 4, 4
+    weights = {"w": rng.standard_normal((features, t * dim)), "k": rng.standard_normal((features, t * pool)),
+               "q": rng.standard_normal((features, dim))}
+    shapes = {"e_shape": np.array([-1, t, dim]), "k_shape": np.array([-1, t, pool])}
+    nodes = [helper.make_node("AveragePool", [INPUT_NAME], ["pooled"], kernel_shape=[INPUT_SIZE // 4] * 2,
+                              strides=[INPUT_SIZE // 4] * 2),
+             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["e"]),
+             helper.make_node("Reshape", ["e", "e_shape"], [EMBEDDING_OUTPUT]),
+             helper.make_node("MatMul", ["flat", "k"], ["s"]),
+             helper.make_node("Reshape", ["s", "k_shape"], ["scores"]),
+             helper.make_node("ArgMax", ["scores"], [PROMPT_INDEX_OUTPUT], axis=2, keepdims=0),
+             helper.make_node("MatMul", ["flat", "q"], [QUERY_OUTPUT])]
+    graph = helper.make_graph(
+        nodes, "tiny-bundle",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, INPUT_SIZE, INPUT_SIZE])],
+        [helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["N", t, dim]),
+         helper.make_tensor_value_info(PROMPT_INDEX_OUTPUT, TensorProto.INT64, ["N", t]),
+         helper.make_tensor_value_info(QUERY_OUTPUT, TensorProto.FLOAT, ["N", dim])],
+        [numpy_helper.from_array(v.astype(np.float32), n) for n, v in weights.items()]
+        + [numpy_helper.from_array(v.astype(np.int64), n) for n, v in shapes.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, BundleInfo(tuple(model_info(task, dim) for task in tasks)).to_props())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    return path
+
+
 def write_data(root: Path, name: str = "cifar10", test_per_class: int = 4, classes: int = 10, seed: int = 0) -> Path:
     """A CIFAR-layout data set of random images under ``root``: ``test_per_class`` test images and
     two train images per class."""

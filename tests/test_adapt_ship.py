@@ -21,6 +21,7 @@ from dpcompat.evaluate.adapt.fit import fit_adapter
 from dpcompat.infer.data.datasets import open_dataset
 from dpcompat.infer.embed import embed_dataset
 from dpcompat.infer.runtime.metadata import ModelInfo
+from dpcompat.infer.runtime.options import RuntimeOptions
 from dpcompat.infer.runtime.session import create_session, model_info as session_model_info
 from dpcompat.infer.store.manifest import DataRecord, Manifest, ModelRecord
 from dpcompat.infer.store.sets import read_set
@@ -37,7 +38,8 @@ def tasks(tmp_path_factory):
     write_data(root / "data", test_per_class=6)
     models = {t: write_model(root / "exports" / f"task{t}.onnx", task=t, dim=d) for t, d in ((7, 16), (3, 12))}
     sets = {(t, split): embed_dataset(m, open_dataset(f"cifar10:{split}", root / "data"), root / "store",
-                                      provider="cpu").set for t, m in models.items() for split in ("train", "test")}
+                                      runtime=RuntimeOptions(provider="cpu")).set
+            for t, m in models.items() for split in ("train", "test")}
     return root, models, sets
 
 
@@ -82,7 +84,8 @@ def test_the_adapted_model_is_the_model_followed_by_the_adapter(tasks, tmp_path)
     assert info.embedding_dim == 12 and info.adapter == adapter.record and info.task == 7
     assert info.adapter.target_sha256 == sets[3, "train"].manifest.model.sha256
     assert replace(info, adapter=None, embedding_dim=16) == session_model_info(original, models[7])
-    embedded = embed_dataset(out, open_dataset("cifar10:test", root / "data"), tmp_path / "store", provider="cpu").set
+    embedded = embed_dataset(out, open_dataset("cifar10:test", root / "data"), tmp_path / "store",
+                             runtime=RuntimeOptions(provider="cpu")).set
     assert embedded.model_id == "task7-to-task3" and embedded.manifest.model.adapter == adapter.record
     assert not embedded.manifest.transformed and embedded.dim == 12
     assert np.abs(embedded.embeddings - adapter.apply64(sets[7, "test"].embeddings)).max() <= 1e-5
@@ -142,7 +145,8 @@ def test_the_transformed_gallery_is_numpy_s_transform_and_marked(tasks, tmp_path
     again = apply_to_set(adapter, gallery, tmp_path / "store", shard_rows=7)
     assert again.manifest.created == m.created  # the same transform is not redone
     with pytest.raises(InputError, match="holds a gallery transformed by an adapter, not a model's embeddings"):
-        embed_dataset(models[7], open_dataset("cifar10:test", root / "data"), tmp_path / "store", provider="cpu",
+        embed_dataset(models[7], open_dataset("cifar10:test", root / "data"), tmp_path / "store",
+                      runtime=RuntimeOptions(provider="cpu"),
                       model_id="task3-to-task7")
     query = fit_adapter(sets[7, "train"], sets[3, "train"], kind="affine", direction="query")
     with pytest.raises(InputError, match="only a gallery adapter transforms a stored gallery"):

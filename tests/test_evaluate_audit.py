@@ -16,6 +16,7 @@ from dpcompat.evaluate.study.audit import equal_pairs, run_audit
 from dpcompat.evaluate.search.indexes import exact_topk
 from dpcompat.evaluate.study.audit_report import sheet_pairs, write_audit
 from dpcompat.infer.data.datasets import dataset_key
+from dpcompat.infer.runtime.options import RuntimeOptions
 from dpcompat.infer.store.sets import read_set
 from onnx_fixtures import run_cli, write_model
 from test_evaluate_cli import BLOCK_TORCH
@@ -73,7 +74,7 @@ def test_near_duplicates_equal_brute_force(tmp_path):
     write_model(tmp_path / "m.onnx", seed=5)
     threshold, k = 0.99, 3
     audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=tmp_path / "m.onnx", threshold=threshold,
-                      k=k, store=tmp_path / "store", provider="cpu")
+                      k=k, store=tmp_path / "store", runtime=RuntimeOptions(provider="cpu"))
     q = read_set(tmp_path / "store" / "m" / dataset_key("cifar10:test", tmp_path)).embeddings
     g = read_set(tmp_path / "store" / "m" / dataset_key("cifar100:train", tmp_path)).embeddings
     full = q.astype(np.float64) @ g.astype(np.float64).T  # brute force: the whole matrix
@@ -93,7 +94,7 @@ def test_near_duplicates_do_not_depend_on_the_block_size(tmp_path, monkeypatch):
 
     def found():
         audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=tmp_path / "m.onnx", threshold=0.99,
-                          k=3, store=tmp_path / "store", provider="cpu")
+                          k=3, store=tmp_path / "store", runtime=RuntimeOptions(provider="cpu"))
         return {p.key: p.cosine for p in audit.comparisons[0].pairs}, [p.key for p in audit.comparisons[0].closest]
 
     default = found()
@@ -175,7 +176,8 @@ def test_auto_feature_prefers_a_query_output(tmp_path):
     proto.graph.output.append(helper.make_tensor_value_info("query", onnx.TensorProto.FLOAT, ["N", 16]))
     onnx.save(proto, path)
     store = tmp_path / "store"
-    audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, store=store, provider="cpu")
+    audit = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, store=store,
+                      runtime=RuntimeOptions(provider="cpu"))
     assert audit.feature == "query"
     stored = read_set(store / "m-query" / dataset_key("cifar10:test", tmp_path))
     assert stored.manifest.model.output == "query"
@@ -183,12 +185,12 @@ def test_auto_feature_prefers_a_query_output(tmp_path):
     q, g = stored.embeddings, read_set(store / "m-query" / dataset_key("cifar100:train", tmp_path)).embeddings
     assert pair.cosine == pytest.approx(float(q[pair.left_index] @ g[pair.right_index]), abs=1e-6)
     embedding = run_audit(["cifar10:test", "cifar100:train"], tmp_path, model=path, feature="embedding",
-                          store=store, provider="cpu")
+                          store=store, runtime=RuntimeOptions(provider="cpu"))
     assert embedding.feature == "embedding" and (store / "m" / dataset_key("cifar10:test", tmp_path)).is_dir()
     from dpcompat.infer.data.datasets import open_dataset
     from dpcompat.infer.embed import embed_dataset
 
     warnings = []
-    again = embed_dataset(path, open_dataset("cifar10:test", tmp_path), store, model_id="m", provider="cpu",
-                          warn=warnings.append, output="query")  # the stored 'm' set holds the other output
+    again = embed_dataset(path, open_dataset("cifar10:test", tmp_path), store, model_id="m",
+                          runtime=RuntimeOptions(provider="cpu"), warn=warnings.append, output="query")  # the stored 'm' set holds the other output
     assert not again.reused and "output" in warnings[0] and again.set.manifest.model.output == "query"

@@ -74,20 +74,67 @@ def test_exact_curve_is_the_slow_reference_and_ends_at_the_matrix(models):
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
-def test_index_curve_reuses_the_old_structure(models, kind):
+def test_index_curve_of_an_exhaustive_index_is_the_exact_curve(models, kind):
     pytest.importorskip("faiss", reason="faiss-cpu (the [faiss] extra) is not installed")
     (old, new), labels = models
     order = backfill_order(30, seed=4)
     f = fractions(5)
     resolved = IndexParams(nlist=3, nprobe=3).resolve(kind, 30, 6)
-    index = build_index(old, kind, resolved)
-    got = index_curve(index, kind, resolved, new, new, labels, labels, order, f, k=3, exclude_self=True, depth=29)
-    assert index.ntotal == 30  # the old index itself is untouched
+    ends = (build_index(old, kind, resolved), build_index(new, kind, resolved))
+    got = index_curve(ends, kind, resolved, new, old, new, labels, labels, order, f, k=3, exclude_self=True,
+                      depth=29)
     want = slow_backfill(new, old, new, labels, labels, order, 5, 3, True)
     # flat, IVF probing every list and HNSW on 30 items are exhaustive: the exact curve
     for name in ("top1", "top5", "knn"):
         np.testing.assert_allclose(got[name], want[name], err_msg=name)
     np.testing.assert_allclose(got["mAP@K"], want["mAP"], rtol=1e-6)
+
+
+def drifted_sets(store, n=1200, dim=16, classes=12):
+    """Two stored sets of one gallery: an old model and a new one whose space drifted (a partial
+    rotation plus noise), so an index of one model's vectors is a poor structure for the other's."""
+    from dpcompat.infer.store.manifest import DataRecord, Manifest, ModelRecord
+    from dpcompat.infer.store.shards import write_set
+
+    rng = np.random.default_rng(7)
+    labels = np.arange(n) % classes
+    base = rng.standard_normal((classes, dim))[labels] + rng.standard_normal((n, dim))
+    rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
+    sets = []
+    for m, x in enumerate([base, 0.5 * base + 0.5 * base @ rotation + 0.3 * rng.standard_normal((n, dim))]):
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        data = DataRecord(spec="cifar10:test", location="data", name="cifar10", split="test", fingerprint="f" * 64,
+                          size=n)
+        manifest = Manifest(model=ModelRecord(id=f"m{m}", sha256="0" * 64, task=m), dataset=data, preprocessing={})
+        sets.append(write_set(store / f"m{m}", x, labels.astype(np.int64), manifest, shard_rows=n))
+    return sets
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_index_curve_ends_are_the_index_cells(tmp_path, kind):
+    """f = 0 is cell C[new][old] and f = 1 cell C[new][new] of the same index kind, value for value: the
+    ends search the very indexes the cells search (one build per gallery, same parameters and seed).
+    On this gallery the approximate kinds are approximate (recall below 1), so a curve that patched the
+    old index instead of indexing the new gallery would miss the diagonal."""
+    pytest.importorskip("faiss", reason="faiss-cpu (the [faiss] extra) is not installed")
+    from dpcompat.evaluate.search.production import ProductionOptions, evaluate_production
+
+    sets = drifted_sets(tmp_path / "store")
+    opts = ProductionOptions(indexes=(kind,), params=IndexParams(nprobe=2, pq_bits=4, ef_search=16), depth=60,
+                             backfill=True, backfill_steps=4)
+    exact = compatibility([s.embeddings for s in sets], [s.embeddings for s in sets], sets[0].labels,
+                          sets[0].labels, exclude_self=True)
+    out = evaluate_production(sets, sets, exact, ["m0", "m1"], opts, tmp_path / "store", exclude_self=True)
+    cells = out["indexes"]["methods"][1]
+    curve = out["backfill"]["pairs"][0]["curves"][kind]
+    for name, values in curve.items():
+        assert values[0] == cells["metrics"][name][1][0], name
+        assert values[-1] == cells["metrics"][name][1][1], name
+    recall = cells["recall"]["recall@60"]
+    if kind == "flat":  # exact at every fraction
+        np.testing.assert_array_equal(curve["top1"], out["backfill"]["pairs"][0]["curves"]["exact"]["top1"])
+    else:
+        assert min(recall[1][0], recall[1][1]) < 0.99, recall
 
 
 def test_order_file_and_pairs(tmp_path, models):

@@ -136,7 +136,7 @@ def test_csv_markdown_and_figures(tmp_path):
                     provenance=[{"data": "generated", "backbone": "random"}] * 3)
     written = write_reports(ev, tmp_path / "out")
     out = tmp_path / "out"
-    expected = {"compatibility.json", "compatibility.csv", "compatibility.md", *figure_files()}
+    expected = {"compatibility.json", "compatibility.csv", "compatibility.md", "report.html", *figure_files()}
     assert {p.name for p in written} == expected == {p.name for p in out.iterdir()}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
     for p in written:

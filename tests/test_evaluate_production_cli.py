@@ -57,6 +57,8 @@ def test_indexes_backfill_and_storage_precision(workdir):
     assert set(prod["gallery_precision"]) == {"fp16", "int8"}
     md = (workdir / "reports" / "production.md").read_text()
     assert "### ivfpq (nlist=2, nprobe=2, pq_m=1, pq_bits=6)" in md and "## Backfilling" in md
+    page = (workdir / "reports" / "report.html").read_text()  # rendered again with the production files
+    assert 'id="production"' in page and 'alt="backfill_task3_task2.png"' in page
     again = evaluate(workdir, "--index", "ivfpq", "--index-depth", "79")
     assert again.returncode == 0, again.stderr
     prod2 = json.loads((workdir / "reports" / "production.json").read_text())
@@ -86,7 +88,7 @@ def test_query_precision_rows(workdir):
     (("--backfill-order", "order.txt"), "--backfill-pairs and --backfill-order need --backfill"),
     (("--backfill", "--backfill-pairs", "task1:task3"), "task3 must be older than task1"),
     (("--gallery-precision", "int4"), "--gallery-precision 'int4'"),
-    (("--index", "ivf", "--nprobe", "0"), "--nprobe 0: must be at least 1"),
+    (("--index", "ivf", "--nprobe", "0"), "--nprobe 0: expected an integer 1 to"),
     (("--precision-exports", "missing"), "--precision-exports missing: no task1.onnx there"),
 ])
 def test_refusals_are_one_line(workdir, args, message):

@@ -61,7 +61,7 @@ def test_bad_methods():
 
 def test_figure_written(tmp_path):
     xs, labels = clustered(models=2)
-    path = write_projections(xs, labels, ["task1", "task2"], tmp_path, methods=("pca",), sample=40)
+    path = write_projections(xs, labels, ["task1", "task2"], tmp_path, methods=("pca",), sample=40, notes=())
     with Image.open(path) as img:
         assert img.format == "PNG" and img.size == (522, 558)  # 2 rows (pca, joint) x 2 models at 90 dpi
 

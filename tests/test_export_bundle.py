@@ -25,6 +25,7 @@ from dpcompat.infer.runtime.bundle import BundleInfo, bundle_set_ids, is_bundle,
 from dpcompat.infer.data.datasets import open_dataset
 from dpcompat.infer.embed import embed_dataset, embed_model
 from dpcompat.infer.runtime.metadata import ModelInfo
+from dpcompat.infer.runtime.options import RuntimeOptions
 from dpcompat.infer.runtime.session import model_info
 from dpcompat.train.checkpoint import checkpoint_path, config_to_args, model_from_checkpoint, save_checkpoint
 from dpcompat.train.model import DualPromptViT
@@ -221,11 +222,12 @@ def test_verify_checks_every_task_and_the_query(run, tmp_path):
 def test_store_sets_equal_the_single_files_and_reuse_per_set(run, tmp_path):
     data = open_dataset("cifar10:test", write_data(tmp_path / "data", test_per_class=3))
     bundle = run / "exports" / "tasks.onnx"
-    results = embed_model(bundle, data, tmp_path / "store", batch_size=7, shard_rows=20)
+    results = embed_model(bundle, data, tmp_path / "store", runtime=RuntimeOptions(batch_size=7), shard_rows=20)
     assert [r.set.model_id for r in results] == ["tasks.backbone", "tasks.task1", "tasks.task2", "tasks.task3"]
     assert not any(r.reused for r in results)
     for task, r in zip(TASKS, results[1:]):
-        single = embed_dataset(run / "exports" / f"task{task}.onnx", data, tmp_path / "single", batch_size=5).set
+        single = embed_dataset(run / "exports" / f"task{task}.onnx", data, tmp_path / "single",
+                               runtime=RuntimeOptions(batch_size=5)).set
         np.testing.assert_allclose(r.set.embeddings, single.embeddings, rtol=0, atol=1e-5)
         np.testing.assert_array_equal(r.set.labels, single.labels)
         assert r.set.manifest.model.task == task and r.set.manifest.model.output == f"embedding[:, {task - 1}]"
@@ -240,7 +242,7 @@ def test_store_sets_equal_the_single_files_and_reuse_per_set(run, tmp_path):
     backbone = results[0].set.manifest.model
     assert (backbone.output, backbone.task, backbone.checkpoint_sha256) == ("query", 0, None)
     shutil.rmtree(results[2].set.path)
-    again = embed_model(bundle, data, tmp_path / "store", batch_size=7, shard_rows=20)
+    again = embed_model(bundle, data, tmp_path / "store", runtime=RuntimeOptions(batch_size=7), shard_rows=20)
     assert [r.reused for r in again] == [True, True, False, True]
     np.testing.assert_array_equal(again[2].set.embeddings, results[2].set.embeddings)
 
@@ -248,9 +250,9 @@ def test_store_sets_equal_the_single_files_and_reuse_per_set(run, tmp_path):
 def test_evaluate_on_the_bundle_is_the_single_files_matrix_plus_the_backbone(run, tmp_path):
     data = write_data(tmp_path / "data", test_per_class=3)
     singles = collect_from_models([run / "exports" / f"task{t}.onnx" for t in TASKS], "cifar10:test", "cifar10:test",
-                                  data, tmp_path / "s1", provider="cpu")
+                                  data, tmp_path / "s1", runtime=RuntimeOptions(provider="cpu"))
     bundled = collect_from_models([run / "exports" / "tasks.onnx"], "cifar10:test", "cifar10:test", data,
-                                  tmp_path / "s2", provider="cpu")
+                                  tmp_path / "s2", runtime=RuntimeOptions(provider="cpu"))
     single_ev, bundle_ev = evaluate_sets(*singles), evaluate_sets(*bundled)
     assert bundle_ev.models == bundle_set_ids("tasks", BundleInfo.from_props(read_props(
         run / "exports" / "tasks.onnx"), "b"))

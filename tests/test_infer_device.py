@@ -9,7 +9,8 @@ import pytest
 from dpcompat.common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, parse_provider
 from dpcompat.common.errors import InputError
 from dpcompat.infer.runtime import device, session as sess
-from dpcompat.infer.runtime.device import TensorRTOptions, provider_chain
+from dpcompat.infer.runtime.device import provider_chain
+from dpcompat.infer.runtime.options import TensorRTOptions
 from onnx_fixtures import run_cli, write_model
 
 

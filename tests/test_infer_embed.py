@@ -6,6 +6,7 @@ import pytest
 
 from dpcompat.infer.data.datasets import open_dataset
 from dpcompat.infer.embed import embed_dataset
+from dpcompat.infer.runtime.options import RuntimeOptions
 from dpcompat.common.errors import InputError
 from dpcompat.infer.store.sets import read_set
 from dpcompat.common.digest import file_sha256
@@ -23,7 +24,8 @@ def test_embed_writes_a_complete_set(setup):
     tmp_path, model = setup
     ds = open_dataset("cifar10:test", tmp_path / "data")
     said = []
-    r = embed_dataset(model, ds, tmp_path / "store", provider="cpu", batch_size=7, shard_rows=12, warn=said.append)
+    r = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu", batch_size=7), shard_rows=12,
+                      warn=said.append)
     path = tmp_path / "store" / "task3" / ds.key
     assert ds.key.startswith("cifar10-test-") and len(ds.key) == len("cifar10-test-") + 16
     assert not r.reused and r.provider == "cpu" and r.set.path == path and not said
@@ -49,9 +51,10 @@ def test_embed_writes_a_complete_set(setup):
 def test_batch_and_shard_sizes_do_not_change_embeddings(setup):
     tmp_path, model = setup
     ds = open_dataset("cifar10:test", tmp_path / "data")
-    one = embed_dataset(model, ds, tmp_path / "a", provider="cpu", batch_size=1).set.embeddings
-    many = embed_dataset(model, ds, tmp_path / "b", provider="cpu", batch_size=64).set.embeddings
-    sharded = embed_dataset(model, ds, tmp_path / "c", provider="cpu", batch_size=4, shard_rows=7).set
+    one = embed_dataset(model, ds, tmp_path / "a", runtime=RuntimeOptions(provider="cpu", batch_size=1)).set.embeddings
+    many = embed_dataset(model, ds, tmp_path / "b", runtime=RuntimeOptions(provider="cpu", batch_size=64)).set.embeddings
+    sharded = embed_dataset(model, ds, tmp_path / "c", runtime=RuntimeOptions(provider="cpu", batch_size=4),
+                            shard_rows=7).set
     assert len(sharded.manifest.shards) == 5
     np.testing.assert_allclose(one, many, atol=1e-6)
     np.testing.assert_allclose(sharded.embeddings, many, atol=1e-6)
@@ -60,13 +63,13 @@ def test_batch_and_shard_sizes_do_not_change_embeddings(setup):
 def test_reuse_force_and_changed_model(setup):
     tmp_path, model = setup
     ds = open_dataset("cifar10:test", tmp_path / "data")
-    first = embed_dataset(model, ds, tmp_path / "store", provider="cpu")
-    again = embed_dataset(model, ds, tmp_path / "store", provider="cpu")
+    first = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"))
+    again = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"))
     assert again.reused and again.set.manifest.created == first.set.manifest.created
-    assert not embed_dataset(model, ds, tmp_path / "store", provider="cpu", force=True).reused
+    assert not embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"), force=True).reused
     write_model(model, task=3, seed=99)  # re-exported: same name, other weights
     said = []
-    changed = embed_dataset(model, ds, tmp_path / "store", provider="cpu", warn=said.append)
+    changed = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"), warn=said.append)
     assert not changed.reused and "another model file" in said[0]
     assert not np.allclose(changed.set.embeddings, first.set.embeddings)
 
@@ -76,7 +79,8 @@ def test_non_finite_output_is_an_error_and_nothing_is_stored(setup, poison):
     tmp_path, _ = setup
     model = write_model(tmp_path / "exports" / "broken.onnx", poison=poison)
     with pytest.raises(InputError, match=r"broken.onnx: 'embedding' is NaN or Inf for cifar10:test\[0\]; nothing stored"):
-        embed_dataset(model, open_dataset("cifar10:test", tmp_path / "data"), tmp_path / "store", provider="cpu")
+        embed_dataset(model, open_dataset("cifar10:test", tmp_path / "data"), tmp_path / "store",
+                      runtime=RuntimeOptions(provider="cpu"))
     assert not [p for p in (tmp_path / "store").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
 
 
@@ -84,13 +88,13 @@ def test_unreadable_image_stops_or_is_skipped_and_listed(tmp_path):
     model = write_model(tmp_path / "task1.onnx")
     ds = open_dataset(f"folder:{write_folder(tmp_path / 'pets', bad=True)}")
     with pytest.raises(InputError, match="broken.png: unreadable image"):
-        embed_dataset(model, ds, tmp_path / "store", provider="cpu")
-    r = embed_dataset(model, ds, tmp_path / "store", provider="cpu", skip_bad=True, batch_size=2)
+        embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"))
+    r = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu", skip_bad=True, batch_size=2))
     assert r.set.manifest.skipped == ("cat/broken.png",) and r.set.count == 6
     assert r.set.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert embed_dataset(model, ds, tmp_path / "store", provider="cpu", skip_bad=True).reused
+    assert embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu", skip_bad=True)).reused
     with pytest.raises(InputError, match="broken.png"):  # without --skip-bad the partial set is not reused
-        embed_dataset(model, ds, tmp_path / "store", provider="cpu")
+        embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"))
 
 
 def test_embed_command(setup):
@@ -127,12 +131,12 @@ def test_two_folders_of_one_name_are_two_sets(tmp_path):
     model = write_model(tmp_path / "task1.onnx")
     a = open_dataset(f"folder:{write_folder(tmp_path / 'a' / 'images')}")
     b = open_dataset(f"folder:{write_folder(tmp_path / 'b' / 'images')}")
-    first = embed_dataset(model, a, tmp_path / "store", provider="cpu")
-    second = embed_dataset(model, b, tmp_path / "store", provider="cpu")
+    first = embed_dataset(model, a, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"))
+    second = embed_dataset(model, b, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"))
     assert first.set.path != second.set.path and not second.reused
     assert first.set.path.name.startswith("folder-images-")
     assert read_set(first.set.path).manifest.dataset.location == f"folder:{(tmp_path / 'a' / 'images').resolve()}"
-    assert embed_dataset(model, a, tmp_path / "store", provider="cpu").reused
+    assert embed_dataset(model, a, tmp_path / "store", runtime=RuntimeOptions(provider="cpu")).reused
 
 
 @pytest.mark.parametrize("edit", ["labels", "embeddings"])
@@ -140,7 +144,7 @@ def test_an_edited_set_is_recomputed(setup, edit):
     """Issue 10: an edited labels file was trusted; now its digest refuses it and embed recomputes."""
     tmp_path, model = setup
     ds = open_dataset("cifar10:test", tmp_path / "data")
-    first = embed_dataset(model, ds, tmp_path / "store", provider="cpu", shard_rows=16).set
+    first = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"), shard_rows=16).set
     file = first.path / f"{edit}-00001.npy"
     x = np.load(file)
     with open(file, "wb") as f:
@@ -148,7 +152,8 @@ def test_an_edited_set_is_recomputed(setup, edit):
     with pytest.raises(InputError, match=f"{edit}-00001.npy: its sha256 differs"):
         read_set(first.path)
     said = []
-    again = embed_dataset(model, ds, tmp_path / "store", provider="cpu", shard_rows=16, warn=said.append)
+    again = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"), shard_rows=16,
+                          warn=said.append)
     assert not again.reused and "sha256 differs" in said[0] and said[0].endswith("recomputing")
     np.testing.assert_array_equal(read_set(first.path).labels, ds.labels)
 
@@ -171,13 +176,14 @@ def test_format_1_sets_are_migrated_when_they_match(setup):
 
     tmp_path, model = setup
     ds = open_dataset("cifar10:test", tmp_path / "data")
-    fresh = embed_dataset(model, ds, tmp_path / "store", provider="cpu").set
+    fresh = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu")).set
     legacy = tmp_path / "store" / "task3" / "cifar10-test"
     _as_format_1(fresh, legacy)
     embeddings = np.asarray(fresh.embeddings).copy()
     shutil.rmtree(fresh.path)
     said = []
-    migrated = embed_dataset(model, ds, tmp_path / "store", provider="cpu", shard_rows=8, warn=said.append)
+    migrated = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"), shard_rows=8,
+                             warn=said.append)
     assert migrated.reused and said == [f"migrated {legacy} (store format 1) to {fresh.path}; the old folder "
                                         "can be deleted"]
     again = read_set(fresh.path)
@@ -186,7 +192,7 @@ def test_format_1_sets_are_migrated_when_they_match(setup):
     shutil.rmtree(fresh.path)
     np.save(legacy / "labels.npy", np.zeros(30, np.int64))  # edited labels: not taken over
     said.clear()
-    recomputed = embed_dataset(model, ds, tmp_path / "store", provider="cpu", warn=said.append)
+    recomputed = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu"), warn=said.append)
     assert not recomputed.reused and "labels or dimension are not this data's" in said[0]
     np.testing.assert_array_equal(recomputed.set.labels, ds.labels)
 
@@ -199,9 +205,9 @@ def test_provenance_is_copied_and_an_unwritable_store_is_refused_first(tmp_path)
     info = replace(model_info(), provenance={"data": "generated", "backbone": "random"})
     model = write_model(tmp_path / "task1.onnx", info=info)
     ds = open_dataset("generated:20")
-    stored = embed_dataset(model, ds, tmp_path / "store", provider="cpu").set
+    stored = embed_dataset(model, ds, tmp_path / "store", runtime=RuntimeOptions(provider="cpu")).set
     assert stored.manifest.provenance == {"data": "generated", "backbone": "random"}
     assert stored.manifest.dataset.location == "generated:20" and stored.count == 20
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(InputError, match=r"--store .*file: cannot write"):
-        embed_dataset(model, ds, tmp_path / "file", provider="cpu")
+        embed_dataset(model, ds, tmp_path / "file", runtime=RuntimeOptions(provider="cpu"))

@@ -10,7 +10,8 @@ import pytest
 from dpcompat.common.errors import InputError
 from dpcompat.infer.data import workers as w
 from dpcompat.infer.data.datasets import open_dataset
-from dpcompat.infer.embed import Engine, embed_dataset
+from dpcompat.infer.embed import embed_dataset
+from dpcompat.infer.runtime.options import RuntimeOptions
 from dpcompat.infer.data.preprocess import preprocess_image
 from dpcompat.infer.data.workers import batch_source
 from onnx_fixtures import PREPROCESSING, write_data, write_model
@@ -96,8 +97,22 @@ def test_workers_stop_when_the_consumer_stops(tmp_path, how):
     assert multiprocessing.active_children() == []
 
 
+def test_a_pool_starts_only_the_processes_its_batches_need(tmp_path):
+    ds = open_dataset("cifar10:test", write_data(tmp_path, test_per_class=1))  # 10 rows: 3 batches of 4
+    source = batch_source(ds, PREPROCESSING, batch_size=4, workers=8)
+    next(source)
+    assert len(multiprocessing.active_children()) == 3
+    source.close()
+    assert multiprocessing.active_children() == []
+    one = batch_source(ds, PREPROCESSING, batch_size=10, workers=8)  # one batch: decoded in this process
+    next(one)
+    assert multiprocessing.active_children() == []
+    one.close()
+
+
 def test_options_are_checked_before_any_work(pets):
-    for kw, message in [({"workers": -1}, "--workers -1"), ({"batch_size": 0}, "--batch-size 0"),
+    for kw, message in [({"workers": -1}, "--workers -1"), ({"workers": 257}, "--workers 257: must be from 0 to 256"),
+                        ({"batch_size": 0}, "--batch-size 0"),
                         ({"prefetch": 0}, "prefetch 0"), ({"start_method": "thread"}, "start method 'thread'"),
                         ({"start": 8}, "start row 8")]:
         with pytest.raises(InputError, match=message):
@@ -107,9 +122,10 @@ def test_options_are_checked_before_any_work(pets):
 def test_embed_with_workers_stores_the_same_set(tmp_path):
     ds = open_dataset("cifar10:test", write_data(tmp_path / "data", test_per_class=3))
     model = write_model(tmp_path / "task1.onnx")
-    one = embed_dataset(model, ds, tmp_path / "a", provider="cpu", batch_size=8, engine=Engine(workers=0, threads=1))
+    one = embed_dataset(model, ds, tmp_path / "a",
+                        runtime=RuntimeOptions(provider="cpu", batch_size=8, workers=0, threads=1))
     # 12-row shards: batches of 8 are cut at each shard's end (8 + 4), as the store needs
-    two = embed_dataset(model, ds, tmp_path / "b", provider="cpu", batch_size=8, shard_rows=12,
-                        engine=Engine(workers=2, threads=2))
+    two = embed_dataset(model, ds, tmp_path / "b", shard_rows=12,
+                        runtime=RuntimeOptions(provider="cpu", batch_size=8, workers=2, threads=2))
     assert one.set.embeddings.tobytes() == two.set.embeddings.tobytes()
     assert one.set.labels.tolist() == two.set.labels.tolist() == ds.labels.tolist()

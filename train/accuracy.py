@@ -29,6 +29,7 @@ from ..common.heatmap import heatmap
 from .checkpoint import find_checkpoints, load_checkpoint, model_from_checkpoint
 from .data import eval_transform, limit_per_class, load_split, task_classes, task_dataset
 from .loop import _device, _init_distributed, evaluate_task, forgetting
+from .options import check_number
 
 JSON_FILE, CSV_FILE, HEATMAP_FILE = "accuracy.json", "accuracy.csv", "accuracy_heatmap.png"
 
@@ -44,10 +45,15 @@ class AccuracyOptions:
     selection: Optional[str] = None  # batchwise when args.batchwise_prompt, else per-sample
     gather: Optional[str] = None  # args.gather (written by train), else per-sample
     query: str = "cls"
-    limit_per_class: Optional[int] = None  # args.limit_per_class
+    limit_per_class: Optional[int] = None  # args.limit_per_class, else every image
     device: str = "auto"
     bf16: bool = True  # bf16 autocast on CUDA, as train evaluates; False: float32, as the reference
     quiet: bool = False
+
+    def __post_init__(self):
+        for option, value in (("--batch-size", self.batch_size), ("--limit-per-class", self.limit_per_class)):
+            if value is not None:
+                check_number(option, value, integer=True, at_least=1)
 
 
 @dataclass
@@ -64,40 +70,53 @@ class AccuracyResult:
                 "average_accuracy": last["average_accuracy"], "forgetting": last["forgetting"]}
 
 
+def _recorded(a: dict, key: str, source: Path) -> Optional[int]:
+    """``args.<key>`` when it is a positive integer, None when absent; InputError otherwise."""
+    value = a.get(key)
+    if value is not None and (type(value) is not int or value < 1):
+        raise InputError(f"{source}: args.{key} {value!r} is not a positive integer; pass --{key.replace('_', '-')}")
+    return value
+
+
 def resolve_settings(opts: AccuracyOptions, args: Optional[object], source: Path) -> dict:
-    """The evaluation setting: the options given, else what ``args`` records; choices are checked."""
+    """The evaluation setting: the options given, else what ``args`` records (checked, never replaced
+    when out of range); choices are checked."""
     a = vars(args) if args is not None else {}
     num_tasks = a.get("num_tasks")
     if not isinstance(num_tasks, int) or num_tasks < 1:
         raise InputError(f"{source}: its args do not say how many tasks the classes were split into (num_tasks)")
+    batch_size = opts.batch_size if opts.batch_size is not None else _recorded(a, "batch_size", source)
+    limit = opts.limit_per_class if opts.limit_per_class is not None else _recorded(a, "limit_per_class", source)
     settings = {
-        "batch_size": opts.batch_size or a.get("batch_size") or 24,
+        "batch_size": batch_size if batch_size is not None else 24,  # the reference's
         "selection": opts.selection or ("batchwise" if a.get("batchwise_prompt") else "per-sample"),
         "gather": opts.gather or a.get("gather") or "per-sample",
         "query": opts.query,
-        "limit_per_class": opts.limit_per_class if opts.limit_per_class is not None else a.get("limit_per_class"),
+        "limit_per_class": limit,
         "num_tasks": num_tasks,
     }
     for name, allowed in (("selection", SELECTIONS), ("gather", GATHERS), ("query", QUERIES)):
         check_choice(f"--{name}", settings[name], allowed)
-    if settings["batch_size"] < 1:
-        raise InputError(f"--batch-size {settings['batch_size']}: must be at least 1")
     return settings
 
 
-def _checkpoints(checkpoint_dir: str | Path) -> dict[int, Path]:
+def _checkpoints(checkpoint_dir: str | Path) -> tuple[dict[int, Path], Optional[object]]:
+    """Task checkpoints 1..T of the folder and the first one's ``args``. Each is read once up front
+    (:func:`load_checkpoint` refuses NaN or Inf weights and dtypes the model does not hold), so a bad
+    last one stops the command before any evaluation."""
     found = find_checkpoints(checkpoint_dir)
     if list(found) != list(range(1, len(found) + 1)):
         raise InputError(f"{checkpoint_dir}: task checkpoints must run 1..T without gaps "
                          f"(found tasks {', '.join(map(str, found))})")
-    return found
+    args = [load_checkpoint(path).get("args") for path in found.values()]
+    return found, args[0]
 
 
 def evaluate_checkpoints(opts: AccuracyOptions) -> AccuracyResult:
     """Evaluate every checkpoint of ``opts.checkpoint_dir`` (under torchrun: the test images split across
     processes, counts summed); rank 0 writes JSON, CSV and the heatmap into ``opts.out``."""
-    found = _checkpoints(opts.checkpoint_dir)
-    settings = resolve_settings(opts, load_checkpoint(found[1]).get("args"), found[1])
+    found, args = _checkpoints(opts.checkpoint_dir)
+    settings = resolve_settings(opts, args, found[1])
     if len(found) > settings["num_tasks"]:
         raise InputError(f"{opts.checkpoint_dir}: {len(found)} task checkpoints for num_tasks {settings['num_tasks']}")
     test_split = load_split(opts.data_path, "test", False)
@@ -133,9 +152,12 @@ def _evaluate(found: dict[int, Path], tasks: list[list[int]], test_split, settin
             if i not in test_sets:
                 test_sets[i] = task_dataset(test_split, tasks[i], eval_transform(model.cfg.img_size),
                                             settings["limit_per_class"])
-            acc[i, t - 1] = evaluate_task(model, test_sets[i], device, settings["batch_size"], d,
-                                          settings["selection"], amp, gather=settings["gather"],
-                                          query=settings["query"])
+            try:
+                acc[i, t - 1] = evaluate_task(model, test_sets[i], device, settings["batch_size"], d,
+                                              settings["selection"], amp, gather=settings["gather"],
+                                              query=settings["query"])
+            except FloatingPointError as e:
+                raise InputError(f"{path}: the model gives {e} of task {i + 1}: no accuracy to report") from None
             bar.update()
         col = acc[:t, t - 1]
         rows.append({"task": t, "accuracy": [round(float(a), 4) for a in col],

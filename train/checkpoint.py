@@ -3,7 +3,10 @@
 
 Loading uses ``torch.load(weights_only=True)`` with only ``argparse.Namespace`` allowed besides
 tensors and plain containers, so a checkpoint that carries any other object is refused before any of
-its code runs.
+its code runs. Every loader reads through :func:`load_checkpoint`, which also refuses weights the model
+cannot hold (a dtype other than float32, float16 or bfloat16; the half precisions are widened to
+float32 there) and weights holding NaN or Inf (a diverged training run): no accuracy, export or
+resumed training is ever computed from them.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -23,6 +26,13 @@ from .model import DualPromptConfig, DualPromptViT
 from .reference_args import check_supported, reference_args
 
 CHECKPOINT_RE = re.compile(r"^task(\d+)_checkpoint\.pth$")
+DEFAULT_CHECKPOINT_DIR = "output/checkpoint"
+# Where checkpoints usually are below a working directory: train's default output and the demo's default
+# workdir; <any folder>/output/checkpoint (a demo's --workdir, a train --output-dir) is looked at as well.
+KNOWN_CHECKPOINT_DIRS = (DEFAULT_CHECKPOINT_DIR, "demo-run/output/checkpoint")
+# Weights the model holds: float32, and the half precisions, widened to float32 exactly when loaded.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_SHOWN = 6  # tensors named in one refusal
 
 
 def checkpoint_path(checkpoint_dir: str | Path, task: int) -> Path:
@@ -38,12 +48,44 @@ def list_checkpoints(checkpoint_dir: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def distinct_folders(folders: Iterable[str | Path]) -> list[Path]:
+    """``folders`` in order, each resolved location once (the first spelling of it kept)."""
+    seen, kept = set(), []
+    for folder in map(Path, folders):
+        where = folder.resolve()
+        if where not in seen:
+            seen.add(where)
+            kept.append(folder)
+    return kept
+
+
+def nearby_checkpoint_dirs(name: Optional[str] = None, exclude: Iterable[str | Path] = ()) -> list[Path]:
+    """Folders below the working directory that hold task checkpoints (the file ``name``, when given):
+    :data:`KNOWN_CHECKPOINT_DIRS`, then ``*/output/checkpoint``; the ``exclude`` locations left out."""
+    skip = {Path(f).resolve() for f in exclude}
+    candidates = [*KNOWN_CHECKPOINT_DIRS, *sorted(str(p) for p in Path().glob("*/output/checkpoint"))]
+    return [f for f in distinct_folders(candidates) if f.resolve() not in skip and
+            ((f / name).is_file() if name else bool(list_checkpoints(f)))]
+
+
+def pointer_to(folders: list[Path], what: str = "task checkpoints are") -> str:
+    """``; task checkpoints are in F: pass --checkpoint-dir F`` for the first of ``folders`` (the
+    others named too), or "" when there is none."""
+    if not folders:
+        return ""
+    others = f" (also in {', '.join(map(str, folders[1:_SHOWN]))})" if len(folders) > 1 else ""
+    return f"; {what} in {folders[0]}{others}: pass --checkpoint-dir {folders[0]}"
+
+
 def checkpoint_folder(checkpoint_dir: str | Path) -> Path:
-    """``--checkpoint-dir`` as a folder that exists (an InputError saying so otherwise)."""
+    """``--checkpoint-dir`` as a folder that exists; an InputError saying so otherwise, naming where a
+    relative folder was looked for and any folder nearby that holds checkpoints."""
     folder = Path(checkpoint_dir)
     if not folder.is_dir():
         reason = "not a folder" if folder.exists() else "no such folder"
-        raise InputError(f"--checkpoint-dir {checkpoint_dir}: {reason}")
+        where = "" if folder.is_absolute() else f" in {Path.cwd()}"
+        raise InputError(f"--checkpoint-dir {checkpoint_dir}: {reason}{where}"
+                         f"{pointer_to(nearby_checkpoint_dirs(exclude=[folder]))}")
     return folder
 
 
@@ -51,7 +93,8 @@ def find_checkpoints(checkpoint_dir: str | Path) -> dict[int, Path]:
     """:func:`list_checkpoints` of an existing folder that holds at least one."""
     found = list_checkpoints(checkpoint_folder(checkpoint_dir))
     if not found:
-        raise InputError(f"{checkpoint_dir}: no task<N>_checkpoint.pth files")
+        raise InputError(f"{checkpoint_dir}: no task<N>_checkpoint.pth files"
+                         f"{pointer_to(nearby_checkpoint_dirs(exclude=[checkpoint_dir]))}")
     return found
 
 
@@ -143,7 +186,38 @@ def load_checkpoint(path: str | Path) -> dict:
         provenance_from_args(ckpt.get("args"))
     except ValueError as e:
         raise InputError(f"{path}: {e}") from None
+    ckpt["model"] = checked_weights(ckpt["model"], path)
     return ckpt
+
+
+def _listed(items: list[str]) -> str:
+    return ", ".join(items[:_SHOWN]) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+def checked_weights(state: dict, source: str | Path) -> dict:
+    """``state`` with every tensor in float32 (float16 and bfloat16 widened, exactly).
+
+    One InputError naming ``source`` and every tensor of another dtype (integer, complex, bool, float64,
+    ...: the model would cast it silently) or layout, else every tensor that holds NaN or Inf. Each
+    tensor is read once by ``torch.isfinite``. Values that are not tensors are left to
+    :func:`check_state_dict`."""
+    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    wrong = [f"{k} is {str(v.dtype).removeprefix('torch.')}" if v.dtype not in WEIGHT_DTYPES else f"{k} is {v.layout}"
+             for k, v in tensors.items() if v.dtype not in WEIGHT_DTYPES or v.layout != torch.strided]
+    if wrong:
+        raise InputError(f"{source}: weights of a type the model does not hold ({_listed(wrong)}); they must be "
+                         "dense float32 tensors (float16 and bfloat16 are widened to float32)")
+    widened = {k: v.float() if torch.is_tensor(v) else v for k, v in state.items()}
+    bad = []
+    for k, v in tensors.items():
+        finite = torch.isfinite(widened[k])
+        if not bool(finite.all()):
+            bad.append(f"{k} ({v.numel() - int(finite.sum()):,} of {v.numel():,} values)")
+    if bad:
+        raise InputError(f"{source}: NaN or Inf weights in {_listed(bad)}: a diverged training run, not a model "
+                         "(train again with a lower --lr; train --resume continues from the last finite checkpoint "
+                         "once this one is removed)")
+    return widened
 
 
 def check_state_dict(model: DualPromptViT, state: dict, source: str | Path) -> None:
@@ -173,5 +247,5 @@ def model_from_checkpoint(path: str | Path, **fallback: Any) -> tuple[DualPrompt
     with torch.device("meta"):  # shapes only: a file's args cannot make us allocate what its weights lack
         check_state_dict(DualPromptViT(cfg), ckpt["model"], path)
     model = DualPromptViT(cfg)
-    model.load_state_dict(ckpt["model"], strict=True)
+    model.load_state_dict(ckpt["model"], strict=True)  # float32 already: load_checkpoint widened it
     return model.eval(), ckpt

@@ -57,7 +57,10 @@ def task_classes(num_classes: int, num_tasks: int) -> list[list[int]]:
 
 
 def limit_per_class(labels: np.ndarray, classes: list[int], limit: int | None) -> np.ndarray:
-    """Indices of the samples of ``classes``, the first ``limit`` of each class (all when None)."""
+    """Indices of the samples of ``classes``, the first ``limit`` of each class (all when None; never a
+    negative slice)."""
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise InputError(f"--limit-per-class {limit!r}: must be an integer of at least 1")
     keep = [np.flatnonzero(labels == c)[:limit] for c in classes]
     return np.sort(np.concatenate(keep))
 

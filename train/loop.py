@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -33,34 +34,8 @@ from .checkpoint import (check_state_dict, checkpoint_path, config_to_args, list
 from .distill import Distiller
 from .data import eval_transform, load_split, task_classes, task_dataset, train_transform
 from .model import DualPromptConfig, DualPromptViT
+from .options import TrainOptions
 from .weights import load_pretrained_backbone
-
-
-@dataclass
-class TrainOptions:
-    """Training settings; defaults are the reference's `cifar100_dualprompt` ones."""
-
-    data_path: str = "data"
-    output_dir: str = "output"
-    download: bool = False
-    num_tasks: int = 10
-    epochs: int = 5
-    batch_size: int = 24
-    lr: float = 0.03  # scaled by batch_size / 256, as the reference does
-    clip_grad: float = 1.0
-    pull_constraint_coeff: float = 1.0
-    seed: int = 42
-    limit_per_class: Optional[int] = None
-    device: str = "auto"
-    workers: int = 2
-    resume: bool = False
-    quiet: bool = False
-    selection: str = "per-sample"
-    gather: str = "per-sample"  # "reference": the public reference's e-prompt gather, in training and evaluation
-    distill_weight: float = 0.0  # λ of the distillation term from task 2 on (train/distill.py); 0: none
-    distill_kind: str = "cosine"  # "cosine" (the original study) or "bct" (BCT's influence loss)
-    pretrained: bool = True
-    pretrained_weights: Optional[str] = None
 
 
 @dataclass
@@ -137,25 +112,30 @@ def _read_metrics(path: Path, upto: int) -> list[dict]:
 
 def _write_metrics(path: Path, rows: list[dict]) -> None:
     with atomic_file(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))  # never a bare NaN
 
 
 @torch.no_grad()
 def evaluate_task(model: torch.nn.Module, dataset, device: torch.device, batch_size: int, d: _Dist,
                   selection: str, amp: bool, *, gather: str = "per-sample", query: str = "cls") -> float:
     """Top-1 accuracy (%) over all classes, the samples split across ranks and the counts summed
-    (``gather``, ``query``: the model's reference modes)."""
+    (``gather``, ``query``: the model's reference modes). ``FloatingPointError`` ("NaN or Inf logits
+    on n of N test images") when any image's logits are not all finite: an argmax of NaN is no answer."""
     subset = torch.utils.data.Subset(dataset, range(d.rank, len(dataset), d.world))
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
-    correct = torch.zeros(2, dtype=torch.float64, device=device)
+    counts = torch.zeros(3, dtype=torch.float64, device=device)  # correct, images, images with non-finite logits
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x, selection=selection, gather=gather, query=query)["logits"]
-        correct += torch.tensor([(logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64, device=device)
+        counts += torch.stack([(logits.argmax(1) == y).sum(), torch.tensor(len(y), device=device),
+                               (~torch.isfinite(logits).all(1)).sum()]).to(torch.float64)
     if d.world > 1:
-        dist.all_reduce(correct)
-    return float(100.0 * correct[0] / max(correct[1].item(), 1))
+        dist.all_reduce(counts)
+    correct, images, broken = counts.tolist()
+    if broken:
+        raise FloatingPointError(f"NaN or Inf logits on {broken:.0f} of {images:.0f} test images")
+    return float(100.0 * correct / max(images, 1))
 
 
 @dataclass
@@ -275,9 +255,22 @@ def _initialise(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device,
     return run, start
 
 
+def _task_loader(run: _Run, t: int) -> tuple[torch.utils.data.DataLoader, torch.utils.data.Sampler]:
+    """Task ``t``'s training images, shuffled (across the processes under torchrun), and their sampler."""
+    opts, d = run.opts, run.d
+    train_set = task_dataset(run.train_split, run.tasks[t], train_transform(run.cfg.img_size), opts.limit_per_class)
+    sampler = torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=opts.seed + t) \
+        if d.world > 1 else torch.utils.data.RandomSampler(train_set)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler,
+                                         num_workers=opts.workers, drop_last=False,
+                                         persistent_workers=opts.workers > 0)
+    return loader, sampler
+
+
 def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], float, Optional[list[float]]]:
     """Train task ``t`` (0-based); returns its optimizer, the mean loss of each epoch, the last
-    epoch's training accuracy (%) and, with feature distillation, its mean term per epoch."""
+    epoch's training accuracy (%) and, with feature distillation, its mean term per epoch. Stops with
+    an InputError as soon as the loss or a trained parameter is NaN or Inf (:func:`_stop_if_diverged`)."""
     opts, d, device, cfg, model = run.opts, run.d, run.device, run.cfg, run.model
     k = cfg.top_k
     _seed(opts.seed + t)
@@ -286,15 +279,11 @@ def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], 
     if t > 0 and (t + 1) * k <= cfg.pool_size:
         with torch.no_grad():
             model.e_prompt.prompt[:, :, t * k:(t + 1) * k] = model.e_prompt.prompt[:, :, (t - 1) * k:t * k]
-    params = [p for p in model.parameters() if p.requires_grad]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in trained]
     optimizer = torch.optim.Adam(params, lr=opts.lr * opts.batch_size / 256, betas=(0.9, 0.999), eps=1e-8,
                                  weight_decay=0.0)
-    train_set = task_dataset(run.train_split, run.tasks[t], train_transform(cfg.img_size), opts.limit_per_class)
-    sampler = torch.utils.data.DistributedSampler(train_set, d.world, d.rank, shuffle=True, seed=opts.seed + t) \
-        if d.world > 1 else torch.utils.data.RandomSampler(train_set)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=opts.batch_size, sampler=sampler,
-                                         num_workers=opts.workers, drop_last=False,
-                                         persistent_workers=opts.workers > 0)
+    loader, sampler = _task_loader(run, t)
     if distiller:
         distiller.prepare(loader, run.tasks[t], [c for task in run.tasks[:t + 1] for c in task], device)
     amp, net = device.type == "cuda", run.net
@@ -309,7 +298,7 @@ def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], 
         seen = correct = 0
         loss_sum = distill_sum = 0.0
         batches = tqdm(loader, desc=f"epoch {epoch + 1}/{opts.epochs}", disable=quiet, leave=False)
-        for x, y in batches:
+        for step, (x, y) in enumerate(batches, 1):
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 res = net(x, task_id=t, selection=opts.selection, gather=opts.gather)
@@ -323,9 +312,11 @@ def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, opts.clip_grad)
             optimizer.step()
+            value = loss.item()
+            _stop_if_diverged(run, t, f"epoch {epoch + 1}, step {step} of {len(loader)}", value, trained)
             seen += len(y)
             correct += (logits.argmax(1) == y).sum().item()
-            loss_sum += loss.item() * len(y)
+            loss_sum += value * len(y)
             batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}")
         epoch_losses.append(round(loss_sum / max(seen, 1), 6))
         distill_losses.append(round(distill_sum / max(seen, 1), 6))
@@ -333,11 +324,41 @@ def _train_task(run: _Run, t: int) -> tuple[torch.optim.Optimizer, list[float], 
     return optimizer, epoch_losses, round(100 * correct / max(seen, 1), 4), distill_losses if distiller else None
 
 
+def _way_on(run: _Run, t: int) -> str:
+    """What a run stopped in task ``t`` (0-based) keeps, and how to go on."""
+    scaled = f"--lr {run.opts.lr:g} is {run.opts.lr * run.opts.batch_size / 256:.3g} after scaling by batch size / 256"
+    if t == 0:
+        return f"no checkpoint was written; lower --lr ({scaled}) and train again"
+    return (f"nothing of task {t + 1} was written and {checkpoint_path(run.ckpt_dir, t)} is the last checkpoint, "
+            f"all finite: lower --lr ({scaled}) and run train --resume to continue from it")
+
+
+def _stop_if_diverged(run: _Run, t: int, where: str, loss: float, trained: list[tuple[str, torch.Tensor]]) -> None:
+    """After an optimizer step of task ``t``: InputError when the loss or a ``trained`` (name, parameter)
+    is NaN or Inf, naming them, where it happened and how to go on. Under torchrun every process
+    stops together (the flags are reduced), so none waits for the others in a collective."""
+    ok = torch.stack([torch.isfinite(p).all() for _, p in trained]).to(torch.int32)
+    ok = torch.cat([ok, torch.tensor([int(math.isfinite(loss))], dtype=torch.int32, device=ok.device)])
+    if run.d.world > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    flags = ok.tolist()
+    if all(flags):
+        return
+    what = [n for (n, _), fine in zip(trained, flags) if not fine]
+    if not flags[-1]:
+        what.insert(0, f"the loss ({loss})" if not math.isfinite(loss) else "the loss of another process")
+    raise InputError(f"training stopped at task {t + 1}, {where}: NaN or Inf in {', '.join(what)}; {_way_on(run, t)}")
+
+
 def _evaluate_seen(run: _Run, t: int, acc: np.ndarray) -> dict:
     """Accuracy on every task seen so far (written into column ``t`` of ``acc``) and the metrics row."""
     run.model.eval()
     for i in range(t + 1):
-        acc[i, t] = evaluate_task(run.model, run.test_sets[i], run.device, run.opts.batch_size, run.d,
-                                  run.opts.selection, run.device.type == "cuda", gather=run.opts.gather)
+        try:
+            acc[i, t] = evaluate_task(run.model, run.test_sets[i], run.device, run.opts.batch_size, run.d,
+                                      run.opts.selection, run.device.type == "cuda", gather=run.opts.gather)
+        except FloatingPointError as e:
+            raise InputError(f"training stopped after task {t + 1}: its model gives {e} of task {i + 1}; "
+                             f"{_way_on(run, t)}") from None
     return {"task": t + 1, "accuracy": [round(float(a), 4) for a in acc[: t + 1, t]],
             "average_accuracy": round(float(acc[: t + 1, t].mean()), 4), "forgetting": round(forgetting(acc, t), 4)}

@@ -12,15 +12,22 @@ from ..pipeline import Evaluation
 def figure_files(names: Optional[Sequence[str]] = None) -> dict[str, str]:
     """``{file name: one-line explanation}`` of every figure of a report on the metrics ``names``
     (default :func:`.table.chosen`), in the order the report lists them."""
-    files = {f"heatmap_{name}.png": f"{name} C[i][j] on a fixed 0-1 scale; cells marked + compatible, "
-                                     "\u2212 not compatible, ? undecided at this N" for name in (names or chosen())}
-    files["margins.png"] = ("C[i][j] \u2212 C[j][j] of every metric on a diverging scale centred on each column's "
-                            "diagonal: blue = the new query beats the old model on its own gallery, red = worse")
-    files["cmc.png"] = "CMC curves (top-k accuracy, k = 1..depth) of the diagonal cells and of the newest model's row"
-    flips = ", ".join(METRICS[name].label for name in flip_names() if name in (names or chosen()))
+    names = chosen() if names is None else names
+    files = {"decision.png": "the decision per pair: the primary metric's change C[i][j] \u2212 C[j][j] (candidate's "
+                             "queries on the deployed gallery against the deployed model on it) with its interval "
+                             "and what to do, on one symmetric scale; undecided pairs pale and hatched"}
+    files |= {f"heatmap_{name}.png": f"{name} C[i][j] on a fixed 0-1 scale; cells marked + compatible, "
+                                     "\u2212 not compatible, ? undecided at this N" for name in names}
+    files["margins.png"] = ("C[i][j] \u2212 C[j][j] of every metric on one symmetric scale shared by the panels: "
+                            "blue = the new query beats the old model on its own gallery, red = worse; undecided "
+                            "cells pale and hatched")
+    files["cmc.png"] = ("CMC curves (top-k accuracy, k = 1..depth): the diagonal cells on a zoomed axis (stated), and "
+                        "the newest model's row as the change against each gallery model's own curve")
+    flips = ", ".join(METRICS[name].label for name in flip_names() if name in names)
     files["negative_flips.png"] = (f"negative flip rates ({flips}): queries the old model answered right on its "
                                    "gallery that the new model's query gets wrong")
-    files["heatmap_cka.png"] = "1 \u2212 linear CKA between the models' query embeddings on a log scale (drift)"
+    files["heatmap_cka.png"] = ("linear CKA between the models' query embeddings on a linear 0-1 scale (drift; "
+                                "evidence, not compatibility)")
     return files
 
 

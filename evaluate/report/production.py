@@ -2,12 +2,15 @@
 :func:`evaluate.search.production.evaluate_production` (plus any query-precision rows)."""
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ...common.atomic import atomic_file, write_json
 from ..metrics.table import index_metrics
+from .figures import frame
+from .html import write_html
 
 JSON_FILE = "production.json"
 MARKDOWN_FILE = "production.md"
@@ -84,41 +87,61 @@ def _precision_lines(storage: dict, rows: Sequence[dict]) -> list[str]:
     return lines
 
 
-def _backfill_figure(path: Path, pair: dict, fractions: Sequence[float], notes: Sequence[str]) -> None:
+def _panels(pair: dict) -> list[tuple[str, list[str]]]:
+    """(metric, methods) per panel: each index metric under its own name (exact search's mAP and an
+    index's mAP@K are different metrics, so they get different panels)."""
+    panels = []
+    for metric in index_metrics():
+        for name in dict.fromkeys((metric.name, metric.index_name)):
+            methods = [m for m, curves in pair["curves"].items() if name in curves]
+            if methods:
+                panels.append((name, methods))
+    return panels
+
+
+def _backfill_figure(path: Path, pair: dict, fractions: Sequence[float], *, caption: str,
+                     notes: Sequence[str]) -> None:
+    """One panel per metric, each on the fixed axis 0 to 1, one line per search method."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    shown = index_metrics()  # exact curves by their name, index curves by their index name
-    rows = (len(shown) + 1) // 2
-    fig = Figure(figsize=(10, 3.75 * rows))
+    panels = _panels(pair)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * rows + 1.6), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, 2).ravel()
-    for ax, metric in zip(axes, shown):
-        base = metric.name
-        for n, (method, curves) in enumerate(pair["curves"].items()):
-            name = next((x for x in (base, metric.index_name) if x in curves), None)
-            if name is None:  # an opt-in metric the exact curves did not compute (evaluate --full-map)
-                continue
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    order = list(pair["curves"])  # a method keeps its colour, dashes and marker in every panel
+    for ax, (name, methods) in zip(axes, panels):
+        for method in methods:
             # dashes and markers differ so that equal curves (exact and flat) stay visible on top of each other
-            ax.plot(fractions, curves[name], linestyle=("-", "--", ":", "-.")[n % 4], marker="osv^D"[n % 5],
-                    markersize=4, label=f"{method} ({name}, AUC {pair['auc'][method][name]:.3f})")
+            n = order.index(method)
+            ax.plot(fractions, pair["curves"][method][name], linestyle=("-", "--", ":", "-.")[n % 4],
+                    marker="osv^D"[n % 5], markersize=4, color=f"C{n}",
+                    label=f"{method} (AUC {pair['auc'][method][name]:.3f})")
         ax.set_xlabel("fraction of the gallery re-embedded (f)")
-        ax.set_ylabel(base)
+        ax.set_ylabel(f"{name} (fixed axis 0 to 1)")
         ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    title = f"backfill: {pair['new']} queries, {pair['old']} gallery re-embedded by {pair['new']}"
-    if notes:
-        title += "\n" + "\n".join(textwrap.wrap(" + ".join(n.split(":")[0] for n in notes), 90))
-    fig.suptitle(title)
-    fig.tight_layout()
+        ax.legend(fontsize=7, loc="lower right")
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    frame(fig, caption, notes, title=f"backfill: {pair['new']} queries, {pair['old']}'s gallery re-embedded by "
+                                     f"{pair['new']} (f = 0: C[{pair['new']}][{pair['old']}], f = 1: "
+                                     f"C[{pair['new']}][{pair['new']}])")
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=100)
 
 
-def write_production(result: dict, out_dir: str | Path, *, precision_rows: Sequence[dict] = (),
-                     notes: Sequence[str] = ()) -> list[Path]:
-    """Write production.json, production.md and ``backfill_<new>_<old>.png`` per pair; returns them."""
+def write_production(result: dict, out_dir: str | Path, *, notes: Sequence[str], caption: str,
+                     precision_rows: Sequence[dict] = ()) -> list[Path]:
+    """Write production.json, production.md and ``backfill_<new>_<old>.png`` per pair into the report
+    folder ``out_dir``, and render its report.html again with them; returns the files written.
+
+    ``notes``: the evaluation's provenance notes (generated data, random backbone), bannered on every
+    file; ``caption``: what the figures were computed on (data, N, models)."""
     out = Path(out_dir)
     data = {"notes": list(notes), **result, "query_precision": list(precision_rows)}
     written = [write_json(out / JSON_FILE, data)]
@@ -129,10 +152,12 @@ def write_production(result: dict, out_dir: str | Path, *, precision_rows: Seque
         lines += _backfill_lines(result["backfill"])
         for pair in result["backfill"]["pairs"]:
             path = out / f"backfill_{pair['new']}_{pair['old']}.png"
-            _backfill_figure(path, pair, result["backfill"]["fractions"], notes)
+            _backfill_figure(path, pair, result["backfill"]["fractions"], caption=caption, notes=notes)
             written.append(path)
     lines += _precision_lines(result.get("gallery_precision", {}), precision_rows)
     with atomic_file(out / MARKDOWN_FILE) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     written.append(out / MARKDOWN_FILE)
+    if (out / "compatibility.json").is_file():
+        written.append(write_html(out))
     return written

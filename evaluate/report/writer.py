@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 
 from . import figures
+from .decision_view import decision_view
+from .html import HTML_FILE, write_html
 from .labels import caption, figure_files, model_label
 from .markdown import markdown
 from ..metrics.compat import Criteria
@@ -36,7 +38,8 @@ _EXTRA_FILES = ("production.json", "production.md", "projections.png")
 
 
 def _report_name(name: str) -> bool:
-    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, *_EXTRA_FILES) or name in figure_files(list(METRICS)) or (
+    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, HTML_FILE, *_EXTRA_FILES) or (
+        name in figure_files(list(METRICS))) or (
         name.startswith(("heatmap_", "backfill_")) and name.endswith(".png"))
 
 
@@ -147,13 +150,16 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
                 w.writerow(["cka", models[i], models[j], f"{r.cka[i, j]:.6f}", *[""] * 7])
 
 
-def _write_figures(folder: Path, ev: Evaluation) -> None:
+def _write_figures(folder: Path, ev: Evaluation, data: dict) -> None:
     r, text = ev.result, caption(ev)
+    rule, pairs = decision_view(data)
+    figures.decision_figure(folder / "decision.png", pairs, ev.models, metric=rule["metric"],
+                            tolerance=rule["tolerance"], confidence=rule["confidence"], caption=text, notes=ev.notes)
     for name in r.metrics:
         c = r.criteria[name]
-        ac = "n/a" if math.isnan(c.AC) else f"{c.AC:.2f}"
         figures.metric_heatmap(folder / f"heatmap_{name}.png", r.metrics[name], c.verdicts(), ev.models, name=name,
-                               title=f"{name}: AC {ac}, AM {c.AM:.3f}", caption=text, notes=ev.notes)
+                               title=f"{name} C[i][j]: the query model's queries on the gallery model's index",
+                               caption=text, notes=ev.notes)
     figures.margin_heatmaps(folder / "margins.png", {n: r.criteria[n].margins for n in r.metrics},
                             {n: r.criteria[n].verdicts() for n in r.metrics}, ev.models, caption=text, notes=ev.notes)
     figures.cmc_curves(folder / "cmc.png", r.cmc, ev.models, caption=text, notes=ev.notes)
@@ -162,7 +168,8 @@ def _write_figures(folder: Path, ev: Evaluation) -> None:
 
 
 def write_reports(ev: Evaluation, out_dir: str | Path) -> list[Path]:
-    """Write compatibility.json/.csv/.md and the figures (:func:`figure_files`) as one folder ``out_dir``.
+    """Write compatibility.json/.csv/.md, the figures (:func:`figure_files`) and report.html as one
+    folder ``out_dir``.
 
     The files are built in a temporary folder beside ``out_dir`` that then replaces it in one step:
     ``out_dir`` holds the previous complete report or the new one, whatever moment a run is killed.
@@ -170,10 +177,12 @@ def write_reports(ev: Evaluation, out_dir: str | Path) -> list[Path]:
     """
     out = check_out_dir(out_dir)
     with replaced_dir(out) as tmp:
-        write_json(tmp / JSON_FILE, report_dict(ev))
+        data = report_dict(ev)
+        write_json(tmp / JSON_FILE, data)
         _write_csv(tmp / CSV_FILE, ev)
         (tmp / MARKDOWN_FILE).write_text(markdown(ev))
-        _write_figures(tmp, ev)
+        _write_figures(tmp, ev, data)
+        write_html(tmp)
         names = sorted(p.name for p in tmp.iterdir())
     return [out / name for name in names]
 

@@ -1,7 +1,15 @@
 """Backfilling curves: a gallery embedded by an old model j is re-embedded by a new model i a fraction
 f at a time, in a fixed order; queries come from model i. At f = 0 the metric is C[i][j], at f = 1 the
-diagonal C[i][i]. Through an index, the re-embedded items are added to the old index (its lists,
-codebooks or graph unchanged) and their old vectors are masked out, as a live system would do.
+diagonal C[i][i].
+
+Through an index, the gallery as it stands at f is indexed the way the matrix's cells index a gallery
+(same kind, parameters and build seed): f = 0 searches the old model's index (cell C[i][j] of that
+kind), f = 1 the new model's (cell C[i][i]), and each fraction in between an index built over the
+mixed gallery. Patching the old index instead (new vectors added to the old IVF lists or HNSW graph,
+old ones masked out of the search) does not end at the diagonal: the old coarse quantiser or graph
+links stay, and through HNSW the masked nodes take the search's candidate budget (efSearch), so lists
+come back with empty slots that count as misses. What an engine keeps during a live update is its own
+policy; the curve measures the gallery's content through the index kind.
 """
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ...common.errors import InputError
-from .indexes import faiss_module, neighbour_metrics, search
+from .indexes import build_index, neighbour_metrics, search
 from ..metrics.table import retrieval_metrics
 
 
@@ -88,29 +96,25 @@ def exact_curve(query: np.ndarray, old: np.ndarray, new: np.ndarray, query_label
     return {name: np.array(v) for name, v in curves.items()}
 
 
-def index_curve(old_index, kind: str, resolved: dict, query: np.ndarray, new: np.ndarray, query_labels: np.ndarray,
-                gallery_labels: np.ndarray, order: np.ndarray, f: np.ndarray, *, k: int = 5,
-                exclude_self: bool = False, depth: int = 100) -> dict[str, np.ndarray]:
-    """The metrics of :func:`neighbour_metrics` at each fraction through a copy of ``old_index``
-    (the old model's gallery, ids 0..Ng-1): re-embedded items are appended with ids Ng + their place
-    in ``order`` and their old ids masked out of every search."""
-    faiss = faiss_module()
+def index_curve(ends: tuple, kind: str, resolved: dict, query: np.ndarray, old: np.ndarray, new: np.ndarray,
+                query_labels: np.ndarray, gallery_labels: np.ndarray, order: np.ndarray, f: np.ndarray, *,
+                k: int = 5, exclude_self: bool = False, depth: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+    """The metrics of :func:`neighbour_metrics` at each fraction ``f`` [F] through an index of ``kind``.
+
+    ``ends`` = (the old gallery's index, the new gallery's index), as the matrix's cells search them:
+    used when no item, or every item, is re-embedded. Any other fraction searches an index built by
+    :func:`build_index` (``resolved``, ``seed``) over ``old`` [Ng, D] with the first round(f * Ng) items
+    of ``order`` taken from ``new`` [Ng, D]. ``depth``: the ranked list's length K.
+    """
     ng = len(new)
-    index = faiss.clone_index(old_index)
-    id_map = np.concatenate([np.arange(ng), order])
+    old_index, new_index = ends
     curves: dict[str, list[float]] = {}
-    added = 0
     for count in backfilled_counts(ng, f):
-        if count > added:
-            index.add(np.ascontiguousarray(new[order[added:count]], dtype=np.float32))
-            added = count
-        allowed = np.ones(2 * ng, bool)
-        allowed[order[:count]] = False
-        allowed[ng + count:] = False
-        bitmap = np.packbits(allowed, bitorder="little")
-        selector = faiss.IDSelectorBitmap(2 * ng, faiss.swig_ptr(bitmap))
-        found = search(index, kind, resolved, query, depth, exclude_self=exclude_self, selector=selector,
-                       id_map=id_map)
+        if count in (0, ng):
+            index = old_index if count == 0 else new_index
+        else:
+            index = build_index(mixed_gallery(old, new, order[:count]), kind, resolved, seed=seed)
+        found = search(index, kind, resolved, query, depth, exclude_self=exclude_self)
         for name, v in neighbour_metrics(found, query_labels, gallery_labels, k=k, exclude_self=exclude_self).items():
             curves.setdefault(name, []).append(v)
     return {name: np.array(v) for name, v in curves.items()}

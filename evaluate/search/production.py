@@ -11,10 +11,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ...common.errors import InputError
+from ...infer.runtime.options import RuntimeOptions
 from ...infer.store.sets import EmbeddingSet
 from .backfill import area, backfill_order, default_pairs, exact_curve, fractions, index_curve, parse_pairs
 from ..metrics.compat import Compatibility
-from .indexes import IndexParams, check_kinds
+from .indexes import IndexParams, check_kinds, faiss_module
 from .precision import STORAGE_PRECISIONS, query_precision_row, storage_matrices
 from .cells import cached_index, index_compatibility
 from ..metrics.table import deepest
@@ -56,6 +57,22 @@ class ProductionOptions:
             raise InputError(f"--backfill-order {self.backfill_order}: no such file")
 
 
+def production_options(*, indexes: Sequence[str] = (), gallery_precisions: Sequence[str] = (),
+                       params: IndexParams = IndexParams(), **options) -> ProductionOptions:
+    """:class:`ProductionOptions` from the command line's values, checked (FAISS importable when an
+    index is asked for). ``indexes`` and ``gallery_precisions``: values that may each hold a
+    comma-separated list (``--index hnsw,ivf --index flat``); ``options``: the other fields."""
+    def split(values: Sequence[str]) -> tuple[str, ...]:
+        return tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+
+    production = ProductionOptions(indexes=split(indexes), gallery_precisions=split(gallery_precisions),
+                                   params=params, **options)
+    production.check()
+    if production.indexes:
+        faiss_module()
+    return production
+
+
 def _rows(m: np.ndarray) -> list[list[Optional[float]]]:
     return [[None if math.isnan(v) else float(v) for v in row] for row in m]
 
@@ -85,9 +102,10 @@ def _backfill_section(query, gallery, models, opts: ProductionOptions, store, k,
         curves = {"exact": exact_curve(q, old, new, *labels, order, f, k=k, exclude_self=exclude_self, names=names)}
         for kind in opts.indexes:
             resolved = opts.params.resolve(kind, n, gallery[j].dim)
-            index = cached_index(gallery[j], kind, resolved, store, seed=opts.seed)[0]
-            curves[kind] = index_curve(index, kind, resolved, q, new, *labels, order, f, k=k,
-                                       exclude_self=exclude_self, depth=min(opts.depth, n - exclude_self))
+            ends = tuple(cached_index(gallery[m], kind, resolved, store, seed=opts.seed)[0] for m in (j, i))
+            curves[kind] = index_curve(ends, kind, resolved, q, old, new, *labels, order, f, k=k,
+                                       exclude_self=exclude_self, depth=min(opts.depth, n - exclude_self),
+                                       seed=opts.seed)
         section["pairs"].append({
             "new": models[i], "old": models[j],
             "curves": {m: {name: v.tolist() for name, v in c.items()} for m, c in curves.items()},
@@ -141,12 +159,13 @@ def evaluate_production(query: Sequence[EmbeddingSet], gallery: Sequence[Embeddi
 
 
 def collect_precision_sets(files: Sequence[Path], folders: Sequence[str], query: Sequence[EmbeddingSet],
-                           query_spec: str, data_path: str | Path, store: str | Path, *, provider: str = "auto",
-                           batch_size: int = 64, skip_bad: bool = False, progress: bool = False,
+                           query_spec: str, data_path: str | Path, store: str | Path, *,
+                           runtime: RuntimeOptions = RuntimeOptions(),
                            speed: bool = True) -> tuple[dict[str, list[EmbeddingSet]], dict[str, float]]:
     """Query sets of the other-precision exports in ``folders`` (each holding the same file names as
-    ``files``, of the same checkpoints), stored as ``<stem>-<precision>``; and images/s per precision
-    (fp32 included) of the last model, measured as ``bench embed`` does at ``batch_size``."""
+    ``files``, of the same checkpoints), embedded with ``runtime`` as the fp32 sets were and stored as
+    ``<stem>-<precision>``; and images/s per precision (fp32 included) of the last model, measured as
+    ``bench embed`` does at ``runtime.batch_size`` with its provider, threads and TensorRT settings."""
     from ...infer.runtime.throughput import onnx_throughput
     from ...infer.data.datasets import open_dataset
     from ...infer.embed import embed_dataset
@@ -165,8 +184,7 @@ def collect_precision_sets(files: Sequence[Path], folders: Sequence[str], query:
     dataset = open_dataset(query_spec, data_path)
     sets: dict[str, list[EmbeddingSet]] = {}
     for precision, paths in variants.items():
-        sets[precision] = [embed_dataset(p, dataset, store, model_id=f"{p.stem}-{precision}", provider=provider,
-                                         batch_size=batch_size, skip_bad=skip_bad, progress=progress).set
+        sets[precision] = [embed_dataset(p, dataset, store, runtime=runtime, model_id=f"{p.stem}-{precision}").set
                            for p in paths]
         for s, fp32 in zip(sets[precision], query):
             if s.manifest.model.checkpoint_sha256 != fp32.manifest.model.checkpoint_sha256:
@@ -177,5 +195,6 @@ def collect_precision_sets(files: Sequence[Path], folders: Sequence[str], query:
     speeds = {}
     if speed and variants:
         for precision, path in [("fp32", Path(files[-1]))] + [(p, v[-1]) for p, v in variants.items()]:
-            speeds[precision] = onnx_throughput(path, provider, [batch_size], repeats=3)[2][0]["images_per_s"]
+            speeds[precision] = onnx_throughput(path, runtime.provider, [runtime.batch_size], repeats=3,
+                                                threads=runtime.threads, trt=runtime.trt)[2][0]["images_per_s"]
     return sets, speeds

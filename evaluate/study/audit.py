@@ -25,6 +25,7 @@ from ...common.errors import InputError
 from ...infer.data.base import Dataset
 from ...infer.data.datasets import open_dataset
 from ...infer.embed import embed_dataset
+from ...infer.runtime.options import RuntimeOptions
 from ...infer.runtime.session import create_session
 from ..search.indexes import exact_topk
 from ..pipeline import once_to_stderr
@@ -172,23 +173,24 @@ def pair_order(pair: Pair) -> tuple:
 
 def run_audit(specs: Sequence[str], data_path: str | Path = "data", *, model: Optional[str | Path] = None,
               feature: str = "auto", threshold: float = DEFAULT_THRESHOLD, k: int = 5, within: Optional[bool] = None,
-              store: str | Path = "embeddings", provider: str = "auto", batch_size: int = 64,
-              progress: bool = False) -> Audit:
+              store: str | Path = "embeddings", runtime: RuntimeOptions = RuntimeOptions()) -> Audit:
     """Audit every two of the data sets ``specs`` (and each set against itself with ``within``, the
     default for a single spec): exact duplicates always, near-duplicates when ``model`` (an export)
-    is given, embedding into ``store`` (reused when already there) with its ``feature`` output."""
+    is given, embedding into ``store`` (reused when already there) with its ``feature`` output and
+    ``runtime`` (whose ``progress`` also shows the hashing)."""
     specs = list(specs)
     _check_options(specs, model, threshold, k)
+    runtime.check()
     datasets = [open_dataset(s, data_path) for s in specs]
     output = _feature(Path(model), feature) if model is not None else None
     comparisons = _comparisons(len(datasets), len(specs) == 1 if within is None else within)
-    hashes = [content_hashes(d, progress=progress) for d in datasets]
+    hashes = [content_hashes(d, progress=runtime.progress) for d in datasets]
     embeddings, warn = None, once_to_stderr()
     if model is not None:
         model = Path(model)
         model_id = model.stem if output == EMBEDDING_OUTPUT else f"{model.stem}-{output}"
-        embeddings = [embed_dataset(model, d, store, model_id=model_id, provider=provider, batch_size=batch_size,
-                                    progress=progress, warn=warn, output=output).set.embeddings for d in datasets]
+        embeddings = [embed_dataset(model, d, store, runtime=runtime, model_id=model_id, warn=warn,
+                                    output=output).set.embeddings for d in datasets]
     for c in comparisons:
         found = _exact(c, hashes)
         if embeddings is not None and len(datasets[c.right]) > (c.left == c.right):

@@ -119,3 +119,14 @@ def write_audit(audit: Audit, out_dir: str | Path, *, sheet_count: int = 24) -> 
     written.append(out / CSV_FILE)
     written.append(write_contact_sheet(audit, out / SHEET_FILE, count=sheet_count))
     return written
+
+
+def format_audit(audit: Audit) -> str:
+    """One line per compared pair of sets (what ``audit`` prints)."""
+    lines = []
+    for c in audit_dict(audit)["comparisons"]:
+        near = f", {c['near_duplicates']} near (cosine >= {audit.threshold})" if audit.model else ""
+        top = f", closest cosine {c['max_cosine']:.4f}" if c["max_cosine"] is not None else ""
+        lines.append(f"{c['left']} vs {c['right']}: {c['pixel_duplicates']} same pixels, "
+                     f"{c['byte_duplicates']} same bytes{near}{top}")
+    return "\n".join(lines)

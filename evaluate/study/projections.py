@@ -125,9 +125,10 @@ def plot_projections(coords: dict[str, list[np.ndarray]], labels: np.ndarray, mo
 
 def write_projections(embeddings: Sequence[np.ndarray], labels: np.ndarray, models: Sequence[str],
                       out_dir: str | Path, *, methods: Sequence[str] = METHODS, sample: int = DEFAULT_SAMPLE,
-                      seed: int = 0, notes: Sequence[str] = ()) -> Path:
+                      notes: Sequence[str], seed: int = 0) -> Path:
     """Project the same sample of items (``sample`` at most, drawn with ``seed``) embedded by every
-    model and write ``projections.png`` into ``out_dir``."""
+    model and write ``projections.png`` into ``out_dir``; ``notes``: the evaluation's provenance notes
+    (generated data, random backbone), bannered on the figure."""
     index = sample_indices(len(labels), size=sample, seed=seed)
     coords = project([np.asarray(e[index]) for e in embeddings], methods=methods, seed=seed)
     return plot_projections(coords, np.asarray(labels[index]), models, Path(out_dir) / FIGURE_FILE, notes=notes,

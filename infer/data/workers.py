@@ -32,6 +32,7 @@ import numpy as np
 from ...common.errors import InputError
 from .base import Dataset
 from ..runtime.metadata import Preprocessing
+from ..runtime.options import MAX_WORKERS
 from .preprocess import preprocess_batch
 
 START_METHODS = ("fork", "forkserver", "spawn")
@@ -119,7 +120,8 @@ def batch_source(dataset: Dataset, spec: Preprocessing, *, batch_size: int = 64,
     """Batches of ``batch_size`` dataset rows from row ``start`` on, in order (see the module doc);
     ``align``: see :func:`batch_bounds`.
 
-    ``workers``: decoding processes (default: the usable cores; 0 or 1: in this process).
+    ``workers``: decoding processes at most (default: the usable cores; 0 or 1: in this process); only
+    as many start as there are batches, so a two-batch run forks two, not every core's worth.
     ``prefetch``: batches decoded ahead of the consumer (default 2 per worker, 1 in-process), which
     bounds memory to about ``prefetch`` batches. The options are checked here, before any work.
     Closing the iterator (or an error, or Ctrl-C, in the consumer) stops the workers: queued batches
@@ -131,8 +133,8 @@ def batch_source(dataset: Dataset, spec: Preprocessing, *, batch_size: int = 64,
         workers = usable_cores()
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1")
-    if workers < 0:
-        raise InputError(f"--workers {workers}: must be 0 or more (0 or 1: decode in this process)")
+    if not 0 <= workers <= MAX_WORKERS:
+        raise InputError(f"--workers {workers}: must be from 0 to {MAX_WORKERS} (0 or 1: decode in this process)")
     if prefetch is not None and prefetch < 1:
         raise InputError(f"prefetch {prefetch}: must be at least 1")
     method = start_method or default_start_method()
@@ -142,6 +144,7 @@ def batch_source(dataset: Dataset, spec: Preprocessing, *, batch_size: int = 64,
         raise InputError(f"start row {start}: the data set has {len(dataset)} rows")
     bounds = batch_bounds(start, len(dataset), batch_size, align)
     state = (dataset, spec, skip_bad)
+    workers = min(workers, len(bounds))
     if workers <= 1:
         return _ordered(lambda: ThreadPoolExecutor(1), lambda pool, b: pool.submit(load_batch, dataset, *b, spec,
                                                                                    skip_bad=skip_bad), bounds, prefetch or 1)

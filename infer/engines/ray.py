@@ -14,7 +14,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -23,29 +22,9 @@ import numpy as np
 from ...common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT
 from ...common.errors import InputError
 from ..data.base import Dataset
-from ..runtime.device import TensorRTOptions
 from ..runtime.metadata import ModelInfo
+from ..runtime.options import RayOptions, RuntimeOptions, TensorRTOptions
 from ..data.workers import Embedded, batch_bounds, load_batch
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """``address``: a Ray cluster (``ray://host:10001`` or ``host:6379``); default ``RAY_ADDRESS``,
-    else a new local cluster. ``actors``: sessions running at once; ``gpus_per_actor``: GPUs each
-    actor reserves (fractions share a GPU); ``cpus_per_actor``: CPUs each reserves, also its
-    onnxruntime threads unless ``--threads`` says otherwise."""
-
-    address: Optional[str] = None
-    actors: int = 2
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
-
-    def check(self) -> None:
-        if self.actors < 1:
-            raise InputError(f"--actors {self.actors}: must be at least 1")
-        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
-            raise InputError(f"--gpus-per-actor {self.gpus_per_actor} / CPUs per actor {self.cpus_per_actor}: "
-                             "GPUs must be 0 or more and CPUs more than 0")
 
 
 class EmbedActor:
@@ -139,22 +118,22 @@ def _connect(options: RayOptions):
     return ray, True
 
 
-def embed_with_ray(model: str | Path, dataset: Dataset, *, options: RayOptions = RayOptions(), provider: str = "cpu",
-                   batch_size: int = 64, skip_bad: bool = False, threads: Optional[int] = None,
-                   trt: Optional[TensorRTOptions] = None, start: int = 0,
-                   align: Optional[int] = None) -> Iterator[Embedded]:
-    """Raw model outputs of every ``batch_size`` rows of ``dataset``, in order, computed by Ray actors
-    (one onnxruntime session each). Batches are the local engine's (same rows, same preprocessing,
-    same session options), so on the CPU the outputs are equal bit for bit. Options are checked and
-    Ray is connected before the first batch is asked for; a cluster this call started is shut down
-    when the iterator ends or is closed. ``start`` and ``align``: see :func:`infer.data.workers.batch_bounds`."""
+def embed_with_ray(model: str | Path, dataset: Dataset, *, runtime: RuntimeOptions = RuntimeOptions(provider="cpu"),
+                   start: int = 0, align: Optional[int] = None) -> Iterator[Embedded]:
+    """Raw model outputs of every ``runtime.batch_size`` rows of ``dataset``, in order, computed by Ray
+    actors (one onnxruntime session each, opened with ``runtime``'s provider, threads and TensorRT
+    settings; ``runtime.ray`` places them, None: :class:`RayOptions` defaults). Batches are the local
+    engine's (same rows, same preprocessing, same session options), so on the CPU the outputs are equal
+    bit for bit. Options are checked and Ray is connected before the first batch is asked for; a
+    cluster this call started is shut down when the iterator ends or is closed. ``start`` and
+    ``align``: see :func:`infer.data.workers.batch_bounds`."""
+    runtime.check()
+    options = runtime.ray or RayOptions()
     options.check()
-    if batch_size < 1:
-        raise InputError(f"--batch-size {batch_size}: must be at least 1")
     ray, started = _connect(options)
-    bounds = batch_bounds(start, len(dataset), batch_size, align)
-    return _ordered_batches(ray, started, Path(model), dataset, options, provider, bounds, skip_bad,
-                            threads or max(1, int(options.cpus_per_actor)), trt)
+    bounds = batch_bounds(start, len(dataset), runtime.batch_size, align)
+    return _ordered_batches(ray, started, Path(model), dataset, options, runtime.provider, bounds, runtime.skip_bad,
+                            runtime.threads or max(1, int(options.cpus_per_actor)), runtime.trt)
 
 
 def _ordered_batches(ray, started, model, dataset, options, provider, bounds, skip_bad, threads, trt):

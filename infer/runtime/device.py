@@ -11,58 +11,18 @@ from __future__ import annotations
 import ctypes
 import functools
 import weakref
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from ...common.contract import INPUT_NAME
-from ...common.errors import InputError
+from .options import TensorRTOptions
 
 ORT_PROVIDER = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
                 "cpu": "CPUExecutionProvider"}
 _CUDART = ("libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so", "cudart64_13.dll",
            "cudart64_12.dll")
-
-
-@dataclass(frozen=True)
-class TensorRTOptions:
-    """What ``--provider tensorrt`` passes to onnxruntime's TensorRT provider.
-
-    ``fp16``: let TensorRT pick fp16 kernels; ``cache``: a folder where built engines (and timing
-    caches) are kept, so later runs skip the build; ``workspace_gib``: the most GPU memory TensorRT
-    may use for building (onnxruntime's default otherwise).
-    """
-
-    fp16: bool = False
-    cache: Optional[Path] = None
-    workspace_gib: Optional[float] = None
-
-    @property
-    def given(self) -> bool:
-        return self != TensorRTOptions()
-
-    def check(self) -> None:
-        """InputError for a workspace that is not positive or a cache folder that cannot be made."""
-        if self.workspace_gib is not None and not self.workspace_gib > 0:
-            raise InputError(f"--trt-workspace {self.workspace_gib}: must be a positive number of GiB")
-        if self.cache is not None:
-            try:
-                Path(self.cache).mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise InputError(f"--trt-cache {self.cache}: cannot make the folder ({e.strerror or e})") from None
-
-    def provider_options(self, device_id: int) -> dict[str, str]:
-        options = {"device_id": str(device_id), "trt_fp16_enable": str(self.fp16)}
-        if self.cache is not None:
-            cache = str(Path(self.cache).resolve())
-            options.update(trt_engine_cache_enable="True", trt_engine_cache_path=cache,
-                           trt_timing_cache_enable="True", trt_timing_cache_path=cache)
-        if self.workspace_gib is not None:
-            options["trt_max_workspace_size"] = str(int(self.workspace_gib * 2 ** 30))
-        return options
 
 
 def provider_chain(wanted: str, device_id: int, trt: TensorRTOptions) -> list:

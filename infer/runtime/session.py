@@ -26,7 +26,8 @@ from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from ...common.errors import InputError
 from ...common.contract import BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, parse_provider
-from .device import ORT_PROVIDER, TensorRTOptions, provider_chain, run_bound
+from .device import ORT_PROVIDER, provider_chain, run_bound
+from .options import TensorRTOptions
 from .metadata import ModelInfo
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")

@@ -11,7 +11,8 @@ import numpy as np
 import onnxruntime as ort
 
 from ...common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT
-from .device import TensorRTOptions, session_device_id
+from .device import session_device_id
+from .options import TensorRTOptions
 from .metadata import ModelInfo
 from .session import create_session, model_info
 

@@ -1,0 +1,148 @@
+"""``evaluate`` as two calls: :func:`run_evaluation` (the exact matrix and its reports, from ONNX files
+or stored sets) and :func:`run_production` (indexes, backfilling, reduced precision on the same sets).
+The command line builds an :class:`EvaluateOptions` from its options and prints what these return."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from tqdm import tqdm
+
+from ..common.cifar import download_named
+from ..common.errors import InputError
+from ..common.outputs import writable_dir
+from ..infer.runtime.bundle import is_bundle
+from ..infer.runtime.options import RuntimeOptions
+from ..infer.store.sets import EmbeddingSet
+from .pipeline import (Evaluation, collect_from_models, collect_from_store, evaluate_sets, model_files,
+                       once_to_stderr, order_by_task)
+from .report.writer import check_out_dir, write_reports
+from .search.production import ProductionOptions
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What ``evaluate`` reads, computes and writes (the command's options, one field each).
+
+    The models: ``model_files`` (ONNX files), every file in ``exports_dir``, or the stored ids of
+    ``from_store`` (comma-separated). ``query`` / ``gallery`` (default: the query) are data set
+    specs under ``data_path`` (fetched first with ``download``); ``store`` is read and filled;
+    ``out`` is replaced by the report folder. ``no_backbone``: a bundle's tasks without its frozen
+    backbone. ``projections``: ``pca``, ``tsne`` or both, comma-separated (None: none).
+    ``precision_exports``: folders of fp16/int8 exports mirroring the models' files.
+    """
+
+    model_files: tuple[str, ...] = ()
+    exports_dir: Optional[str] = None
+    from_store: Optional[str] = None
+    query: str = "cifar10:test"
+    gallery: Optional[str] = None
+    data_path: str = "data"
+    download: bool = False
+    store: str = "embeddings"
+    out: str = "reports"
+    k: int = 5
+    include_self: bool = False
+    no_backbone: bool = False
+    projections: Optional[str] = None
+    projection_sample: int = 2000
+    precision_exports: tuple[str, ...] = ()
+    production: ProductionOptions = field(default_factory=ProductionOptions)
+    runtime: RuntimeOptions = RuntimeOptions()
+
+
+@dataclass
+class EvaluationRun:
+    """An exact evaluation with what it was computed from: the ``query`` and ``gallery`` sets (task
+    order), the ONNX ``files`` (none with ``from_store``) and the report files ``written``."""
+
+    options: EvaluateOptions
+    evaluation: Evaluation
+    query: list[EmbeddingSet]
+    gallery: list[EmbeddingSet]
+    files: list[Path]
+    written: list[Path]
+
+
+@contextmanager
+def cell_bar(desc: str, *, disable: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr, and the ``progress(done, total)`` callback that moves it."""
+    with tqdm(desc=desc, unit="cell", disable=disable, file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress
+
+
+def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list[EmbeddingSet], list[Path]]:
+    """Query and gallery sets (stored, or embedded from the ONNX files) and the files."""
+    if opts.from_store is not None:
+        if opts.model_files or opts.exports_dir:
+            raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
+        ids = [m.strip() for m in opts.from_store.split(",") if m.strip()]
+        return (*collect_from_store(ids, opts.query, gallery, opts.store, data_path=opts.data_path), [])
+    files = model_files(opts.model_files, opts.exports_dir, bundles=not opts.precision_exports)
+    if opts.precision_exports and any(map(is_bundle, files)):
+        raise InputError("--precision-exports compares single-task files: name them (--models exports/task*.onnx)")
+    writable_dir(opts.store, "--store")
+    if opts.download:
+        download_named(opts.data_path, opts.query, gallery)
+    q, g = collect_from_models(files, opts.query, gallery, opts.data_path, opts.store, runtime=opts.runtime,
+                               backbone=not opts.no_backbone)
+    return q, g, files
+
+
+def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
+    """Check the options, collect the sets, evaluate them and write the report folder ``opts.out``
+    (with ``projections.png`` when asked for). Every check that needs no data comes before any work."""
+    if opts.precision_exports and opts.from_store is not None:
+        raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
+    writable_dir(opts.out, "--out")
+    check_out_dir(opts.out)
+    methods = None
+    if opts.projections is not None:
+        from .study.projections import parse_methods
+
+        methods = parse_methods(opts.projections)
+    q, g, files = _sets(opts, opts.gallery or opts.query)
+    q, g = order_by_task(q, g, once_to_stderr())
+    with cell_bar("cells", disable=not opts.runtime.progress) as progress:
+        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress)
+    written = write_reports(ev, opts.out)
+    if methods:
+        from .report.html import write_html
+        from .study.projections import write_projections
+
+        written.append(write_projections([s.embeddings for s in q], q[0].labels, ev.models, opts.out,
+                                         methods=methods, sample=opts.projection_sample, notes=ev.notes))
+        write_html(opts.out)  # again, with the projections
+    return EvaluationRun(opts, ev, q, g, files, written)
+
+
+def run_production(run: EvaluationRun) -> list[Path]:
+    """Indexes, backfilling and reduced precision on ``run``'s sets, as its options ask (production.json/.md
+    and backfill figures in the same folder); returns the files written (none when nothing was asked)."""
+    from .report.labels import caption
+    from .report.production import write_production
+    from .search.production import collect_precision_sets, evaluate_production, precision_rows
+
+    opts, ev = run.options, run.evaluation
+    production = opts.production
+    if not (production.wanted or opts.precision_exports):
+        return []
+    exclude_self, k = ev.protocol["own_image_left_out"], ev.protocol["k"]
+    with cell_bar("index cells", disable=not opts.runtime.progress or not production.indexes) as progress:
+        result = evaluate_production(run.query, run.gallery, ev.result, ev.models, production, opts.store, k=k,
+                                     exclude_self=exclude_self, progress=progress)
+    rows = []
+    if opts.precision_exports:
+        by_id = {f.stem: f for f in run.files}
+        sets, speeds = collect_precision_sets([by_id[s.model_id] for s in run.query], opts.precision_exports,
+                                              run.query, opts.query, opts.data_path, opts.store,
+                                              runtime=opts.runtime)
+        rows = precision_rows(run.query, run.gallery, sets, speeds, k=k, exclude_self=exclude_self)
+    return write_production(result, opts.out, notes=ev.notes, caption=caption(ev), precision_rows=rows)
