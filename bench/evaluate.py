@@ -70,16 +70,34 @@ def ranking_ns(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, requi
     return spent * 1e9 / (len(query) * len(gallery))
 
 
-def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768,
-                   classes: int = 10, full_map: bool = False) -> dict:
+def _device_figures(search, ev, cells: int, n: int, dim: int) -> dict:
+    """What the search graph achieved: its provider and precision, the cells stage (products, TopK and
+    the host's finishing) per similarity, the products' FLOP/s over that stage, and that as a
+    fraction of the provider's measured matrix-product peak at the same precision."""
+    from ..infer.runtime.throughput import matmul_peak
+
+    spent = ev.result.seconds["cells"]
+    flops = 2.0 * n * n * dim * cells / spent
+    peak = matmul_peak(search.used, search.precision, sizes=(1024, 2048) if search.used == "cpu" else None,
+                       repeats=3)["peak"]
+    return {"search_graph": {"provider": search.used, "precision": search.precision,
+                       "cells_ns_per_similarity": spent * 1e9 / (n * n * cells), "product_flops": flops,
+                       "peak_flops": peak, "fraction_of_peak": flops / peak}}
+
+
+def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
+                   full_map: bool = False, search_provider: str = "numpy", search_precision: str = "fp32") -> dict:
     """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
-    (not timed), beside the time of its similarity products alone (measured in the same run, first),
-    and the ranking's CPU time per similarity (:func:`ranking_ns`, on the cell of the last two models).
+    (not timed), beside the time of its similarity products alone (numpy, measured in the same run,
+    first) and the numpy ranking's CPU time per similarity (:func:`ranking_ns`, on the cell of the
+    last two models).
 
     Extra memory is what the evaluation allocates beyond the memory-mapped sets (tracemalloc, which
     numpy reports its buffers to). ``stages`` splits the evaluation: cells (products, ranking and
     every per-query metric), bootstrap, tests_and_criteria (McNemar, intervals, verdicts, CMC, flips), cka.
     ``full_map``: with the exact mAP (``evaluate --full-map``), which sorts every similarity row.
+    ``search_provider``, ``search_precision``: ``evaluate --search-provider/--search-precision``; a
+    graph's figures are under ``search_graph`` (:func:`_device_figures`).
     """
     import resource
     import tracemalloc
@@ -87,8 +105,10 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
     from ..evaluate.metrics.ranking import FIRST_HIT
     from ..evaluate.metrics.table import chosen, requirements
     from ..evaluate.pipeline import collect_from_store, evaluate_sets
+    from ..evaluate.search.device import open_search
     from .machine import machine_info
 
+    search = open_search(search_provider, precision=search_precision)  # a GPU that does not work: an error first
     ids = write_random_store(Path(workdir) / "store", models=models, n=n, dim=dim, classes=classes)
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
     products = products_seconds([s.embeddings for s in query], [s.embeddings for s in gallery])
@@ -98,19 +118,20 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
     tracemalloc.start()
     start = time.perf_counter()
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
-    ev = evaluate_sets(query, gallery, full_map=full_map)
+    ev = evaluate_sets(query, gallery, full_map=full_map, search=search)
     seconds = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    cells = models * (models + 1) // 2
     return {"benchmark": "evaluate", "models": models, "queries": n, "gallery": n, "dim": dim, "classes": classes,
-            "metrics": list(names), "cells": models * (models + 1) // 2, "seconds": seconds,
+            "metrics": list(names), "cells": cells, "seconds": seconds, "search": ev.protocol["search"],
             "products_seconds": products, "ratio_to_products": seconds / products,
             "ranking_ns_per_similarity": ranking, "stages": ev.result.seconds, "resamples": ev.result.resamples,
             "peak_extra_mib": peak / 2**20,
             # the whole process: imports, the memory-mapped sets' pages and BLAS buffers included
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "own_image_left_out": ev.protocol["own_image_left_out"], "load_average": list(os.getloadavg()),
-            "machine": machine_info()}
+            "machine": machine_info(), **(_device_figures(search, ev, cells, n, dim) if search else {})}
 
 
 def format_evaluate(result: dict) -> str:

@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .metrics.compat import Compatibility, compatibility
+from .metrics.ranking import retrieval_outcomes
 from .metrics.table import chosen, deepest
 from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
 from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
@@ -216,13 +217,15 @@ def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
 def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet], *, k: int = 5,
                   include_self: bool = False, progress: Optional[Callable[[int, int], None]] = None,
                   notes: Sequence[str] = (), warn: Optional[Callable[[str], None]] = None,
-                  full_map: bool = False) -> Evaluation:
+                  full_map: bool = False, search=None) -> Evaluation:
     """Compatibility of the sets (same model order in both) after checking they can be compared and
     putting them in task order (:func:`order_by_task`).
 
     When query and gallery are the same data, each query's own image is left out of its gallery
     unless ``include_self``. ``notes`` are added to those the models' provenance calls for.
     ``full_map``: add the exact mAP over the whole gallery (it sorts every similarity row).
+    ``search``: where the similarities are computed and ranked, a ``evaluate.search.device.DeviceSearch``
+    (None: numpy on the CPU); the protocol records it.
     """
     check_comparable(query, gallery)
     query, gallery = order_by_task(query, gallery, warn or once_to_stderr())
@@ -236,11 +239,13 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
         raise InputError(f"gallery {gallery[0].path}: {per_query} items per query, {name} needs at least {places}")
     result = compatibility([s.embeddings for s in query], [s.embeddings for s in gallery], query[0].labels,
                            gallery[0].labels, k=k, exclude_self=exclude_self, progress=progress,
-                           names=chosen(full_map=full_map))
+                           names=chosen(full_map=full_map),
+                           search=search.retrieval_outcomes if search else retrieval_outcomes)
     provenance = [dict(s.manifest.provenance or {}) for s in query]
     given = {n.split(":")[0] for n in notes}
     notes = [*(n for n in provenance_notes(provenance) if n.split(":")[0] not in given), *notes]
-    protocol = {"similarity": "cosine", "k": k, "own_image_left_out": exclude_self}
+    protocol = {"similarity": "cosine", "k": k, "own_image_left_out": exclude_self,
+                "search": f"onnxruntime {search.used} {search.precision}" if search else "numpy fp32"}
     backbones = [s.model_id for s in query if is_backbone(s)]
     if backbones:  # a bundle's unprompted backbone, evaluated as the oldest model beside the tasks
         protocol["frozen_backbone"] = backbones

@@ -20,6 +20,7 @@ from ..infer.store.sets import EmbeddingSet
 from .pipeline import (Evaluation, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
 from .report.writer import check_out_dir, write_reports
+from .search.device import open_search
 from .search.production import ProductionOptions
 
 
@@ -32,7 +33,10 @@ class EvaluateOptions:
     specs under ``data_path`` (fetched first with ``download``); ``store`` is read and filled;
     ``out`` is replaced by the report folder. ``no_backbone``: a bundle's tasks without its frozen
     backbone. ``projections``: ``pca``, ``tsne`` or both, comma-separated (None: none).
-    ``precision_exports``: folders of fp16/int8 exports mirroring the models' files.
+    ``precision_exports``: folders of fp16/int8 exports mirroring the models' files. ``full_map``: add
+    the exact mAP over the whole gallery (opt-in: it sorts every similarity row). ``search_provider``,
+    ``search_precision``: where the similarity products and the ranking's inputs run
+    (:func:`.search.device.open_search`; default: the runtime's provider).
     """
 
     model_files: tuple[str, ...] = ()
@@ -47,6 +51,9 @@ class EvaluateOptions:
     k: int = 5
     include_self: bool = False
     no_backbone: bool = False
+    full_map: bool = False
+    search_provider: Optional[str] = None
+    search_precision: str = "fp32"
     projections: Optional[str] = None
     projection_sample: int = 2000
     precision_exports: tuple[str, ...] = ()
@@ -103,6 +110,8 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
         raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
     writable_dir(opts.out, "--out")
     check_out_dir(opts.out)
+    search = open_search(opts.search_provider, opts.runtime.provider, precision=opts.search_precision,
+                         threads=opts.runtime.threads)
     methods = None
     if opts.projections is not None:
         from .study.projections import parse_methods
@@ -111,7 +120,8 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     q, g, files = _sets(opts, opts.gallery or opts.query)
     q, g = order_by_task(q, g, once_to_stderr())
     with cell_bar("cells", disable=not opts.runtime.progress) as progress:
-        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress)
+        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, full_map=opts.full_map,
+                           search=search)
     written = write_reports(ev, opts.out)
     if methods:
         from .report.html import write_html

@@ -61,8 +61,8 @@ def test_demo_writes_every_stage_and_valid_pngs(demo_run):
     assert all(json.loads((workdir / "verify" / f"verify_{name}.json").read_text())["passed"]
                for name in ("task1", "task2", "tasks"))
     pngs = sorted((workdir / "reports").glob("*.png"))
-    assert [p.stem for p in pngs] == sorted([*(f"heatmap_{m}" for m in (*METRICS, "cka")), "margins", "cmc",
-                                             "negative_flips"])
+    assert [p.stem for p in pngs] == sorted([*(f"heatmap_{m}" for m in (*METRICS, "cka")), "decision", "margins",
+                                             "cmc", "negative_flips"])
     from PIL import Image
 
     for p in pngs:
@@ -95,6 +95,7 @@ def test_bench_evaluate_and_export(tmp_path):
     assert e["cells"] == 6 and e["seconds"] > 0 and e["peak_extra_mib"] > 0
     assert e["products_seconds"] > 0 and e["ratio_to_products"] == pytest.approx(e["seconds"] / e["products_seconds"])
     assert set(e["stages"]) == {"cells", "bootstrap", "tests_and_criteria", "cka"} and e["resamples"] == 1000
+    assert e["ranking_ns_per_similarity"] > 0 and "mAP" not in e["metrics"] and "cpu_flags" in e["machine"]
     r = run_cli("bench", "export", "--model", "vit_tiny_patch16_224", "--workdir", "bx", "--json", "x.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     x = json.loads((tmp_path / "x.json").read_text())

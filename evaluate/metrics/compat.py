@@ -162,14 +162,14 @@ def _with_significance(point: Criteria, name: str, per_query: np.ndarray, resamp
 
 def _cells(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
            gallery_labels: np.ndarray, k: int, exclude_self: bool, names: Sequence[str],
-           progress: Optional[Callable[[int, int], None]]) -> dict[tuple[int, int], QueryOutcomes]:
+           progress: Optional[Callable[[int, int], None]], search: Callable) -> dict[tuple[int, int], QueryOutcomes]:
     t = len(query)
     requires = table.requirements(names) | {FIRST_HIT}  # CMC reads the first relevant place
     outcomes = {}
     for i in range(t):
         for j in range(i + 1):
-            outcomes[i, j] = retrieval_outcomes(query[i], query_labels, gallery[j], gallery_labels, k=k,
-                                                exclude_self=exclude_self, requires=requires)
+            outcomes[i, j] = search(query[i], query_labels, gallery[j], gallery_labels, k=k,
+                                    exclude_self=exclude_self, requires=requires)
             if progress:
                 progress(len(outcomes), t * (t + 1) // 2)
     return outcomes
@@ -191,7 +191,8 @@ def _cmc_and_flips(outcomes: dict[tuple[int, int], QueryOutcomes], t: int, depth
 def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
                   gallery_labels: np.ndarray, *, k: int = 5, exclude_self: bool = False,
                   progress: Optional[Callable[[int, int], None]] = None, resamples: int = RESAMPLES,
-                  seed: int = SEED, names: Optional[Sequence[str]] = None) -> Compatibility:
+                  seed: int = SEED, names: Optional[Sequence[str]] = None,
+                  search: Callable[..., QueryOutcomes] = retrieval_outcomes) -> Compatibility:
     """Every metric for every pair (query model i, gallery model j <= i), criteria with intervals, CMC,
     negative flip rates and CKA.
 
@@ -207,6 +208,8 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
     resamples, seed : of the bootstrap (:mod:`.significance`).
     names : the metrics to compute, default :func:`.table.chosen` (``table.chosen(full_map=True)``
         adds the exact mAP, which sorts every similarity row).
+    search : ranks one cell, with :func:`.ranking.retrieval_outcomes`'s arguments (default: it, numpy);
+        ``evaluate.search.device.DeviceSearch.retrieval_outcomes`` runs the products on a device.
 
     Returns
     -------
@@ -216,7 +219,7 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
     check_depth(len(gallery_labels) - exclude_self, table.ranked_places(k))
     start = time.perf_counter()
     names = table.chosen() if names is None else tuple(names)
-    outcomes = _cells(query, gallery, query_labels, gallery_labels, k, exclude_self, names, progress)
+    outcomes = _cells(query, gallery, query_labels, gallery_labels, k, exclude_self, names, progress, search)
     seconds = {"cells": time.perf_counter() - start}
     start = time.perf_counter()
     lower = list(outcomes)

@@ -8,9 +8,10 @@ increasing gallery index; ``-inf``: not in the query's gallery). For a block of 
 * each row's ``depth + 1`` largest values are selected (``np.partition``, linear) and sorted, depth =
   the deepest place a metric reads (R for AP@R and R-precision, k for the vote, m for exact AP);
 * a relevant value v at least the depth-th largest of its row is at place 1 + #(row values > v): the
-  count comes from merging the two sorted lists (one stable argsort of their concatenation). This is
-  exact when no two of the row's selected values are equal; a row with equal values among them is
-  placed by a stable argsort of the whole row (rare in real embeddings: duplicate images);
+  count comes from merging the two sorted lists (one stable argsort of their concatenation). When
+  another item has the same similarity (float32 similarities tie often enough: about one row in ten
+  at 10,000 items, and duplicate images always), the tied group takes consecutive places in
+  increasing index order, found by one comparison over that row;
 * a first relevant item beyond the depth is placed by counting its row's larger values.
 
 Only the sums that the full sort computed are sums here too, over rows of the same length and in the
