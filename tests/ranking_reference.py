@@ -3,12 +3,14 @@ loop per class): the slow reference the new path is compared with, number for nu
 evaluate/metrics/ranking.py at the commit that replaced it; not used by the package."""
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import AbstractSet, Optional
 
 import numpy as np
 
-from dpcompat.evaluate.metrics.ranking import (FIRST_HIT, FIRST_R, FULL_RANKING, KNN_VOTE, OUTCOME_FIELDS,
-                                               REQUIREMENTS, QueryOutcomes, check_requirements)
+from dpcompat.evaluate.metrics.neighbours import knn_predict  # unchanged by the selection
+from dpcompat.evaluate.metrics.ranking import (FIRST_HIT, FIRST_R, FULL_RANKING, KNN_VOTE, REQUIREMENTS, QueryOutcomes,
+                                               _no_outcomes, check_requirements)
 
 _TOPK_CHUNK = 128
 _PLACES = frozenset({FIRST_HIT, FIRST_R})
@@ -48,22 +50,6 @@ def topk_indices(similarity: np.ndarray, k: int, kth_value: Optional[np.ndarray]
     rows, cols = rows[order], cols[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, np.arange(n))[rows]
     return cols[rank < k].reshape(n, k).astype(np.int64)
-
-
-def knn_predict(neighbour_labels: np.ndarray) -> np.ndarray:
-    """Majority label of each row of ranked neighbour labels.
-
-    Parameters
-    ----------
-    neighbour_labels : int array [Nq, k], labels of the k nearest items, best first.
-
-    Returns
-    -------
-    int64 array [Nq]. A tie between labels goes to the tied label whose nearest member ranks first.
-    """
-    votes = (neighbour_labels[:, :, None] == neighbour_labels[:, None, :]).sum(axis=2)  # [Nq, k]: votes for each position's label
-    first_best = np.argmax(votes == votes.max(axis=1, keepdims=True), axis=1)  # earliest position with the most votes
-    return neighbour_labels[np.arange(len(neighbour_labels)), first_best].astype(np.int64)
 
 
 def columns_by_label(labels: np.ndarray) -> dict[int, np.ndarray]:
@@ -148,12 +134,6 @@ def _class_outcomes(similarity: np.ndarray, sorted_similarity: np.ndarray, rows:
     return out
 
 
-def _no_outcomes(n: int, requires: frozenset) -> dict[str, np.ndarray]:
-    """The label-wise fields ``requires`` asks for, as for queries with no relevant item: place 0, NaN."""
-    return {f: np.zeros(n, np.int64) if f == "first_hit" else np.full(n, np.nan)
-            for r in sorted(requires - {KNN_VOTE}) for f in OUTCOME_FIELDS[r]}
-
-
 def ranked_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, *, k: int = 5,
                     sorted_similarity: Optional[np.ndarray] = None,
                     class_columns: Optional[dict[int, np.ndarray]] = None,
@@ -199,3 +179,12 @@ def ranked_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_la
         out["knn_correct"] = knn_predict(gallery_labels[topk_indices(similarity, k, sorted_similarity[:, m - k])]
                                          ) == query_labels
     return QueryOutcomes(**out)
+
+
+def assert_same_outcomes(got: QueryOutcomes, want: QueryOutcomes) -> None:
+    """Every field equal bit for bit (NaN where NaN), None where None."""
+    for f in fields(got):
+        a, b = getattr(got, f.name), getattr(want, f.name)
+        assert (a is None) == (b is None), f.name
+        if a is not None:
+            np.testing.assert_array_equal(a, b, err_msg=f.name)

@@ -3,7 +3,6 @@ equal on the CPU provider to the numpy path, ties included; a device that does n
 import json
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +16,10 @@ from dpcompat.evaluate.search import device
 from dpcompat.evaluate.search.device import DeviceSearch, open_search, search_graph
 from dpcompat.infer.runtime.session import gpu_problem
 from onnx_fixtures import run_cli, write_random_set
+from ranking_reference import assert_same_outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSETS = [REQUIREMENTS, {"first_hit"}, {"first_r"}, {"knn_vote"}, {"full_ranking"}, {"first_r", "knn_vote"}]
-
-
-def assert_same(got, want):
-    for f in fields(got):
-        a, b = getattr(got, f.name), getattr(want, f.name)
-        assert (a is None) == (b is None), f.name
-        if a is not None:
-            np.testing.assert_array_equal(a, b, err_msg=f.name)
 
 
 def integer_sets(seed, n=240, d=4):
@@ -64,7 +56,7 @@ def test_cpu_provider_equals_the_numpy_path_ties_included(monkeypatch, precision
     x, query_labels, labels = integer_sets(1)
     gallery = x if exclude_self else integer_sets(2)[0]
     for requires in SUBSETS:
-        assert_same(search.retrieval_outcomes(x, query_labels, gallery, labels, k=3, exclude_self=exclude_self,
+        assert_same_outcomes(search.retrieval_outcomes(x, query_labels, gallery, labels, k=3, exclude_self=exclude_self,
                                               requires=requires),
                     retrieval_outcomes(x, query_labels, gallery, labels, k=3, exclude_self=exclude_self,
                                        requires=requires))

@@ -1,6 +1,5 @@
 """The top-R selection against the full sort it replaced (tests/ranking_reference.py), number for number;
 results that depend on values only (x @ x.T); exact mAP as an opt-in; AC's interval across seeds."""
-from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -11,18 +10,9 @@ from dpcompat.evaluate.metrics.ranking import FULL_RANKING, REQUIREMENTS, ranked
 from dpcompat.evaluate.metrics.significance import count_interval
 from dpcompat.evaluate.metrics.table import chosen, requirements, retrieval_metrics
 
-from ranking_reference import ranked_outcomes as reference_outcomes
+from ranking_reference import assert_same_outcomes, ranked_outcomes as reference_outcomes
 
 SUBSETS = [REQUIREMENTS, {"first_hit"}, {"first_r"}, {"knn_vote"}, {"full_ranking"}, {"first_hit", "knn_vote"}]
-
-
-def assert_same(got, want):
-    """Every field equal bit for bit (NaN where NaN), None where None."""
-    for f in fields(got):
-        a, b = getattr(got, f.name), getattr(want, f.name)
-        assert (a is None) == (b is None), f.name
-        if a is not None:
-            np.testing.assert_array_equal(a, b, err_msg=f.name)
 
 
 def hard_similarities(rng, kind, n, m):
@@ -56,7 +46,7 @@ def test_selection_equals_the_full_sort_bit_for_bit(kind, seed):
     if np.isfinite(similarity).sum(axis=1).min() < k:
         similarity[:, :k] = 0.5
     for requires in SUBSETS:
-        assert_same(ranked_outcomes(similarity, query_labels, gallery_labels, k=k, requires=requires),
+        assert_same_outcomes(ranked_outcomes(similarity, query_labels, gallery_labels, k=k, requires=requires),
                     reference_outcomes(similarity, query_labels, gallery_labels, k=k, requires=requires))
 
 
@@ -75,7 +65,7 @@ def test_blocks_and_threads_equal_the_full_sort(monkeypatch, exclude_self):
     if exclude_self:
         np.fill_diagonal(similarity, -np.inf)
     got = retrieval_outcomes(x, query_labels, x, labels, k=3, exclude_self=exclude_self, threads=3)
-    assert_same(got, reference_outcomes(similarity, query_labels, labels, k=3))
+    assert_same_outcomes(got, reference_outcomes(similarity, query_labels, labels, k=3))
 
 
 def test_the_default_metrics_select_and_do_not_sort_rows(monkeypatch):
@@ -108,7 +98,7 @@ def test_a_query_set_that_is_the_gallery_array_ranks_as_a_copy_of_it():
     np.fill_diagonal(b, -np.inf)
     assert not np.array_equal(ranked_outcomes(a, labels, labels).first_hit, ranked_outcomes(b, labels, labels).first_hit)
     for exclude_self in (True, False):
-        assert_same(retrieval_outcomes(x, labels, x, labels, exclude_self=exclude_self),
+        assert_same_outcomes(retrieval_outcomes(x, labels, x, labels, exclude_self=exclude_self),
                     retrieval_outcomes(x, labels, x.copy(), labels, exclude_self=exclude_self))
     xs = [x, duplicated_unit_rows(3)[0]]
     names = chosen(full_map=True)
