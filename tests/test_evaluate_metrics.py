@@ -229,5 +229,6 @@ def test_cka_centres_block_by_block_without_losing_precision():
     x = (rng.standard_normal((60, 5)) + 50).astype(np.float32)  # a large common offset, as real embeddings have
     y = (x @ rng.standard_normal((5, 3)) + rng.standard_normal((60, 3)) - 20).astype(np.float32)
     mx, my = x.mean(axis=0, dtype=np.float64), y.mean(axis=0, dtype=np.float64)
-    np.testing.assert_allclose(cka._centred_cross(x, y, mx, my, rows=7), (x - mx).T @ (y - my), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cka._centred_grams([x, y], [mx, my], [(1, 0)], rows=7)[1, 0], (y - my).T @ (x - mx),
+                               rtol=1e-5, atol=1e-4)
     assert linear_cka(x, y) == pytest.approx(brute_cka(x, y), rel=1e-5)

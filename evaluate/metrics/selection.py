@@ -122,11 +122,14 @@ def relevant_places(similarity: np.ndarray, top: np.ndarray, relevant: np.ndarra
     size = top.shape[1]
     floor = top[:, 1] if size < m else np.full(n, -np.inf, top.dtype)  # the depth-th largest value
     inside = (relevant > -np.inf) & (relevant >= floor[:, None])
-    below = count_below(top, relevant, strictly=False)
-    before = size - below  # items more similar; exact inside
+    tail = max(1, int(inside.sum(axis=1).max()))  # the inside values: the last columns of each row
+    below = count_below(top, relevant[:, -tail:], strictly=False)
+    before = np.zeros(relevant.shape, np.int64)
+    before[:, -tail:] = size - below  # items more similar; exact inside
     # another selected item has the same similarity (the next smaller selected value equals it)
     previous = top.reshape(-1).take(np.maximum(below - 2, 0) + (np.arange(n) * size)[:, None])
-    shared = inside & (below >= 2) & (previous == relevant)
+    shared = np.zeros(relevant.shape, bool)
+    shared[:, -tail:] = inside[:, -tail:] & (below >= 2) & (previous == relevant[:, -tail:])
     beyond = np.flatnonzero((relevant[:, -1] > -np.inf) & ~inside[:, -1])
     if len(beyond):  # the first relevant item lies beyond the depth: count the larger values of its row
         best, rows = relevant[beyond, -1][:, None], similarity[beyond]
