@@ -162,3 +162,16 @@ def test_count_interval_on_constructed_differences():
     with_gaps = np.hstack([clear, noisy])
     with_gaps[::2, 1] = np.nan  # queries without a value are left out
     assert count_interval(with_gaps)[0] == 0.5
+
+
+def test_count_below_merges_and_searches_alike():
+    rng = np.random.default_rng(4)
+    top = np.sort(np.round(rng.standard_normal((6, 90)), 1).astype(np.float32), axis=1)
+    top[:, :5] = -np.inf
+    values = np.sort(np.concatenate([top[:, ::7], np.full((6, 2), -0.0, np.float32)], axis=1), axis=1)
+    for strictly in (False, True):
+        want = np.array([[np.sum(t < v) if strictly else np.sum(t <= v) for v in row] for t, row in zip(top, values)])
+        np.testing.assert_array_equal(selection.count_below(top, values, strictly=strictly), want)  # search
+        np.testing.assert_array_equal(selection.count_below(top[:, :40], values[:, :12], strictly=strictly),
+                                      [[np.sum(t[:40] < v) if strictly else np.sum(t[:40] <= v) for v in row[:12]]
+                                       for t, row in zip(top, values)])  # merge

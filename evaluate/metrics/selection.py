@@ -8,7 +8,7 @@ increasing gallery index; ``-inf``: not in the query's gallery). For a block of 
 * each row's ``depth + 1`` largest values are selected (``np.partition``, linear) and sorted, depth =
   the deepest place a metric reads (R for AP@R and R-precision, k for the vote, m for exact AP);
 * a relevant value v at least the depth-th largest of its row is at place 1 + #(row values > v): the
-  count comes from merging the two sorted lists (one stable argsort of their concatenation). When
+  count comes from merging the two sorted lists (:func:`count_below`). When
   another item has the same similarity (float32 similarities tie often enough: about one row in ten
   at 10,000 items, and duplicate images always), the tied group takes consecutive places in
   increasing index order, found by one comparison over that row;
@@ -88,9 +88,15 @@ def top_values(similarity: np.ndarray, depth: int) -> np.ndarray:
 def count_below(top: np.ndarray, values: np.ndarray, *, strictly: bool) -> np.ndarray:
     """For each v of ``values`` [n, W], the number of ``top`` [n, L] values of its row below it
     (``strictly``: < v, else <= v); both ascending per row. Equal values compare as numpy's sort
-    does (-0.0 equals 0.0). A stable argsort of each concatenated row merges the two lists; the j-th
-    of ``values`` lands at place j + (the count)."""
+    does (-0.0 equals 0.0). Much longer ``top`` rows (the whole row, for exact AP) are searched row by
+    row; otherwise a stable argsort of each concatenated row merges the two lists, and the j-th of
+    ``values`` lands at place j + (the count)."""
     n, width = values.shape
+    if top.shape[1] > 4 * width:
+        out = np.empty(values.shape, np.int64)
+        for r in range(n):
+            out[r] = np.searchsorted(top[r], values[r], "left" if strictly else "right")
+        return out
     pair = (values, top) if strictly else (top, values)
     merged = np.argsort(np.concatenate(pair, axis=1), axis=1, kind="stable")
     mine = merged < width if strictly else merged >= top.shape[1]
