@@ -94,7 +94,8 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
 
     Extra memory is what the evaluation allocates beyond the memory-mapped sets (tracemalloc, which
     numpy reports its buffers to). ``stages`` splits the evaluation: cells (products, ranking and
-    every per-query metric), bootstrap, tests_and_criteria (McNemar, intervals, verdicts, CMC, flips), cka.
+    every per-query metric), bootstrap, tests_and_criteria (McNemar, intervals, criteria, CMC, flips), cka,
+    decision (the rule's verdicts and the backfill search of not-compatible pairs).
     ``full_map``: with the exact mAP (``evaluate --full-map``), which sorts every similarity row.
     ``search_provider``, ``search_precision``: ``evaluate --search-provider/--search-precision``; a
     graph's figures are under ``search_graph`` (:func:`_device_figures`).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import (AUTO_PROVIDER, DATASET_HELP, NLIST, NPROBE, PQ_M, QUIET, SEED, THREADS, TRT, Int, batch_size,
+from .options import (AUTO_PROVIDER, DATASET_HELP, NLIST, NPROBE, PQ_M, QUIET, SEED, THREADS, TRT, Float, Int, batch_size,
                       data_path, download, grouped, runtime, skip_bad, workers)
 
 # FAISS takes these as 32-bit integers; beyond the bounds they are only memory and time
@@ -73,12 +73,15 @@ def production_options(indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_
                                         "(numpy on the CPU).")
 @click.option("--search-precision", type=click.Choice(("fp32", "fp16")), default="fp32", show_default=True,
               help="The graph's products in float16 (cpu or cuda search only).")
+@click.option("--primary-metric", default="top1", show_default=True,
+              help="The metric the decision rule judges every pair by (the others are evidence).")
+@click.option("--tolerance", type=Float(0.0), default=0.01, show_default=True,
+              help="The rule's margin: a candidate may lose at most this much of the primary metric (0 to below 1).")
 def evaluate(models_flag, **options):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
-    Writes compatibility.json/.csv/.md and figures (rows: query model, columns: gallery model); the
-    models are put in the order of the task in their metadata. With --index, --backfill,
-    --gallery-precision or --precision-exports also production.json/.md.
+    Writes compatibility.json/.csv/.md, figures and report.html, led by each pair's decision under the rule
+    (models in task order); with --index, --backfill or --*-precision* also production.json/.md.
     """
     from ..evaluate.report.writer import summary
     from ..evaluate.run import EvaluateOptions, run_evaluation, run_production

@@ -19,11 +19,14 @@ from .atomic import write_json
 MARKER = "dpcompat-generated.json"
 GENERATED = "generated"
 RANDOM = "random"
-GENERATED_NOTE = ("GENERATED DATA: the model was trained on generated images (classes of hue and stripe "
-                  "orientation, dpcompat's stand-in when no CIFAR files could be had), not on CIFAR; these "
-                  "figures say nothing about real data")
+# The one wording of each caveat: the demo's log, evaluate's reports (summary, Markdown, JSON, figures)
+# and the production report all print these.
+GENERATED_NOTE = ("GENERATED DATA: trained on generated images (classes of hue and stripe orientation, dpcompat's "
+                  "stand-in when no CIFAR files could be had), not on CIFAR; these numbers show that the chain runs, "
+                  "not how compatible real models are")
 RANDOM_BACKBONE_NOTE = ("RANDOM BACKBONE: the ViT backbone was randomly initialised and frozen (no pretrained "
-                        "weights), so the embeddings carry no pretrained features")
+                        "weights), so the embeddings carry no pretrained features; these numbers are not those of "
+                        "real DualPrompt models")
 
 
 def write_marker(folder: str | Path, description: dict) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -9,47 +10,63 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .metrics.compat import Compatibility, compatibility
+from .metrics.decision import Decision, Rule, decide
 from .metrics.ranking import retrieval_outcomes
-from .metrics.table import chosen, deepest
+from .metrics.table import METRICS, chosen, deepest
+from .search.backfill import backfill_order, backfilled_counts, backfilled_values, fractions
 from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
 from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
 from ..infer.embed import embed_model, model_targets
 from ..common.contract import QUERY_OUTPUT
+from ..common.provenance import notes as model_notes
 from ..common.errors import InputError
 from ..infer.runtime.metadata import ModelInfo
 from ..infer.runtime.options import RuntimeOptions
 from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
 
 
-GENERATED_NOTE = ("GENERATED DATA: a model was trained on generated images (stripes by class), not real data; "
-                  "the numbers show that the chain runs, not how compatible real models are")
-RANDOM_BACKBONE_NOTE = ("RANDOM BACKBONE: a model was trained from a randomly initialised backbone, not pretrained "
-                        "weights; the numbers are not those of real DualPrompt models")
-
-
 @dataclass
 class Evaluation:
     """A result with what it was computed on: the ``models`` (update order), the ``query``/``gallery``
     data, the ``protocol``, each model's ``provenance`` (``{"data", "backbone"}`` from its export's
-    metadata, {} when unknown) and the ``notes`` every reader must see (generated data, random backbone)."""
+    metadata, {} when unknown), the ``notes`` every reader must see (generated data, random backbone),
+    the ``decision`` of every pair under the declared rule and each model's ``records`` (``id``,
+    ``sha256`` of its file as the store recorded it, ``file``, ``task``)."""
 
     result: Compatibility
     models: list[str]
     query: dict
     gallery: dict
     protocol: dict
+    decision: Decision
     provenance: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DecisionOptions:
+    """The decision ``rule`` and the backfill grid it searches for not-compatible pairs: f = 0,
+    1/``steps``, ..., 1, items re-embedded in a random order of seed ``seed`` or the one in ``order_file``
+    (as ``evaluate --backfill-steps/--backfill-seed/--backfill-order``)."""
+
+    rule: Rule = field(default_factory=Rule)
+    steps: int = 10
+    seed: int = 0
+    order_file: Optional[str] = None
+
+    @classmethod
+    def of(cls, metric: str, tolerance: float, steps: int, seed: int, order_file: Optional[str]) -> "DecisionOptions":
+        """The options of ``evaluate``'s values (--primary-metric, --tolerance, --backfill-*); InputError
+        for a metric or tolerance the rule refuses, before any work."""
+        return cls(Rule(metric=metric, tolerance=tolerance), steps, seed, order_file)
 
 
 def provenance_notes(provenance: Sequence[dict]) -> list[str]:
-    """The banner notes that ``provenance`` (one dict per model) calls for."""
-    notes = []
-    if any(str(p.get("data", "")).lower() == "generated" for p in provenance):
-        notes.append(GENERATED_NOTE)
-    if any(str(p.get("backbone", "")).lower() == "random" for p in provenance):
-        notes.append(RANDOM_BACKBONE_NOTE)
-    return notes
+    """The banner notes that ``provenance`` (one dict per model) calls for, each once, worded as
+    everywhere else (:func:`common.provenance.notes`)."""
+    return list(dict.fromkeys(n for p in provenance for n in model_notes(
+        {key: str(value).lower() for key, value in p.items() if key in ("data", "backbone")})))
 
 
 def _prefer_bundles(files: Sequence[Path], warn: Callable[[str], None]) -> list[Path]:
@@ -214,16 +231,41 @@ def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     return [query[i] for i in order], [gallery[i] for i in order]
 
 
+def decide_arrays(result: Compatibility, models: Sequence[str], sha256: Sequence[Optional[str]],
+                  query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
+                  gallery_labels: np.ndarray, *, k: int = 5, exclude_self: bool = False,
+                  options: DecisionOptions = DecisionOptions()) -> Decision:
+    """:func:`.metrics.decision.decide` for an evaluation of the arrays ``query``/``gallery`` (T arrays
+    [Nq, D] / [Ng, D], as :func:`.metrics.compat.compatibility` took them): the backfill search runs
+    exact search on galleries mixed in the options' order; its ends are the evaluation's own cells
+    (f = 0: C[i][j], f = 1: C[i][i], by definition)."""
+    n = len(gallery_labels)
+    steps = options.steps
+    counts = backfilled_counts(n, fractions(steps))
+    order = backfill_order(n, seed=options.seed, order_file=options.order_file)
+
+    def values(i: int, j: int, step: int) -> np.ndarray:
+        if step in (0, steps):
+            return result.values(options.rule.metric, i, j if step == 0 else i)
+        return backfilled_values(query[i], gallery[j], gallery[i], query_labels, gallery_labels,
+                                 order[:counts[step]], metric=options.rule.metric, k=k, exclude_self=exclude_self)
+
+    described = f"the order in {options.order_file}" if options.order_file else f"a random order, seed {options.seed}"
+    return decide(result, models, sha256, options.rule, values=values, steps=steps, order=described)
+
+
 def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet], *, k: int = 5,
                   include_self: bool = False, progress: Optional[Callable[[int, int], None]] = None,
                   notes: Sequence[str] = (), warn: Optional[Callable[[str], None]] = None,
-                  full_map: bool = False, search=None) -> Evaluation:
+                  options: DecisionOptions = DecisionOptions(), full_map: bool = False,
+                  search=None) -> Evaluation:
     """Compatibility of the sets (same model order in both) after checking they can be compared and
-    putting them in task order (:func:`order_by_task`).
+    putting them in task order (:func:`order_by_task`), and every pair's decision under ``options``.
 
     When query and gallery are the same data, each query's own image is left out of its gallery
     unless ``include_self``. ``notes`` are added to those the models' provenance calls for.
-    ``full_map``: add the exact mAP over the whole gallery (it sorts every similarity row).
+    ``full_map``: add the exact mAP over the whole gallery (it sorts every similarity row; implied when
+    it is the rule's primary metric).
     ``search``: where the similarities are computed and ranked, a ``evaluate.search.device.DeviceSearch``
     (None: numpy on the CPU); the protocol records it.
     """
@@ -237,10 +279,18 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     name, places = deepest()
     if per_query < places:
         raise InputError(f"gallery {gallery[0].path}: {per_query} items per query, {name} needs at least {places}")
-    result = compatibility([s.embeddings for s in query], [s.embeddings for s in gallery], query[0].labels,
-                           gallery[0].labels, k=k, exclude_self=exclude_self, progress=progress,
-                           names=chosen(full_map=full_map),
+    backfill_order(gallery[0].count, seed=options.seed, order_file=options.order_file)  # a bad file: before the work
+    arrays = [s.embeddings for s in query], [s.embeddings for s in gallery]
+    result = compatibility(*arrays, query[0].labels, gallery[0].labels, k=k, exclude_self=exclude_self,
+                           progress=progress, names=chosen(full_map=full_map or METRICS[options.rule.metric].opt_in),
                            search=search.retrieval_outcomes if search else retrieval_outcomes)
+    models = [s.model_id for s in query]
+    records = [{"id": s.model_id, "sha256": s.manifest.model.sha256, "file": s.manifest.model.file,
+                "task": s.manifest.model.task} for s in query]
+    start = time.perf_counter()
+    decision = decide_arrays(result, models, [r["sha256"] for r in records], *arrays, query[0].labels,
+                             gallery[0].labels, k=k, exclude_self=exclude_self, options=options)
+    result.seconds["decision"] = time.perf_counter() - start  # the backfill search of not-compatible pairs
     provenance = [dict(s.manifest.provenance or {}) for s in query]
     given = {n.split(":")[0] for n in notes}
     notes = [*(n for n in provenance_notes(provenance) if n.split(":")[0] not in given), *notes]
@@ -249,6 +299,6 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     backbones = [s.model_id for s in query if is_backbone(s)]
     if backbones:  # a bundle's unprompted backbone, evaluated as the oldest model beside the tasks
         protocol["frozen_backbone"] = backbones
-    return Evaluation(result=result, models=[s.model_id for s in query], query=_describe(query),
-                      gallery=_describe(gallery), protocol=protocol,
-                      provenance=provenance, notes=list(dict.fromkeys(notes)))
+    return Evaluation(result=result, models=models, query=_describe(query), gallery=_describe(gallery),
+                      protocol=protocol, decision=decision, provenance=provenance,
+                      notes=list(dict.fromkeys(notes)), records=records)

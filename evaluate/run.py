@@ -17,7 +17,7 @@ from ..common.outputs import writable_dir
 from ..infer.runtime.bundle import is_bundle
 from ..infer.runtime.options import RuntimeOptions
 from ..infer.store.sets import EmbeddingSet
-from .pipeline import (Evaluation, collect_from_models, collect_from_store, evaluate_sets, model_files,
+from .pipeline import (DecisionOptions, Evaluation, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
 from .report.writer import check_out_dir, write_reports
 from .search.device import open_search
@@ -37,6 +37,7 @@ class EvaluateOptions:
     the exact mAP over the whole gallery (opt-in: it sorts every similarity row). ``search_provider``,
     ``search_precision``: where the similarity products and the ranking's inputs run
     (:func:`.search.device.open_search`; default: the runtime's provider).
+    ``primary_metric`` and ``tolerance``: the decision rule (:mod:`.metrics.decision`).
     """
 
     model_files: tuple[str, ...] = ()
@@ -59,6 +60,15 @@ class EvaluateOptions:
     precision_exports: tuple[str, ...] = ()
     production: ProductionOptions = field(default_factory=ProductionOptions)
     runtime: RuntimeOptions = RuntimeOptions()
+    primary_metric: str = "top1"
+    tolerance: float = 0.01
+
+    def decision(self) -> DecisionOptions:
+        """The decision rule and the backfill grid it searches (--backfill-steps/-seed/-order); InputError
+        for a metric or tolerance the rule refuses, before any work."""
+        p = self.production
+        return DecisionOptions.of(self.primary_metric, self.tolerance, p.backfill_steps, p.backfill_seed,
+                                  p.backfill_order)
 
 
 @dataclass
@@ -108,6 +118,7 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     (with ``projections.png`` when asked for). Every check that needs no data comes before any work."""
     if opts.precision_exports and opts.from_store is not None:
         raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
+    decision = opts.decision()
     writable_dir(opts.out, "--out")
     check_out_dir(opts.out)
     search = open_search(opts.search_provider, opts.runtime.provider, precision=opts.search_precision,
@@ -120,8 +131,8 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     q, g, files = _sets(opts, opts.gallery or opts.query)
     q, g = order_by_task(q, g, once_to_stderr())
     with cell_bar("cells", disable=not opts.runtime.progress) as progress:
-        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, full_map=opts.full_map,
-                           search=search)
+        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, options=decision,
+                           full_map=opts.full_map, search=search)
     written = write_reports(ev, opts.out)
     if methods:
         from .report.html import write_html

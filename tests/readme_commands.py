@@ -1,4 +1,5 @@
-"""The example commands of README.md's ```bash blocks, as a user would type them.
+"""The example commands of the ```bash blocks of README.md and of every page in docs/, as a user
+would type them.
 
 A command is ours when, after any ``VAR=value`` assignments and a ``/usr/bin/time [-v]`` prefix, it is
 ``python cli.py ...`` (any python: ``.venv/bin/python``, ``python3``), ``dpcompat ...`` (the console
@@ -13,7 +14,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 _NEEDS = re.compile(r"\bneeds:\s*([^;]+)")
 _EXIT = re.compile(r"\bexit code (\d+)")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -24,8 +26,9 @@ _SEPARATORS = {"&&", "||", ";", "|"}
 class Example:
     """One example command: where it is, what it runs and what it needs."""
 
-    line: int  # README line of the command's first line
-    block: int  # index of its ```bash block; a block's commands are steps run in order
+    page: str  # its page, relative to the repository root: README.md, docs/commands.md, ...
+    line: int  # the page's line of the command's first line
+    block: int  # index of its ```bash block among all pages' blocks; a block's commands are steps run in order
     text: str  # as written, continuation lines joined
     args: tuple[str, ...]  # the arguments after cli.py / dpcompat
     env: dict = field(default_factory=dict)  # VAR=value assignments before the command
@@ -33,8 +36,12 @@ class Example:
     needs: tuple[str, ...] = ()  # what it needs that a test machine lacks; () when it runs anywhere
     exit_codes: tuple[int, ...] = (0,)  # exit codes its comment allows
 
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
+
     def __str__(self) -> str:
-        return f"README.md:{self.line}: {self.text}"
+        return f"{self.where}: {self.text}"
 
 
 def bash_blocks(text: str) -> list[tuple[int, list[str]]]:
@@ -109,11 +116,26 @@ def _ours(words: list[str]) -> tuple[dict, str, list[str]] | None:
     return None
 
 
-def readme_examples(text: str | None = None) -> list[Example]:
-    """Every example command of our CLI in the README's ```bash blocks, in README order."""
-    text = README.read_text(encoding="utf-8") if text is None else text
+def pages() -> list[Path]:
+    """The pages whose examples are ours to run: README.md, then every docs/*.md by name."""
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def doc_examples() -> list[Example]:
+    """Every example command of our CLI on every page of :func:`pages`, in page order; block numbers
+    run on from page to page, so each block is one number."""
+    found: list[Example] = []
+    for path in pages():
+        first = 1 + max((e.block for e in found), default=-1)
+        found += page_examples(path.read_text(encoding="utf-8"), path.relative_to(ROOT).as_posix(), first)
+    return found
+
+
+def page_examples(text: str, page: str = "README.md", first_block: int = 0) -> list[Example]:
+    """Every example command of our CLI in the ```bash blocks of ``text`` (the page ``page``), in page
+    order; its blocks are numbered from ``first_block``."""
     found = []
-    for block, (start, lines) in enumerate(bash_blocks(text)):
+    for block, (start, lines) in enumerate(bash_blocks(text), first_block):
         for number, line in _logical_lines(start, lines):
             words, comment = _split_comment(line)
             needs = _NEEDS.search(comment)
@@ -124,7 +146,7 @@ def readme_examples(text: str | None = None) -> list[Example]:
                     continue
                 env, launcher, args = parsed
                 found.append(Example(
-                    line=number, block=block, text=" ".join(line.split()), args=tuple(args), env=env,
+                    page=page, line=number, block=block, text=" ".join(line.split()), args=tuple(args), env=env,
                     launcher=launcher, exit_codes=exits,
                     needs=tuple(n.strip() for n in needs.group(1).split(",")) if needs else ()))
     return found

@@ -34,10 +34,14 @@ def test_demo_report_schema_and_matrices(demo_run):
                 if j <= i:
                     assert 0.0 <= c[i][j] <= 1.0
         crit = report["criteria"][name]
-        assert set(crit) >= {"AC", "AM", "compatible"}
-        assert [[i, j] for i, j, _ in crit["compatible"]] == [[1, 0], [2, 0], [2, 1]]
-        assert [ok for _, _, ok in crit["compatible"]] == [c[i][j] > c[j][j] for i, j in ((1, 0), (2, 0), (2, 1))]
+        assert set(crit) >= {"AC", "AM", "empirical_criterion"} and "compatible" not in crit
+        assert [[i, j] for i, j, _ in crit["empirical_criterion"]] == [[1, 0], [2, 0], [2, 1]]
+        assert [ok for _, _, ok in crit["empirical_criterion"]] == [c[i][j] > c[j][j]
+                                                                    for i, j in ((1, 0), (2, 0), (2, 1))]
         assert crit["AM"] == pytest.approx(np.mean([c[i][j] for i in range(3) for j in range(i + 1)]))
+    assert [(p["gallery"], p["query"]) for p in report["decision"]["pairs"]] == [
+        ("tasks.backbone", "tasks.task1"), ("tasks.backbone", "tasks.task2"), ("tasks.task1", "tasks.task2")]
+    assert r.stdout.count("DECISION RULE: ") == 1
     cka = report["cka"]
     assert cka[0][1] == pytest.approx(cka[1][0]) and cka[0][0] == pytest.approx(1.0)
 
@@ -94,7 +98,7 @@ def test_bench_evaluate_and_export(tmp_path):
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["cells"] == 6 and e["seconds"] > 0 and e["peak_extra_mib"] > 0
     assert e["products_seconds"] > 0 and e["ratio_to_products"] == pytest.approx(e["seconds"] / e["products_seconds"])
-    assert set(e["stages"]) == {"cells", "bootstrap", "tests_and_criteria", "cka"} and e["resamples"] == 1000
+    assert set(e["stages"]) == {"cells", "bootstrap", "tests_and_criteria", "cka", "decision"} and e["resamples"] == 1000
     assert e["ranking_ns_per_similarity"] > 0 and "mAP" not in e["metrics"] and "cpu_flags" in e["machine"]
     r = run_cli("bench", "export", "--model", "vit_tiny_patch16_224", "--workdir", "bx", "--json", "x.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -92,6 +92,9 @@ def test_evaluate_refusals_are_one_line(workdir):
         ("--from-store", "a,zz"): "no stored set of zz on cifar10:test",
         ("--from-store", "a,a"): "two models with the id 'a'",
         ("--from-store", "a", "--k", "0"): "--k 0",
+        ("--from-store", "a", "--primary-metric", "top-1"): "--primary-metric top-1: expected one of top1, top5",
+        ("--from-store", "a", "--tolerance", "1"): "--tolerance 1.0: expected a number from 0 to below 1",
+        ("--from-store", "a", "--tolerance", "nan"): "--tolerance nan: expected a finite number >= 0",
         ("--from-store", "a", "exports/task1.onnx"): "--from-store evaluates stored sets only",
         (): "no models",
     }

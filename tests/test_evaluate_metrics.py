@@ -10,7 +10,7 @@ from dpcompat.evaluate.metrics import cka
 from dpcompat.evaluate.metrics import ranking as metrics
 from dpcompat.evaluate.metrics.cka import linear_cka, linear_cka_matrix
 from dpcompat.evaluate.metrics.neighbours import cmc_curve, knn_predict, topk_indices
-from dpcompat.evaluate.metrics.ranking import average_precision, ranked_outcomes, retrieval_outcomes
+from dpcompat.evaluate.metrics.ranking import average_precision, ranked_outcomes
 from dpcompat.evaluate.metrics.table import chosen, retrieval_metrics
 
 EVERY = chosen(full_map=True)  # exact mAP included

@@ -14,7 +14,7 @@ import pytest
 
 from dpcompat.common.errors import InputError
 from dpcompat.evaluate.metrics.compat import compatibility
-from dpcompat.evaluate.pipeline import Evaluation, evaluate_sets
+from dpcompat.evaluate.pipeline import Evaluation, decide_arrays, evaluate_sets
 from dpcompat.evaluate.report.writer import check_out_dir, write_reports
 from dpcompat.infer.data.datasets import dataset_key
 from onnx_fixtures import run_cli, write_random_set
@@ -37,8 +37,10 @@ def evaluation(seed, notes=()):
         sets.append(x / np.linalg.norm(x, axis=1, keepdims=True))
     result = compatibility(sets, sets, labels, labels, exclude_self=True, resamples=100)
     data = {"spec": f"cifar10:test-{seed}", "count": 30}
-    return Evaluation(result=result, models=["task1", "task2", "task3"], query=data, gallery=data,
-                      protocol={"similarity": "cosine", "k": 5, "own_image_left_out": True},
+    models = ["task1", "task2", "task3"]
+    decision = decide_arrays(result, models, [None] * 3, sets, sets, labels, labels, exclude_self=True)
+    return Evaluation(result=result, models=models, query=data, gallery=data,
+                      protocol={"similarity": "cosine", "k": 5, "own_image_left_out": True}, decision=decision,
                       provenance=[{}, {}, {}], notes=list(notes))
 
 

@@ -1,4 +1,5 @@
-"""Bootstrap, McNemar and verdicts against independent computations and constructed data."""
+"""Bootstrap and McNemar against independent computations and constructed data (the verdict is the
+decision rule's: tests/test_decision.py)."""
 import math
 
 import numpy as np
@@ -6,8 +7,7 @@ import pytest
 from scipy.stats import binomtest
 
 from dpcompat.evaluate.metrics.compat import compatibility
-from dpcompat.evaluate.metrics.significance import (COMPATIBLE, NOT_COMPATIBLE, UNDECIDED, bootstrap_means, interval,
-                                            mcnemar_exact, verdict)
+from dpcompat.evaluate.metrics.significance import bootstrap_means, interval, mcnemar_exact
 
 
 def direct_mcnemar(lost, gained):
@@ -56,12 +56,12 @@ def test_bootstrap_interval_has_the_normal_width_for_a_large_sample():
     assert low[0] < x.mean() < high[0]
 
 
-def test_verdict_rule():
-    assert verdict(0.01, 0.03) == COMPATIBLE
-    assert verdict(-0.03, -0.01) == NOT_COMPATIBLE
-    assert verdict(-0.01, 0.01) == verdict(0.0, 0.0) == UNDECIDED
-    assert verdict(0.01, 0.03, 0.2) == UNDECIDED  # the interval alone is not enough for right/wrong metrics
-    assert verdict(0.01, 0.03, 0.01) == COMPATIBLE
+def test_an_interval_of_nothing_is_empty_and_of_no_value_is_nan():
+    """Issue 21: one model has no pair, and interval() of [B, 0] samples ended in a ValueError."""
+    low, high = interval(np.empty((100, 0)))
+    assert low.shape == high.shape == (0,)
+    low, high = interval(np.full((100, 2), np.nan))
+    assert np.isnan(low).all() and np.isnan(high).all()
 
 
 def clustered(rng, centres, labels, noise):
@@ -69,7 +69,7 @@ def clustered(rng, centres, labels, noise):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_identical_models_are_undecided_and_a_clearly_better_one_is_compatible():
+def test_identical_models_differ_by_nothing_and_a_clearly_better_one_by_a_significant_gain():
     rng = np.random.default_rng(0)
     labels = np.arange(400) % 8
     centres = rng.standard_normal((8, 16))
@@ -77,14 +77,16 @@ def test_identical_models_are_undecided_and_a_clearly_better_one_is_compatible()
     same = compatibility([weak, weak], [weak, weak], labels, labels, exclude_self=True, resamples=300)
     for name, c in same.criteria.items():
         (test,) = c.tests
-        assert test.verdict == UNDECIDED and test.difference == 0 and test.low == test.high == 0, name
+        assert test.difference == 0 and test.low == test.high == 0, name
         if name in ("top1", "knn"):
             assert test.gained == test.lost == 0 and test.p_value == 1.0
         assert np.isnan(c.update_gain[1, 0])  # 0 / 0: undefined
     better = compatibility([weak, sharp], [weak, sharp], labels, labels, exclude_self=True, resamples=300)
     for name, c in better.criteria.items():
         (test,) = c.tests
-        assert test.verdict == COMPATIBLE and test.low > 0, (name, test)
+        assert test.low > 0 and test.reindex_low > 0, (name, test)
+        m = better.metrics[name]  # the re-index's change is significant: the update gain is given
+        assert c.update_gain[1, 0] == pytest.approx((m[1, 0] - m[0, 0]) / (m[1, 1] - m[0, 0]))
         assert c.intervals["AC"] == (1.0, 1.0) and c.AC == 1.0
     top1 = better.criteria["top1"].tests[0]
     assert top1.gained > top1.lost and top1.p_value < 1e-6

@@ -12,7 +12,8 @@ from dpcompat.evaluate.metrics import table
 from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.metrics.ranking import FIRST_HIT, FIRST_R, REQUIREMENTS, retrieval_outcomes
 from dpcompat.evaluate.metrics.table import Metric, calculate_knn, calculate_topk, per_query, retrieval_metrics
-from dpcompat.evaluate.pipeline import Evaluation
+from dpcompat.evaluate.metrics.decision import Rule
+from dpcompat.evaluate.pipeline import DecisionOptions, Evaluation, decide_arrays
 from dpcompat.evaluate.report import figures
 from dpcompat.evaluate.report.writer import write_reports
 from dpcompat.evaluate.search.backfill import exact_curve
@@ -53,7 +54,9 @@ def test_a_new_entry_reaches_matrices_criteria_flips_and_report_files(monkeypatc
     for name in ("metric_heatmap", "margin_heatmaps", "cmc_curves", "flip_heatmaps", "cka_heatmap"):
         monkeypatch.setattr(figures, name, lambda path, *args, **kw: drawn.setdefault(path.name, args))
     data = {"spec": "generated", "count": 40}
-    ev = Evaluation(result=result, models=["a", "b", "c"], query=data, gallery=data,
+    decision = decide_arrays(result, ["a", "b", "c"], [None] * 3, embeddings, embeddings, labels, labels, k=3,
+                             exclude_self=True, options=DecisionOptions(rule=Rule(metric="top3")))  # the rule's metric
+    ev = Evaluation(result=result, models=["a", "b", "c"], query=data, gallery=data, decision=decision,
                     protocol={"similarity": "cosine", "k": 3, "own_image_left_out": True}, provenance=[{}] * 3)
     out = tmp_path / "report"
     write_reports(ev, out)
@@ -62,7 +65,9 @@ def test_a_new_entry_reaches_matrices_criteria_flips_and_report_files(monkeypatc
     assert report["metrics"]["top3"][2][1] == pytest.approx(result.metrics["top3"][2, 1])
     assert report["criteria"]["top3"]["cells"][0]["mcnemar"] is not None
     assert list(report["negative_flip_rate"]) == ["top1", "knn", "top3"]
-    assert "top3) McNemar" in report["significance"]["rule"]
+    assert report["decision"]["rule"]["metric"] == "top3" and "top-3 C[i][j]" in report["decision"]["rule"]["text"]
+    assert [p["value"] for p in report["decision"]["pairs"]] == pytest.approx(
+        [result.metrics["top3"][i, j] for i, j in ((1, 0), (2, 0), (2, 1))])
     rows = list(csv.reader((out / "compatibility.csv").open()))
     assert sum(r[0] == "top3" for r in rows) == 6 and sum(r[0] == "negative_flip_rate_top3" for r in rows) == 3
     markdown = (out / "compatibility.md").read_text()

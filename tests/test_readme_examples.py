@@ -1,10 +1,11 @@
-"""Every example command in README.md works as written (issue 10: "Every README example runs as written").
+"""Every example command in README.md and in every page of docs/ works as written (issue 10: "Every
+README example runs as written"; issue 20: the docs' examples too).
 
 Test A parses every example with click against cli.py's commands, without running it: the command
 exists, every option exists, choices are valid, required options are given. Test B runs every example
 that can run here on the outputs of the demo's smoke setting (the session's ``demo_run``), with the
-README's placeholder paths mapped onto the demo's folders. An example that cannot run on a test machine
-says why in the README, with a trailing ``# needs: ...`` comment; exactly those are skipped.
+pages' placeholder paths mapped onto the demo's folders. An example that cannot run on a test machine
+says why on its page, with a trailing ``# needs: ...`` comment; exactly those are skipped.
 """
 from __future__ import annotations
 
@@ -19,20 +20,20 @@ from PIL import Image
 
 from dpcompat.cli import cli
 from dpcompat.common.cifar import load_cifar
-from readme_commands import Example, readme_examples
+from readme_commands import Example, doc_examples, pages
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = readme_examples()
-DEMO_TASKS = 2  # the smoke demo trains tasks 1 and 2; the README's examples name tasks of a 10-task run
+EXAMPLES = doc_examples()
+DEMO_TASKS = 2  # the smoke demo trains tasks 1 and 2; the pages' examples name tasks of a 10-task run
 
-# README placeholder folders (relative to where the commands run: the folder the demo ran in) -> the
-# demo's. ref, study, output-5x20 and runs/a are outputs of README `train` runs that take hours.
+# The pages' placeholder folders (relative to where the commands run: the folder the demo ran in) -> the
+# demo's. ref, study, output-5x20 and runs/a are outputs of documented `train` runs that take hours.
 LINKS = {"data": "demo-run/data", "output": "demo-run/output", "exports": "demo-run/exports",
          "embeddings": "demo-run/embeddings", "ref": "demo-run/output", "study": "demo-run/output",
          "output-5x20": "demo-run/output", "runs/a": "demo-run/output"}
 # Absolute placeholder paths -> folders beside the demo's.
 ABSOLUTE = {"/srv/gallery": "gallery", "/shared/gallery": "gallery", "/tmp/bench-index": "bench-index"}
-# Smaller values for knobs the README shows, where the README's values take minutes on 2 cores (`demo`:
+# Smaller values for knobs the pages show, where their values take minutes on 2 cores (`demo`:
 # its `demo --smoke`; `train`: the width overrides of its options table).
 REDUCED = {("demo",): {"--smoke": None},
            ("train",): {"--input-size": "32", "--patch-size": "8", "--embed-dim": "64", "--depth": "5",
@@ -89,7 +90,7 @@ def parse(args: list[str], monkeypatch, capsys) -> click.Context:
     return seen[-1]
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: f"README.md:{e.line}")
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.where)
 def test_example_parses(example, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # --json options probe their folder
     parse(list(example.args), monkeypatch, capsys)
@@ -99,6 +100,10 @@ def test_examples_are_found_and_every_launcher_is_marked():
     assert len(EXAMPLES) >= 50 and {e.args[0] for e in EXAMPLES} >= {
         "train", "accuracy", "export", "verify", "embed", "evaluate", "audit", "inspect", "doctor", "demo", "bench"}
     assert all(e.needs for e in EXAMPLES if e.launcher == "torchrun")
+    assert {p.relative_to(ROOT).as_posix() for p in pages()} >= {"README.md", "docs/commands.md", "docs/study.md"}
+    assert {e.page for e in EXAMPLES} >= {"README.md", "docs/commands.md", "docs/production.md", "docs/reference.md",
+                                          "docs/study.md"}
+    assert len({e.block for e in EXAMPLES}) == len({(e.page, e.block) for e in EXAMPLES})  # no block number shared
 
 
 def test_verify_finds_the_checkpoint_beside_the_export(demo_run, tmp_path, monkeypatch, capfd):
@@ -131,8 +136,8 @@ def _medmnist(data: Path, path: Path) -> None:
 
 
 class Workspace:
-    """The folder the demo ran in, with the README's placeholders mapped onto the demo's outputs.
-    Each README code block starts from the demo's outputs as the demo left them (:meth:`reset`)."""
+    """The folder the demo ran in, with the pages' placeholders mapped onto the demo's outputs.
+    Each code block starts from the demo's outputs as the demo left them (:meth:`reset`)."""
 
     def __init__(self, demo: Path, pristine: Path):
         self.where, self.demo, self.pristine = demo.parent, demo, pristine
@@ -149,7 +154,7 @@ class Workspace:
         shutil.copytree(self.pristine / "demo-run", self.demo, symlinks=True)
 
     def reset(self, block: int) -> None:
-        """The demo's outputs and the README's placeholders, before the first command of ``block``."""
+        """The demo's outputs and the pages' placeholders, before the first command of ``block``."""
         self.restore()
         for name, target in LINKS.items():
             (self.where / name).parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +199,7 @@ def _is_demo_run(example: Example, demo_run, monkeypatch, capsys) -> bool:
     return ours.params == parse(demo_run[1].args[2:], monkeypatch, capsys).params
 
 
-@pytest.mark.parametrize("index", range(len(EXAMPLES)), ids=[f"README.md:{e.line}" for e in EXAMPLES])
+@pytest.mark.parametrize("index", range(len(EXAMPLES)), ids=[e.where for e in EXAMPLES])
 def test_example_runs_on_the_demo_outputs(index, workspace, demo_run, monkeypatch, capfd):
     example = EXAMPLES[index]
     if example.needs:

@@ -1,17 +1,20 @@
 """Backward-compatibility matrices (BCT, Shen et al. 2020), the multi-model criteria and their uncertainty.
 
 C[i][j] = metric of queries embedded by model i against the gallery embedded by model j, for
-j <= i (NaN above the diagonal). Model i is compatible with an older model j < i when
-C[i][j] > C[j][j]. With T models (0-based indices here, models 1..T in the papers):
+j <= i (NaN above the diagonal). The papers' empirical criterion for a pair i > j is
+C[i][j] > C[j][j]; the criteria below keep the papers' definitions and are evidence only: whether a
+pair is *compatible* is the decision rule's verdict (:mod:`.decision`), never these. With T models
+(0-based indices here, models 1..T in the papers):
 
-* AC (Biondi et al., CL2R / CoReS): the fraction of pairs i > j that are compatible; AC of model i:
-  the fraction of its older models it is compatible with. AM: the mean of C[i][j] over i >= j.
+* AC (Biondi et al., CL2R / CoReS): the fraction of pairs i > j meeting the empirical criterion; AC of
+  model i: the fraction of its older models it meets it against. AM: the mean of C[i][j] over i >= j.
 * BC = mean over j < T-1 of (C[T-1][j] - C[j][j]): the newest model against every older gallery.
   FC = mean over i >= 1 of (C[i][i-1] - C[i][i]): each model's queries on the previous gallery
   against a full re-index.
 * Update gain of a cell: (C[i][j] - C[j][j]) / (C[i][i] - C[j][j]), the part of a full re-index's
-  improvement obtained without re-indexing; undefined (NaN) when |C[i][i] - C[j][j]| is below one
-  query's worth, 1 / N queries.
+  improvement obtained without re-indexing; undefined (NaN) unless the re-index's change
+  C[i][i] - C[j][j] is itself significant (its bootstrap interval excludes 0): a ratio over a
+  denominator that may be noise is noise.
 * Negative flip rate (Yan et al., "Positive-Congruent Training", CVPR 2021) of a cell i > j: the
   fraction of queries that model j answered right against its own gallery and model i's query
   answers wrong against the same gallery (the metrics marked ``flip`` in :mod:`.table`: top-1, kNN).
@@ -19,7 +22,7 @@ C[i][j] > C[j][j]. With T models (0-based indices here, models 1..T in the paper
 Every metric computed (:func:`.table.chosen`: all of :data:`.table.METRICS` but the opt-in exact
 mAP, unless asked for) gets its matrix, criteria and per-cell tests.
 
-Uncertainty and the per-cell verdict: see :mod:`.significance`.
+Uncertainty: see :mod:`.significance`.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from . import table
 from .cka import linear_cka_matrix
 from .neighbours import cmc_curve
 from .ranking import FIRST_HIT, QueryOutcomes, check_depth, retrieval_outcomes
-from .significance import RESAMPLES, SEED, bootstrap_means, count_interval, interval, mcnemar_exact, verdict
+from .significance import RESAMPLES, SEED, bootstrap_means, count_interval, interval, mcnemar_exact
 from .table import METRICS
 
 CMC_DEPTH = 10
@@ -41,16 +44,19 @@ CMC_DEPTH = 10
 
 @dataclass
 class CellTest:
-    """One cell i > j of one metric: ``difference`` C[i][j] - C[j][j] (the mean paired per-query
-    difference), its bootstrap ``low``/``high`` bounds, McNemar's ``gained``/``lost``/``p_value``
-    (None for metrics that are not right/wrong, ``Metric.binary``) and the ``verdict``."""
+    """One cell i > j of one metric, evidence for the pair: ``difference`` C[i][j] - C[j][j] (the mean
+    paired per-query difference), its bootstrap ``low``/``high`` bounds, the bounds
+    ``reindex_low``/``reindex_high`` of the re-index's change C[i][i] - C[j][j] (the update gain's
+    denominator) and McNemar's ``gained``/``lost``/``p_value`` (None for metrics that are not
+    right/wrong, ``Metric.binary``). No verdict: that is the decision rule's (:mod:`.decision`)."""
 
     query: int
     gallery: int
     difference: float
     low: float
     high: float
-    verdict: str
+    reindex_low: float = float("nan")
+    reindex_high: float = float("nan")
     gained: Optional[int] = None
     lost: Optional[int] = None
     p_value: Optional[float] = None
@@ -61,25 +67,27 @@ class Criteria:
     """Point criteria of one metric's matrix (see the module doc) and, when computed on per-query
     values, their intervals and per-cell tests.
 
-    ``compatible``: (i, j, C[i][j] > C[j][j]) for every i > j; ``margins`` [T, T]: C[i][j] - C[j][j]
-    for i > j, NaN elsewhere; ``update_gain`` [T, T] likewise (NaN also where undefined);
-    ``ac_per_model`` [T] (NaN for the first model); ``intervals``: name -> (low, high) for AC (a count
-    interval, :func:`.significance.count_interval`), BC and FC (bootstrap percentile intervals).
+    ``criterion``: (i, j, C[i][j] > C[j][j]) for every i > j (the papers' empirical criterion, not the
+    decision rule's verdict); ``margins`` [T, T]: C[i][j] - C[j][j] for i > j, NaN elsewhere;
+    ``update_gain`` [T, T] likewise (NaN also where undefined); ``ac_per_model`` [T] (NaN for the first
+    model); ``intervals``: name -> (low, high) for AC (a count interval,
+    :func:`.significance.count_interval`), BC and FC (bootstrap percentile intervals);
+    ``diagonal_low``/``diagonal_high`` [T]: the bounds of each model's own C[i][i] (empty until
+    computed on per-query values).
     """
 
     AC: float
     AM: float
     BC: float
     FC: float
-    compatible: list[tuple[int, int, bool]]
+    criterion: list[tuple[int, int, bool]]
     margins: np.ndarray
     update_gain: np.ndarray
     ac_per_model: np.ndarray
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     tests: list[CellTest] = field(default_factory=list)
-
-    def verdicts(self) -> dict[tuple[int, int], str]:
-        return {(c.query, c.gallery): c.verdict for c in self.tests}
+    diagonal_low: np.ndarray = field(default_factory=lambda: np.empty(0))
+    diagonal_high: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 @dataclass
@@ -90,7 +98,9 @@ class Compatibility:
     metric (:func:`.table.flip_names`; NaN except below the diagonal), ``queries`` N,
     ``resamples``/``seed`` of the bootstrap and ``seconds`` spent per stage (cells: products and
     ranking of every metric; bootstrap: the resampled means; tests_and_criteria: McNemar, intervals,
-    verdicts, criteria, CMC, flips; cka)."""
+    criteria, CMC, flips; cka; decision, added by :func:`evaluate.pipeline.evaluate_sets`: the rule
+    and the backfill search of not-compatible pairs). ``per_query[name]`` float64 [N, cells]: the
+    per-query values of every cell i >= j, columns in the order of ``cells`` (see :meth:`values`)."""
 
     metrics: dict[str, np.ndarray]
     criteria: dict[str, Criteria]
@@ -101,6 +111,12 @@ class Compatibility:
     resamples: int
     seed: int
     seconds: dict[str, float] = field(default_factory=dict)
+    per_query: dict[str, np.ndarray] = field(default_factory=dict)
+    cells: list[tuple[int, int]] = field(default_factory=list)
+
+    def values(self, name: str, i: int, j: int) -> np.ndarray:
+        """Per-query values float64 [N] of metric ``name`` in cell (i, j), j <= i (NaN: no value)."""
+        return self.per_query[name][:, self.cells.index((i, j))]
 
 
 def _reduce(matrix: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -124,39 +140,43 @@ def criteria(matrix: np.ndarray, *, min_denominator: float = 0.0) -> Criteria:
     """
     t = len(matrix)
     margins, gain = np.full((t, t), np.nan), np.full((t, t), np.nan)
-    compatible = []
+    criterion = []
     for i in range(t):
         for j in range(i):
             margins[i, j] = matrix[i, j] - matrix[j, j]
-            compatible.append((i, j, bool(matrix[i, j] > matrix[j, j])))
+            criterion.append((i, j, bool(matrix[i, j] > matrix[j, j])))
             denominator = matrix[i, i] - matrix[j, j]
             if abs(denominator) >= min_denominator and denominator != 0:
                 gain[i, j] = margins[i, j] / denominator
-    ac_per_model = np.array([np.mean([ok for a, _, ok in compatible if a == i]) if i else np.nan for i in range(t)])
+    ac_per_model = np.array([np.mean([ok for a, _, ok in criterion if a == i]) if i else np.nan for i in range(t)])
     ac, bc, fc = (float(x) for x in _reduce(matrix))
-    return Criteria(AC=ac, AM=float(np.mean(matrix[np.tril_indices(t)])), BC=bc, FC=fc, compatible=compatible,
+    return Criteria(AC=ac, AM=float(np.mean(matrix[np.tril_indices(t)])), BC=bc, FC=fc, criterion=criterion,
                     margins=margins, update_gain=gain, ac_per_model=ac_per_model)
 
 
 def _with_significance(point: Criteria, name: str, per_query: np.ndarray, resampled: np.ndarray) -> Criteria:
     """``point`` with intervals and cell tests from ``per_query`` [N, T, T] values of metric ``name``
-    and the bootstrap means of its cells ``resampled`` [B, T, T]."""
+    and the bootstrap means of its cells ``resampled`` [B, T, T]; the update gain is left undefined
+    where the re-index's change C[i][i] - C[j][j] is not significant (its interval holds 0)."""
     t = per_query.shape[1]
     i, j = np.tril_indices(t, -1)
     low, high = interval(resampled[:, i, j] - resampled[:, j, j])
+    reindex_low, reindex_high = interval(resampled[:, i, i] - resampled[:, j, j])
     tests = []
     for n, (a, b) in enumerate(zip(i, j)):
         test = CellTest(query=int(a), gallery=int(b), difference=float(point.margins[a, b]), low=float(low[n]),
-                        high=float(high[n]), verdict="")
+                        high=float(high[n]), reindex_low=float(reindex_low[n]), reindex_high=float(reindex_high[n]))
+        if not (test.reindex_low > 0 or test.reindex_high < 0):
+            point.update_gain[a, b] = np.nan
         if METRICS[name].binary:
             old, new = per_query[:, b, b] > 0, per_query[:, a, b] > 0
             test.gained, test.lost = int(np.sum(new & ~old)), int(np.sum(old & ~new))
             test.p_value = mcnemar_exact(test.lost, test.gained)
-        test.verdict = verdict(test.low, test.high, test.p_value)
         tests.append(test)
     bounds = {"AC": count_interval(per_query[:, i, j] - per_query[:, j, j]),
               **{key: tuple(float(x) for x in interval(value)) for key, value in zip(("BC", "FC"), _reduce(resampled)[1:])}}
     point.intervals, point.tests = bounds if t > 1 else {}, sorted(tests, key=lambda c: (c.query, c.gallery))
+    point.diagonal_low, point.diagonal_high = interval(np.diagonal(resampled, axis1=1, axis2=2))
     return point
 
 
@@ -238,12 +258,12 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
         boot[:, rows, cols] = resampled[:, m * len(lower):(m + 1) * len(lower)]
         matrices[name] = np.full((t, t), np.nan)
         matrices[name][rows, cols] = [s[name] for s in summaries]
-        result_criteria[name] = _with_significance(criteria(matrices[name], min_denominator=1.0 / n), name,
-                                                   values, boot)
+        result_criteria[name] = _with_significance(criteria(matrices[name]), name, values, boot)
     cmc, flips = _cmc_and_flips(outcomes, t, min(CMC_DEPTH, len(gallery_labels) - exclude_self), names)
     seconds["tests_and_criteria"] = time.perf_counter() - start
     start = time.perf_counter()
     cka = linear_cka_matrix(query)
     seconds["cka"] = time.perf_counter() - start
     return Compatibility(metrics=matrices, criteria=result_criteria, cka=cka, cmc=cmc, negative_flips=flips,
-                         queries=n, resamples=resamples, seed=seed, seconds=seconds)
+                         queries=n, resamples=resamples, seed=seed, seconds=seconds, per_query=per_query,
+                         cells=list(lower))

@@ -1,4 +1,5 @@
-"""How sure a compatibility verdict is: paired bootstrap intervals and McNemar's exact test.
+"""How sure a comparison of cells is: paired bootstrap intervals and McNemar's exact test (the decision
+rule that turns them into a verdict is :mod:`.decision`'s).
 
 Every cell C[i][j] of a compatibility matrix is the mean of per-query values (1/0 for a correct
 top-1 or kNN answer, the AP of each query, ...) over the same queries. Comparing C[i][j] with
@@ -22,29 +23,22 @@ C[j][j] is therefore a paired comparison: each query contributes its difference.
 """
 from __future__ import annotations
 
+import warnings
 from fractions import Fraction
 from statistics import NormalDist
-from typing import Optional, Sequence
 
 import numpy as np
 
 RESAMPLES = 1000
 SEED = 0
 LEVEL = 0.95
-ALPHA = 0.05
 _CHUNK = 50  # resamples drawn at a time: [_CHUNK, N] indices in memory
 
+# The three verdicts of a pair under the decision rule (:mod:`.decision`), the only meaning of "compatible".
 COMPATIBLE, NOT_COMPATIBLE, UNDECIDED = "compatible", "not compatible", "undecided"
 AC_INTERVAL = (f"AC's interval is a count, not a percentile: from the share of pairs whose margin lies above 0 under a "
                f"simultaneous {LEVEL:.0%} band over all pairs (each paired mean difference +- z standard errors, "
                "Bonferroni) to the share whose band reaches above 0; it does not depend on the bootstrap seed")
-
-
-def rule(binary: Sequence[str]) -> str:
-    """The verdict rule in words, naming the right/wrong metrics ``binary`` (McNemar applies to them)."""
-    return (f"compatible when the {LEVEL:.0%} bootstrap interval of C[i][j] - C[j][j] lies above 0, not compatible "
-            f"when it lies below 0, undecided otherwise (0 inside the interval); for right/wrong metrics "
-            f"({', '.join(binary)}) McNemar's exact test must also give p < {ALPHA}, else undecided")
 
 
 def mcnemar_exact(lost: int, gained: int) -> float:
@@ -94,9 +88,13 @@ def bootstrap_means(values: np.ndarray, *, resamples: int = RESAMPLES, seed: int
 
 
 def interval(samples: np.ndarray, *, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
-    """Central ``level`` percentile interval of ``samples`` [B, ...] along the first axis: (low, high)."""
+    """Central ``level`` percentile interval of ``samples`` [B, ...] along the first axis: (low, high),
+    each of shape ``samples.shape[1:]`` (empty when there is nothing to bound, e.g. no pair of models)."""
+    if samples.size == 0:
+        return np.full(samples.shape[1:], np.nan), np.full(samples.shape[1:], np.nan)
     tail = 100 * (1 - level) / 2
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a column without any value (one model's AC) has no interval: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
     return low, high
 
@@ -124,13 +122,3 @@ def count_interval(differences: np.ndarray, *, level: float = LEVEL) -> tuple[fl
     half = np.where(n > 1, z * spread, np.inf)
     return float(np.mean(mean - half > 0)), float(np.mean(mean + half > 0))
 
-
-def verdict(low: float, high: float, p_value: Optional[float] = None, *, alpha: float = ALPHA) -> str:
-    """:func:`rule` applied to one cell: its difference's interval (low, high) and, for right/wrong
-    metrics, McNemar's p-value."""
-    significant = p_value is None or p_value < alpha
-    if low > 0 and significant:
-        return COMPATIBLE
-    if high < 0 and significant:
-        return NOT_COMPATIBLE
-    return UNDECIDED

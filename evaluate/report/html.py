@@ -20,8 +20,7 @@ from .html_parts import STYLE, fmt, production_sections, table
 
 HTML_FILE = "report.html"
 WIDE = 1000  # pixels: a figure wider than this is not put beside another
-WORDS = {"keep": "keep the index", "backfill": "backfill", "re-index": "re-index", "collect": "collect more queries",
-         "compatible": "compatible", "not compatible": "not compatible", "undecided": "undecided"}
+WORDS = {"keep": "keep the index", "backfill": "backfill", "re-index": "re-index", "collect": "collect more queries"}
 
 
 def _e(x) -> str:
@@ -39,8 +38,8 @@ def image(folder: Path, name: str, text: str) -> str:
 
 
 def _do(pair: dict) -> str:
-    """The recommendation (or, in a report without a decision, the verdict) as a labelled badge."""
-    key = pair.get("recommendation") or pair["verdict"]
+    """The recommendation as a labelled badge."""
+    key = pair["recommendation"]
     word = WORDS.get(key, key)
     if key == "backfill" and pair.get("backfill_fraction") is not None:
         word = f"backfill {pair['backfill_fraction']:.0%} of the gallery"
@@ -55,7 +54,7 @@ def _interval(low: Optional[float], high: Optional[float], spec: str = "+.4f") -
 
 def _tally(pairs: Sequence[dict]) -> str:
     """"6 pairs: 2 keep the index, 1 re-index, ..." in the order of :data:`WORDS`."""
-    keys = [p.get("recommendation") or p["verdict"] for p in pairs]
+    keys = [p["recommendation"] for p in pairs]
     counts = ", ".join(f"{keys.count(k)} {WORDS[k]}" for k in WORDS if k in keys)
     return f'<p class="tally">{len(pairs)} pair{"s" * (len(pairs) != 1)}: {_e(counts)}.</p>'
 
@@ -78,16 +77,25 @@ def _decision(data: dict, folder: Path) -> str:
     head = ["deployed model (gallery)", "candidate model (queries)", "do",
             f"{metric} C[i][j] \u2212 C[j][j] [{rule['confidence']:.0%} interval]", "verdict", "in words"]
     out = ['<section id="decision"><h2>Keep, backfill or re-index?</h2>']
-    if rule.get("fallback"):
-        out.append('<p class="warn">This report has no decision object: the table shows each pair\'s verdict on '
-                   f"{metric} under the significance rule, without a recommendation.</p>")
     out.append(_tally(pairs) + table(head, _decision_rows(pairs), cls="decision") if pairs else
-               "<p>One model: there is no pair to decide.</p>")
+               "<p>One model: there is no pair to decide. What the report can conclude is the model's own retrieval "
+               "quality, below.</p>")
+    out.append(_own(data))
     out.append(f'<p class="rule"><strong>Rule.</strong> {_e(rule["text"])}</p>')
     if (folder / "decision.png").is_file():
         figures = data.get("figures", {})
         out.append(image(folder, "decision.png", figures.get("decision.png", "the decision per pair")))
     return "\n".join(out + ["</section>"])
+
+
+def _own(data: dict) -> str:
+    """Each model's own C[i][i] of every metric with its interval."""
+    level = data["significance"]["level"]
+    rows = [[_e(m), *(f"{fmt(d['value'])} {_interval(*d['interval'], '.4f')}"
+                      for d in (data["criteria"][name]["diagonal"][i] for name in data["metrics"]))]
+            for i, m in enumerate(data["models"])]
+    return (f"<h3>Each model on its own gallery ({level:.0%} intervals)</h3>"
+            + table(["model", *map(_e, data["metrics"])], rows))
 
 
 def _matrix(data: dict, name: str) -> str:
@@ -142,7 +150,9 @@ def _provenance(data: dict) -> str:
              ["gallery data", f"{_e(g.get('spec'))} (N = {_e(g.get('count'))})"],
              ["similarity", _e(proto.get("similarity", "cosine"))], ["kNN k", _e(proto.get("k"))],
              ["each query's own image left out", own],
-             ["significance", _e(data["significance"]["rule"])]]
+             ["intervals", _e(f"{data['significance']['level']:.0%} paired bootstrap, "
+                              f"{data['significance']['resamples']} resamples, seed {data['significance']['seed']}; "
+                              "evidence, the verdict is the decision rule's")]]
     return ('<section id="provenance"><h2>Provenance and protocol</h2>'
             + table(["model", "trained on", "backbone"], rows) + table(["", ""], facts, first_is_header=True)
             + "</section>")

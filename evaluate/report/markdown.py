@@ -1,5 +1,6 @@
-"""``compatibility.md``: what a person reads first. Notes and provenance, the figures with one line
-each, the decision table, then every matrix with its per-cell tests."""
+"""``compatibility.md``: what a person reads first. Notes, the decision rule and the decision table,
+each model's own quality, then provenance, the figures with one line each and the evidence: every
+matrix with its per-cell tests (no verdict of their own) and the papers' criteria."""
 from __future__ import annotations
 
 import math
@@ -8,11 +9,14 @@ from typing import Sequence
 import numpy as np
 
 from ..metrics.compat import Criteria
-from ..metrics.table import METRICS, binary_names, flip_names
+from ..metrics.decision import BACKFILL, COLLECT, KEEP, REINDEX
+from ..metrics.table import METRICS, flip_names
 from .figures import MARKER_LEGEND, MARKERS
-from .labels import caption, figure_files, model_label
+from .labels import EVIDENCE, caption, figure_files, model_label
 from ..pipeline import Evaluation
-from ..metrics.significance import AC_INTERVAL, COMPATIBLE, LEVEL, NOT_COMPATIBLE, UNDECIDED, rule
+from ..metrics.significance import AC_INTERVAL, LEVEL
+
+_ACTION = {KEEP: "keep the index", BACKFILL: "backfill", REINDEX: "re-index", COLLECT: "collect more queries"}
 
 
 def _f(x: float, digits: int = 4) -> str:
@@ -36,14 +40,50 @@ def _mode(modes: dict, key: str) -> str:
     return "—" if modes[key] is None else str(modes[key])
 
 
+def decision_rows(ev: Evaluation) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the decision table: one row per pair, deployed gallery model first."""
+    label = METRICS[ev.decision.rule.metric].label
+    header = ["deployed (gallery)", "candidate (queries)", "verdict", f"{label} candidate", f"{label} deployed's own",
+              f"difference [{LEVEL:.0%} interval]", "recommendation"]
+    rows = []
+    for p in ev.decision.pairs:
+        action = _ACTION[p.recommendation]
+        if p.recommendation == BACKFILL:
+            action = f"backfill {p.backfill_fraction:.0%} of the gallery"
+        elif p.recommendation == COLLECT:
+            action = (f"collect about {p.queries_needed - p.queries} more queries" if p.queries_needed else
+                      "undecidable at this tolerance")
+        rows.append([p.gallery, p.query, p.verdict, _f(p.value), _f(p.reference),
+                     f"{p.difference:+.4f} [{p.low:+.4f}, {p.high:+.4f}]", action])
+    return header, rows
+
+
+def own_rows(ev: Evaluation) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): each model's own C[i][i] of every metric with its interval."""
+    r = ev.result
+    rows = [[model_label(ev)(m), *(f"{_f(r.metrics[n][i, i])} [{_f(r.criteria[n].diagonal_low[i])}, "
+                                   f"{_f(r.criteria[n].diagonal_high[i])}]" for n in r.metrics)]
+            for i, m in enumerate(ev.models)]
+    return ["model", *r.metrics], rows
+
+
+def _decision(ev: Evaluation) -> list[str]:
+    lines = ["## Decision", "", f"**Rule.** {ev.decision.text()}", ""]
+    header, rows = decision_rows(ev)
+    if rows:
+        lines += _table(header, rows) + [f"- {p.gallery} \u2190 {p.query}: {p.words}." for p in ev.decision.pairs]
+    else:
+        lines += ["No pair to decide: the report holds one model. What it can conclude is that model's own "
+                  "retrieval quality, below; compatibility needs a second (newer or older) model."]
+    header, rows = own_rows(ev)
+    return lines + ["", f"## Each model on its own gallery ({LEVEL:.0%} intervals)", "", *_table(header, rows)]
+
+
 def _head(ev: Evaluation) -> list[str]:
     label = model_label(ev)
-
-    lines = ["# Backward compatibility", ""] + [f"> **{note}**\n" for note in ev.notes]
-    known = [p for p in ev.provenance if p]
-    lines += ["## Provenance", ""] + (_table(["model", "data", "backbone"], [
+    lines = ["## Provenance", ""] + (_table(["model", "data", "backbone"], [
         [m, str(p.get("data", "unknown")), str(p.get("backbone", "unknown"))] for m, p in zip(ev.models, ev.provenance)])
-        if known else ["Unknown: the exports' metadata does not say what the models were trained on.", ""])
+        if any(ev.provenance) else ["Unknown: the exports' metadata does not say what the models were trained on.", ""])
     modes = ev.query.get("modes", {})
     keys = ("output", "pool", "selection", "gather", "query")
     lines += ["## How each model embeds", ""] + _table(["model", *keys], [
@@ -51,33 +91,32 @@ def _head(ev: Evaluation) -> list[str]:
     if ev.protocol.get("frozen_backbone"):
         lines += [f"{', '.join(ev.protocol['frozen_backbone'])}: the bundle's `query` output, the frozen backbone's "
                   "own [CLS] without prompts, evaluated as the oldest model (first row and column; it takes part in "
-                  "AC, AM and the other summaries as the update before the first task). `evaluate --no-backbone` "
+                  "the decision and the evidence as the update before the first task). `evaluate --no-backbone` "
                   "leaves it out.", ""]
+    files = figure_files(list(ev.result.metrics), primary=ev.decision.rule.metric)
     lines += [caption(ev), "", "Rows: query model; columns: gallery model (update order, oldest first).", "",
-              "## Figures", ""]
-    lines += [f"- `{name}`: {text}." for name, text in figure_files(list(ev.result.metrics)).items()] + [""]
+              "## Figures", ""] + [f"- `{name}`: {text}." for name, text in files.items()] + [""]
     return lines
 
 
-def _decisions(ev: Evaluation) -> list[str]:
+def _evidence(ev: Evaluation) -> list[str]:
     r = ev.result
-    rows = []
-    for name in r.metrics:
-        c = r.criteria[name]
-        counts = [str(sum(t.verdict == v for t in c.tests)) for v in (COMPATIBLE, NOT_COMPATIBLE, UNDECIDED)]
-        rows.append([name, f"{_f(c.AC, 3)} {_span(c, 'AC')}", _f(c.AM), f"{_f(c.BC)} {_span(c, 'BC')}",
-                     f"{_f(c.FC)} {_span(c, 'FC')}", *counts])
-    return ["## Decision summary", "",
-            f"Verdict rule: {rule(binary_names())}. Bootstrap: {r.resamples} resamples of the {r.queries} queries, "
-            f"seed {r.seed}; cell, BC and FC intervals are {LEVEL:.0%} percentile intervals. {AC_INTERVAL}.", "",
-            *_table(["metric", f"AC [{LEVEL:.0%} count]", "AM", "BC [interval]", "FC [interval]", "compatible",
-                     "not compatible", "undecided"], rows)]
+    if len(ev.models) < 2:
+        return ["## Evidence", "", "AC, BC, FC, AM and update gains compare models: not defined for one model.", ""]
+    rows = [[name, f"{_f(c.AC, 3)} {_span(c, 'AC')}", _f(c.AM), f"{_f(c.BC)} {_span(c, 'BC')}",
+             f"{_f(c.FC)} {_span(c, 'FC')}"] for name, c in r.criteria.items()]
+    return ["## Evidence: the papers' criteria (not verdicts)", "",
+            f"Intervals of BC and FC: {LEVEL:.0%} percentile intervals over {r.resamples} bootstrap resamples of the "
+            f"{r.queries} queries (seed {r.seed}). {AC_INTERVAL}. The verdict of a pair is the decision rule's alone.", "",
+            *(f"- {text}." for text in EVIDENCE.values()), "",
+            *_table(["metric", f"AC [{LEVEL:.0%} count]", "AM", "BC [interval]", "FC [interval]"], rows)]
 
 
 def _matrix_section(ev: Evaluation, name: str) -> list[str]:
     r, models = ev.result, ev.models
     c, m = r.criteria[name], r.metrics[name]
-    verdicts = c.verdicts()
+    marked = name == ev.decision.rule.metric
+    verdicts = ev.decision.verdicts(models) if marked else {}
     grid = [[models[i], *((_f(m[i, j]) + MARKERS.get(verdicts.get((i, j)), "")) if j <= i else ""
                           for j in range(len(models)))] for i in range(len(models))]
     cells = []
@@ -85,13 +124,17 @@ def _matrix_section(ev: Evaluation, name: str) -> list[str]:
         test = f"{t.gained}/{t.lost}, p = {t.p_value:.3g}" if METRICS[name].binary else "\u2014"
         gain = c.update_gain[t.query, t.gallery]
         cells.append([models[t.query], models[t.gallery], _f(m[t.query, t.gallery]), _f(m[t.gallery, t.gallery]),
-                      f"{t.difference:+.4f}", f"[{t.low:+.4f}, {t.high:+.4f}]", test, t.verdict,
-                      _f(gain, 3) if math.isfinite(gain) else "undefined (no re-index gain)"])
+                      f"{t.difference:+.4f}", f"[{t.low:+.4f}, {t.high:+.4f}]", test,
+                      f"[{t.reindex_low:+.4f}, {t.reindex_high:+.4f}]",
+                      _f(gain, 3) if math.isfinite(gain) else "undefined (re-index change not significant)"])
     per_model = ", ".join(f"{models[i]} {_f(c.ac_per_model[i], 2)}" for i in range(1, len(models)))
-    return [f"## {name}", "", f"{MARKER_LEGEND}. AC per model (fraction of older models it is compatible with): "
-            f"{per_model or 'n/a'}.", "", *_table(["query \\ gallery", *models], grid),
+    legend = (f"{MARKER_LEGEND}: the pair's verdict under the decision rule" if marked else
+              f"Evidence: no verdict (the decision rule judges {ev.decision.rule.metric})")
+    return [f"## {name}", "", f"{legend}. {EVIDENCE['AC_per_model']}: {per_model or 'n/a'}.", "",
+            *_table(["query \\ gallery", *models], grid),
             *(_table(["query", "gallery", "C[i][j]", "C[j][j]", "difference", f"{LEVEL:.0%} interval",
-                      "McNemar gained/lost", "verdict", "update gain"], cells) if cells else [])]
+                      "McNemar gained/lost", "re-index change C[i][i] \u2212 C[j][j]", "update gain"], cells)
+              if cells else [])]
 
 
 def _other_sections(ev: Evaluation) -> list[str]:
@@ -124,7 +167,8 @@ def _cka(cka: np.ndarray, i: int, j: int) -> str:
 
 def markdown(ev: Evaluation) -> str:
     """The whole ``compatibility.md``."""
-    lines = _head(ev) + _decisions(ev)
+    lines = ["# Backward compatibility", ""] + [f"> **{note}**\n" for note in ev.notes]
+    lines += _decision(ev) + _head(ev) + _evidence(ev)
     for name in ev.result.metrics:
         lines += _matrix_section(ev, name)
     return "\n".join(lines + _other_sections(ev))

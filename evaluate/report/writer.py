@@ -1,9 +1,11 @@
 """Compatibility reports: JSON, CSV, Markdown, figures (PNG) and a terminal summary.
 
 In every table and figure, rows are query models and columns gallery models, both in update order
-(oldest first); C[i][j] is defined for j <= i. Each cell i > j carries its verdict (compatible / not
-compatible / undecided at this N, see :mod:`.significance`). The whole folder is written at once:
-it is built beside ``out`` and swapped in, so it always holds one run's files.
+(oldest first); C[i][j] is defined for j <= i. Every report starts with the decision rule in words
+and the decision table (one verdict and one recommendation per pair, :mod:`..metrics.decision`);
+everything else (other metrics' intervals, McNemar, AC/BC/FC/AM, update gains, CMC, flips, CKA) is
+evidence and carries no verdict of its own. The whole folder is written at once: it is built beside
+``out`` and swapped in, so it always holds one run's files.
 """
 from __future__ import annotations
 
@@ -18,19 +20,18 @@ import numpy as np
 from . import figures
 from .decision_view import decision_view
 from .html import HTML_FILE, write_html
-from .labels import caption, figure_files, model_label
-from .markdown import markdown
+from .labels import EVIDENCE, caption, figure_files, model_label
+from .markdown import decision_rows, markdown, own_rows
 from ..metrics.compat import Criteria
-from ..metrics.table import METRICS, binary_names, flip_names
+from ..metrics.table import METRICS, flip_names
 from ..pipeline import Evaluation
-from ..metrics.significance import AC_INTERVAL, COMPATIBLE, LEVEL, NOT_COMPATIBLE, UNDECIDED, rule
+from ..metrics.significance import AC_INTERVAL, LEVEL
 from ...common.atomic import replaced_dir, write_json
 from ...common.errors import InputError
 
 JSON_FILE = "compatibility.json"
 CSV_FILE = "compatibility.csv"
 MARKDOWN_FILE = "compatibility.md"
-_VERDICTS = (COMPATIBLE, NOT_COMPATIBLE, UNDECIDED)
 
 
 # What evaluate's options add beside the report: --index/--backfill/precision and --projections files.
@@ -82,24 +83,31 @@ def _criteria_dict(c: Criteria, name: str, matrix: np.ndarray) -> dict:
                       "difference": _num(test.difference), "interval": [_num(test.low), _num(test.high)],
                       "mcnemar": None if not METRICS[name].binary else
                       {"gained": test.gained, "lost": test.lost, "p": _num(test.p_value)},
-                      "verdict": test.verdict, "update_gain": _num(gain),
+                      "reindex_interval": [_num(test.reindex_low), _num(test.reindex_high)],
+                      "update_gain": _num(gain),
                       "update_gain_undefined": None if math.isfinite(gain) else
-                      "|C[i][i] - C[j][j]| is below one query's worth (1/N): no re-index improvement to share"})
-    counts = {v: sum(t.verdict == v for t in c.tests) for v in _VERDICTS}
+                      "the re-index's change C[i][i] - C[j][j] is not significant (its interval contains 0)"})
     return {"AC": _num(c.AC), "AC_interval": _interval(c, "AC"), "AM": _num(c.AM),
             "BC": _num(c.BC), "BC_interval": _interval(c, "BC"), "FC": _num(c.FC), "FC_interval": _interval(c, "FC"),
-            "AC_per_model": [_num(x) for x in c.ac_per_model], "verdicts": counts,
-            "compatible": [[i, j, ok] for i, j, ok in c.compatible],
-            "margins": [[i, j, _num(c.margins[i, j])] for i, j, _ in c.compatible], "cells": cells}
+            "AC_per_model": [_num(x) for x in c.ac_per_model],
+            "empirical_criterion": [[i, j, ok] for i, j, ok in c.criterion],
+            "margins": [[i, j, _num(c.margins[i, j])] for i, j, _ in c.criterion],
+            "diagonal": [{"value": _num(matrix[i, i]), "interval": [_num(c.diagonal_low[i]), _num(c.diagonal_high[i])]}
+                         for i in range(len(matrix))], "cells": cells}
 
 
 def report_dict(ev: Evaluation) -> dict:
     """The content of ``compatibility.json``.
 
+    ``decision`` holds the rule (``decision.rule``, with its words in ``text``) and every pair's
+    verdict and recommendation (``decision.pairs``; :meth:`..metrics.decision.Decision.to_dict`);
+    ``model_records`` each model's id, file sha256 (as the store recorded it), file and task.
     ``metrics[name][i][j]`` is a float for j <= i and null above the diagonal; ``criteria[name]`` holds
-    AC (point and interval), AM, BC, FC, AC per model, the point criterion ``compatible`` as
-    [i, j, bool] and ``margins`` as [i, j, C[i][j] - C[j][j]] for every i > j, and ``cells``: each cell's
-    difference, interval, McNemar counts and p (right/wrong metrics), verdict and update gain;
+    the evidence: AC (point and interval), AM, BC, FC, AC per model, the papers' point criterion
+    ``empirical_criterion`` as [i, j, C[i][j] > C[j][j]] and ``margins`` as [i, j, C[i][j] - C[j][j]]
+    for every i > j, ``diagonal`` (each model's own value and interval) and ``cells``: each cell's
+    difference, interval, McNemar counts and p (right/wrong metrics), the re-index's change interval and
+    update gain; ``evidence_definitions`` says what AC, BC, FC, AM and the update gain are.
     ``cmc.curves[i][j]`` is the top-k accuracy for k = 1..depth; ``negative_flip_rate[name]`` a
     matrix; ``cka`` is full and symmetric. Indices refer to ``models``.
     """
@@ -107,40 +115,49 @@ def report_dict(ev: Evaluation) -> dict:
     t = len(ev.models)
     return {
         "notes": list(ev.notes),
+        "decision": ev.decision.to_dict(),
         "provenance": [{"model": m, **p} for m, p in zip(ev.models, ev.provenance)],
         "models": list(ev.models),
+        "model_records": list(ev.records),
         "query": ev.query,
         "gallery": ev.gallery,
         "protocol": ev.protocol,
-        "significance": {"resamples": r.resamples, "seed": r.seed, "level": LEVEL,
-                         "rule": rule(binary_names()), "queries": r.queries, "ac_interval": AC_INTERVAL},
+        "significance": {"resamples": r.resamples, "seed": r.seed, "level": LEVEL, "queries": r.queries,
+                         "ac_interval": AC_INTERVAL, "use": "intervals and McNemar's test of every metric are evidence; the verdict is "
+                                "decision's"},
+        "evidence_definitions": dict(EVIDENCE),
         "metrics": {name: _matrix(m, True) for name, m in r.metrics.items()},
         "criteria": {name: _criteria_dict(c, name, r.metrics[name]) for name, c in r.criteria.items()},
         "cmc": {"depth": int(r.cmc.shape[-1]),
                 "curves": [[[_num(v) for v in r.cmc[i, j]] if j <= i else None for j in range(t)] for i in range(t)]},
-        "negative_flip_rate": {name: _matrix(r.negative_flips[name], True) for name in flip_names()},
+        "negative_flip_rate": {name: _matrix(m, True) for name, m in r.negative_flips.items()},
         "cka": _matrix(r.cka, False),
-        "figures": figure_files(list(r.metrics)),
+        "figures": figure_files(list(r.metrics), primary=ev.decision.rule.metric),
     }
 
 
 def _write_csv(path: Path, ev: Evaluation) -> None:
+    """One row per metric and cell; ``verdict`` and ``recommendation`` (the decision rule's) only on
+    the primary metric's rows of pairs; the other columns are evidence."""
     r, models = ev.result, ev.models
+    decided = {(p.query, p.gallery): p for p in ev.decision.pairs}
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["metric", "query_model", "gallery_model", "value", "margin", "compatible", "low", "high",
-                    "mcnemar_p", "verdict", "update_gain"])
+        w.writerow(["metric", "query_model", "gallery_model", "value", "margin", "low", "high", "mcnemar_p",
+                    "update_gain", "verdict", "recommendation"])
         for name in r.metrics:
             c = r.criteria[name]
             tests = {(x.query, x.gallery): x for x in c.tests}
             for i in range(len(models)):
                 for j in range(i + 1):
                     value, test = r.metrics[name][i, j], tests.get((i, j))
-                    extra = ["", "", "", "", "", "", ""] if test is None else [
-                        f"{c.margins[i, j]:.6f}", str(c.margins[i, j] > 0).lower(), f"{test.low:.6f}",
-                        f"{test.high:.6f}", "" if test.p_value is None else f"{test.p_value:.6g}", test.verdict,
+                    pair = decided.get((models[i], models[j])) if name == ev.decision.rule.metric else None
+                    extra = [""] * 5 if test is None else [
+                        f"{c.margins[i, j]:.6f}", f"{test.low:.6f}", f"{test.high:.6f}",
+                        "" if test.p_value is None else f"{test.p_value:.6g}",
                         f"{c.update_gain[i, j]:.6f}" if math.isfinite(c.update_gain[i, j]) else "undefined"]
-                    w.writerow([name, models[i], models[j], "" if math.isnan(value) else f"{value:.6f}", *extra])
+                    w.writerow([name, models[i], models[j], "" if math.isnan(value) else f"{value:.6f}", *extra,
+                                pair.verdict if pair else "", pair.recommendation if pair else ""])
         for name in flip_names():
             for test in r.criteria[name].tests:
                 w.writerow([f"negative_flip_rate_{name}", models[test.query], models[test.gallery],
@@ -151,17 +168,20 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
 
 
 def _write_figures(folder: Path, ev: Evaluation, data: dict) -> None:
+    """The figures, decision.png first; cells carry the pairs' verdicts under the rule on the primary
+    metric's heatmap and margin panel only (the other metrics are evidence)."""
     r, text = ev.result, caption(ev)
     rule, pairs = decision_view(data)
     figures.decision_figure(folder / "decision.png", pairs, ev.models, metric=rule["metric"],
                             tolerance=rule["tolerance"], confidence=rule["confidence"], caption=text, notes=ev.notes)
+    verdicts = ev.decision.verdicts(ev.models)
     for name in r.metrics:
-        c = r.criteria[name]
-        figures.metric_heatmap(folder / f"heatmap_{name}.png", r.metrics[name], c.verdicts(), ev.models, name=name,
-                               title=f"{name} C[i][j]: the query model's queries on the gallery model's index",
-                               caption=text, notes=ev.notes)
+        marked = name == rule["metric"]
+        figures.metric_heatmap(folder / f"heatmap_{name}.png", r.metrics[name], verdicts if marked else {}, ev.models,
+                               name=name, title=f"{name} C[i][j]: the query model's queries on the gallery model's "
+                                               f"index{'' if marked else ' (evidence)'}", caption=text, notes=ev.notes)
     figures.margin_heatmaps(folder / "margins.png", {n: r.criteria[n].margins for n in r.metrics},
-                            {n: r.criteria[n].verdicts() for n in r.metrics}, ev.models, caption=text, notes=ev.notes)
+                            {rule["metric"]: verdicts}, ev.models, caption=text, notes=ev.notes)
     figures.cmc_curves(folder / "cmc.png", r.cmc, ev.models, caption=text, notes=ev.notes)
     figures.flip_heatmaps(folder / "negative_flips.png", r.negative_flips, ev.models, caption=text, notes=ev.notes)
     figures.cka_heatmap(folder / "heatmap_cka.png", r.cka, ev.models, caption=text, notes=ev.notes)
@@ -187,25 +207,34 @@ def write_reports(ev: Evaluation, out_dir: str | Path) -> list[Path]:
     return [out / name for name in names]
 
 
+def _columns(rows: list[list[str]]) -> list[str]:
+    """Rows of cells as fixed-width lines (each column as wide as its widest cell)."""
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
 def summary(ev: Evaluation) -> str:
-    """A few lines for the terminal."""
+    """The terminal summary: the rule, the decision table, each model's own quality, then the evidence."""
     r, models = ev.result, ev.models
     own = ", own image left out" if ev.protocol["own_image_left_out"] else ""
-    lines = [f"{len(models)} models: {', '.join(map(model_label(ev), models))}",
+    lines = [f"DECISION RULE: {ev.decision.text()}", *(f"NOTE: {note}" for note in ev.notes),
+             f"{len(models)} model{'s' if len(models) > 1 else ''}: {', '.join(map(model_label(ev), models))}",
              f"query {ev.query['spec']} ({ev.query['count']}), gallery {ev.gallery['spec']} ({ev.gallery['count']}{own}); "
-             f"cosine, kNN k={ev.protocol['k']}",
-             f"{'metric':<12}{'diagonal':>9}{'AM':>8}{'AC':>7}  {'AC ' + format(LEVEL, '.0%') + ' interval':<19}"
-             "compatible / not / undecided"]
-    for name in r.metrics:
-        c = r.criteria[name]
-        ac = "n/a" if math.isnan(c.AC) else f"{c.AC:.3f}"
-        low, high = c.intervals.get("AC", (math.nan, math.nan))
-        span = f"[{low:.3f}, {high:.3f}]" if math.isfinite(low) else "n/a"
-        counts = " / ".join(str(sum(t.verdict == v for t in c.tests)) for v in _VERDICTS)
-        diagonal = np.nanmean(np.diag(r.metrics[name])) if len(models) else float("nan")
-        lines.append(f"{name:<12}{diagonal:>9.4f}{c.AM:>8.4f}{ac:>7}  {span:<19}{counts}")
+             f"cosine, kNN k={ev.protocol['k']}", ""]
+    header, rows = decision_rows(ev)
+    lines += ["decision:", *_columns([header, *rows])] if rows else [
+        "decision: no pair to decide (one model); its own retrieval quality is below"]
+    header, rows = own_rows(ev)
+    lines += ["", f"each model on its own gallery ({LEVEL:.0%} intervals):", *_columns([header, *rows]), ""]
     if len(models) > 1:
+        lines.append("evidence, not verdicts (AC: share of pairs with C[i][j] > C[j][j], Biondi et al.; AM: mean "
+                     "of C[i][j] over i >= j; definitions in compatibility.md):")
+        evidence = [["metric", "AM", "AC", f"AC {LEVEL:.0%} interval"]]
+        for name in r.metrics:
+            c = r.criteria[name]
+            low, high = c.intervals.get("AC", (math.nan, math.nan))
+            evidence.append([name, f"{c.AM:.4f}", f"{c.AC:.3f}", f"[{low:.3f}, {high:.3f}]"])
+        lines += _columns(evidence)
         off = r.cka[~np.eye(len(models), dtype=bool)]
         lines.append(f"CKA between models' query embeddings: min {np.nanmin(off):.4f}, mean {np.nanmean(off):.4f}")
-    lines += [f"NOTE: {note}" for note in ev.notes]
     return "\n".join(lines)

@@ -20,7 +20,8 @@ import numpy as np
 
 from ...common.errors import InputError
 from .indexes import build_index, neighbour_metrics, search
-from ..metrics.table import retrieval_metrics
+from ..metrics.ranking import retrieval_outcomes
+from ..metrics.table import METRICS, per_query, retrieval_metrics
 
 
 def fractions(steps: int) -> np.ndarray:
@@ -123,3 +124,15 @@ def index_curve(ends: tuple, kind: str, resolved: dict, query: np.ndarray, old: 
 def area(f: np.ndarray, values: np.ndarray) -> float:
     """Area under a curve by the trapezoid rule over f in [0, 1] (the mean metric during the backfill)."""
     return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(f)))
+
+
+def backfilled_values(query: np.ndarray, old: np.ndarray, new: np.ndarray, query_labels: np.ndarray,
+                      gallery_labels: np.ndarray, items: np.ndarray, *, metric: str, k: int = 5,
+                      exclude_self: bool = False) -> np.ndarray:
+    """Per-query values (float64 [Nq], NaN = no value) of ``metric`` by exact search: queries [Nq, D]
+    against the gallery ``old`` [Ng, D] with rows ``items`` taken from ``new`` (``old`` itself when
+    ``items`` is empty). What the decision rule judges at one point of a backfilling curve."""
+    gallery = mixed_gallery(old, new, items) if len(items) else old
+    outcomes = retrieval_outcomes(query, query_labels, gallery, gallery_labels, k=k, exclude_self=exclude_self,
+                                  requires=METRICS[metric].requires)
+    return per_query(outcomes, metric)
