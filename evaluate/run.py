@@ -25,6 +25,7 @@ from .decide import DecisionOptions
 from .pipeline import (Evaluation, adapted_file, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
 from .report.writer import check_out_dir, write_reports
+from .search.device import open_search
 from .search.production import ProductionOptions
 
 
@@ -40,7 +41,10 @@ class EvaluateOptions:
     ``precision_exports``: folders of fp16/int8 exports mirroring the models' files.
     ``primary_metric`` (None: top-1, or self-top1 on unlabelled data) and ``tolerance``: the decision
     rule (:mod:`.metrics.decision`); ``label_free``: the label-free metrics beside the label metrics on
-    labelled data (on unlabelled data they are the only ones, :mod:`.metrics.unlabelled`). ``adapters``: a
+    labelled data (on unlabelled data they are the only ones, :mod:`.metrics.unlabelled`); ``full_map``:
+    the exact mAP over the whole gallery too (opt-in: it sorts every similarity row). ``search_provider``,
+    ``search_precision``: where the label metrics' similarity products and the ranking's inputs run
+    (:func:`.search.device.open_search`; default: the runtime's provider). ``adapters``: a
     folder whose ``*.adapter.npz`` files each add an adapted row (:mod:`.adapt.rows`); a model file
     with a query adapter inside, among the models, adds one too (it is not a model of the matrix).
     """
@@ -57,6 +61,9 @@ class EvaluateOptions:
     k: int = 5
     include_self: bool = False
     no_backbone: bool = False
+    full_map: bool = False
+    search_provider: Optional[str] = None
+    search_precision: str = "fp32"
     projections: Optional[str] = None
     projection_sample: int = 2000
     precision_exports: tuple[str, ...] = ()
@@ -72,7 +79,7 @@ class EvaluateOptions:
         for a metric or tolerance the rule refuses, before any work."""
         p = self.production
         return DecisionOptions.of(self.primary_metric, self.tolerance, p.backfill_steps, p.backfill_seed,
-                                  p.backfill_order, label_free=self.label_free)
+                                  p.backfill_order, label_free=self.label_free, full_map=self.full_map)
 
     def check(self, what: str, labelled: bool, same_items: bool) -> None:
         """Refuse data ``what`` before any work: what :meth:`DecisionOptions.check` refuses, and unlabelled
@@ -80,7 +87,7 @@ class EvaluateOptions:
         self.decision().check(what, labelled, same_items)
         asked = [name for name, on in (("--index", self.production.indexes), ("--backfill", self.production.backfill),
                                        ("--gallery-precision", self.production.gallery_precisions),
-                                       ("--precision-exports", self.precision_exports),
+                                       ("--precision-exports", self.precision_exports), ("--full-map", self.full_map),
                                        ("--projections", self.projections)) if on]
         if not labelled and asked:
             raise InputError(f"{what}: unlabelled data; {', '.join(asked)} measure(s) label metrics or colour by "
@@ -150,6 +157,8 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     writable_dir(opts.out, "--out")
     check_out_dir(opts.out)
     check_provider(opts.runtime.provider)  # an explicit GPU request is refused even when no model will run
+    search = open_search(opts.search_provider, opts.runtime.provider, precision=opts.search_precision,
+                         threads=opts.runtime.threads)
     methods = None
     if opts.projections is not None:
         from .study.projections import parse_methods
@@ -163,7 +172,8 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     q, g = order_by_task(q, g, once_to_stderr())
     inputs = row_inputs(adapters, adapted, q, g, store=opts.store)
     with cell_bar("cells", disable=not opts.runtime.progress) as progress:
-        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, options=decision)
+        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, options=decision,
+                           search=search)
     ev.adapters = evaluate_rows(ev, q, g, inputs, decision)
     written = write_reports(ev, opts.out)
     if methods:

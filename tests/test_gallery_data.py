@@ -8,7 +8,10 @@ import pytest
 from PIL import Image
 
 from dpcompat.common.errors import InputError
+from dpcompat.evaluate.decide import DecisionOptions
+from dpcompat.evaluate.metrics.table import LABEL_FREE
 from dpcompat.evaluate.pipeline import evaluate_sets
+from dpcompat.evaluate.report.labels import figure_files
 from dpcompat.infer.data import files
 from dpcompat.infer.data.datasets import dataset_key, dataset_location, open_dataset
 from dpcompat.infer.embed import embed_dataset
@@ -193,7 +196,7 @@ def test_unreadable_listed_files_stop_before_work_or_are_skipped(tmp_path):
     assert r.set.manifest.skipped == ("gone.png", "bad.png") and r.set.labels.tolist() == [3]
 
 
-def test_unlabelled_folder_cli_embeds_and_evaluate_refuses_in_one_line(tmp_path):
+def test_unlabelled_folder_cli_refuses_label_metrics_before_embedding_and_evaluates_label_free(tmp_path):
     write_model(tmp_path / "task1.onnx")
     write_model(tmp_path / "task2.onnx", task=2)
     flat_gallery(tmp_path / "gallery")
@@ -201,24 +204,29 @@ def test_unlabelled_folder_cli_embeds_and_evaluate_refuses_in_one_line(tmp_path)
                 "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"wrote emb/task1/{dataset_key(f'folder:{tmp_path}/gallery')}: 5 x 16" in r.stdout
-    e = run_cli("evaluate", "task1.onnx", "task2.onnx", "--query", "folder:gallery", "--store", "emb", "--out", "rep",
-                "--provider", "cpu", "--quiet", cwd=tmp_path)
-    assert e.returncode == 2 and e.stderr.count("\n") == 1 and not e.stdout
-    assert e.stderr.startswith("error: folder:gallery: unlabelled data; every metric evaluate reports")
-    assert "label-free compatibility" in e.stderr and "phase 2" in e.stderr
-    assert not (tmp_path / "emb" / "task2").exists()  # refused before embedding
-    s = run_cli("evaluate", "--from-store", "task1", "--query", "folder:gallery", "--store", "emb", "--out", "rep",
-                cwd=tmp_path)
-    assert s.returncode == 2 and s.stderr.count("\n") == 1
-    assert s.stderr.startswith(f"error: folder:gallery (emb/task1/{dataset_key(f'folder:{tmp_path}/gallery')}): "
-                               "unlabelled data")
+    base = ("evaluate", "task1.onnx", "task2.onnx", "--query", "folder:gallery", "--store", "emb", "--out", "rep",
+            "--provider", "cpu", "--quiet", "--k", "2")
+    for asked, said in ((("--primary-metric", "top1"), "error: --primary-metric top1: folder:gallery is unlabelled"),
+                        (("--full-map",), "error: folder:gallery: unlabelled data; --full-map measure(s) label metrics")):
+        e = run_cli(*base, *asked, cwd=tmp_path)
+        assert e.returncode == 2 and e.stderr.count("\n") == 1 and not e.stdout, e.stderr
+        assert e.stderr.startswith(said), e.stderr
+        assert not (tmp_path / "emb" / "task2").exists()  # refused before embedding
+    ok = run_cli(*base, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads((tmp_path / "rep" / "compatibility.json").read_text())
+    assert list(report["metrics"]) == list(LABEL_FREE)  # the label-free metrics only, in table order
+    assert set(report["figures"]) == set(figure_files(list(LABEL_FREE), primary="self-top1"))
+    assert all((tmp_path / "rep" / name).is_file() for name in report["figures"])
 
 
-def test_evaluate_sets_refuses_unlabelled_sets(tmp_path):
+def test_evaluate_sets_computes_label_free_metrics_only_on_unlabelled_sets(tmp_path):
     model = write_model(tmp_path / "task1.onnx")
     _, r = unlabelled_sets(tmp_path, model)
-    with pytest.raises(InputError, match=r"folder:.*gallery \(.*\): unlabelled data") as caught:
-        evaluate_sets([r.set], [r.set])
+    ev = evaluate_sets([r.set], [r.set], k=2)
+    assert list(ev.result.metrics) == list(LABEL_FREE) and ev.decision.rule.metric == "self-top1"
+    with pytest.raises(InputError, match=r"--primary-metric top1: folder:.*gallery \(.*\) is unlabelled") as caught:
+        evaluate_sets([r.set], [r.set], k=2, options=DecisionOptions.of("top1", 0.01, 10, 0, None))
     assert "\n" not in str(caught.value)
 
 

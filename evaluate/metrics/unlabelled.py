@@ -6,8 +6,10 @@ sub-folders, ``images:``, ``list:`` without a label column) evaluate computes th
 :data:`.table.LABEL_FREE` only (cross-model self-retrieval, neighbourhood agreement: :mod:`.labelfree`),
 and a label metric asked for by name (``--primary-metric top1``) is refused with the reason. On
 labelled data the label-free metrics are computed beside the label metrics when asked for
-(``--label-free``, or a label-free primary metric). The primary metric defaults to top-1 on labelled
-data and to self-top1, its label-free counterpart, on unlabelled data.
+(``--label-free``, or a label-free primary metric), and the label metrics are those of
+:func:`.table.chosen`: the exact mAP over the whole gallery only when asked for (``--full-map``, or
+as the primary metric). The primary metric defaults to top-1 on labelled data and to self-top1, its
+label-free counterpart, on unlabelled data.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Iterable, Optional
 from ...common.errors import InputError
 from ...infer.store.sets import EmbeddingSet
 from .decision import DEFAULT_METRIC
-from .table import LABEL_FREE, METRICS, known, metric
+from .table import LABEL_FREE, chosen, known, metric
 
 DEFAULT_LABEL_FREE = "self-top1"
 
@@ -47,11 +49,12 @@ def primary_metric(what: str, *, labelled: bool, primary: Optional[str]) -> str:
     return name
 
 
-def metric_names(*, labelled: bool, label_free: bool, primary: str) -> list[str]:
-    """The metrics to compute, label metrics first, each table in its order: the label metrics on
-    labelled data, the label-free ones on unlabelled data, and with ``label_free`` or a label-free
+def metric_names(*, labelled: bool, label_free: bool, primary: str, full_map: bool = False) -> list[str]:
+    """The metrics to compute, label metrics first, each table in its order: on labelled data the label
+    metrics of :func:`.table.chosen` (the exact mAP with ``full_map``, or when it is the ``primary``
+    metric), the label-free ones on unlabelled data, and with ``label_free`` or a label-free
     ``primary`` metric too."""
-    names = list(METRICS) if labelled else []
+    names = list(chosen(full_map=full_map or metric(primary).opt_in)) if labelled else []
     if not labelled or label_free or not metric(primary).labels:
         names += list(LABEL_FREE)
     return names

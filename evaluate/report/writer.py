@@ -24,9 +24,9 @@ from .html import HTML_FILE, write_html
 from .labels import EVIDENCE, caption, figure_files, model_label
 from .markdown import decision_rows, markdown, own_rows
 from ..metrics.compat import Criteria
-from ..metrics.table import metric
+from ..metrics.table import known, metric
 from ..pipeline import Evaluation
-from ..metrics.significance import LEVEL
+from ..metrics.significance import AC_INTERVAL, LEVEL
 from ...common.atomic import atomic_file, replaced_dir, write_json
 from ...common.errors import InputError, shown
 from ...common.tables import text_columns
@@ -41,7 +41,8 @@ _EXTRA_FILES = ("production.json", "production.md", "projections.png")
 
 
 def _report_name(name: str) -> bool:
-    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, HTML_FILE, *_EXTRA_FILES) or name in figure_files() or (
+    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, HTML_FILE, *_EXTRA_FILES) or (
+        name in figure_files(known())) or (
         name.startswith(("heatmap_", "backfill_")) and name.endswith(".png"))
 
 
@@ -154,7 +155,7 @@ def report_dict(ev: Evaluation) -> dict:
         "gallery": ev.gallery,
         "protocol": ev.protocol,
         "significance": {"resamples": r.resamples, "seed": r.seed, "level": LEVEL, "queries": r.queries,
-                         "use": "intervals and McNemar's test of every metric are evidence; the verdict is "
+                         "ac_interval": AC_INTERVAL, "use": "intervals and McNemar's test of every metric are evidence; the verdict is "
                                 "decision's"},
         "evidence_definitions": dict(EVIDENCE),
         "metrics": {name: _matrix(matrix, True) for name, matrix in r.metrics.items()},
@@ -163,7 +164,7 @@ def report_dict(ev: Evaluation) -> dict:
                 "curves": [[[_num(v) for v in r.cmc[i, j]] if j <= i else None for j in range(t)] for i in range(t)]},
         "negative_flip_rate": {name: _matrix(flips, True) for name, flips in r.negative_flips.items()},
         "cka": _matrix(r.cka, False),
-        "figures": figure_files(primary=ev.decision.rule.metric, names=list(r.metrics)),
+        "figures": figure_files(list(r.metrics), primary=ev.decision.rule.metric),
         "adapters": adapters_dict(ev),
     }
 
