@@ -6,6 +6,7 @@ choosing small settings and, offline, generating data in CIFAR's on-disk format.
 """
 from __future__ import annotations
 
+import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -194,11 +195,29 @@ def evaluate_stage(workdir: Path, query, gallery, provenance: dict, notes: list[
     return written
 
 
+def next_commands(workdir: Path, num_tasks: int, demo_data: bool) -> list[str]:
+    """The commands a user runs next on the demo's outputs, from the folder the demo ran in: export and
+    verify the last task again, embed it on its own into the demo's store, evaluate the stored sets of
+    the bundle's tasks without any model file, and the release decision for the last task's queries on
+    task 1's gallery from the demo's report (``--allow-demo`` when ``demo_data``: generated data or a
+    random backbone)."""
+    w, last = shlex.quote(str(workdir)), num_tasks
+    data, store = f"--dataset cifar10:test --data-path {w}/data", f"--store {w}/embeddings"
+    ids = ",".join(f"tasks.task{t}" for t in range(1, num_tasks + 1))
+    return [f"python cli.py export --task {last} --checkpoint-dir {w}/output/checkpoint --output-dir {w}/exports",
+            f"python cli.py verify --task {last} --export-dir {w}/exports {data}",
+            f"python cli.py embed --model {w}/exports/task{last}.onnx {data} {store}",
+            f"python cli.py evaluate --from-store {ids} --query cifar10:test --data-path {w}/data {store} "
+            f"--out {w}/reports-store",
+            f"python cli.py gate --report {w}/reports --deployed-id tasks.task1 --candidate-id tasks.task{last}"
+            + (" --allow-demo" if demo_data else "")]
+
+
 def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", download: bool = False,
              pretrained_weights: Optional[str] = None, smoke: bool = False, provider: str = "auto",
              log: Callable[[str], None] = print, distill: tuple[float, str] = (0.0, "cosine")) -> dict:
-    """Run every stage into ``workdir``; returns a summary with the report's location, stage times and
-    the whole run's ``seconds``.
+    """Run every stage into ``workdir``; returns a summary with the report's location, stage times, the
+    whole run's ``seconds`` and the ``next`` commands (:func:`next_commands`).
     ``distill``: (weight, kind) of a feature-distillation term in training (weight 0: none)."""
     from .evaluate.pipeline import collect_from_models
 
@@ -229,4 +248,4 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
                       "distillation": {"weight": distill[0], "kind": distill[1]}}
         written = evaluate_stage(workdir, query, gallery, provenance, notes, log)
     return {"reports": [str(p) for p in written], "times": stages.times, "generated": generated, "notes": notes,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "next": next_commands(workdir, s.num_tasks, bool(notes))}

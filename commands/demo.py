@@ -34,6 +34,9 @@ def demo(workdir, data_path, download, pretrained_weights, smoke, distill_weight
         click.echo(f"NOTE: {note}")
     click.echo(f"report: {Path(workdir) / 'reports' / 'compatibility.md'}")
     click.echo(f"heatmap: {Path(workdir) / 'reports' / 'heatmap_top1.png'}")
+    click.echo("next, from this folder (every option: docs/commands.md):")
+    for command in result["next"]:
+        click.echo(f"  {command}")
 
 
 @click.command()
