@@ -199,8 +199,8 @@ def next_commands(workdir: Path, num_tasks: int, demo_data: bool) -> list[str]:
     """The commands a user runs next on the demo's outputs, from the folder the demo ran in: export and
     verify the last task again, embed it on its own into the demo's store, evaluate the stored sets of
     the bundle's tasks without any model file, and the release decision for the last task's queries on
-    task 1's gallery from the demo's report (``--allow-demo`` when ``demo_data``: generated data or a
-    random backbone)."""
+    task 1's gallery from the demo's report, the bundle checked against it (``--allow-demo`` when
+    ``demo_data``: generated data or a random backbone)."""
     w, last = shlex.quote(str(workdir)), num_tasks
     data, store = f"--dataset cifar10:test --data-path {w}/data", f"--store {w}/embeddings"
     ids = ",".join(f"tasks.task{t}" for t in range(1, num_tasks + 1))
@@ -209,8 +209,8 @@ def next_commands(workdir: Path, num_tasks: int, demo_data: bool) -> list[str]:
             f"python cli.py embed --model {w}/exports/task{last}.onnx {data} {store}",
             f"python cli.py evaluate --from-store {ids} --query cifar10:test --data-path {w}/data {store} "
             f"--out {w}/reports-store",
-            f"python cli.py gate --report {w}/reports --deployed-id tasks.task1 --candidate-id tasks.task{last}"
-            + (" --allow-demo" if demo_data else "")]
+            f"python cli.py gate --report {w}/reports --deployed {w}/exports/tasks.onnx --deployed-id tasks.task1 "
+            f"--candidate {w}/exports/tasks.onnx --candidate-id tasks.task{last}{' --allow-demo' * demo_data}"]
 
 
 def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", download: bool = False,
