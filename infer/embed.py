@@ -97,8 +97,8 @@ def shards_of(outputs: Iterator[Embedded], dataset: Dataset, first: int, *, shar
               on_provider: Callable[[str], object] = lambda p: None,
               ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[str, ...]]]:
     """Complete shards from an output stream of ``len(views)`` outputs (named ``views``): (embeddings
-    float32 [kept, views, D] L2-normalised, labels int64 [kept], skipped item names) per
-    ``shard_rows`` rows from row ``first``; the last may be shorter."""
+    float32 [kept, views, D] L2-normalised, labels int64 [kept] or None for unlabelled data, skipped
+    item names) per ``shard_rows`` rows from row ``first``; the last may be shorter."""
     n, shape = len(dataset), (len(views), dim)
     end = min(first + shard_rows, n)
     out, kept, skipped = np.empty((end - first, *shape), np.float32), [], []
@@ -113,7 +113,7 @@ def shards_of(outputs: Iterator[Embedded], dataset: Dataset, first: int, *, shar
         on_batch(batch.size)
         fault_point("embed.batch")
         if batch.start + batch.size == end:
-            yield out[:len(kept)], dataset.labels[kept], tuple(skipped)
+            yield out[:len(kept)], dataset.labels[kept] if dataset.labelled else None, tuple(skipped)
             first, end = end, min(end + shard_rows, n)
             out, kept, skipped = np.empty((end - first, *shape), np.float32), [], []
 
@@ -134,6 +134,16 @@ def _normalised(out: np.ndarray, items: list[int], dim: int, views: Sequence[str
         raise InputError(f"{model}: '{views[view]}' is {what} for {shown(dataset.item_name(items[row]))}; "
                          "nothing stored")
     return (out / norms[..., None]).astype(np.float32)
+
+
+def _refuse_unreadable(dataset: Dataset) -> None:
+    """InputError, before any work, when items are known not to be readable images (missing, not an
+    image, too large: found while fingerprinting files)."""
+    bad = dataset.unreadable_items()
+    if bad:
+        name, reason = bad[0]
+        raise InputError(f"{shown(dataset.spec)}: {shown(name)}: unreadable image ({reason}; {len(bad)} such item(s) in all); fix "
+                         "the data, or leave them out with --skip-bad")
 
 
 def _refuse_transformed(path: Path) -> None:
@@ -308,7 +318,8 @@ def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, runti
 
     An existing set of the same model file (sha256), output and data (location and fingerprint) is
     reused unless ``force``; one that fails verification is recomputed. An unreadable image is an
-    error, or with ``runtime.skip_bad`` left out and listed in the manifest. NaN or Inf (or an all-zero
+    error (before any work when its file is missing or not an image), or with ``runtime.skip_bad``
+    left out and listed in the manifest. Unlabelled data gives a set without labels. NaN or Inf (or an all-zero
     vector) in an output is an error and nothing is stored. Writers of one set run one at a time (a
     lock file); a killed run leaves its complete shards, and the next run of the same command resumes
     after them. ``output`` names the graph output stored (see :func:`model_targets`); ``runtime`` says
@@ -327,6 +338,8 @@ def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, runti
     if runtime.ray is not None and [t.view for t in targets] != [View()]:
         raise InputError(f"--engine ray stores a single-task file's '{EMBEDDING_OUTPUT}' output only; embed "
                          f"{model} ({', '.join(t.view.name for t in targets)}) with the local engine")
+    if not runtime.skip_bad:
+        _refuse_unreadable(dataset)
     if runtime.ray is None:
         check_provider(runtime.provider)  # asked for a GPU: checked even when every set is reused
     sha256 = file_sha256(model)

@@ -77,7 +77,7 @@ def _portable(dataset: Dataset) -> Dataset:
     if not hasattr(dataset, "files"):
         return dataset
     moved = copy.copy(dataset)
-    moved.root, moved.files = dataset.root.absolute(), [p.absolute() for p in dataset.files]
+    moved.files = [p.absolute() for p in dataset.files]  # item names stay relative: they name the items
     return moved
 
 

@@ -30,6 +30,7 @@ from .graph import check_graph, check_inputs, check_outputs
 from .limits import ORT_ERRORS, cap_cpu_memory, quiet_run, remember, run_failure
 from .options import TensorRTOptions
 from .metadata import ModelInfo
+from .packages import format_packages, installed_packages, torch_pairing
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 # embedding = image + image for float32 [2], opset 13: the smallest model with our input/output names
@@ -329,8 +330,11 @@ def describe_gpu_requirements(req: Optional[dict]) -> str:
 
 
 def doctor_report() -> dict:
-    """Versions, providers (listed and actually working, by running a tiny model on each) and GPUs."""
+    """Versions, providers (listed and actually working, by running a tiny model on each), GPUs, the
+    packages around dpcompat and whether torch and torchvision are a matching pair (see
+    :mod:`.packages`: nothing is imported here)."""
     gpus, gpu_missing = list_gpus()
+    packages = installed_packages()
     available = ort.get_available_providers()
     providers = {}
     for short, name in ORT_PROVIDER.items():
@@ -342,7 +346,8 @@ def doctor_report() -> dict:
         "onnxruntime": ort.__version__,
         "onnxruntime_package": next((d for d in ("onnxruntime-gpu", "onnxruntime") if _installed(d)), None),
         "numpy": np.__version__,
-        "torch": _installed("torch"),
+        "packages": packages,
+        "torch_pairing": torch_pairing(packages),
         "providers": providers,
         "gpus": [{"index": g.index, "name": g.name, "memory_gib": round(g.memory_bytes / 2 ** 30, 1)} for g in gpus],
         "gpu_problem": gpu_missing,
@@ -356,7 +361,7 @@ def format_doctor(report: dict) -> str:
     lines = [f"python       {report['python']} ({report['platform']})",
              f"onnxruntime  {report['onnxruntime']} ({report['onnxruntime_package'] or 'unknown package'})",
              f"numpy        {report['numpy']}",
-             f"torch        {report['torch'] or 'not installed'}",
+             *format_packages(report["packages"], report["torch_pairing"]),
              "providers:"]
     for name, p in report["providers"].items():
         state = "works" if p["works"] else ("FAILS: " + p["problem"] if p["available"] else p["problem"])

@@ -198,16 +198,17 @@ class DataRecord:
 
 @dataclass(frozen=True)
 class Shard:
-    """One complete shard: its row count and the sha256 of its two files' bytes."""
+    """One complete shard: its row count and the sha256 of its files' bytes (``labels_sha256`` None: a
+    shard of an unlabelled set, which has no labels file)."""
 
     rows: int
     embeddings_sha256: str
-    labels_sha256: str
+    labels_sha256: Optional[str]
 
     @classmethod
     def from_dict(cls, d: dict) -> "Shard":
         return cls(rows=_int(d, "rows", 0, MAX_ROWS), embeddings_sha256=_sha256(d, "embeddings_sha256"),
-                   labels_sha256=_sha256(d, "labels_sha256"))
+                   labels_sha256=_sha256(d, "labels_sha256", optional=True))
 
 
 def shard_files(index: int) -> tuple[str, str]:
@@ -217,8 +218,15 @@ def shard_files(index: int) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a set holds and how it was made. ``count``, ``dim``, ``shard_rows`` and ``shards`` are
-    filled in by the store when the set is written; ``provenance`` is the export's (data, backbone)."""
+    """What a set holds and how it was made. ``count``, ``dim``, ``shard_rows``, ``shards`` and
+    ``labelled`` are filled in by the store when the set is written; ``provenance`` is the export's
+    (data, backbone).
+
+    ``labelled`` False: the data has no labels, and the set no labels files (every shard's
+    ``labels_sha256`` is null), so no reader can take anything for a label. Manifests written before
+    unlabelled sets existed have no ``labelled`` field: they are labelled. A toolkit that predates the
+    field refuses an unlabelled set (its shards lack the labels digest it requires).
+    """
 
     model: ModelRecord
     dataset: DataRecord
@@ -235,6 +243,7 @@ class Manifest:
     created: Optional[str] = None
     seconds: Optional[float] = None
     transform: Optional[TransformRecord] = None
+    labelled: bool = True
     format_version: str = STORE_FORMAT
 
     def to_json(self) -> str:
@@ -276,6 +285,10 @@ class Manifest:
         if self.count + len(self.skipped) != self.dataset.size:
             raise _Malformed(f"count {self.count} + {len(self.skipped)} skipped is not the data set size "
                              f"{self.dataset.size}")
+        without = [i for i, s in enumerate(self.shards) if (s.labels_sha256 is None) == self.labelled]
+        if without:
+            raise _Malformed(f"shard {without[0]} {'has no' if self.labelled else 'has a'} labels digest, but the set is "
+                             f"{'' if self.labelled else 'not '}labelled")
         if self.model.embedding_dim is not None and self.model.embedding_dim != self.dim:
             raise _Malformed(f"dim {self.dim} differs from the model's embedding_dim {self.model.embedding_dim}")
         adapter = self.model.adapter
@@ -297,9 +310,9 @@ class Manifest:
 
     def with_storage(self, *, dim: int, shard_rows: int, shards: tuple[Shard, ...],
                      skipped: tuple[str, ...]) -> "Manifest":
-        """This manifest describing the shards written."""
+        """This manifest describing the shards written (labelled when they have labels files)."""
         return replace(self, count=sum(s.rows for s in shards), dim=dim, shard_rows=shard_rows, shards=shards,
-                       skipped=skipped)
+                       skipped=skipped, labelled=all(s.labels_sha256 is not None for s in shards))
 
 
 def content_digest(d: dict) -> str:
@@ -322,6 +335,7 @@ def _manifest(d: dict) -> Manifest:
         raise _Malformed("'skipped' must list item names (strings)")
     seconds = _get(d, "seconds", (int, float), optional=True)
     transform = _get(d, "transform", dict, optional=True)
+    labelled = _get(d, "labelled", bool, optional=True)
     if seconds is not None and not 0 <= seconds < 10**9:
         raise _Malformed(f"'seconds' is {seconds}")
     return Manifest(model=ModelRecord.from_dict(_get(d, "model", dict)),
@@ -332,5 +346,6 @@ def _manifest(d: dict) -> Manifest:
                     shards=tuple(Shard.from_dict(s) for s in shards), provider=_text(d, "provider", optional=True),
                     batch_size=_int(d, "batch_size", 1, 2**31, optional=True), versions=_scalars(d, "versions"),
                     created=_text(d, "created", optional=True, limit=64), seconds=seconds,
-                    transform=None if transform is None else TransformRecord.from_dict(transform))
+                    transform=None if transform is None else TransformRecord.from_dict(transform),
+                    labelled=labelled is not False)
 

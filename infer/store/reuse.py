@@ -70,7 +70,8 @@ def stored_match(path: Path, expected: Manifest, dataset: Dataset, skip_bad: boo
         warn(f"{path}: its manifest disagrees with the model file and data ({'; '.join(differ)[:400]}); "
              "the model file wins: recomputing")
         return None
-    if not np.array_equal(stored.labels, dataset.labels_without(m.skipped)):
+    if stored.labelled != dataset.labelled or (
+            dataset.labelled and not np.array_equal(stored.labels, dataset.labels_without(m.skipped))):
         warn(f"{path}: its labels are not the data's; recomputing")
         return None
     return stored if skip_bad or not m.skipped else None

@@ -98,7 +98,7 @@ class ShardWriter:
         for i, d in enumerate(listed):
             files = [self.partial / name for name in shard_files(i)]
             digests = [d.shard.embeddings_sha256, d.shard.labels_sha256]
-            if not all(f.is_file() and file_sha256(f) == h for f, h in zip(files, digests)):
+            if not all(h is None or f.is_file() and file_sha256(f) == h for f, h in zip(files, digests)):
                 break
             done.append(d)
         keep = {name for i in range(len(done)) for name in shard_files(i)} | {PROGRESS_FILE}
@@ -121,16 +121,20 @@ class ShardWriter:
         with atomic_file(self.partial / PROGRESS_FILE) as tmp:
             tmp.write_text(json.dumps({"identity": self.identity, "shards": shards}, allow_nan=False))
 
-    def write(self, embeddings: np.ndarray, labels: np.ndarray, skipped: tuple[str, ...] = ()) -> None:
-        """Add the next shard: float32 [rows, dim] unit rows, int64 [rows] labels, the items left out."""
-        if embeddings.shape != (len(labels), self.dim) or len(labels) > self.shard_rows:
-            raise ValueError(f"shard of {embeddings.shape} with {len(labels)} labels; expected at most "
-                             f"{self.shard_rows} rows of dimension {self.dim}")
+    def write(self, embeddings: np.ndarray, labels: Optional[np.ndarray], skipped: tuple[str, ...] = ()) -> None:
+        """Add the next shard: float32 [rows, dim] unit rows, int64 [rows] labels (None: unlabelled data,
+        no labels file), the items left out."""
+        rows = len(embeddings)
+        if embeddings.shape != (rows, self.dim) or rows > self.shard_rows or labels is not None and len(labels) != rows:
+            raise ValueError(f"shard of {embeddings.shape} with {'no' if labels is None else len(labels)} labels; "
+                             f"expected at most {self.shard_rows} rows of dimension {self.dim}")
+        if self.done and (labels is None) != (self.done[0].shard.labels_sha256 is None):
+            raise ValueError("a set's shards all have labels or none has")
         emb_name, lab_name = shard_files(len(self.done))
         emb_sha = _save(self.partial / emb_name, np.ascontiguousarray(embeddings, np.float32))
-        lab_sha = _save(self.partial / lab_name, np.ascontiguousarray(labels, np.int64))
+        lab_sha = None if labels is None else _save(self.partial / lab_name, np.ascontiguousarray(labels, np.int64))
         fault_point("shards.before_progress")
-        self.done.append(DoneShard(Shard(len(labels), emb_sha, lab_sha), tuple(skipped)))
+        self.done.append(DoneShard(Shard(rows, emb_sha, lab_sha), tuple(skipped)))
         self._write_progress()
         fault_point("shards.after_progress")
 
@@ -196,15 +200,15 @@ def resumable(paths: Sequence[Path]) -> Iterator[None]:
         raise
 
 
-def write_set(path: str | Path, embeddings: np.ndarray, labels: np.ndarray, manifest: Manifest, *,
+def write_set(path: str | Path, embeddings: np.ndarray, labels: Optional[np.ndarray], manifest: Manifest, *,
               shard_rows: int = DEFAULT_SHARD_ROWS) -> EmbeddingSet:
-    """Write a whole set held in memory (float32 [N, D] unit rows, int64 [N] labels) to folder
-    ``path``, replacing any set there, and return it as a reader will see it."""
+    """Write a whole set held in memory (float32 [N, D] unit rows, int64 [N] labels or None for
+    unlabelled data) to folder ``path``, replacing any set there, and return it as a reader will see it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(writer_lock(path)):
         writer = ShardWriter(path, {"write_set": True}, dim=embeddings.shape[1], shard_rows=shard_rows, resume=False)
-        for start in range(0, len(labels), shard_rows):
-            writer.write(embeddings[start:start + shard_rows], labels[start:start + shard_rows],
+        for start in range(0, len(embeddings), shard_rows):
+            writer.write(embeddings[start:start + shard_rows], None if labels is None else labels[start:start + shard_rows],
                          manifest.skipped if start == 0 else ())
         return writer.finish(manifest)
