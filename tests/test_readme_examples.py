@@ -32,7 +32,8 @@ LINKS = {"data": "demo-run/data", "output": "demo-run/output", "exports": "demo-
          "embeddings": "demo-run/embeddings", "ref": "demo-run/output", "study": "demo-run/output",
          "output-5x20": "demo-run/output", "runs/a": "demo-run/output"}
 # Absolute placeholder paths -> folders beside the demo's.
-ABSOLUTE = {"/srv/gallery": "gallery", "/shared/gallery": "gallery", "/tmp/bench-index": "bench-index"}
+ABSOLUTE = {"/srv/gallery": "gallery", "/shared/gallery": "gallery", "/srv/photos": "photos",
+            "/tmp/bench-index": "bench-index"}
 # Smaller values for knobs the pages show, where their values take minutes on 2 cores (`demo`:
 # its `demo --smoke`; `train`: the width overrides of its options table).
 REDUCED = {("demo",): {"--smoke": None},
@@ -127,6 +128,13 @@ def _gallery(data: Path, folder: Path) -> None:
         Image.fromarray(image).save(folder / split.classes[label] / f"{i:04d}.png")
 
 
+def _photos(data: Path, folder: Path, count: int = 60) -> None:
+    """The first ``count`` of the demo's CIFAR-10 test images as a flat folder: an unlabelled gallery."""
+    folder.mkdir(parents=True)
+    for i, image in enumerate(load_cifar(data, "cifar10", "test").images[:count]):
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+
+
 def _medmnist(data: Path, path: Path) -> None:
     """The demo's CIFAR-10 images as a MedMNIST-layout .npz (grey train, RGB test, labels [N, 1])."""
     train, test = load_cifar(data, "cifar10", "train"), load_cifar(data, "cifar10", "test")
@@ -161,6 +169,7 @@ class Workspace:
             (self.where / name).symlink_to(self.where / target, target_is_directory=True)
         (self.where / "bloodmnist.npz").symlink_to(self.pristine / "bloodmnist.npz")
         (self.where / "gallery").symlink_to(self.pristine / "gallery", target_is_directory=True)
+        (self.where / "photos").symlink_to(self.pristine / "photos", target_is_directory=True)
         self.block, self.done = block, -1
 
     def run(self, example: Example, monkeypatch, capfd) -> tuple[int, str]:
@@ -185,6 +194,7 @@ def workspace(demo_run, tmp_path_factory):
     pristine = tmp_path_factory.mktemp("pristine")
     shutil.copytree(demo, pristine / "demo-run", symlinks=True)
     _gallery(demo / "data", pristine / "gallery")
+    _photos(demo / "data", pristine / "photos")
     _medmnist(demo / "data", pristine / "bloodmnist.npz")
     ws = Workspace(demo, pristine)
     yield ws

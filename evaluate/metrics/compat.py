@@ -242,6 +242,15 @@ def _cmc_and_flips(outcomes: dict[tuple[int, int], dict], t: int, depth: int,
     return cmc, flips
 
 
+def _names(metrics: Optional[Sequence[str]]) -> list[str]:
+    """The metrics asked for (None: :data:`.table.METRICS`) in table order; ValueError for an unknown name."""
+    wanted = list(METRICS) if metrics is None else list(metrics)
+    unknown = sorted(set(wanted) - set(table.known()))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}: expected among {table.known()}")
+    return [name for name in table.known() if name in wanted]
+
+
 def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: Optional[np.ndarray],
                   gallery_labels: Optional[np.ndarray], *, k: int = 5, exclude_self: bool = False,
                   progress: Optional[Callable[[int, int], None]] = None, resamples: int = RESAMPLES,
@@ -266,11 +275,7 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
     -------
     :class:`Compatibility`; CKA is between the models' query embeddings.
     """
-    wanted = list(METRICS) if metrics is None else list(metrics)
-    unknown = sorted(set(wanted) - set(table.known()))
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}: expected among {table.known()}")
-    names = [name for name in table.known() if name in wanted]
+    names = _names(metrics)
     t, n = len(query), len(query[0])
     if any(table.metric(name).labels for name in names):
         check_depth(len(gallery[0]) - exclude_self, table.ranked_places(k))
