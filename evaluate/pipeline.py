@@ -3,26 +3,28 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 
+from .adapt.rows import AdaptedRow
+from .decide import DataCheck, DecisionOptions, decide_arrays
 from .metrics.compat import Compatibility, compatibility
-from .metrics.decision import DEFAULT_METRIC, Decision, Rule, decide
+from .metrics.decision import Decision
 from .metrics.table import deepest, metric as table_metric
-from .metrics.unlabelled import metric_names, primary_metric, require_same_items
-from .search.backfill import backfill_order, backfilled_counts, backfilled_values, fractions
+from .metrics.unlabelled import require_same_items
+from .search.backfill import backfill_order
 from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
-from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
+from ..infer.data.base import CIFAR_KINDS
+from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset, spec_describes
 from ..infer.embed import embed_model, model_targets
 from ..common.contract import QUERY_OUTPUT
 from ..common.provenance import notes as model_notes
 from ..common.errors import InputError
-from ..infer.runtime.metadata import ModelInfo
+from ..infer.runtime.metadata import ADAPTER_KEY, ModelInfo
 from ..infer.runtime.options import RuntimeOptions
-from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
+from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_manifest, read_set, set_path
 
 
 @dataclass
@@ -30,8 +32,9 @@ class Evaluation:
     """A result with what it was computed on: the ``models`` (update order), the ``query``/``gallery``
     data, the ``protocol``, each model's ``provenance`` (``{"data", "backbone"}`` from its export's
     metadata, {} when unknown), the ``notes`` every reader must see (generated data, random backbone),
-    the ``decision`` of every pair under the declared rule and each model's ``records`` (``id``,
-    ``sha256`` of its file as the store recorded it, ``file``, ``task``)."""
+    the ``decision`` of every pair under the declared rule, each model's ``records`` (``id``,
+    ``sha256`` of its file as the store recorded it, ``file``, ``task``) and the ``adapters``' rows
+    (pairs searched through an adapter, outside the matrix: :mod:`.adapt.rows`)."""
 
     result: Compatibility
     models: list[str]
@@ -42,51 +45,7 @@ class Evaluation:
     provenance: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class DecisionOptions:
-    """The decision ``rule`` and the backfill grid it searches for not-compatible pairs: f = 0,
-    1/``steps``, ..., 1, items re-embedded in a random order of seed ``seed`` or the one in ``order_file``
-    (as ``evaluate --backfill-steps/--backfill-seed/--backfill-order``); ``label_free``: compute the
-    label-free metrics on labelled data too (``--label-free``); ``metric_given``: the rule's metric was
-    asked for by name (``--primary-metric``): on unlabelled data a label metric is then refused, where
-    otherwise it gives way to self-top1 (:mod:`.metrics.unlabelled`)."""
-
-    rule: Rule = field(default_factory=Rule)
-    steps: int = 10
-    seed: int = 0
-    order_file: Optional[str] = None
-    label_free: bool = False
-    metric_given: bool = False
-
-    @classmethod
-    def of(cls, metric: Optional[str], tolerance: float, steps: int, seed: int, order_file: Optional[str], *,
-           label_free: bool = False) -> "DecisionOptions":
-        """The options of ``evaluate``'s values (--primary-metric, None: the data's default; --tolerance,
-        --backfill-*, --label-free); InputError for a metric or tolerance the rule refuses, before any work."""
-        return cls(Rule(metric=metric or DEFAULT_METRIC, tolerance=tolerance), steps, seed, order_file,
-                   label_free=label_free, metric_given=metric is not None)
-
-    def for_data(self, what: str, labelled: bool) -> tuple["DecisionOptions", list[str]]:
-        """These options with the primary metric for data ``what``, and the metrics to compute (see
-        :mod:`.metrics.unlabelled`); InputError when a metric asked for needs labels the data lacks."""
-        keep = self.metric_given or labelled or not table_metric(self.rule.metric).labels
-        primary = primary_metric(what, labelled=labelled, primary=self.rule.metric if keep else None)
-        names = metric_names(labelled=labelled, label_free=self.label_free, primary=primary)
-        return replace(self, rule=replace(self.rule, metric=primary)), names
-
-    def check(self, what: str, labelled: bool, same_items: bool = True) -> None:
-        """Refuse data ``what`` before any work when the metrics it would get cannot be computed on it:
-        a label metric asked for on unlabelled data, label-free ones on queries that are not the gallery's items."""
-        _, names = self.for_data(what, labelled)
-        if not all(table_metric(n).labels for n in names):
-            require_same_items(what, same_items)
-
-
-# check(what, labelled, same_items): refuse data (a spec or a stored set, named by ``what``) that the
-# evaluation cannot use, before any work; InputError.
-DataCheck = Callable[[str, bool, bool], None]
+    adapters: list[AdaptedRow] = field(default_factory=list)
 
 
 def _named(s: EmbeddingSet) -> str:
@@ -111,11 +70,17 @@ def _prefer_bundles(files: Sequence[Path], warn: Callable[[str], None]) -> list[
         info = ModelInfo.from_props(read_props(f), str(f))
         return (info.task, info.checkpoint_sha256) in covered
 
-    left = [f for f in files if bundles and f not in bundles and bundled(f)]
+    left = [f for f in files if bundles and f not in bundles and not adapted_file(f) and bundled(f)]
     if left:
         warn(f"note: {', '.join(f.name for f in left)} left out: {', '.join(f.name for f in bundles)} holds "
              "the same tasks from the same checkpoints")
     return [f for f in files if f not in left]
+
+
+def adapted_file(path: Path) -> bool:
+    """Whether the ONNX file ``path`` holds a query adapter (``adapt --export``): a model in another
+    model's space, which evaluate reports as an adapted row, not as a model of the matrix."""
+    return ADAPTER_KEY in read_props(path)
 
 
 def model_files(models: Sequence[str], exports_dir: Optional[str], *, bundles: bool = True,
@@ -190,20 +155,51 @@ def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: s
     return sets[query_spec], sets[gallery_spec]
 
 
+def _held_locations(store: str | Path, model_id: str) -> list[str]:
+    """'location (spec)' of every set the store holds for ``model_id`` (those whose manifest reads)."""
+    folder = Path(store) / model_id
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_dir() and not path.name.startswith("."):
+            try:
+                data = read_manifest(path).dataset
+            except InputError:
+                continue
+            found.append(f"{data.location} ({data.spec})")
+    return found
+
+
+def _missing_set(path: Path, store: str | Path, model_id: str, spec: str, location: str) -> InputError:
+    """Why there is no stored set of ``model_id`` on ``spec`` at ``path``: the location looked for, and
+    the locations the store holds for that model (a CIFAR spec's depends on --data-path)."""
+    held = _held_locations(store, model_id)
+    where = (f"the store holds {model_id} on {'; '.join(held)[:600]}" if held else
+             f"the store holds no set of {model_id}")
+    hint = " (--data-path decides where a CIFAR spec points: give the one it was embedded with)" \
+        if spec.split(":")[0] in CIFAR_KINDS and held else ""
+    return InputError(f"{path}: no stored set of {model_id} on {spec} at {location}; {where}{hint}; embed it first, "
+                      "or pass the ONNX files")
+
+
 def _stored_set(store: str | Path, model_id: str, spec: str, data_path: str | Path) -> EmbeddingSet:
-    """The stored set of ``model_id`` on ``spec``, refused unless its manifest names the data asked for."""
+    """The stored set of ``model_id`` on ``spec``, refused unless its manifest names the data asked for:
+    its location, and a spec that names that location (an edited spec would mislabel the report)."""
     location = dataset_location(spec, data_path)
     path = set_path(store, model_id, dataset_key(spec, data_path))
     if not path.is_dir():
         legacy = set_path(store, model_id, legacy_dataset_key(spec))
-        hint = (f"; {legacy} is a set in store format 1, which does not record its data's location: run embed "
-                "with its model and data once to migrate it") if (legacy / "embeddings.npy").is_file() else ""
-        raise InputError(f"{path}: no stored set of {model_id} on {spec} (embed it first, or pass the ONNX files)"
-                         + hint)
+        if (legacy / "embeddings.npy").is_file():
+            raise InputError(f"{path}: no stored set of {model_id} on {spec}; {legacy} is a set in store format 1, "
+                             "which does not record its data's location: run embed with its model and data once to "
+                             "migrate it")
+        raise _missing_set(path, store, model_id, spec, location)
     stored = read_set(path)
-    if stored.manifest.dataset.location != location:
-        raise InputError(f"{path}: holds embeddings of {stored.manifest.dataset.location}, not of the data asked "
-                         f"for, {location}")
+    data = stored.manifest.dataset
+    if data.location != location:
+        raise InputError(f"{path}: holds embeddings of {data.location}, not of the data asked for, {location}")
+    if not spec_describes(data.spec, location):
+        raise InputError(f"{path}: its manifest names the data {data.spec[:100]!r}, which is not {spec} at "
+                         f"{location}: the manifest was edited; embed recomputes the set")
     return stored
 
 
@@ -269,30 +265,6 @@ def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
         warn(f"note: models put in task order {', '.join(query[i].model_id for i in order)} "
              f"(given: {', '.join(s.model_id for s in query)})")
     return [query[i] for i in order], [gallery[i] for i in order]
-
-
-def decide_arrays(result: Compatibility, models: Sequence[str], sha256: Sequence[Optional[str]],
-                  query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
-                  gallery_labels: np.ndarray, *, k: int = 5, exclude_self: bool = False,
-                  options: DecisionOptions = DecisionOptions()) -> Decision:
-    """:func:`.metrics.decision.decide` for an evaluation of the arrays ``query``/``gallery`` (T arrays
-    [Nq, D] / [Ng, D], as :func:`.metrics.compat.compatibility` took them): the backfill search runs
-    exact search on galleries mixed in the options' order; its ends are the evaluation's own cells
-    (f = 0: C[i][j], f = 1: C[i][i], by definition)."""
-    n = len(gallery[0])
-    steps = options.steps
-    counts = backfilled_counts(n, fractions(steps))
-    order = backfill_order(n, seed=options.seed, order_file=options.order_file)
-
-    def values(i: int, j: int, step: int) -> np.ndarray:
-        if step in (0, steps):
-            return result.values(options.rule.metric, i, j if step == 0 else i)
-        return backfilled_values(query[i], gallery[j], gallery[i], query_labels, gallery_labels,
-                                 order[:counts[step]], metric=options.rule.metric, k=k, exclude_self=exclude_self,
-                                 reference=result.neighbours.get(j))
-
-    described = f"the order in {options.order_file}" if options.order_file else f"a random order, seed {options.seed}"
-    return decide(result, models, sha256, options.rule, values=values, steps=steps, order=described)
 
 
 LABEL_FREE_PROTOCOL = ("label-free metrics on the same items as queries and gallery: self-retrieval's target is the "

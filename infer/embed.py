@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..common.contract import BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, QUERY_OUTPUT
 from ..common.digest import file_sha256
-from ..common.errors import InputError
+from ..common.errors import InputError, shown
 from ..common.faults import fault_point
 from ..common.locks import locked
 from .runtime.bundle import BundleInfo, bundle_info, bundle_set_ids, read_props
@@ -34,10 +34,11 @@ from .store.manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manife
 from .runtime.metadata import ModelInfo, Preprocessing
 from .runtime.options import RuntimeOptions
 from .store.migrate import migrate_legacy
-from .runtime.session import create_session, model_info
-from .store.shards import ShardWriter, tidy, writer_lock
+from .runtime.session import check_provider, create_session, model_info
+from .store.shards import ShardWriter, resumable, tidy, writer_lock
 from .engines.local import View, run_local
-from .store.sets import EmbeddingSet, check_model_id, read_manifest, read_set, set_path
+from .store.reuse import stored_match
+from .store.sets import EmbeddingSet, check_model_id, read_manifest, set_path
 from .data.workers import Embedded, batch_source
 
 @dataclass
@@ -130,33 +131,9 @@ def _normalised(out: np.ndarray, items: list[int], dim: int, views: Sequence[str
     if len(bad):
         row, view = bad[0]
         what = "zeros" if np.isfinite(out[row, view]).all() else "NaN or Inf"
-        raise InputError(f"{model}: '{views[view]}' is {what} for {dataset.item_name(items[row])}; nothing stored")
+        raise InputError(f"{model}: '{views[view]}' is {what} for {shown(dataset.item_name(items[row]))}; "
+                         "nothing stored")
     return (out / norms[..., None]).astype(np.float32)
-
-
-def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
-                  warn: Callable[[str], None], output: str = EMBEDDING_OUTPUT) -> Optional[EmbeddingSet]:
-    """The valid set at ``path`` if it was made from this exact model file, ``output`` and data.
-
-    A set made with ``--skip-bad`` (some items left out) matches only when ``skip_bad`` is set too.
-    """
-    if not path.exists():
-        return None
-    try:
-        stored = read_set(path)
-    except InputError as e:
-        warn(f"{e}; recomputing")
-        return None
-    m = stored.manifest
-    if ((m.model.sha256, m.model.output, m.dataset.location, m.dataset.fingerprint)
-            != (sha256, output, dataset.location, dataset.fingerprint)):
-        warn(f"{path}: stored from another model file, output or other data; recomputing")
-        return None
-    if stored.labelled != dataset.labelled or (
-            dataset.labelled and not np.array_equal(stored.labels, dataset.labels_without(m.skipped))):
-        warn(f"{path}: its labels are not the data's; recomputing")
-        return None
-    return stored if skip_bad or not m.skipped else None
 
 
 def _refuse_unreadable(dataset: Dataset) -> None:
@@ -165,7 +142,7 @@ def _refuse_unreadable(dataset: Dataset) -> None:
     bad = dataset.unreadable_items()
     if bad:
         name, reason = bad[0]
-        raise InputError(f"{dataset.spec}: {name}: unreadable image ({reason}; {len(bad)} such item(s) in all); fix "
+        raise InputError(f"{shown(dataset.spec)}: {shown(name)}: unreadable image ({reason}; {len(bad)} such item(s) in all); fix "
                          "the data, or leave them out with --skip-bad")
 
 
@@ -246,6 +223,16 @@ def model_targets(model: Path, model_id: str, store: str | Path, data_key: str,
     ids = bundle_set_ids(model_id, info)
     return [Target(View(QUERY_OUTPUT), ids[0], set_path(store, ids[0], data_key), backbone=True)] + [
         Target(View(EMBEDDING_OUTPUT, p), i, set_path(store, i, data_key)) for p, i in enumerate(ids[1:])]
+
+
+def declared_infos(model: Path, targets: Sequence[Target]) -> list[ModelInfo]:
+    """What the model file's metadata says of each target's task, read without a session (the
+    session's :func:`_infos` checks the graph too)."""
+    props = read_props(model)
+    if BUNDLE_TASKS_KEY not in props:
+        return [ModelInfo.from_props(props, shown(model))]
+    info = BundleInfo.from_props(props, shown(model))
+    return [info.common if t.backbone else info.tasks[t.view.position] for t in targets]
 
 
 def _infos(session: ort.InferenceSession, model: Path, targets: Sequence[Target]) -> tuple[list[ModelInfo], int]:
@@ -353,7 +340,11 @@ def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, runti
                          f"{model} ({', '.join(t.view.name for t in targets)}) with the local engine")
     if not runtime.skip_bad:
         _refuse_unreadable(dataset)
+    if runtime.ray is None:
+        check_provider(runtime.provider)  # asked for a GPU: checked even when every set is reused
     sha256 = file_sha256(model)
+    expected = {t: _manifest(t, model, sha256, i, dataset, runtime.provider, runtime.batch_size)
+                for t, i in zip(targets, declared_infos(model, targets))}
     for t in targets:
         _prepare(store, t.path)
     with ExitStack() as held:
@@ -364,15 +355,16 @@ def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, runti
         for t in targets:
             tidy(t.path)
             _refuse_transformed(t.path)
-            stored = None if force else _stored_match(t.path, sha256, dataset, runtime.skip_bad, warn, t.view.name)
+            stored = None if force else stored_match(t.path, expected[t], dataset, runtime.skip_bad, warn)
             if stored is not None:
                 ShardWriter.discard_partial(t.path)
                 found[t] = EmbedResult(stored, True, None, 0.0)
         missing = [t for t in targets if t not in found]
         if missing:
             migrate = not force and len(targets) == 1 and not targets[0].path.exists()
-            found.update(zip(missing, _compute(model, sha256, dataset, store, missing, runtime=runtime,
-                                               shard_rows=shard_rows, migrate=migrate, warn=warn)))
+            with resumable([t.path for t in missing]):
+                found.update(zip(missing, _compute(model, sha256, dataset, store, missing, runtime=runtime,
+                                                   shard_rows=shard_rows, migrate=migrate, warn=warn)))
         return [found[t] for t in targets]
 
 

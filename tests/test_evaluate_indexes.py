@@ -152,7 +152,7 @@ def test_ivf_and_ivfpq_recall_against_a_brute_force_search(tmp_path):
                                   exclude_self=True, depth=10)
     q, g = sets[1].embeddings, sets[0].embeddings
     truth = brute_topk(q, g, 10, True)
-    index = faiss.read_index(str(next((tmp_path / "store" / ".indexes" / "m0").glob("ivfpq-*"))))
+    index = faiss.read_index(str(next((tmp_path / "store" / ".indexes" / "m0").glob("ivfpq-*.faiss"))))
     index.nprobe = 2
     _, found = index.search(np.ascontiguousarray(q), 11)
     found = [[c for c in row if c != r][:10] for r, row in enumerate(found)]
@@ -177,7 +177,8 @@ def test_indexes_are_cached_by_digest_and_parameters(tmp_path):
     other = IndexParams(nlist=5).resolve("ivf", 120, 16)
     assert cached_index(sets[0], "ivf", other, tmp_path / "store")[1] is False
     files = sorted((tmp_path / "store" / ".indexes" / "m0").iterdir())
-    assert len(files) == 2 and not [f for f in files if f.name.startswith(".")]
+    assert len(files) == 4 and not [f for f in files if f.name.startswith(".")]  # two indexes and their records
+    assert sorted(f.suffix for f in files) == [".faiss", ".faiss", ".json", ".json"]
     files[0].write_bytes(b"garbage")
     warnings = []
     for f in files:

@@ -8,7 +8,7 @@ import pytest
 
 from dpcompat.common.digest import file_sha256
 from dpcompat.common.errors import InputError
-from dpcompat.infer.store.manifest import shard_files
+from dpcompat.infer.store.manifest import content_digest, shard_files
 from dpcompat.infer.runtime.metadata import Preprocessing
 from dpcompat.infer.store.shards import write_set
 from dpcompat.infer.store.sets import check_comparable, read_set, set_path
@@ -29,9 +29,12 @@ def test_round_trip_in_shards(tmp_path):
     assert not leftovers(tmp_path)
 
 
-def _edit_manifest(path, change):
+def _edit_manifest(path, change, reseal=False):
+    """Edit the manifest; ``reseal``: forge its own digest too (an editor who knows the format)."""
     m = json.loads((path / "manifest.json").read_text())
     change(m)
+    if reseal:
+        m["manifest_sha256"] = content_digest(m)
     (path / "manifest.json").write_text(json.dumps(m))
 
 
@@ -41,7 +44,7 @@ def _redigest(path, index=0):
 
     def change(m):
         m["shards"][index].update(embeddings_sha256=file_sha256(path / emb), labels_sha256=file_sha256(path / lab))
-    _edit_manifest(path, change)
+    _edit_manifest(path, change, reseal=True)
 
 
 def _rewrite(path, name, change, forge=True):
@@ -188,7 +191,7 @@ def test_an_unlabelled_set_has_no_labels_files_and_says_so(tmp_path):
 def test_manifests_before_the_labelled_field_read_as_labelled(tmp_path):
     path = tmp_path / "task1" / "cifar10-test"
     write_random_set(path, "task1")
-    _edit_manifest(path, lambda m: m.pop("labelled"))
+    _edit_manifest(path, lambda m: m.pop("labelled"), reseal=True)
     stored = read_set(path)
     assert stored.labelled and stored.labels.tolist() == (np.arange(40) % 4).tolist()
 

@@ -296,15 +296,19 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
         values[:, rows, cols] = per_query[name]
         boot[:, rows, cols] = resampled[:, m * len(lower):(m + 1) * len(lower)]
         matrices[name] = np.full((t, t), np.nan)
-        matrices[name][rows, cols] = [table.mean(per_query[name][:, c]) for c in range(len(lower))]
+        matrices[name][rows, cols] = [table.metric_mean(per_query[name][:, c]) for c in range(len(lower))]
         result_criteria[name] = _with_significance(criteria(matrices[name]), name, values, boot)
     cmc, flips = _cmc_and_flips(outcomes, t, min(CMC_DEPTH, len(gallery[0]) - exclude_self), names)
     seconds["tests_and_criteria"] = time.perf_counter() - start
     start = time.perf_counter()
     cka = linear_cka_matrix(query)
     seconds["cka"] = time.perf_counter() - start
-    neighbours = {j: outcomes[j, j]["items"].neighbours for j in range(t)
-                  if outcomes[j, j]["items"] is not None and outcomes[j, j]["items"].neighbours is not None}
     return Compatibility(metrics=matrices, criteria=result_criteria, cka=cka, cmc=cmc, negative_flips=flips,
                          queries=n, resamples=resamples, seed=seed, seconds=seconds, per_query=per_query,
-                         cells=list(lower), self_rank=_self_rank(outcomes, t), neighbours=neighbours)
+                         cells=list(lower), self_rank=_self_rank(outcomes, t), neighbours=_neighbours(outcomes, t))
+
+
+def _neighbours(outcomes: dict, t: int) -> dict[int, np.ndarray]:
+    """Each diagonal cell's label-free neighbourhoods (gallery model j -> its items' k nearest), where computed."""
+    items = {j: outcomes[j, j]["items"] for j in range(t)}
+    return {j: o.neighbours for j, o in items.items() if o is not None and o.neighbours is not None}

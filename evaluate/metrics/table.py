@@ -198,20 +198,20 @@ def per_query(outcomes: QueryOutcomes | ItemOutcomes, name: str) -> np.ndarray:
     return entry.calculate(outcomes)
 
 
-def mean(values: np.ndarray) -> float:
-    """The mean of per-query ``values`` without their NaNs; NaN when every value is NaN."""
+def metric_mean(values: np.ndarray) -> float:
+    """A metric's value from its per-query values: their mean, NaN (no value) left out; NaN when none has one."""
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else float("nan")
 
 
 def summary(outcomes: QueryOutcomes) -> dict[str, float]:
     """``{name: mean of its per-query values}`` for every metric, in table order; NaN when no query has one."""
-    return {name: mean(per_query(outcomes, name)) for name in METRICS}
+    return {name: metric_mean(per_query(outcomes, name)) for name in METRICS}
 
 
 def index_summary(outcomes: QueryOutcomes) -> dict[str, float]:
     """``{index name: mean}`` of the metrics reported through indexes, from a ranked list's outcomes."""
-    return {m.index_name: mean(per_query(outcomes, m.name)) for m in index_metrics()}
+    return {m.index_name: metric_mean(per_query(outcomes, m.name)) for m in index_metrics()}
 
 
 def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,

@@ -12,7 +12,7 @@ Specs:
       a MedMNIST-layout ``.npz`` file, split train, val or test (default); see :mod:`infer.data.npz`.
   ``generated:N``
       N generated 8x8 RGB images (a pure function of the index, no files) in 10 classes
-      (label = index mod 10): for benchmarks and tests of the embedding loop at any size.
+      (label = index mod 10), N up to MAX_GENERATED: for benchmarks and tests of the embedding loop.
 
 A data set's ``location`` is its spec resolved to an absolute place (the folder or list file, or
 CIFAR's folder under ``--data-path``); the store names a set by it, never by a name two data sets
@@ -34,7 +34,7 @@ from .files import folder_dataset, images_dataset, list_dataset
 from .npz import NpzDataset, parse_npz_spec
 
 _SPLITS = ("train", "test")
-MAX_GENERATED = 10**9
+MAX_GENERATED = 10**7  # the labels (8 bytes per item) and batch ranges are held in memory: about 100 MB
 _GENERATED_SIZE, _GENERATED_CLASSES = 8, 10
 
 
@@ -123,6 +123,29 @@ def legacy_dataset_key(spec: str) -> str:
         path, part = parse_npz_spec(rest)
         split = f"{path.stem}-{part}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{kind}-{split}")
+
+
+def spec_describes(spec: str, location: str) -> bool:
+    """Whether ``spec`` can name the data at ``location`` (a resolved location, see
+    :func:`dataset_location`), whatever folder it was resolved from: the same kind, the same split
+    (CIFAR, npz) or count (generated), the same folder or file name."""
+    try:
+        kind, rest = _parse(spec)
+    except InputError:
+        return False
+    where_kind, _, where = location.partition(":")
+    if kind != where_kind:
+        return False
+    if kind in _CIFAR:
+        return where.partition(":")[0] == rest
+    if kind == "generated":
+        return where == str(int(rest))
+    if kind == "npz":
+        path, split = parse_npz_spec(rest)
+        where_split, _, where_path = where.partition(":")
+        return where_split == split and Path(where_path).name == path.name
+    name = Path(rest).name
+    return not name or Path(where).name == name
 
 
 def open_dataset(spec: str, data_path: str | Path = "data") -> Dataset:

@@ -43,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ...common.contract import MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS
 from ...common.digest import file_sha256
-from ...common.errors import InputError
+from ...common.errors import InputError, shown
 from .base import Dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -70,16 +70,16 @@ def open_image(path: Path) -> Image.Image:
     try:
         size = path.stat().st_size
         if size > MAX_IMAGE_FILE_BYTES:
-            raise InputError(f"{path}: {size:,} bytes, above the limit of {MAX_IMAGE_FILE_BYTES:,} for an image file")
+            raise InputError(f"{shown(path)}: {size:,} bytes, above the limit of {MAX_IMAGE_FILE_BYTES:,} for an image file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own, larger guard
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > MAX_IMAGE_PIXELS:
-                    raise InputError(f"{path}: {width} x {height} pixels, above the limit of {MAX_IMAGE_PIXELS:,}")
+                    raise InputError(f"{shown(path)}: {width} x {height} pixels, above the limit of {MAX_IMAGE_PIXELS:,}")
                 return img.convert("RGB")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+        raise InputError(f"{shown(path)}: unreadable image ({type(e).__name__}: {shown(str(e)[:200])})") from None
 
 
 def file_digest(path: Path) -> tuple[str, bool]:
@@ -132,10 +132,10 @@ class FileDataset(Dataset):
         path = self.files[index]
         try:
             if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
-                raise InputError(f"{path}: larger than {MAX_IMAGE_FILE_BYTES:,} bytes, not an image file")
+                raise InputError(f"{shown(path)}: larger than {MAX_IMAGE_FILE_BYTES:,} bytes, not an image file")
             return path.read_bytes()
         except OSError as e:
-            raise InputError(f"{path}: cannot read ({e.strerror})") from None
+            raise InputError(f"{shown(path)}: cannot read ({e.strerror})") from None
 
     def unreadable_items(self) -> tuple[tuple[str, str], ...]:
         _ = self.fingerprint  # computing it finds them

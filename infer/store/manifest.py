@@ -1,12 +1,14 @@
 """The manifest of a stored embedding set (``manifest.json``), as typed records with validation.
 
 Everything read from a manifest is untrusted: :meth:`Manifest.from_json` checks types, bounds and
-the consistency of counts, and turns any malformed input into one :class:`InputError`. Shard file
+the consistency of counts, then the manifest's own digest (``manifest_sha256``, written by
+:meth:`Manifest.to_json`), and turns any malformed or edited input into one :class:`InputError`. Shard file
 names are derived from their position, never read from the manifest, so a manifest cannot point
 outside its set folder.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -16,6 +18,7 @@ from ...common.contract import ADAPTER_DIRECTIONS, ADAPTER_KINDS
 from ...common.errors import InputError
 
 STORE_FORMAT = "2"
+DIGEST_KEY = "manifest_sha256"  # the manifest's own digest (:func:`content_digest`), checked on every read
 DEFAULT_SHARD_ROWS = 65_536
 MAX_MANIFEST_BYTES = 256 * 2**20
 MAX_ROWS = 2**40
@@ -244,8 +247,10 @@ class Manifest:
     format_version: str = STORE_FORMAT
 
     def to_json(self) -> str:
+        """The manifest as JSON, sealed with ``manifest_sha256`` (see :func:`content_digest`)."""
         d = asdict(self)
         d["skipped"], d["shards"] = list(self.skipped), [asdict(s) for s in self.shards]
+        d[DIGEST_KEY] = content_digest(d)
         return json.dumps(d, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
@@ -263,9 +268,13 @@ class Manifest:
                 raise InputError(f"{source}: store format {version}, this toolkit reads {STORE_FORMAT}" + (
                     " (format 1 recorded neither where its data came from nor digests: run embed with its model "
                     "and data once to migrate the set)" if version == "1" else ""))
-            return _manifest(d).checked()
+            manifest = _manifest(d).checked()
         except _Malformed as e:
             raise InputError(f"{source}: malformed manifest ({e})") from None
+        if d.get(DIGEST_KEY) != content_digest(d):
+            raise InputError(f"{source}: its content differs from its own digest ({DIGEST_KEY}): the manifest was "
+                             "edited or damaged after it was written; embed recomputes the set")
+        return manifest
 
     def checked(self) -> "Manifest":
         """This manifest if its counts agree with each other; _Malformed otherwise."""
@@ -304,6 +313,13 @@ class Manifest:
         """This manifest describing the shards written (labelled when they have labels files)."""
         return replace(self, count=sum(s.rows for s in shards), dim=dim, shard_rows=shard_rows, shards=shards,
                        skipped=skipped, labelled=all(s.labels_sha256 is not None for s in shards))
+
+
+def content_digest(d: dict) -> str:
+    """sha256 of a manifest's JSON object without its ``manifest_sha256`` field, in a canonical form
+    (sorted keys, no spaces): any edit of any field, made without writing the set again, shows."""
+    body = {k: v for k, v in d.items() if k != DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
 
 
 def _refuse_constant(name: str) -> None:

@@ -14,6 +14,7 @@ Sets being written live in ``.<data-key>.partial`` (see :mod:`infer.store.shards
 """
 from __future__ import annotations
 
+import math
 import re
 from functools import cached_property
 from pathlib import Path
@@ -166,6 +167,38 @@ def check_rows(embeddings: np.ndarray, file: Path, first_row: int = 0) -> None:
                          f"(norm {norms[bad[0]]:.4g}; {bad.size} such rows)")
 
 
+def _declared(file: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header bytes) that the .npy ``file`` declares, read without its data."""
+    try:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version}")
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            return shape, dtype, f.tell()
+    except FileNotFoundError:
+        raise InputError(f"{file}: missing (an incomplete embedding set)") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{file}: not a readable .npy array ({str(e)[:200]})") from None
+
+
+def load_checked(file: Path, dtype: type, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
+    """The array in ``file``, refused unless its header declares ``dtype`` ``shape`` and its data bytes
+    are exactly what the file holds past the header: checked before anything is allocated, so a header
+    declaring 100 GB over 1 KB of data costs nothing."""
+    declared, kind, header = _declared(file)
+    if kind.hasobject:
+        raise InputError(f"{file}: not a readable .npy array (an object array, which needs pickle)")
+    if kind != dtype or declared != shape:
+        raise InputError(f"{file}: {kind} {declared}, manifest says {np.dtype(dtype)} {shape}")
+    stored = file.stat().st_size - header
+    if stored != math.prod(shape) * kind.itemsize:
+        raise InputError(f"{file}: holds {stored:,} bytes of data, its header declares "
+                         f"{math.prod(shape) * kind.itemsize:,}")
+    return _load(file, mmap)
+
+
 def _open_shard(path: Path, index: int, shard: Shard, dim: int, first_row: int) -> Block:
     """Shard ``index``, verified; its labels None when the set is unlabelled (then a labels file is refused)."""
     emb_file, lab_file = (path / name for name in shard_files(index))
@@ -183,12 +216,8 @@ def _open_shard(path: Path, index: int, shard: Shard, dim: int, first_row: int) 
                              "embed recomputes the set")
     # Checked read into memory (one shard at a time), then mapped: pages of a mapping, once read, count
     # in the reader's resident memory, and checking every row would read every page.
-    embeddings = _load(emb_file, mmap=False)
-    if embeddings.dtype != np.float32 or embeddings.shape != (shard.rows, dim):
-        raise InputError(f"{emb_file}: {embeddings.dtype} {embeddings.shape}, manifest says float32 {(shard.rows, dim)}")
-    labels = _load(lab_file, mmap=False) if labelled else None
-    if labelled and (labels.dtype != np.int64 or labels.shape != (shard.rows,)):
-        raise InputError(f"{lab_file}: {labels.dtype} {labels.shape}, manifest says int64 ({shard.rows},)")
+    embeddings = load_checked(emb_file, np.float32, (shard.rows, dim), mmap=False)
+    labels = load_checked(lab_file, np.int64, (shard.rows,), mmap=False) if labelled else None
     check_rows(embeddings, emb_file, first_row)
     return Block(_load(emb_file, mmap=True), labels)
 

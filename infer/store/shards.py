@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class ShardWriter:
             if progress["identity"] != self.identity:
                 return None
             return [DoneShard(Shard.from_dict(d), tuple(str(s) for s in d["skipped"])) for d in progress["shards"]]
-        except (OSError, ValueError, KeyError, TypeError):  # absent, or not written by this code
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):  # absent, or not written by this code
             return None
 
     def _resume(self, warn: Callable[[str], None]) -> list[DoneShard]:
@@ -167,6 +168,36 @@ class ShardWriter:
     def discard_partial(path: Path) -> None:
         """Remove what an interrupted writer of the set at ``path`` left (when a valid set made it moot)."""
         shutil.rmtree(partial_path(path), ignore_errors=True)
+
+
+def _complete_rows(partial: Path) -> int:
+    """Rows of the complete shards ``progress.json`` lists in the folder ``partial`` (0: none, or unreadable)."""
+    try:
+        progress = json.loads((partial / PROGRESS_FILE).read_text())
+        return sum(int(d["rows"]) for d in progress["shards"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return 0
+
+
+@contextmanager
+def resumable(paths: Sequence[Path]) -> Iterator[None]:
+    """Around the writing of the sets at ``paths`` (under their writer locks): when it fails, a
+    ``.<data-key>.partial`` folder holding no complete row is removed (nothing to resume, so nothing
+    left behind), and an InputError says how many complete rows are kept for the next run to resume."""
+    try:
+        yield
+    except BaseException as e:
+        kept = 0
+        for path in paths:
+            rows = _complete_rows(partial_path(path))
+            if rows:
+                kept = max(kept, rows)
+            else:
+                shutil.rmtree(partial_path(path), ignore_errors=True)
+        if kept and isinstance(e, InputError):
+            raise type(e)(f"{e}; {kept} rows of complete shards are kept: the same command resumes after them") \
+                from None
+        raise
 
 
 def write_set(path: str | Path, embeddings: np.ndarray, labels: Optional[np.ndarray], manifest: Manifest, *,
