@@ -105,7 +105,7 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
 
     from ..evaluate.metrics.ranking import FIRST_HIT
     from ..evaluate.metrics.table import chosen, requirements
-    from ..evaluate.pipeline import collect_from_store, evaluate_sets
+    from ..evaluate.pipeline import DecisionOptions, collect_from_store, evaluate_sets
     from ..evaluate.search.device import open_search
     from .machine import machine_info
 
@@ -119,7 +119,7 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
     tracemalloc.start()
     start = time.perf_counter()
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
-    ev = evaluate_sets(query, gallery, full_map=full_map, search=search)
+    ev = evaluate_sets(query, gallery, options=DecisionOptions(full_map=full_map), search=search)
     seconds = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -16,6 +16,7 @@ from ..common.errors import InputError
 from ..common.outputs import writable_dir
 from ..infer.runtime.bundle import is_bundle
 from ..infer.runtime.options import RuntimeOptions
+from ..infer.runtime.session import check_provider
 from ..infer.store.sets import EmbeddingSet
 from .pipeline import (DecisionOptions, Evaluation, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
@@ -37,7 +38,9 @@ class EvaluateOptions:
     the exact mAP over the whole gallery (opt-in: it sorts every similarity row). ``search_provider``,
     ``search_precision``: where the similarity products and the ranking's inputs run
     (:func:`.search.device.open_search`; default: the runtime's provider).
-    ``primary_metric`` and ``tolerance``: the decision rule (:mod:`.metrics.decision`).
+    ``primary_metric`` (None: top-1, or self-top1 on unlabelled data) and ``tolerance``: the decision
+    rule (:mod:`.metrics.decision`); ``label_free``: the label-free metrics beside the label metrics on
+    labelled data (on unlabelled data they are the only ones, :mod:`.metrics.unlabelled`).
     """
 
     model_files: tuple[str, ...] = ()
@@ -60,15 +63,28 @@ class EvaluateOptions:
     precision_exports: tuple[str, ...] = ()
     production: ProductionOptions = field(default_factory=ProductionOptions)
     runtime: RuntimeOptions = RuntimeOptions()
-    primary_metric: str = "top1"
+    primary_metric: Optional[str] = None
     tolerance: float = 0.01
+    label_free: bool = False
 
     def decision(self) -> DecisionOptions:
         """The decision rule and the backfill grid it searches (--backfill-steps/-seed/-order); InputError
         for a metric or tolerance the rule refuses, before any work."""
         p = self.production
         return DecisionOptions.of(self.primary_metric, self.tolerance, p.backfill_steps, p.backfill_seed,
-                                  p.backfill_order)
+                                  p.backfill_order, label_free=self.label_free, full_map=self.full_map)
+
+    def check(self, what: str, labelled: bool, same_items: bool) -> None:
+        """Refuse data ``what`` before any work: what :meth:`DecisionOptions.check` refuses, and unlabelled
+        data for the parts of evaluate that measure or colour by labels."""
+        self.decision().check(what, labelled, same_items)
+        asked = [name for name, on in (("--index", self.production.indexes), ("--backfill", self.production.backfill),
+                                       ("--gallery-precision", self.production.gallery_precisions),
+                                       ("--precision-exports", self.precision_exports),
+                                       ("--projections", self.projections)) if on]
+        if not labelled and asked:
+            raise InputError(f"{what}: unlabelled data; {', '.join(asked)} measure(s) label metrics or colour by "
+                             "label: leave them out (the label-free metrics are in the main report)")
 
 
 @dataclass
@@ -101,7 +117,8 @@ def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list
         if opts.model_files or opts.exports_dir:
             raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
         ids = [m.strip() for m in opts.from_store.split(",") if m.strip()]
-        return (*collect_from_store(ids, opts.query, gallery, opts.store, data_path=opts.data_path), [])
+        return (*collect_from_store(ids, opts.query, gallery, opts.store, data_path=opts.data_path,
+                                    check=opts.check), [])
     files = model_files(opts.model_files, opts.exports_dir, bundles=not opts.precision_exports)
     if opts.precision_exports and any(map(is_bundle, files)):
         raise InputError("--precision-exports compares single-task files: name them (--models exports/task*.onnx)")
@@ -109,7 +126,7 @@ def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list
     if opts.download:
         download_named(opts.data_path, opts.query, gallery)
     q, g = collect_from_models(files, opts.query, gallery, opts.data_path, opts.store, runtime=opts.runtime,
-                               backbone=not opts.no_backbone)
+                               backbone=not opts.no_backbone, check=opts.check)
     return q, g, files
 
 
@@ -121,6 +138,7 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     decision = opts.decision()
     writable_dir(opts.out, "--out")
     check_out_dir(opts.out)
+    check_provider(opts.runtime.provider)  # an explicit GPU request is refused even when no model will run
     search = open_search(opts.search_provider, opts.runtime.provider, precision=opts.search_precision,
                          threads=opts.runtime.threads)
     methods = None
@@ -132,7 +150,7 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     q, g = order_by_task(q, g, once_to_stderr())
     with cell_bar("cells", disable=not opts.runtime.progress) as progress:
         ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, options=decision,
-                           full_map=opts.full_map, search=search)
+                           search=search)
     written = write_reports(ev, opts.out)
     if methods:
         from .report.html import write_html

@@ -12,6 +12,11 @@ An ``opt_in`` entry is computed only when asked for (:func:`chosen`; ``evaluate 
 mAP over the whole gallery needs every similarity row sorted (:data:`.ranking.FULL_RANKING`), where
 the others need only each row's first R places.
 
+:data:`LABEL_FREE` declares the label-free metrics the same way (:mod:`.labelfree`: cross-model
+self-retrieval, neighbourhood agreement; ``Metric.labels`` False): an evaluation computes them on
+unlabelled data, and beside the label metrics when asked for (``evaluate --label-free``); what lists an
+evaluation's metrics reads the keys of its result (``Compatibility.metrics``), in this table order.
+
 Conventions: ``calculate(outcomes)`` returns float64 [Nq], NaN where a query has no value (left out
 of the metric's mean); it reads only the outcome fields its ``requires`` fill. A binary metric's
 values are 1.0 (right) or 0.0 (wrong).
@@ -24,6 +29,8 @@ from typing import AbstractSet, Callable, Optional, Sequence
 
 import numpy as np
 
+from . import labelfree
+from .labelfree import NEIGHBOURHOOD, SELF_PLACE, ItemOutcomes
 from .neighbours import topk_hits
 from .ranking import (FIRST_HIT, FIRST_R, FULL_RANKING, KNN_VOTE, OUTCOME_FIELDS, QueryOutcomes, check_depth,
                       check_requirements, retrieval_outcomes)
@@ -49,6 +56,9 @@ class Metric:
         each query's gallery, and an index's lists, must hold at least as many items.
     opt_in : computed only when asked for (:func:`chosen`), for its cost; through an index it is
         always reported (``index_name``: its ranked lists are short).
+    labels : whether it compares labels (``requires`` among :data:`.ranking.REQUIREMENTS`); False: a
+        label-free metric, ``requires`` among :data:`.labelfree.REQUIREMENTS`, ``calculate`` reading
+        :class:`.labelfree.ItemOutcomes`.
     """
 
     name: str
@@ -61,9 +71,11 @@ class Metric:
     index_name: Optional[str] = None
     places: int = 1
     opt_in: bool = False
+    labels: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "requires", check_requirements(self.requires))
+        check = check_requirements if self.labels else labelfree.check_requirements
+        object.__setattr__(self, "requires", check(self.requires))
         object.__setattr__(self, "label", self.label or self.name)
         if self.flip and not self.binary:
             raise ValueError(f"metric {self.name}: a negative flip rate needs a right/wrong (binary) metric")
@@ -111,6 +123,39 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+def calculate_self_topk(outcomes: ItemOutcomes, *, k: int) -> np.ndarray:
+    """1.0 where the item's own gallery entry is among the first ``k`` places, else 0.0 (float64 [N])."""
+    return (outcomes.self_place <= k).astype(np.float64)
+
+
+def calculate_overlap(outcomes: ItemOutcomes) -> np.ndarray:
+    """overlap@k of the item's neighbourhood with the deployed model's own (float64 [N])."""
+    return outcomes.overlap
+
+
+LABEL_FREE: dict[str, Metric] = {m.name: m for m in (
+    Metric("self-top1", partial(calculate_self_topk, k=1), {SELF_PLACE}, "share of items whose query embedded by "
+           "the candidate retrieves the item's own gallery entry first (cross-model self-retrieval)",
+           label="self-top-1", binary=True, labels=False),
+    Metric("self-top5", partial(calculate_self_topk, k=5), {SELF_PLACE}, "share of items whose query embedded by "
+           "the candidate retrieves the item's own gallery entry among the first five", label="self-top-5",
+           binary=True, places=5, labels=False),
+    Metric("overlap@k", calculate_overlap, {NEIGHBOURHOOD}, "mean share of an item's k nearest gallery items (the "
+           "item left out) that the candidate's query shares with the deployed model's own query (k = --k)",
+           labels=False),
+)}
+
+
+def metric(name: str) -> Metric:
+    """The entry of ``name`` in :data:`METRICS` or :data:`LABEL_FREE`; KeyError when neither holds it."""
+    return METRICS[name] if name in METRICS else LABEL_FREE[name]
+
+
+def known() -> list[str]:
+    """Every metric's name, label metrics first, each table in its order."""
+    return [*METRICS, *LABEL_FREE]
+
+
 def chosen(*, full_map: bool = False) -> tuple[str, ...]:
     """The metrics computed, in table order: every entry but the opt-in ones, and those too with
     ``full_map`` (``evaluate --full-map``)."""
@@ -156,30 +201,33 @@ def ranked_places(k: int) -> int:
     return max(deepest()[1], k if KNN_VOTE in requirements() else 1)
 
 
-def per_query(outcomes: QueryOutcomes, name: str) -> np.ndarray:
-    """The per-query values of metric ``name`` (float64 [Nq], NaN = no value); ValueError when the
-    outcomes lack what the metric requires."""
-    metric = METRICS[name]
-    missing = sorted(r for r in metric.requires if any(getattr(outcomes, f) is None for f in OUTCOME_FIELDS[r]))
+def per_query(outcomes: QueryOutcomes | ItemOutcomes, name: str) -> np.ndarray:
+    """The per-query values of metric ``name`` (float64 [Nq], NaN = no value) from the ranking's
+    outcomes (:class:`.labelfree.ItemOutcomes` for a label-free metric); ValueError when the outcomes
+    lack what the metric requires."""
+    entry = metric(name)
+    fields = OUTCOME_FIELDS if entry.labels else labelfree.FIELDS
+    missing = sorted(r for r in entry.requires if any(getattr(outcomes, f, None) is None for f in fields[r]))
     if missing:
         raise ValueError(f"metric {name} requires {', '.join(missing)}, which the ranking did not compute")
-    return metric.calculate(outcomes)
+    return entry.calculate(outcomes)
 
 
-def _mean(values: np.ndarray) -> float:
+def mean(values: np.ndarray) -> float:
+    """The mean of per-query ``values`` without their NaNs; NaN when every value is NaN."""
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else float("nan")
 
 
 def summary(outcomes: QueryOutcomes, names: Optional[Sequence[str]] = None) -> dict[str, float]:
-    """``{name: mean of its per-query values}`` for the metrics ``names`` (default: :func:`chosen`), in
-    table order; NaN when no query has one."""
-    return {name: _mean(per_query(outcomes, name)) for name in (chosen() if names is None else names)}
+    """``{name: mean of its per-query values}`` for the label metrics ``names`` (default: :func:`chosen`),
+    in table order; NaN when no query has one."""
+    return {name: mean(per_query(outcomes, name)) for name in (chosen() if names is None else names)}
 
 
 def index_summary(outcomes: QueryOutcomes) -> dict[str, float]:
     """``{index name: mean}`` of the metrics reported through indexes, from a ranked list's outcomes."""
-    return {m.index_name: _mean(per_query(outcomes, m.name)) for m in index_metrics()}
+    return {m.index_name: mean(per_query(outcomes, m.name)) for m in index_metrics()}
 
 
 def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from ..metrics.decision import DEFAULT_METRIC
-from ..metrics.table import METRICS, chosen, flip_names
+from ..metrics.table import flip_names, known, metric
 from ..metrics.significance import LEVEL
 from ..pipeline import Evaluation
 
@@ -26,11 +26,11 @@ EVIDENCE = {
 }
 
 
-def figure_files(names: Optional[Sequence[str]] = None, *, primary: str = DEFAULT_METRIC) -> dict[str, str]:
-    """``{file name: one-line explanation}`` of every figure of a report on the metrics ``names``
-    (default :func:`.table.chosen`), in the order the report lists them (the decision first);
-    ``primary``: the decision rule's metric, whose heatmap and margin panel carry the pairs' verdicts."""
-    names = chosen() if names is None else names
+def figure_files(*, primary: str = DEFAULT_METRIC, names: Optional[Sequence[str]] = None) -> dict[str, str]:
+    """``{file name: one-line explanation}`` of every figure, in the order the report lists them (the
+    decision first); ``primary``: the decision rule's metric, whose heatmap and margin panel carry the
+    pairs' verdicts; ``names``: the metrics computed (default: every metric that may be)."""
+    names = known() if names is None else names
     files = {"decision.png": "the decision per pair: the primary metric's change C[i][j] \u2212 C[j][j] (candidate's "
                              "queries on the deployed gallery against the deployed model on it) with its interval "
                              "and what to do, on one symmetric scale; undecided pairs pale and hatched"}
@@ -44,9 +44,10 @@ def figure_files(names: Optional[Sequence[str]] = None, *, primary: str = DEFAUL
                             "pale and hatched")
     files["cmc.png"] = ("CMC curves (top-k accuracy, k = 1..depth): the diagonal cells on a zoomed axis (stated), and "
                         "the newest model's row as the change against each gallery model's own curve")
-    flips = ", ".join(METRICS[name].label for name in flip_names() if name in names)
-    files["negative_flips.png"] = (f"negative flip rates ({flips}): queries the old model answered right on its "
-                                   "gallery that the new model's query gets wrong")
+    flips = ", ".join(metric(name).label for name in flip_names() if name in names)
+    if flips:  # none on unlabelled data: no right/wrong label metric
+        files["negative_flips.png"] = (f"negative flip rates ({flips}): queries the old model answered right on its "
+                                       "gallery that the new model's query gets wrong")
     files["heatmap_cka.png"] = ("linear CKA between the models' query embeddings on a linear 0-1 scale (drift; "
                                 "evidence, not compatibility)")
     return files
