@@ -146,7 +146,8 @@ def test_csv_markdown_and_figures(tmp_path):
                     provenance=[{"data": "generated", "backbone": "random"}] * 3)
     written = write_reports(ev, tmp_path / "out")
     out = tmp_path / "out"
-    expected = {"compatibility.json", "compatibility.csv", "compatibility.md", "report.html", *figure_files()}
+    expected = {"compatibility.json", "compatibility.csv", "compatibility.md", "report.html",
+                *figure_files(names=chosen())}
     assert {p.name for p in written} == expected == {p.name for p in out.iterdir()}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
     for p in written:
@@ -167,7 +168,7 @@ def test_csv_markdown_and_figures(tmp_path):
     md = (out / "compatibility.md").read_text()
     assert (md.index("GENERATED DATA") < md.index("## Decision") < md.index("**Rule.**") < md.index("## Figures")
             < md.index("## Evidence") < md.index("## top1"))
-    assert all(f"`{name}`" in md.split("## Evidence")[0] for name in figure_files())
+    assert all(f"`{name}`" in md.split("## Evidence")[0] for name in figure_files(names=chosen()))
     assert all(p.words in md for p in ev.decision.pairs)
     assert "| task1 | generated | random |" in md
     assert "| query \\ gallery | task1 | task2 | task3 |" in md and "Linear CKA" in md and "Negative flip rate" in md

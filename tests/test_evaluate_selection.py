@@ -102,8 +102,8 @@ def test_a_query_set_that_is_the_gallery_array_ranks_as_a_copy_of_it():
                     retrieval_outcomes(x, labels, x.copy(), labels, exclude_self=exclude_self))
     xs = [x, duplicated_unit_rows(3)[0]]
     names = chosen(full_map=True)
-    same = compatibility(xs, xs, labels, labels, exclude_self=True, resamples=20, names=names)
-    copied = compatibility(xs, [y.copy() for y in xs], labels, labels, exclude_self=True, resamples=20, names=names)
+    same = compatibility(xs, xs, labels, labels, exclude_self=True, resamples=20, metrics=names)
+    copied = compatibility(xs, [y.copy() for y in xs], labels, labels, exclude_self=True, resamples=20, metrics=names)
     for name in names:
         np.testing.assert_array_equal(same.metrics[name], copied.metrics[name], err_msg=name)
     np.testing.assert_array_equal(same.cmc, copied.cmc)
@@ -119,7 +119,7 @@ def test_exact_map_is_opt_in_and_equals_the_full_sort():
     want = reference_outcomes(similarity, labels, labels)
     assert got["mAP"] == np.nanmean(want.ap) and got["mAP@R"] == np.nanmean(want.ap_at_r)
     result = compatibility([x, x], [x, x], labels, labels, exclude_self=True, resamples=20,
-                           names=chosen(full_map=True))
+                           metrics=chosen(full_map=True))
     assert list(result.metrics) == list(chosen(full_map=True)) and result.metrics["mAP"][1, 0] == got["mAP"]
 
 

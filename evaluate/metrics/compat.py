@@ -249,6 +249,14 @@ def _cmc_and_flips(outcomes: dict[tuple[int, int], dict], t: int, depth: int,
     return cmc, flips
 
 
+def _table_order(metrics: Sequence[str]) -> list[str]:
+    """``metrics`` in table order (:func:`.table.known`); ValueError naming an unknown one."""
+    unknown = sorted(set(metrics) - set(table.known()))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}: expected among {table.known()}")
+    return [name for name in table.known() if name in metrics]
+
+
 def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: Optional[np.ndarray],
                   gallery_labels: Optional[np.ndarray], *, k: int = 5, exclude_self: bool = False,
                   progress: Optional[Callable[[int, int], None]] = None, resamples: int = RESAMPLES,
@@ -270,19 +278,14 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
     metrics : names of :func:`.table.known` to compute (default :func:`.table.chosen`: every label
         metric but the exact mAP, which sorts every similarity row; ``table.chosen(full_map=True)`` adds
         it); the result lists them in table order. Label-free ones need query and gallery to be the same items.
-    search : ranks one cell for the label metrics, with :func:`.ranking.retrieval_outcomes`'s arguments
-        (default: it, numpy); ``evaluate.search.device.DeviceSearch.retrieval_outcomes`` runs the
-        products on a device.
+    search : ranks one cell for the label metrics, as :func:`.ranking.retrieval_outcomes` (the default)
+        does; ``evaluate.search.device.DeviceSearch.retrieval_outcomes`` runs the products on a device.
 
     Returns
     -------
     :class:`Compatibility`; CKA is between the models' query embeddings.
     """
-    wanted = list(table.chosen()) if metrics is None else list(metrics)
-    unknown = sorted(set(wanted) - set(table.known()))
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}: expected among {table.known()}")
-    names = [name for name in table.known() if name in wanted]
+    names = _table_order(table.chosen() if metrics is None else metrics)
     t, n = len(query), len(query[0])
     if any(table.metric(name).labels for name in names):
         check_depth(len(gallery[0]) - exclude_self, table.ranked_places(k))
