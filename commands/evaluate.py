@@ -95,13 +95,17 @@ def production_options(indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_
                                                  "on labelled data; on unlabelled data they are the only ones.")
 @click.option("--tolerance", type=Float(0.0), default=0.01, show_default=True,
               help="The rule's margin: a candidate may lose at most this much of the primary metric (0 to below 1).")
+@click.option("--adapters", type=click.Path(file_okay=False),
+              help="A folder of *.adapter.npz files (python cli.py adapt): each adds its adapted pair as a row of "
+                   "its own, judged by the same rule, with its learning curve.")
 @grouped("mlflow", mlflow_options, *MLFLOW)
 def evaluate(models_flag, mlflow, **options):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
     Writes compatibility.json/.csv/.md, figures and report.html, led by each pair's decision under the rule
     (models in task order); with --index, --backfill or --*-precision* also production.json/.md; with
-    --mlflow, one MLflow run.
+    --mlflow, one MLflow run. A model file with a query adapter inside (adapt --export) is an adapted row,
+    as --adapters files are.
     """
     from ..evaluate.report.writer import summary
     from ..evaluate.run import EvaluateOptions, run_evaluation, run_production

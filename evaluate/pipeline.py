@@ -10,7 +10,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .metrics.compat import Compatibility, compatibility
-from .metrics.decision import DEFAULT_METRIC, Decision, Rule, decide
+from .adapt.rows import AdaptedRow
+from .metrics.decision import DEFAULT_METRIC, Decision, Rule, Values, decide
 from .metrics.ranking import retrieval_outcomes
 from .metrics.table import deepest, metric as table_metric
 from .metrics.unlabelled import metric_names, primary_metric, require_same_items
@@ -22,7 +23,7 @@ from ..infer.embed import embed_model, model_targets
 from ..common.contract import QUERY_OUTPUT
 from ..common.provenance import notes as model_notes
 from ..common.errors import InputError
-from ..infer.runtime.metadata import ModelInfo
+from ..infer.runtime.metadata import ADAPTER_KEY, ModelInfo
 from ..infer.runtime.options import RuntimeOptions
 from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_manifest, read_set, set_path
 
@@ -32,8 +33,9 @@ class Evaluation:
     """A result with what it was computed on: the ``models`` (update order), the ``query``/``gallery``
     data, the ``protocol``, each model's ``provenance`` (``{"data", "backbone"}`` from its export's
     metadata, {} when unknown), the ``notes`` every reader must see (generated data, random backbone),
-    the ``decision`` of every pair under the declared rule and each model's ``records`` (``id``,
-    ``sha256`` of its file as the store recorded it, ``file``, ``task``)."""
+    the ``decision`` of every pair under the declared rule, each model's ``records`` (``id``,
+    ``sha256`` of its file as the store recorded it, ``file``, ``task``) and the ``adapters``' rows
+    (pairs searched through an adapter, outside the matrix: :mod:`.adapt.rows`)."""
 
     result: Compatibility
     models: list[str]
@@ -44,6 +46,7 @@ class Evaluation:
     provenance: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    adapters: list[AdaptedRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,17 @@ def _prefer_bundles(files: Sequence[Path], warn: Callable[[str], None]) -> list[
         info = ModelInfo.from_props(read_props(f), str(f))
         return (info.task, info.checkpoint_sha256) in covered
 
-    left = [f for f in files if bundles and f not in bundles and bundled(f)]
+    left = [f for f in files if bundles and f not in bundles and not adapted_file(f) and bundled(f)]
     if left:
         warn(f"note: {', '.join(f.name for f in left)} left out: {', '.join(f.name for f in bundles)} holds "
              "the same tasks from the same checkpoints")
     return [f for f in files if f not in left]
+
+
+def adapted_file(path: Path) -> bool:
+    """Whether the ONNX file ``path`` holds a query adapter (``adapt --export``): a model in another
+    model's space, which evaluate reports as an adapted row, not as a model of the matrix."""
+    return ADAPTER_KEY in read_props(path)
 
 
 def model_files(models: Sequence[str], exports_dir: Optional[str], *, bundles: bool = True,
@@ -306,14 +315,13 @@ def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     return [query[i] for i in order], [gallery[i] for i in order]
 
 
-def decide_arrays(result: Compatibility, models: Sequence[str], sha256: Sequence[Optional[str]],
-                  query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
-                  gallery_labels: np.ndarray, *, k: int = 5, exclude_self: bool = False,
-                  options: DecisionOptions = DecisionOptions()) -> Decision:
-    """:func:`.metrics.decision.decide` for an evaluation of the arrays ``query``/``gallery`` (T arrays
-    [Nq, D] / [Ng, D], as :func:`.metrics.compat.compatibility` took them): the backfill search runs
-    exact search on galleries mixed in the options' order; its ends are the evaluation's own cells
-    (f = 0: C[i][j], f = 1: C[i][i], by definition)."""
+def backfill_values(result: Compatibility, query: Sequence[np.ndarray], gallery: Sequence[np.ndarray],
+                    query_labels: np.ndarray, gallery_labels: np.ndarray, *, k: int = 5, exclude_self: bool = False,
+                    options: DecisionOptions = DecisionOptions()) -> Values:
+    """``values(i, j, step)`` (:data:`.metrics.decision.Values`) of an evaluation of the arrays
+    ``query``/``gallery`` (T arrays [Nq, D] / [Ng, D], as :func:`.metrics.compat.compatibility` took
+    them): exact search on galleries mixed in the options' order; the ends are the evaluation's own
+    cells (f = 0: C[i][j], f = 1: C[i][i], by definition)."""
     n = len(gallery[0])
     steps = options.steps
     counts = backfilled_counts(n, fractions(steps))
@@ -325,9 +333,24 @@ def decide_arrays(result: Compatibility, models: Sequence[str], sha256: Sequence
         return backfilled_values(query[i], gallery[j], gallery[i], query_labels, gallery_labels,
                                  order[:counts[step]], metric=options.rule.metric, k=k, exclude_self=exclude_self,
                                  reference=result.neighbours.get(j))
+    return values
 
-    described = f"the order in {options.order_file}" if options.order_file else f"a random order, seed {options.seed}"
-    return decide(result, models, sha256, options.rule, values=values, steps=steps, order=described)
+
+def decide_arrays(result: Compatibility, models: Sequence[str], sha256: Sequence[Optional[str]],
+                  query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
+                  gallery_labels: np.ndarray, *, k: int = 5, exclude_self: bool = False,
+                  options: DecisionOptions = DecisionOptions()) -> Decision:
+    """:func:`.metrics.decision.decide` for an evaluation of the arrays ``query``/``gallery``, the
+    backfill search through :func:`backfill_values`."""
+    values = backfill_values(result, query, gallery, query_labels, gallery_labels, k=k, exclude_self=exclude_self,
+                             options=options)
+    return decide(result, models, sha256, options.rule, values=values, steps=options.steps,
+                  order=backfill_described(options))
+
+
+def backfill_described(options: DecisionOptions) -> str:
+    """The re-embedding order in words."""
+    return f"the order in {options.order_file}" if options.order_file else f"a random order, seed {options.seed}"
 
 
 LABEL_FREE_PROTOCOL = ("label-free metrics on the same items as queries and gallery: self-retrieval's target is the "

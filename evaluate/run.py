@@ -18,8 +18,11 @@ from ..infer.runtime.bundle import is_bundle
 from ..infer.runtime.options import RuntimeOptions
 from ..infer.runtime.session import check_provider
 from ..infer.store.sets import EmbeddingSet
-from .pipeline import (DecisionOptions, Evaluation, collect_from_models, collect_from_store, evaluate_sets, model_files,
-                       once_to_stderr, order_by_task)
+from ..infer.data.datasets import dataset_location, open_dataset
+from ..infer.embed import embed_model
+from .adapt.collect import check_fit_locations, evaluate_rows, load_adapters, refuse_adapted_sets, row_inputs
+from .pipeline import (DecisionOptions, Evaluation, adapted_file, collect_from_models, collect_from_store, evaluate_sets,
+                       model_files, once_to_stderr, order_by_task)
 from .report.writer import check_out_dir, write_reports
 from .search.device import open_search
 from .search.production import ProductionOptions
@@ -40,7 +43,9 @@ class EvaluateOptions:
     (:func:`.search.device.open_search`; default: the runtime's provider).
     ``primary_metric`` (None: top-1, or self-top1 on unlabelled data) and ``tolerance``: the decision
     rule (:mod:`.metrics.decision`); ``label_free``: the label-free metrics beside the label metrics on
-    labelled data (on unlabelled data they are the only ones, :mod:`.metrics.unlabelled`).
+    labelled data (on unlabelled data they are the only ones, :mod:`.metrics.unlabelled`). ``adapters``: a
+    folder whose ``*.adapter.npz`` files each add an adapted row (:mod:`.adapt.rows`); a model file
+    with a query adapter inside, among the models, adds one too (it is not a model of the matrix).
     """
 
     model_files: tuple[str, ...] = ()
@@ -66,6 +71,7 @@ class EvaluateOptions:
     primary_metric: Optional[str] = None
     tolerance: float = 0.01
     label_free: bool = False
+    adapters: Optional[str] = None
 
     def decision(self) -> DecisionOptions:
         """The decision rule and the backfill grid it searches (--backfill-steps/-seed/-order); InputError
@@ -90,7 +96,8 @@ class EvaluateOptions:
 @dataclass
 class EvaluationRun:
     """An exact evaluation with what it was computed from: the ``query`` and ``gallery`` sets (task
-    order), the ONNX ``files`` (none with ``from_store``) and the report files ``written``."""
+    order), the ONNX ``files`` of the matrix's models (none with ``from_store``) and the report files
+    ``written``."""
 
     options: EvaluateOptions
     evaluation: Evaluation
@@ -111,15 +118,23 @@ def cell_bar(desc: str, *, disable: bool) -> Iterator[Callable[[int, int], None]
         yield progress
 
 
-def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list[EmbeddingSet], list[Path]]:
-    """Query and gallery sets (stored, or embedded from the ONNX files) and the files."""
+def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list[EmbeddingSet], list[Path],
+                                                       list[EmbeddingSet]]:
+    """Query and gallery sets (stored, or embedded from the ONNX files), the files, and the query sets
+    of the model files with a query adapter inside (adapted rows, not models of the matrix)."""
     if opts.from_store is not None:
         if opts.model_files or opts.exports_dir:
             raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
         ids = [m.strip() for m in opts.from_store.split(",") if m.strip()]
-        return (*collect_from_store(ids, opts.query, gallery, opts.store, data_path=opts.data_path,
-                                    check=opts.check), [])
+        q, g = collect_from_store(ids, opts.query, gallery, opts.store, data_path=opts.data_path, check=opts.check)
+        refuse_adapted_sets([*q, *g])
+        return q, g, [], []
     files = model_files(opts.model_files, opts.exports_dir, bundles=not opts.precision_exports)
+    adapted = [f for f in files if adapted_file(f)]
+    files = [f for f in files if f not in adapted]
+    if not files:
+        raise InputError(f"{adapted[0]}: a model with a query adapter inside is evaluated beside its source and "
+                         "target models; name their files too")
     if opts.precision_exports and any(map(is_bundle, files)):
         raise InputError("--precision-exports compares single-task files: name them (--models exports/task*.onnx)")
     writable_dir(opts.store, "--store")
@@ -127,12 +142,14 @@ def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list
         download_named(opts.data_path, opts.query, gallery)
     q, g = collect_from_models(files, opts.query, gallery, opts.data_path, opts.store, runtime=opts.runtime,
                                backbone=not opts.no_backbone, check=opts.check)
-    return q, g, files
+    queries = open_dataset(opts.query, opts.data_path)
+    return q, g, files, [embed_model(f, queries, opts.store, runtime=opts.runtime)[0].set for f in adapted]
 
 
 def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     """Check the options, collect the sets, evaluate them and write the report folder ``opts.out``
-    (with ``projections.png`` when asked for). Every check that needs no data comes before any work."""
+    (with ``projections.png`` when asked for), adapted rows included. Every check that needs no data
+    comes before any work; the adapters' models and leakage guard before the evaluation."""
     if opts.precision_exports and opts.from_store is not None:
         raise InputError("--precision-exports embeds with ONNX files: it cannot be combined with --from-store")
     decision = opts.decision()
@@ -146,11 +163,17 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
         from .study.projections import parse_methods
 
         methods = parse_methods(opts.projections)
-    q, g, files = _sets(opts, opts.gallery or opts.query)
+    adapters = load_adapters(opts.adapters) if opts.adapters is not None else []
+    if adapters:
+        check_fit_locations(adapters, {role: dataset_location(spec, opts.data_path) for role, spec in
+                                       (("query", opts.query), ("gallery", opts.gallery or opts.query))})
+    q, g, files, adapted = _sets(opts, opts.gallery or opts.query)
     q, g = order_by_task(q, g, once_to_stderr())
+    inputs = row_inputs(adapters, adapted, q, g, store=opts.store)
     with cell_bar("cells", disable=not opts.runtime.progress) as progress:
         ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, options=decision,
                            search=search)
+    ev.adapters = evaluate_rows(ev, q, g, inputs, decision)
     written = write_reports(ev, opts.out)
     if methods:
         from .report.html import write_html

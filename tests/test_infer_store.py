@@ -191,7 +191,7 @@ def test_an_unlabelled_set_has_no_labels_files_and_says_so(tmp_path):
 def test_manifests_before_the_labelled_field_read_as_labelled(tmp_path):
     path = tmp_path / "task1" / "cifar10-test"
     write_random_set(path, "task1")
-    _edit_manifest(path, lambda m: m.pop("labelled"))
+    _edit_manifest(path, lambda m: m.pop("labelled"), reseal=True)
     stored = read_set(path)
     assert stored.labelled and stored.labels.tolist() == (np.arange(40) % 4).tolist()
 

@@ -306,7 +306,7 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
         values[:, rows, cols] = per_query[name]
         boot[:, rows, cols] = resampled[:, m * len(lower):(m + 1) * len(lower)]
         matrices[name] = np.full((t, t), np.nan)
-        matrices[name][rows, cols] = [table.mean(per_query[name][:, c]) for c in range(len(lower))]
+        matrices[name][rows, cols] = [table.metric_mean(per_query[name][:, c]) for c in range(len(lower))]
         result_criteria[name] = _with_significance(criteria(matrices[name]), name, values, boot)
     cmc, flips = _cmc_and_flips(outcomes, t, min(CMC_DEPTH, len(gallery[0]) - exclude_self), names)
     seconds["tests_and_criteria"] = time.perf_counter() - start

@@ -213,8 +213,8 @@ def per_query(outcomes: QueryOutcomes | ItemOutcomes, name: str) -> np.ndarray:
     return entry.calculate(outcomes)
 
 
-def mean(values: np.ndarray) -> float:
-    """The mean of per-query ``values`` without their NaNs; NaN when every value is NaN."""
+def metric_mean(values: np.ndarray) -> float:
+    """A metric's value from its per-query values: their mean, NaN (no value) left out; NaN when none has one."""
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else float("nan")
 
@@ -222,12 +222,12 @@ def mean(values: np.ndarray) -> float:
 def summary(outcomes: QueryOutcomes, names: Optional[Sequence[str]] = None) -> dict[str, float]:
     """``{name: mean of its per-query values}`` for the label metrics ``names`` (default: :func:`chosen`),
     in table order; NaN when no query has one."""
-    return {name: mean(per_query(outcomes, name)) for name in (chosen() if names is None else names)}
+    return {name: metric_mean(per_query(outcomes, name)) for name in (chosen() if names is None else names)}
 
 
 def index_summary(outcomes: QueryOutcomes) -> dict[str, float]:
     """``{index name: mean}`` of the metrics reported through indexes, from a ranked list's outcomes."""
-    return {m.index_name: mean(per_query(outcomes, m.name)) for m in index_metrics()}
+    return {m.index_name: metric_mean(per_query(outcomes, m.name)) for m in index_metrics()}
 
 
 def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,

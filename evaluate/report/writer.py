@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from . import figures
+from .adapters import adapters_dict, adapters_summary
 from .decision_view import decision_view
 from .html import HTML_FILE, write_html
 from .labels import EVIDENCE, caption, figure_files, model_label
@@ -26,8 +27,9 @@ from ..metrics.compat import Criteria
 from ..metrics.table import metric
 from ..pipeline import Evaluation
 from ..metrics.significance import AC_INTERVAL, LEVEL
-from ...common.atomic import replaced_dir, write_json
+from ...common.atomic import atomic_file, replaced_dir, write_json
 from ...common.errors import InputError, shown
+from ...common.tables import text_columns
 
 JSON_FILE = "compatibility.json"
 CSV_FILE = "compatibility.csv"
@@ -137,7 +139,8 @@ def report_dict(ev: Evaluation) -> dict:
     difference, interval, McNemar counts and p (right/wrong metrics), the re-index's change interval and
     update gain; ``evidence_definitions`` says what AC, BC, FC, AM and the update gain are.
     ``cmc.curves[i][j]`` is the top-k accuracy for k = 1..depth; ``negative_flip_rate[name]`` a
-    matrix; ``cka`` is full and symmetric. Indices refer to ``models``.
+    matrix; ``cka`` is full and symmetric. Indices refer to ``models``. ``adapters``: the adapted rows
+    (:mod:`.adapters` gives the schema; ``rows`` is empty without any).
     """
     r = ev.result
     t = len(ev.models)
@@ -161,6 +164,7 @@ def report_dict(ev: Evaluation) -> dict:
         "negative_flip_rate": {name: _matrix(flips, True) for name, flips in r.negative_flips.items()},
         "cka": _matrix(r.cka, False),
         "figures": figure_files(primary=ev.decision.rule.metric, names=list(r.metrics)),
+        "adapters": adapters_dict(ev),
     }
 
 
@@ -236,10 +240,15 @@ def write_reports(ev: Evaluation, out_dir: str | Path) -> list[Path]:
     return [out / name for name in names]
 
 
-def _columns(rows: list[list[str]]) -> list[str]:
-    """Rows of cells as fixed-width lines (each column as wide as its widest cell)."""
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+def rewrite_adapters(ev: Evaluation, out_dir: str | Path) -> list[Path]:
+    """Rewrite the files of the report folder ``out_dir`` (written by :func:`write_reports` from the
+    same evaluation) that show the adapted rows: compatibility.json, compatibility.md and report.html,
+    each atomically; the CSV and the figures hold none and are kept. Returns the files rewritten."""
+    out = Path(out_dir)
+    write_json(out / JSON_FILE, report_dict(ev))
+    with atomic_file(out / MARKDOWN_FILE) as tmp:
+        tmp.write_text(markdown(ev))
+    return [out / JSON_FILE, out / MARKDOWN_FILE, write_html(out)]
 
 
 def summary(ev: Evaluation) -> str:
@@ -251,10 +260,11 @@ def summary(ev: Evaluation) -> str:
              f"query {ev.query['spec']} ({ev.query['count']}), gallery {ev.gallery['spec']} ({ev.gallery['count']}{own}); "
              f"cosine, kNN k={ev.protocol['k']}", ""]
     header, rows = decision_rows(ev)
-    lines += ["decision:", *_columns([header, *rows])] if rows else [
+    lines += ["decision:", *text_columns([header, *rows])] if rows else [
         "decision: no pair to decide (one model); its own retrieval quality is below"]
+    lines += adapters_summary(ev)
     header, rows = own_rows(ev)
-    lines += ["", f"each model on its own gallery ({LEVEL:.0%} intervals):", *_columns([header, *rows]), ""]
+    lines += ["", f"each model on its own gallery ({LEVEL:.0%} intervals):", *text_columns([header, *rows]), ""]
     if len(models) > 1:
         lines.append("evidence, not verdicts (AC: share of pairs with C[i][j] > C[j][j], Biondi et al.; AM: mean "
                      "of C[i][j] over i >= j; definitions in compatibility.md):")
@@ -263,7 +273,7 @@ def summary(ev: Evaluation) -> str:
             c = r.criteria[name]
             low, high = c.intervals.get("AC", (math.nan, math.nan))
             evidence.append([name, f"{c.AM:.4f}", f"{c.AC:.3f}", f"[{low:.3f}, {high:.3f}]"])
-        lines += _columns(evidence)
+        lines += text_columns(evidence)
         off = r.cka[~np.eye(len(models), dtype=bool)]
         lines.append(f"CKA between models' query embeddings: min {np.nanmin(off):.4f}, mean {np.nanmean(off):.4f}")
     return "\n".join(lines)
