@@ -275,9 +275,8 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
         image out of its gallery (label metrics; the label-free ones have their own convention, :mod:`.labelfree`).
     progress : called with (cells done, cells in all) after each cell.
     resamples, seed : of the bootstrap (:mod:`.significance`).
-    metrics : names of :func:`.table.known` to compute (default :func:`.table.chosen`: every label
-        metric but the exact mAP, which sorts every similarity row; ``table.chosen(full_map=True)`` adds
-        it); the result lists them in table order. Label-free ones need query and gallery to be the same items.
+    metrics : names of :func:`.table.known` to compute (default :func:`.table.chosen`: the label metrics
+        but the exact mAP), listed in table order. Label-free ones need query and gallery to be the same items.
     search : ranks one cell for the label metrics, as :func:`.ranking.retrieval_outcomes` (the default)
         does; ``evaluate.search.device.DeviceSearch.retrieval_outcomes`` runs the products on a device.
 
