@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 from ...common.errors import InputError
 from ...infer.store.sets import EmbeddingSet
 from .decision import DEFAULT_METRIC
-from .table import LABEL_FREE, METRICS, known, metric
+from .table import LABEL_FREE, chosen, known, metric
 
 DEFAULT_LABEL_FREE = "self-top1"
 
@@ -43,11 +43,12 @@ def primary_metric(what: str, *, labelled: bool, primary: Optional[str]) -> str:
     return name
 
 
-def metric_names(*, labelled: bool, label_free: bool, primary: str) -> list[str]:
+def metric_names(*, labelled: bool, label_free: bool, primary: str, full_map: bool = False) -> list[str]:
     """The metrics to compute, label metrics first, each table in its order: the label metrics on
-    labelled data, the label-free ones on unlabelled data, and with ``label_free`` or a label-free
+    labelled data (:func:`.table.chosen`: the exact mAP only with ``full_map`` or as the ``primary``
+    metric), the label-free ones on unlabelled data, and with ``label_free`` or a label-free
     ``primary`` metric too."""
-    names = list(METRICS) if labelled else []
+    names = list(chosen(full_map=full_map or metric(primary).opt_in)) if labelled else []
     if not labelled or label_free or not metric(primary).labels:
         names += list(LABEL_FREE)
     return names

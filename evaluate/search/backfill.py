@@ -85,13 +85,14 @@ def mixed_gallery(old: np.ndarray, new: np.ndarray, items: np.ndarray) -> np.nda
 
 def exact_curve(query: np.ndarray, old: np.ndarray, new: np.ndarray, query_labels: np.ndarray,
                 gallery_labels: np.ndarray, order: np.ndarray, f: np.ndarray, *, k: int = 5,
-                exclude_self: bool = False) -> dict[str, np.ndarray]:
-    """Every exact metric (:data:`.table.METRICS`) at each fraction ``f`` [F]: queries [Nq, D] of the new
-    model against the gallery with its first round(f * Ng) items of ``order`` re-embedded."""
+                exclude_self: bool = False, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """The exact metrics ``names`` (default :func:`.table.chosen`) at each fraction ``f`` [F]: queries
+    [Nq, D] of the new model against the gallery with its first round(f * Ng) items of ``order``
+    re-embedded."""
     curves: dict[str, list[float]] = {}
     for count in backfilled_counts(len(old), f):
         values = retrieval_metrics(query, query_labels, mixed_gallery(old, new, order[:count]), gallery_labels,
-                                   k=k, exclude_self=exclude_self)
+                                   k=k, exclude_self=exclude_self, names=names)
         for name, v in values.items():
             curves.setdefault(name, []).append(v)
     return {name: np.array(v) for name, v in curves.items()}
