@@ -10,6 +10,7 @@ says why on its page, with a trailing ``# needs: ...`` comment; exactly those ar
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from PIL import Image
 
 from dpcompat.cli import cli
 from dpcompat.common.cifar import load_cifar
+from dpcompat.demo import DEMO, next_commands
 from readme_commands import Example, doc_examples, pages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +117,22 @@ def test_verify_finds_the_checkpoint_beside_the_export(demo_run, tmp_path, monke
                   "--limit", "8"], ["--task", "2", "--export-dir", demo / "exports", "--random", "8"]):
         assert cli.main(["verify", *map(str, args)], standalone_mode=False) in (None, 0)
         assert f"vs {demo / 'output' / 'checkpoint' / 'task2_checkpoint.pth'} on cpu" in capfd.readouterr().out
+
+
+def test_the_demo_prints_the_readmes_next_commands(demo_run):
+    """Issue 21: the demo ends with the next commands on its own outputs; they are README's block after
+    the demo (the smoke run's task 2 where README says task 3), which test B runs as printed."""
+    _, r = demo_run
+    (first,) = [e for e in EXAMPLES if e.page == "README.md" and "demo-run/output/checkpoint" in e.args]
+    block = [e for e in EXAMPLES if e.block == first.block]
+    readme = next_commands(Path("demo-run"), DEMO, launcher="python cli.py")
+    assert [list(e.args) for e in block] == [shlex.split(c)[2:] for c in readme]
+    printed = [shlex.split(line)[2:] for line in r.stdout.split("next, each stage on its own")[1].splitlines()[1:]
+               if line.startswith("  ")]
+    limit = printed[1].index("--limit") + 1  # the smoke run verifies SMOKE.verify_count images, README DEMO's
+    printed[1][limit] = str(DEMO.verify_count)
+    assert printed == [demo_args(e, Path.cwd()) for e in block]
+    assert [e.args[0] for e in block] == ["export", "verify", "embed", "evaluate", "gate"]
 
 
 # ---- Test B: run them on the demo's outputs ----
