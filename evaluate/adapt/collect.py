@@ -20,7 +20,8 @@ from ...infer.data.base import location_key
 from ...infer.store.manifest import AdapterRecord, ModelRecord
 from ...infer.store.sets import EmbeddingSet, read_set, set_path
 from ..metrics.table import METRICS
-from ..pipeline import DecisionOptions, Evaluation, backfill_values
+from ..decide import DecisionOptions, backfill_values
+from ..pipeline import Evaluation
 from .adapter import SUFFIX, Adapter
 from .curve import adapted_pair, curve_adapters
 from .guard import check_disjoint, check_locations, check_no_leak, record_data
@@ -162,7 +163,7 @@ def evaluate_rows(ev: Evaluation, query: Sequence[EmbeddingSet], gallery: Sequen
         return seen[i, j, step]
 
     pairs = {(p.query, p.gallery): p for p in ev.decision.pairs}
-    rows = [adapted_row(row, ev.models, pairs, {n: r.values(n, row.j, row.j) for n in METRICS},
+    rows = [adapted_row(row, ev.models, pairs, {n: r.values(n, row.j, row.j) for n in r.metrics if n in METRICS},
                         float(r.metrics[rule.metric][row.i, row.i]), *labels, rule, resamples=r.resamples, seed=r.seed,
                         values=values, steps=options.steps, k=k, exclude_self=exclude_self) for row in inputs]
     r.seconds["adapters"] = time.perf_counter() - start
