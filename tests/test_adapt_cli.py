@@ -116,6 +116,9 @@ def test_a_rotation_adapter_makes_the_pair_compatible_in_both_directions(rotated
     assert "transform the stored gallery (adapt --apply)" in rows["gallery"]["words"]
     assert "adapters (" in out and "task2 \u2192 task1 via orthogonal query adapter" in out
     md = (root / "reports" / "compatibility.md").read_text()
+    for table in (out, md):  # each row names its file: two adapters of one kind and pair stay apart
+        assert "orthogonal query (task2-to-task1.adapter.npz)" in table
+        assert "orthogonal gallery (task1-to-task2.adapter.npz)" in table
     assert "## Adapters" in md and "Learning curve" in md and md.index("## Adapters") < md.index("## Provenance")
     assert 'id="adapters"' in (root / "reports" / "report.html").read_text()
 
@@ -222,7 +225,7 @@ def test_adapt_refuses_in_one_line_before_any_work(rotated, capfd, changed, extr
 def test_adapt_says_how_many_rows_a_fit_needs(tmp_path, capfd):
     world(tmp_path, lambda x: x[:, ::-1], fit=40, dim=48)
     code, _, err = adapt(capfd, tmp_path)
-    assert code == 2 and "40 paired rows, a orthogonal adapter from dimension 48 needs at least 48" in err
+    assert code == 2 and "40 paired rows, the orthogonal adapter from dimension 48 needs at least 48" in err
     code, _, err = adapt(capfd, tmp_path, kind="affine")
     assert code == 2 and "needs at least 55 (49 parameters per output dimension, plus a held-out tenth" in err
 
@@ -233,7 +236,7 @@ def test_an_adapter_that_puts_old_queries_on_a_new_gallery_is_refused(rotated, c
                        "--store", "store", cwd=root)
     assert code == 0, err
     code, _, err, _ = evaluate(capfd, root, "--adapters", "adapters")
-    assert code == 2 and "task1-to-task2.adapter.npz: a orthogonal query adapter of task1's queries on task2's " \
+    assert code == 2 and "task1-to-task2.adapter.npz: the orthogonal query adapter of task1's queries on task2's " \
                          "gallery, but task1 is not newer than task2" in err
 
 
