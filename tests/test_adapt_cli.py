@@ -294,6 +294,20 @@ def test_a_model_file_with_the_adapter_inside_is_an_adapted_row(exports, capfd, 
     assert code == 2 and "not a model of the matrix; evaluate the two models with --adapters DIR" in err
 
 
+def test_the_leakage_guard_refuses_before_anything_is_embedded(exports, capfd, tmp_path):
+    root, fit_store, store = exports, tmp_path / "fit-store", tmp_path / "store"
+    for t in (1, 2):
+        assert run(capfd, "embed", "--model", f"exports/task{t}.onnx", "--dataset", "cifar10:test", "--provider", "cpu",
+                   "--quiet", "--store", fit_store, cwd=root)[0] == 0
+    assert run(capfd, "adapt", "--deployed", "task1", "--candidate", "task2", "--fit-data", "cifar10:test", "--store",
+               fit_store, "--out", tmp_path / "leak" / "l.adapter.npz", cwd=root)[0] == 0
+    code, out, err = run(capfd, "evaluate", "--models", "exports/task1.onnx", "exports/task2.onnx", "--query",
+                         "cifar10:test", "--store", store, "--out", tmp_path / "r", "--provider", "cpu", "--quiet",
+                         "--adapters", tmp_path / "leak", cwd=root)
+    assert code == 2 and err.count("\n") == 1 and "l.adapter.npz: fitted on cifar10:test, which overlaps the query" in err
+    assert not (tmp_path / "r").exists() and not [p for p in store.rglob("*") if p.is_file()]  # nothing embedded
+
+
 ADAPT_AND_EVALUATE = '''
 import runpy, sys
 runpy.run_path(sys.argv[1])["import_checkout"]()
@@ -341,3 +355,10 @@ def test_bench_adapt_measures_fits_and_the_transform_against_the_peak(tmp_path, 
     assert old.count == 3000 and "of peak" in format_adapt(result) and "load average" in format_adapt(result)
     code, _, err = run(capfd, "bench", "adapt", "--kinds", "orthogonal,sideways", "--workdir", "b", cwd=tmp_path)
     assert code == 2 and "--kinds 'sideways': expected one of orthogonal, linear, affine" in err
+    code, out, err = run(capfd, "bench", "adapt", "--rows", 500, "--dim", 8, "--kinds", "affine", "--repeats", 1,
+                         "--workdir", "b", "--json", "b.json", cwd=tmp_path)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["rows"] == 500 and saved["dim"] == 8 and [f["kind"] for f in saved["fit"]] == ["affine"]
+    assert saved["apply"]["rows"] == 500 and saved["matmul_peak"]["peak"] == 1e10 and "machine" in saved
+    assert "of peak" in out and (tmp_path / "b" / "store" / "old-to-new").is_dir()
