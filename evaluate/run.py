@@ -16,6 +16,7 @@ from ..common.errors import InputError
 from ..common.outputs import writable_dir
 from ..infer.runtime.bundle import is_bundle
 from ..infer.runtime.options import RuntimeOptions
+from ..infer.runtime.session import check_provider
 from ..infer.store.sets import EmbeddingSet
 from ..infer.data.datasets import dataset_location, open_dataset
 from ..infer.embed import embed_model
@@ -36,7 +37,9 @@ class EvaluateOptions:
     ``out`` is replaced by the report folder. ``no_backbone``: a bundle's tasks without its frozen
     backbone. ``projections``: ``pca``, ``tsne`` or both, comma-separated (None: none).
     ``precision_exports``: folders of fp16/int8 exports mirroring the models' files.
-    ``primary_metric`` and ``tolerance``: the decision rule (:mod:`.metrics.decision`). ``adapters``: a
+    ``primary_metric`` (None: top-1, or self-top1 on unlabelled data) and ``tolerance``: the decision
+    rule (:mod:`.metrics.decision`); ``label_free``: the label-free metrics beside the label metrics on
+    labelled data (on unlabelled data they are the only ones, :mod:`.metrics.unlabelled`). ``adapters``: a
     folder whose ``*.adapter.npz`` files each add an adapted row (:mod:`.adapt.rows`); a model file
     with a query adapter inside, among the models, adds one too (it is not a model of the matrix).
     """
@@ -58,8 +61,9 @@ class EvaluateOptions:
     precision_exports: tuple[str, ...] = ()
     production: ProductionOptions = field(default_factory=ProductionOptions)
     runtime: RuntimeOptions = RuntimeOptions()
-    primary_metric: str = "top1"
+    primary_metric: Optional[str] = None
     tolerance: float = 0.01
+    label_free: bool = False
     adapters: Optional[str] = None
 
     def decision(self) -> DecisionOptions:
@@ -67,7 +71,19 @@ class EvaluateOptions:
         for a metric or tolerance the rule refuses, before any work."""
         p = self.production
         return DecisionOptions.of(self.primary_metric, self.tolerance, p.backfill_steps, p.backfill_seed,
-                                  p.backfill_order)
+                                  p.backfill_order, label_free=self.label_free)
+
+    def check(self, what: str, labelled: bool, same_items: bool) -> None:
+        """Refuse data ``what`` before any work: what :meth:`DecisionOptions.check` refuses, and unlabelled
+        data for the parts of evaluate that measure or colour by labels."""
+        self.decision().check(what, labelled, same_items)
+        asked = [name for name, on in (("--index", self.production.indexes), ("--backfill", self.production.backfill),
+                                       ("--gallery-precision", self.production.gallery_precisions),
+                                       ("--precision-exports", self.precision_exports),
+                                       ("--projections", self.projections)) if on]
+        if not labelled and asked:
+            raise InputError(f"{what}: unlabelled data; {', '.join(asked)} measure(s) label metrics or colour by "
+                             "label: leave them out (the label-free metrics are in the main report)")
 
 
 @dataclass
@@ -103,7 +119,7 @@ def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list
         if opts.model_files or opts.exports_dir:
             raise InputError("--from-store evaluates stored sets only: drop the ONNX files / --exports-dir")
         ids = [m.strip() for m in opts.from_store.split(",") if m.strip()]
-        q, g = collect_from_store(ids, opts.query, gallery, opts.store, data_path=opts.data_path)
+        q, g = collect_from_store(ids, opts.query, gallery, opts.store, data_path=opts.data_path, check=opts.check)
         refuse_adapted_sets([*q, *g])
         return q, g, [], []
     files = model_files(opts.model_files, opts.exports_dir, bundles=not opts.precision_exports)
@@ -118,7 +134,7 @@ def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list
     if opts.download:
         download_named(opts.data_path, opts.query, gallery)
     q, g = collect_from_models(files, opts.query, gallery, opts.data_path, opts.store, runtime=opts.runtime,
-                               backbone=not opts.no_backbone)
+                               backbone=not opts.no_backbone, check=opts.check)
     queries = open_dataset(opts.query, opts.data_path)
     return q, g, files, [embed_model(f, queries, opts.store, runtime=opts.runtime)[0].set for f in adapted]
 
@@ -132,6 +148,7 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     decision = opts.decision()
     writable_dir(opts.out, "--out")
     check_out_dir(opts.out)
+    check_provider(opts.runtime.provider)  # an explicit GPU request is refused even when no model will run
     methods = None
     if opts.projections is not None:
         from .study.projections import parse_methods

@@ -17,6 +17,7 @@ import numpy as np
 from ...common.errors import InputError
 from ...infer.store.sets import EmbeddingSet
 from ..metrics.table import retrieval_metrics
+from ..metrics.unlabelled import require_set_labels
 from .adapter import Adapter
 from .apply import adapted_embeddings
 from .fit import check_pair, fit_adapter, min_rows
@@ -43,17 +44,14 @@ def adapted_pair(adapter: Adapter, query: EmbeddingSet, gallery: EmbeddingSet) -
     return query.embeddings, adapted_embeddings(adapter, gallery)
 
 
-def _same_items(query: EmbeddingSet, gallery: EmbeddingSet) -> bool:
-    return query.data == gallery.data and np.array_equal(query.labels, gallery.labels)
-
-
 def adapted_metrics(adapter: Adapter, query: EmbeddingSet, gallery: EmbeddingSet, *, k: int = 5,
                     include_self: bool = False) -> dict[str, float]:
     """Retrieval metrics of the adapted pair (see the module doc), after the leakage guard."""
     check_no_leak(adapter, query, gallery)
+    require_set_labels((query, gallery))
     q, g = adapted_pair(adapter, query, gallery)
     return retrieval_metrics(q, query.labels, g, gallery.labels, k=k,
-                             exclude_self=_same_items(query, gallery) and not include_self)
+                             exclude_self=query.same_items(gallery) and not include_self)
 
 
 @dataclass(frozen=True)

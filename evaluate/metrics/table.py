@@ -8,6 +8,11 @@ lists metrics reads this table, in its order: the compatibility matrices, their 
 per-cell tests, negative flips, the index cells, backfilling curves, precision rows, the report
 files' keys and the figures. Adding a metric is adding one entry and its ``calculate_*`` function.
 
+:data:`LABEL_FREE` declares the label-free metrics the same way (:mod:`.labelfree`: cross-model
+self-retrieval, neighbourhood agreement; ``Metric.labels`` False): an evaluation computes them on
+unlabelled data, and beside :data:`METRICS` when asked for (``evaluate --label-free``); what lists an
+evaluation's metrics reads the keys of its result (``Compatibility.metrics``), in this table order.
+
 Conventions: ``calculate(outcomes)`` returns float64 [Nq], NaN where a query has no value (left out
 of the metric's mean); it reads only the outcome fields its ``requires`` fill. A binary metric's
 values are 1.0 (right) or 0.0 (wrong).
@@ -20,6 +25,8 @@ from typing import AbstractSet, Callable, Optional
 
 import numpy as np
 
+from . import labelfree
+from .labelfree import NEIGHBOURHOOD, SELF_PLACE, ItemOutcomes
 from .ranking import (FIRST_HIT, FIRST_R, FULL_RANKING, KNN_VOTE, OUTCOME_FIELDS, QueryOutcomes, check_depth,
                       check_requirements, retrieval_outcomes, topk_hits)
 
@@ -42,6 +49,9 @@ class Metric:
         (:func:`evaluate.search.indexes.list_outcomes`).
     places : the deepest place of a ranking it looks at (top-k: k; 1 when it reads no fixed depth);
         each query's gallery, and an index's lists, must hold at least as many items.
+    labels : whether it compares labels (``requires`` among :data:`.ranking.REQUIREMENTS`); False: a
+        label-free metric, ``requires`` among :data:`.labelfree.REQUIREMENTS`, ``calculate`` reading
+        :class:`.labelfree.ItemOutcomes`.
     """
 
     name: str
@@ -53,9 +63,11 @@ class Metric:
     flip: bool = False
     index_name: Optional[str] = None
     places: int = 1
+    labels: bool = True
 
     def __post_init__(self):
-        object.__setattr__(self, "requires", check_requirements(self.requires))
+        check = check_requirements if self.labels else labelfree.check_requirements
+        object.__setattr__(self, "requires", check(self.requires))
         object.__setattr__(self, "label", self.label or self.name)
         if self.flip and not self.binary:
             raise ValueError(f"metric {self.name}: a negative flip rate needs a right/wrong (binary) metric")
@@ -102,6 +114,39 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+def calculate_self_topk(outcomes: ItemOutcomes, *, k: int) -> np.ndarray:
+    """1.0 where the item's own gallery entry is among the first ``k`` places, else 0.0 (float64 [N])."""
+    return (outcomes.self_place <= k).astype(np.float64)
+
+
+def calculate_overlap(outcomes: ItemOutcomes) -> np.ndarray:
+    """overlap@k of the item's neighbourhood with the deployed model's own (float64 [N])."""
+    return outcomes.overlap
+
+
+LABEL_FREE: dict[str, Metric] = {m.name: m for m in (
+    Metric("self-top1", partial(calculate_self_topk, k=1), {SELF_PLACE}, "share of items whose query embedded by "
+           "the candidate retrieves the item's own gallery entry first (cross-model self-retrieval)",
+           label="self-top-1", binary=True, labels=False),
+    Metric("self-top5", partial(calculate_self_topk, k=5), {SELF_PLACE}, "share of items whose query embedded by "
+           "the candidate retrieves the item's own gallery entry among the first five", label="self-top-5",
+           binary=True, places=5, labels=False),
+    Metric("overlap@k", calculate_overlap, {NEIGHBOURHOOD}, "mean share of an item's k nearest gallery items (the "
+           "item left out) that the candidate's query shares with the deployed model's own query (k = --k)",
+           labels=False),
+)}
+
+
+def metric(name: str) -> Metric:
+    """The entry of ``name`` in :data:`METRICS` or :data:`LABEL_FREE`; KeyError when neither holds it."""
+    return METRICS[name] if name in METRICS else LABEL_FREE[name]
+
+
+def known() -> list[str]:
+    """Every metric's name, label metrics first, each table in its order."""
+    return [*METRICS, *LABEL_FREE]
+
+
 def requirements() -> frozenset:
     """What the ranking must compute for every metric of :data:`METRICS`."""
     return frozenset().union(*(m.requires for m in METRICS.values()))
@@ -141,14 +186,16 @@ def ranked_places(k: int) -> int:
     return max(deepest()[1], k if KNN_VOTE in requirements() else 1)
 
 
-def per_query(outcomes: QueryOutcomes, name: str) -> np.ndarray:
-    """The per-query values of metric ``name`` (float64 [Nq], NaN = no value); ValueError when the
-    outcomes lack what the metric requires."""
-    metric = METRICS[name]
-    missing = sorted(r for r in metric.requires if any(getattr(outcomes, f) is None for f in OUTCOME_FIELDS[r]))
+def per_query(outcomes: QueryOutcomes | ItemOutcomes, name: str) -> np.ndarray:
+    """The per-query values of metric ``name`` (float64 [Nq], NaN = no value) from the ranking's
+    outcomes (:class:`.labelfree.ItemOutcomes` for a label-free metric); ValueError when the outcomes
+    lack what the metric requires."""
+    entry = metric(name)
+    fields = OUTCOME_FIELDS if entry.labels else labelfree.FIELDS
+    missing = sorted(r for r in entry.requires if any(getattr(outcomes, f, None) is None for f in fields[r]))
     if missing:
         raise ValueError(f"metric {name} requires {', '.join(missing)}, which the ranking did not compute")
-    return metric.calculate(outcomes)
+    return entry.calculate(outcomes)
 
 
 def metric_mean(values: np.ndarray) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 from ...common.tables import markdown_table
 from ..metrics.compat import Criteria
 from ..metrics.decision import BACKFILL, COLLECT, KEEP, REINDEX
-from ..metrics.table import METRICS, flip_names
+from ..metrics.table import metric
 from .adapters import adapters_markdown
 from .figures import MARKER_LEGEND, MARKERS
 from .labels import EVIDENCE, caption, figure_files, model_label
@@ -39,7 +39,7 @@ def _mode(modes: dict, key: str) -> str:
 
 def decision_rows(ev: Evaluation) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the decision table: one row per pair, deployed gallery model first."""
-    label = METRICS[ev.decision.rule.metric].label
+    label = metric(ev.decision.rule.metric).label
     header = ["deployed (gallery)", "candidate (queries)", "verdict", f"{label} candidate", f"{label} deployed's own",
               f"difference [{LEVEL:.0%} interval]", "recommendation"]
     rows = []
@@ -59,9 +59,9 @@ def own_rows(ev: Evaluation) -> tuple[list[str], list[list[str]]]:
     """(header, rows): each model's own C[i][i] of every metric with its interval."""
     r = ev.result
     rows = [[model_label(ev)(m), *(f"{_f(r.metrics[n][i, i])} [{_f(r.criteria[n].diagonal_low[i])}, "
-                                   f"{_f(r.criteria[n].diagonal_high[i])}]" for n in METRICS)]
+                                   f"{_f(r.criteria[n].diagonal_high[i])}]" for n in r.metrics)]
             for i, m in enumerate(ev.models)]
-    return ["model", *METRICS], rows
+    return ["model", *r.metrics], rows
 
 
 def _decision(ev: Evaluation) -> list[str]:
@@ -90,7 +90,7 @@ def _head(ev: Evaluation) -> list[str]:
                   "own [CLS] without prompts, evaluated as the oldest model (first row and column; it takes part in "
                   "the decision and the evidence as the update before the first task). `evaluate --no-backbone` "
                   "leaves it out.", ""]
-    files = figure_files(primary=ev.decision.rule.metric)
+    files = figure_files(primary=ev.decision.rule.metric, names=list(ev.result.metrics))
     lines += [caption(ev), "", "Rows: query model; columns: gallery model (update order, oldest first).", "",
               "## Figures", ""] + [f"- `{name}`: {text}." for name, text in files.items()] + [""]
     return lines
@@ -118,7 +118,7 @@ def _matrix_section(ev: Evaluation, name: str) -> list[str]:
                           for j in range(len(models)))] for i in range(len(models))]
     cells = []
     for t in c.tests:
-        test = f"{t.gained}/{t.lost}, p = {t.p_value:.3g}" if METRICS[name].binary else "\u2014"
+        test = f"{t.gained}/{t.lost}, p = {t.p_value:.3g}" if metric(name).binary else "\u2014"
         gain = c.update_gain[t.query, t.gallery]
         cells.append([models[t.query], models[t.gallery], _f(m[t.query, t.gallery]), _f(m[t.gallery, t.gallery]),
                       f"{t.difference:+.4f}", f"[{t.low:+.4f}, {t.high:+.4f}]", test,
@@ -139,7 +139,7 @@ def _other_sections(ev: Evaluation) -> list[str]:
     t = len(models)
     lines = ["## Negative flip rate", "", "Fraction of queries the old model answered right on its own gallery "
              "and the new model's query gets wrong on the same gallery (Yan et al. 2021).", ""]
-    for name in flip_names():
+    for name in ev.result.negative_flips:
         f = r.negative_flips[name]
         lines += [f"### {name}", "", *markdown_table(["query \\ gallery", *models], [
             [models[i], *(_f(f[i, j]) if j < i else "" for j in range(t))] for i in range(t)])]
@@ -166,6 +166,6 @@ def markdown(ev: Evaluation) -> str:
     """The whole ``compatibility.md``."""
     lines = ["# Backward compatibility", ""] + [f"> **{note}**\n" for note in ev.notes]
     lines += _decision(ev) + adapters_markdown(ev) + _head(ev) + _evidence(ev)
-    for name in METRICS:
+    for name in ev.result.metrics:
         lines += _matrix_section(ev, name)
     return "\n".join(lines + _other_sections(ev))

@@ -26,6 +26,7 @@ def _index_lines(section: dict, models: Sequence[str]) -> list[str]:
              f"Each gallery model's index is searched by every newer model's queries; lists of K = {depth}. "
              f"`mAP@K` is the average precision over those K (normalised by min(relevant, K)); recall@k is the "
              "share of the exact top-k the method returns. `exact` is streamed exact search.", ""]
+    lines += [f"> {line}\n" for line in section.get("training", [])]
     for m in section["methods"]:
         recall = f"recall@{min(10, depth)}"
         params = ", ".join(f"{k}={v}" for k, v in (m["params"][0] if m["params"] else {}).items()) or "—"

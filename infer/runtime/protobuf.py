@@ -11,8 +11,7 @@ of float tensors, attribute-free nodes, graphs, models with opset imports and ``
 """
 from __future__ import annotations
 
-import os
-from typing import BinaryIO, Iterator, NamedTuple, Sequence
+from typing import BinaryIO, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -31,6 +30,10 @@ TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_RAW = 1, 2, 8, 9
 FLOAT = 1  # TensorProto.DataType
 
 
+class TooLarge(ValueError):
+    """Fields asked for hold more bytes than the caller's limit."""
+
+
 class Field(NamedTuple):
     """One field of a message: ``value`` is an int (varint) or the payload (other wire types);
     ``raw`` is the whole field as encoded, tag included."""
@@ -41,44 +44,65 @@ class Field(NamedTuple):
     raw: memoryview
 
 
+MAX_VARINT_BYTES = 10  # a 64-bit value takes at most 10 bytes; a longer varint is corrupt
+_FIELD_OVERHEAD = 64  # what :func:`length_fields` counts per field beyond its bytes (Python's own per object)
+
+
 def read_varint(f: BinaryIO) -> int:
-    value, shift = 0, 0
-    while True:
+    """The varint at ``f``'s position: EOFError if the file ends inside it, ValueError after
+    MAX_VARINT_BYTES bytes without an end (so a file of 0xFF bytes costs linear time, not quadratic)."""
+    value = 0
+    for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
         byte = f.read(1)
         if not byte:
             raise EOFError
         value |= (byte[0] & 0x7F) << shift
         if byte[0] < 0x80:
             return value
-        shift += 7
+    raise ValueError(f"a varint longer than {MAX_VARINT_BYTES} bytes")
 
 
-def length_fields(f: BinaryIO, end: int, wanted: tuple[int, ...]) -> dict[int, list[bytes]]:
-    """The length-delimited fields numbered in ``wanted`` of a protobuf message ending at ``end``;
-    every other field is skipped without reading it (a graph's weights are never loaded)."""
-    found: dict[int, list[bytes]] = {}
+def field_spans(f: BinaryIO, end: int, wanted: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
+    """(number, offset, length) of each length-delimited field numbered in ``wanted`` of the protobuf
+    message from ``f``'s position to ``end``, nothing read but tags and lengths. A declared length is
+    checked against the bytes left before anything is done with it (EOFError when it runs past
+    ``end``); ValueError for an unknown wire type."""
     while f.tell() < end:
         number, wire = divmod(read_varint(f), 8)
         if wire == VARINT:
             read_varint(f)
-        elif wire in (FIXED64, FIXED32):
-            f.seek(8 if wire == FIXED64 else 4, os.SEEK_CUR)
-        elif wire == LENGTH:
-            length = read_varint(f)
-            if number in wanted:
-                found.setdefault(number, []).append(f.read(length))
-            else:
-                f.seek(length, os.SEEK_CUR)
+        elif wire in (FIXED64, FIXED32, LENGTH):
+            length = 8 if wire == FIXED64 else 4 if wire == FIXED32 else read_varint(f)
+            at = f.tell()
+            if length > end - at:
+                raise EOFError
+            if wire == LENGTH and number in wanted:
+                yield number, at, length
+            f.seek(at + length)
         else:
             raise ValueError(f"wire type {wire}")
     if f.tell() != end:
         raise EOFError
+
+
+def length_fields(f: BinaryIO, end: int, wanted: tuple[int, ...], *, limit: Optional[int] = None
+                  ) -> dict[int, list[bytes]]:
+    """The length-delimited fields numbered in ``wanted`` of a protobuf message ending at ``end``;
+    every other field is skipped without reading it (a graph's weights are never loaded). ``limit``:
+    the most bytes all wanted fields together may hold (TooLarge beyond it, checked before each read)."""
+    found: dict[int, list[bytes]] = {}
+    total = 0
+    for number, _, length in field_spans(f, end, wanted):  # the reader seeks past each field itself
+        total += length + _FIELD_OVERHEAD
+        if limit is not None and total > limit:
+            raise TooLarge(f"more than {limit:,} bytes in fields {', '.join(map(str, wanted))}")
+        found.setdefault(number, []).append(f.read(length))
     return found
 
 
 def _varint_at(buf: memoryview, at: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
+    value = 0
+    for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
         if at >= len(buf):
             raise EOFError
         byte = buf[at]
@@ -86,7 +110,7 @@ def _varint_at(buf: memoryview, at: int) -> tuple[int, int]:
         at += 1
         if byte < 0x80:
             return value, at
-        shift += 7
+    raise ValueError(f"a varint longer than {MAX_VARINT_BYTES} bytes")
 
 
 def fields_of(message: bytes | memoryview) -> Iterator[Field]:
