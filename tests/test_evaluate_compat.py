@@ -9,7 +9,8 @@ import pytest
 from dpcompat.evaluate.metrics.compat import METRICS, compatibility, criteria
 from dpcompat.evaluate.metrics.ranking import cmc_curve, retrieval_outcomes
 from dpcompat.evaluate.metrics.table import retrieval_metrics
-from dpcompat.evaluate.pipeline import Evaluation, decide_arrays
+from dpcompat.evaluate.decide import decide_arrays
+from dpcompat.evaluate.pipeline import Evaluation
 from dpcompat.evaluate.report.labels import figure_files
 from dpcompat.evaluate.report.writer import report_dict, summary, write_reports
 
