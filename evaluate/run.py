@@ -22,6 +22,7 @@ from ..infer.data.datasets import dataset_location, open_dataset
 from ..infer.embed import embed_model
 from .adapt.collect import check_fit_locations, evaluate_rows, load_adapters, refuse_adapted_sets, row_inputs
 from .decide import DecisionOptions
+from .metrics.table import metric as table_metric
 from .pipeline import (Evaluation, adapted_file, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
 from .report.writer import check_out_dir, write_reports
@@ -81,10 +82,13 @@ class EvaluateOptions:
         asked = [name for name, on in (("--index", self.production.indexes), ("--backfill", self.production.backfill),
                                        ("--gallery-precision", self.production.gallery_precisions),
                                        ("--precision-exports", self.precision_exports),
-                                       ("--projections", self.projections)) if on]
+                                       ("--projections", self.projections), ("--adapters", self.adapters)) if on]
         if not labelled and asked:
             raise InputError(f"{what}: unlabelled data; {', '.join(asked)} measure(s) label metrics or colour by "
                              "label: leave them out (the label-free metrics are in the main report)")
+        if self.adapters is not None and not table_metric(self.decision().rule.metric).labels:
+            raise InputError(f"--primary-metric {self.primary_metric}: adapted rows (--adapters) are judged by a "
+                             "label metric; choose one (top1, the default) or leave --adapters out")
 
 
 @dataclass

@@ -250,6 +250,14 @@ def test_evaluate_adapters_needs_a_folder_of_adapter_files(rotated, capfd):
         assert code == 2 and err == f"error: {message}" + err[len(f"error: {message}"):] and err.count("\n") == 1
 
 
+def test_adapters_refuse_a_label_free_primary_metric_before_any_work(rotated, capfd):
+    root, _ = rotated
+    assert adapt(capfd, root)[0] == 0
+    code, _, err, _ = evaluate(capfd, root, "--adapters", "adapters", "--primary-metric", "self-top1")
+    assert code == 2 and err.count("\n") == 1 and not (root / "reports").exists()
+    assert err.startswith("error: --primary-metric self-top1: adapted rows (--adapters) are judged by a label metric")
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Two tiny exports (tasks 1 and 2, dimension 8) and data: cifar10 train (20 fit items) and test."""
