@@ -61,15 +61,20 @@ def bench_embed_command(model_path, json_path, **options):
 @click.option("--dim", type=Int(1, MAX_DIM), default=768, show_default=True)
 @click.option("--classes", type=POSITIVE, default=10, show_default=True)
 @click.option("--workdir", default="bench-evaluate", show_default=True, help="Where the synthetic store is written.")
+@click.option("--full-map", is_flag=True, help="Evaluate with the exact mAP (evaluate --full-map).")
+@click.option("--search-provider", default="numpy", show_default=True,
+              help="numpy, or cpu / cuda[:N]: the onnxruntime search graph (evaluate --search-provider).")
+@click.option("--search-precision", type=click.Choice(("fp32", "fp16")), default="fp32", show_default=True)
 @JSON
-def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
-    """Time and peak memory of the compatibility evaluation on random unit vectors."""
+def bench_evaluate_command(models, queries, dim, classes, workdir, json_path, **search):
+    """Time and peak memory of the compatibility evaluation on random unit vectors, its products alone, and
+    the ranking's CPU time per similarity (run at --dim 768 --classes 10 and --dim 256 --classes 100)."""
     from ..bench import evaluate
 
     writable_dir(workdir, "--workdir")
     # each model's set: float32 [queries, dim] embeddings and int64 [queries] labels
     require_space(workdir, models * queries * (4 * dim + 8), "--workdir")
-    result = evaluate.bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes)
+    result = evaluate.bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes, **search)
     emit(result, evaluate.format_evaluate(result), json_path)
 
 

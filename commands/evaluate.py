@@ -82,6 +82,13 @@ def production_options(indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_
 @click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
               help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
 @click.option("--no-backbone", is_flag=True, help="A bundle's tasks only, without its frozen backbone's row and column.")
+@click.option("--full-map", is_flag=True, help="Also the exact mAP over the whole gallery (sorts every similarity "
+                                               "row; the default metrics rank each row's first R places only).")
+@click.option("--search-provider", help="Where the similarity products and the ranking's inputs run: numpy (BLAS), "
+                                        "cpu or cuda[:N] (an onnxruntime graph). Default: --provider's device "
+                                        "(numpy on the CPU).")
+@click.option("--search-precision", type=click.Choice(("fp32", "fp16")), default="fp32", show_default=True,
+              help="The graph's products in float16 (cpu or cuda search only).")
 @click.option("--primary-metric", help="The metric the decision rule judges every pair by (the others are evidence); "
                                       "default: top1, or self-top1 on unlabelled data.")
 @click.option("--label-free", is_flag=True, help="Also compute the label-free metrics (self-top1, self-top5, overlap@k) "

@@ -25,7 +25,9 @@ from .decide import DecisionOptions
 from .metrics.table import metric as table_metric
 from .pipeline import (Evaluation, adapted_file, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
+from .metrics.table import METRICS, metric
 from .report.writer import check_out_dir, write_reports
+from .search.device import open_search
 from .search.production import ProductionOptions
 
 
@@ -38,7 +40,10 @@ class EvaluateOptions:
     specs under ``data_path`` (fetched first with ``download``); ``store`` is read and filled;
     ``out`` is replaced by the report folder. ``no_backbone``: a bundle's tasks without its frozen
     backbone. ``projections``: ``pca``, ``tsne`` or both, comma-separated (None: none).
-    ``precision_exports``: folders of fp16/int8 exports mirroring the models' files.
+    ``precision_exports``: folders of fp16/int8 exports mirroring the models' files. ``full_map``: add
+    the exact mAP over the whole gallery (opt-in: it sorts every similarity row). ``search_provider``,
+    ``search_precision``: where the similarity products and the ranking's inputs run
+    (:func:`.search.device.open_search`; default: the runtime's provider).
     ``primary_metric`` (None: top-1, or self-top1 on unlabelled data) and ``tolerance``: the decision
     rule (:mod:`.metrics.decision`); ``label_free``: the label-free metrics beside the label metrics on
     labelled data (on unlabelled data they are the only ones, :mod:`.metrics.unlabelled`). ``adapters``: a
@@ -58,6 +63,9 @@ class EvaluateOptions:
     k: int = 5
     include_self: bool = False
     no_backbone: bool = False
+    full_map: bool = False
+    search_provider: Optional[str] = None
+    search_precision: str = "fp32"
     projections: Optional[str] = None
     projection_sample: int = 2000
     precision_exports: tuple[str, ...] = ()
@@ -73,12 +81,15 @@ class EvaluateOptions:
         for a metric or tolerance the rule refuses, before any work."""
         p = self.production
         return DecisionOptions.of(self.primary_metric, self.tolerance, p.backfill_steps, p.backfill_seed,
-                                  p.backfill_order, label_free=self.label_free)
+                                  p.backfill_order, label_free=self.label_free, full_map=self.full_map)
 
     def check(self, what: str, labelled: bool, same_items: bool) -> None:
         """Refuse data ``what`` before any work: what :meth:`DecisionOptions.check` refuses, and unlabelled
         data for the parts of evaluate that measure or colour by labels."""
         self.decision().check(what, labelled, same_items)
+        if self.adapters is not None and self.primary_metric and not metric(self.primary_metric).labels:
+            raise InputError(f"--adapters: adapted rows are judged by a label metric, and --primary-metric "
+                             f"{self.primary_metric} is label-free: choose one of {', '.join(METRICS)}")
         asked = [name for name, on in (("--index", self.production.indexes), ("--backfill", self.production.backfill),
                                        ("--gallery-precision", self.production.gallery_precisions),
                                        ("--precision-exports", self.precision_exports),
@@ -154,6 +165,8 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     writable_dir(opts.out, "--out")
     check_out_dir(opts.out)
     check_provider(opts.runtime.provider)  # an explicit GPU request is refused even when no model will run
+    search = open_search(opts.search_provider, opts.runtime.provider, precision=opts.search_precision,
+                         threads=opts.runtime.threads)
     methods = None
     if opts.projections is not None:
         from .study.projections import parse_methods
@@ -167,7 +180,8 @@ def run_evaluation(opts: EvaluateOptions) -> EvaluationRun:
     q, g = order_by_task(q, g, once_to_stderr())
     inputs = row_inputs(adapters, adapted, q, g, store=opts.store)
     with cell_bar("cells", disable=not opts.runtime.progress) as progress:
-        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, options=decision)
+        ev = evaluate_sets(q, g, k=opts.k, include_self=opts.include_self, progress=progress, options=decision,
+                           search=search)
     ev.adapters = evaluate_rows(ev, q, g, inputs, decision)
     written = write_reports(ev, opts.out)
     if methods:

@@ -16,7 +16,7 @@ from dpcompat.cli import cli
 from dpcompat.evaluate.adapt.adapter import Adapter
 from dpcompat.evaluate.adapt.curve import adapted_metrics, curve_sizes, learning_curve
 from dpcompat.evaluate.metrics.decision import Rule
-from dpcompat.evaluate.metrics.table import METRICS
+from dpcompat.evaluate.metrics.table import METRICS, chosen
 from dpcompat.evaluate.report.adapters import adapters_dict
 from dpcompat.infer.data.datasets import dataset_key, dataset_location
 from dpcompat.infer.store.manifest import DataRecord, Manifest, ModelRecord, content_digest
@@ -132,7 +132,8 @@ def test_the_adapted_row_s_numbers_are_the_library_s_and_the_schema(rotated, cap
     adapter = Adapter.load(root / "adapters" / "task2-to-task1.adapter.npz")
     assert row["adapter"]["digest"] == adapter.digest and row["adapter"]["kind"] == "linear"
     library = adapted_metrics(adapter, sets["task2", "eval"], sets["task1", "eval"])
-    for name in METRICS:
+    assert list(row["metrics"]) == list(chosen())  # the label metrics computed (exact mAP: --full-map)
+    for name in chosen():
         m = row["metrics"][name]
         assert m["value"] == library[name] and m["reference"] == report["metrics"][name][0][0]
         assert m["difference"] == pytest.approx(m["value"] - m["reference"], abs=1e-12)
@@ -146,7 +147,7 @@ def test_the_adapted_row_s_numbers_are_the_library_s_and_the_schema(rotated, cap
     assert set(row) == ROW_KEYS and "C[j][j]" in report["adapters"]["comparison"]
     assert set(row["adapter"]) == {"digest", "kind", "direction", "source_id", "source_sha256", "target_id",
                                    "target_sha256", "dim_in", "dim_out", "fit_location", "fit_fingerprint", "fit_rows"}
-    assert set(row["metrics"]) == set(METRICS) and set(row["metrics"]["top1"]) == {"value", "reference", "difference",
+    assert set(row["metrics"]) == set(chosen()) and set(row["metrics"]["top1"]) == {"value", "reference", "difference",
                                                                                   "interval", "mcnemar"}
     assert set(row["unadapted"]) == {"value", "difference", "low", "high", "verdict", "recommendation",
                                      "backfill_fraction"}

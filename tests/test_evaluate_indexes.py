@@ -10,7 +10,7 @@ from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.search.indexes import (IndexParams, average_precision_at, check_kinds, exact_topk,
                                        neighbour_metrics, recall_at)
 from dpcompat.evaluate.metrics.ranking import average_precision
-from dpcompat.evaluate.metrics.table import retrieval_metrics
+from dpcompat.evaluate.metrics.table import chosen, retrieval_metrics
 from dpcompat.infer.store.sets import read_set
 
 from onnx_fixtures import write_random_set
@@ -74,7 +74,7 @@ def test_neighbour_metrics_of_the_full_exact_ranking_equal_the_exact_metrics():
     x, labels = unit(rng, 40, 8), np.arange(40) % 4
     exact = exact_topk(x, x, 39, exclude_self=True)
     got = neighbour_metrics(exact, labels, labels, k=3, exclude_self=True)
-    want = retrieval_metrics(x, labels, x, labels, k=3, exclude_self=True)
+    want = retrieval_metrics(x, labels, x, labels, k=3, exclude_self=True, names=chosen(full_map=True))
     assert [got[n] for n in ("top1", "top5", "knn")] == [want[n] for n in ("top1", "top5", "knn")]
     assert got["mAP@K"] == pytest.approx(want["mAP"], rel=1e-12)
 
@@ -131,7 +131,7 @@ def test_flat_through_faiss_equals_the_exact_matrices(tmp_path):
     sets = store_sets(tmp_path)
     labels = sets[0].labels
     exact = compatibility([s.embeddings for s in sets], [s.embeddings for s in sets], labels, labels, k=5,
-                          exclude_self=True)
+                          exclude_self=True, names=chosen(full_map=True))
     results = index_compatibility(sets, sets, ["flat"], IndexParams(), tmp_path / "store", k=5, exclude_self=True,
                                   depth=1000)
     assert [r.kind for r in results] == ["exact", "flat"]

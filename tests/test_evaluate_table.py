@@ -62,7 +62,7 @@ def test_a_new_entry_reaches_matrices_criteria_flips_and_report_files(monkeypatc
     out = tmp_path / "report"
     write_reports(ev, out)
     report = json.loads((out / "compatibility.json").read_text())
-    assert list(report["metrics"]) == [*table.METRICS] and list(report["metrics"])[-1] == "top3"
+    assert list(report["metrics"]) == [*table.chosen()] and list(report["metrics"])[-1] == "top3"
     assert report["metrics"]["top3"][2][1] == pytest.approx(result.metrics["top3"][2, 1])
     assert report["criteria"]["top3"]["cells"][0]["mcnemar"] is not None
     assert list(report["negative_flip_rate"]) == ["top1", "knn", "top3"]

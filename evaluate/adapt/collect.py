@@ -163,7 +163,7 @@ def evaluate_rows(ev: Evaluation, query: Sequence[EmbeddingSet], gallery: Sequen
         return seen[i, j, step]
 
     pairs = {(p.query, p.gallery): p for p in ev.decision.pairs}
-    rows = [adapted_row(row, ev.models, pairs, {n: r.values(n, row.j, row.j) for n in METRICS},
+    rows = [adapted_row(row, ev.models, pairs, {n: r.values(n, row.j, row.j) for n in r.metrics if n in METRICS},
                         float(r.metrics[rule.metric][row.i, row.i]), *labels, rule, resamples=r.resamples, seed=r.seed,
                         values=values, steps=options.steps, k=k, exclude_self=exclude_self) for row in inputs]
     r.seconds["adapters"] = time.perf_counter() - start

@@ -4,7 +4,7 @@ paired fit items (the learning curve a team reads to know how many items it must
 A pair is (query model, gallery model). A ``query`` adapter maps the query model's (its source's)
 query set into the gallery model's (its target's) space; a ``gallery`` adapter maps the gallery
 model's (its source's) gallery set into the query model's (its target's) space. Metrics are
-:func:`evaluate.metrics.ranking.retrieval_metrics`; when query and gallery are the same data, each
+:func:`evaluate.metrics.table.retrieval_metrics`; when query and gallery are the same data, each
 query's own item is left out of its gallery unless ``include_self`` (as ``evaluate`` does).
 """
 from __future__ import annotations

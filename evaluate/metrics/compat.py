@@ -19,8 +19,9 @@ pair is *compatible* is the decision rule's verdict (:mod:`.decision`), never th
   fraction of queries that model j answered right against its own gallery and model i's query
   answers wrong against the same gallery (the metrics marked ``flip`` in :mod:`.table`: top-1, kNN).
 
-Every metric computed (those of :data:`.table.METRICS` by default; the label-free ones of
-:data:`.table.LABEL_FREE`, :mod:`.labelfree`, on request) gets its matrix, criteria and per-cell tests.
+Every metric computed (:func:`.table.chosen` by default: the label metrics of :data:`.table.METRICS`
+but the opt-in exact mAP; the label-free ones of :data:`.table.LABEL_FREE`, :mod:`.labelfree`, on
+request) gets its matrix, criteria and per-cell tests.
 
 Uncertainty: see :mod:`.significance`.
 """
@@ -33,10 +34,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from . import table
+from .cka import linear_cka_matrix
 from .labelfree import item_outcomes
-from .ranking import FIRST_HIT, check_depth, cmc_curve, linear_cka_matrix, retrieval_outcomes
-from .significance import RESAMPLES, SEED, bootstrap_means, interval, mcnemar_exact
-from .table import METRICS
+from .neighbours import cmc_curve
+from .ranking import FIRST_HIT, QueryOutcomes, check_depth, retrieval_outcomes
+from .significance import RESAMPLES, SEED, bootstrap_means, count_interval, interval, mcnemar_exact
 
 CMC_DEPTH = 10
 
@@ -69,8 +71,10 @@ class Criteria:
     ``criterion``: (i, j, C[i][j] > C[j][j]) for every i > j (the papers' empirical criterion, not the
     decision rule's verdict); ``margins`` [T, T]: C[i][j] - C[j][j] for i > j, NaN elsewhere;
     ``update_gain`` [T, T] likewise (NaN also where undefined); ``ac_per_model`` [T] (NaN for the first
-    model); ``intervals``: name -> (low, high) for AC, BC, FC; ``diagonal_low``/``diagonal_high`` [T]:
-    the bounds of each model's own C[i][i] (empty until computed on per-query values).
+    model); ``intervals``: name -> (low, high) for AC (a count interval,
+    :func:`.significance.count_interval`), BC and FC (bootstrap percentile intervals);
+    ``diagonal_low``/``diagonal_high`` [T]: the bounds of each model's own C[i][i] (empty until
+    computed on per-query values).
     """
 
     AC: float
@@ -89,7 +93,8 @@ class Criteria:
 
 @dataclass
 class Compatibility:
-    """``metrics[name]`` [T, T] lower-triangular matrices, ``criteria[name]``, ``cka`` [T, T] symmetric,
+    """``metrics[name]`` [T, T] lower-triangular matrices of the metrics computed (table order),
+    ``criteria[name]``, ``cka`` [T, T] symmetric,
     ``cmc`` [T, T, depth] (NaN above the diagonal), ``negative_flips[name]`` [T, T] for each flip
     metric (:func:`.table.flip_names`; NaN except below the diagonal), ``queries`` N,
     ``resamples``/``seed`` of the bootstrap and ``seconds`` spent per stage (cells: products and
@@ -175,7 +180,8 @@ def _with_significance(point: Criteria, name: str, per_query: np.ndarray, resamp
             test.gained, test.lost = int(np.sum(new & ~old)), int(np.sum(old & ~new))
             test.p_value = mcnemar_exact(test.lost, test.gained)
         tests.append(test)
-    bounds = {key: tuple(float(x) for x in interval(value)) for key, value in zip(("AC", "BC", "FC"), _reduce(resampled))}
+    bounds = {"AC": count_interval(per_query[:, i, j] - per_query[:, j, j]),
+              **{key: tuple(float(x) for x in interval(value)) for key, value in zip(("BC", "FC"), _reduce(resampled)[1:])}}
     point.intervals, point.tests = bounds if t > 1 else {}, sorted(tests, key=lambda c: (c.query, c.gallery))
     point.diagonal_low, point.diagonal_high = interval(np.diagonal(resampled, axis1=1, axis2=2))
     return point
@@ -183,10 +189,11 @@ def _with_significance(point: Criteria, name: str, per_query: np.ndarray, resamp
 
 def _cells(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: Optional[np.ndarray],
            gallery_labels: Optional[np.ndarray], k: int, exclude_self: bool, names: Sequence[str],
-           progress: Optional[Callable[[int, int], None]]) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+           progress: Optional[Callable[[int, int], None]], search: Callable) -> dict[tuple[int, int], dict]:
     """``{(i, j): {"labels": QueryOutcomes or None, "items": ItemOutcomes or None}}`` of every cell j <= i:
     the label metrics' ranking (with the first relevant place CMC reads) and the label-free one, each
-    only when ``names`` holds one of its metrics. Row j's diagonal cell is computed before the cells
+    only when ``names`` holds one of its metrics; ``search`` ranks a cell for the label metrics (as
+    :func:`.ranking.retrieval_outcomes`). Row j's diagonal cell is computed before the cells
     (i > j) whose neighbourhoods it is the reference of."""
     t = len(query)
     chosen = [table.metric(n) for n in names]
@@ -199,8 +206,8 @@ def _cells(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_lab
         for j in range(i + 1):
             cell = {"labels": None, "items": None}
             if label_requires:
-                cell["labels"] = retrieval_outcomes(query[i], query_labels, gallery[j], gallery_labels, k=k,
-                                                    exclude_self=exclude_self, requires=label_requires)
+                cell["labels"] = search(query[i], query_labels, gallery[j], gallery_labels, k=k,
+                                        exclude_self=exclude_self, requires=label_requires)
             if item_requires:
                 own = outcomes[j, j]["items"].neighbours if i > j else None
                 cell["items"] = item_outcomes(query[i], gallery[j], k=k, requires=item_requires, reference=own)
@@ -242,10 +249,19 @@ def _cmc_and_flips(outcomes: dict[tuple[int, int], dict], t: int, depth: int,
     return cmc, flips
 
 
+def _table_order(metrics: Sequence[str]) -> list[str]:
+    """``metrics`` in table order (:func:`.table.known`); ValueError naming an unknown one."""
+    unknown = sorted(set(metrics) - set(table.known()))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}: expected among {table.known()}")
+    return [name for name in table.known() if name in metrics]
+
+
 def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: Optional[np.ndarray],
                   gallery_labels: Optional[np.ndarray], *, k: int = 5, exclude_self: bool = False,
                   progress: Optional[Callable[[int, int], None]] = None, resamples: int = RESAMPLES,
-                  seed: int = SEED, metrics: Optional[Sequence[str]] = None) -> Compatibility:
+                  seed: int = SEED, metrics: Optional[Sequence[str]] = None,
+                  search: Callable[..., QueryOutcomes] = retrieval_outcomes) -> Compatibility:
     """Every metric for every pair (query model i, gallery model j <= i), criteria with intervals, CMC,
     negative flip rates and CKA.
 
@@ -259,23 +275,21 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
         image out of its gallery (label metrics; the label-free ones have their own convention, :mod:`.labelfree`).
     progress : called with (cells done, cells in all) after each cell.
     resamples, seed : of the bootstrap (:mod:`.significance`).
-    metrics : names of :func:`.table.known` to compute (default: every label metric, :data:`.table.METRICS`);
-        the result lists them in table order. Label-free ones need query and gallery to be the same items.
+    metrics : names of :func:`.table.known` to compute (default :func:`.table.chosen`: the label metrics
+        but the exact mAP), listed in table order. Label-free ones need query and gallery to be the same items.
+    search : ranks one cell for the label metrics, as :func:`.ranking.retrieval_outcomes` (the default)
+        does; ``evaluate.search.device.DeviceSearch.retrieval_outcomes`` runs the products on a device.
 
     Returns
     -------
     :class:`Compatibility`; CKA is between the models' query embeddings.
     """
-    wanted = list(METRICS) if metrics is None else list(metrics)
-    unknown = sorted(set(wanted) - set(table.known()))
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}: expected among {table.known()}")
-    names = [name for name in table.known() if name in wanted]
+    names = _table_order(table.chosen() if metrics is None else metrics)
     t, n = len(query), len(query[0])
     if any(table.metric(name).labels for name in names):
         check_depth(len(gallery[0]) - exclude_self, table.ranked_places(k))
     start = time.perf_counter()
-    outcomes = _cells(query, gallery, query_labels, gallery_labels, k, exclude_self, names, progress)
+    outcomes = _cells(query, gallery, query_labels, gallery_labels, k, exclude_self, names, progress, search)
     seconds = {"cells": time.perf_counter() - start}
     start = time.perf_counter()
     lower = list(outcomes)

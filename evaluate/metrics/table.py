@@ -8,9 +8,13 @@ lists metrics reads this table, in its order: the compatibility matrices, their 
 per-cell tests, negative flips, the index cells, backfilling curves, precision rows, the report
 files' keys and the figures. Adding a metric is adding one entry and its ``calculate_*`` function.
 
+An ``opt_in`` entry is computed only when asked for (:func:`chosen`; ``evaluate --full-map``): exact
+mAP over the whole gallery needs every similarity row sorted (:data:`.ranking.FULL_RANKING`), where
+the others need only each row's first R places.
+
 :data:`LABEL_FREE` declares the label-free metrics the same way (:mod:`.labelfree`: cross-model
 self-retrieval, neighbourhood agreement; ``Metric.labels`` False): an evaluation computes them on
-unlabelled data, and beside :data:`METRICS` when asked for (``evaluate --label-free``); what lists an
+unlabelled data, and beside the label metrics when asked for (``evaluate --label-free``); what lists an
 evaluation's metrics reads the keys of its result (``Compatibility.metrics``), in this table order.
 
 Conventions: ``calculate(outcomes)`` returns float64 [Nq], NaN where a query has no value (left out
@@ -21,14 +25,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import AbstractSet, Callable, Optional
+from typing import AbstractSet, Callable, Optional, Sequence
 
 import numpy as np
 
 from . import labelfree
 from .labelfree import NEIGHBOURHOOD, SELF_PLACE, ItemOutcomes
+from .neighbours import topk_hits
 from .ranking import (FIRST_HIT, FIRST_R, FULL_RANKING, KNN_VOTE, OUTCOME_FIELDS, QueryOutcomes, check_depth,
-                      check_requirements, retrieval_outcomes, topk_hits)
+                      check_requirements, retrieval_outcomes)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class Metric:
         (:func:`evaluate.search.indexes.list_outcomes`).
     places : the deepest place of a ranking it looks at (top-k: k; 1 when it reads no fixed depth);
         each query's gallery, and an index's lists, must hold at least as many items.
+    opt_in : computed only when asked for (:func:`chosen`), for its cost; through an index it is
+        always reported (``index_name``: its ranked lists are short).
     labels : whether it compares labels (``requires`` among :data:`.ranking.REQUIREMENTS`); False: a
         label-free metric, ``requires`` among :data:`.labelfree.REQUIREMENTS`, ``calculate`` reading
         :class:`.labelfree.ItemOutcomes`.
@@ -63,6 +70,7 @@ class Metric:
     flip: bool = False
     index_name: Optional[str] = None
     places: int = 1
+    opt_in: bool = False
     labels: bool = True
 
     def __post_init__(self):
@@ -106,7 +114,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("knn", calculate_knn, {KNN_VOTE}, "share of queries whose k nearest items' majority label is their "
            "own", label="kNN", binary=True, flip=True, index_name="knn"),
     Metric("mAP", calculate_ap, {FULL_RANKING}, "mean average precision over the whole ranked gallery "
-           "(sklearn's ties); through an index, over its top K (normalised by min(R, K))", index_name="mAP@K"),
+           "(sklearn's ties; evaluate --full-map: every similarity row sorted); through an index, over its top K "
+           "(normalised by min(R, K))", index_name="mAP@K", opt_in=True),
     Metric("mAP@R", calculate_ap_at_r, {FIRST_R}, "mean AP over the first R places, R = the query's relevant "
            "items (Musgrave et al. 2020)"),
     Metric("R-precision", calculate_r_precision, {FIRST_R}, "mean share of relevant items among the first R "
@@ -147,9 +156,15 @@ def known() -> list[str]:
     return [*METRICS, *LABEL_FREE]
 
 
-def requirements() -> frozenset:
-    """What the ranking must compute for every metric of :data:`METRICS`."""
-    return frozenset().union(*(m.requires for m in METRICS.values()))
+def chosen(*, full_map: bool = False) -> tuple[str, ...]:
+    """The metrics computed, in table order: every entry but the opt-in ones, and those too with
+    ``full_map`` (``evaluate --full-map``)."""
+    return tuple(m.name for m in METRICS.values() if full_map or not m.opt_in)
+
+
+def requirements(names: Optional[Sequence[str]] = None) -> frozenset:
+    """What the ranking must compute for the metrics ``names`` (default: :func:`chosen`)."""
+    return frozenset().union(*(METRICS[n].requires for n in (chosen() if names is None else names)))
 
 
 def index_requirements() -> frozenset:
@@ -204,9 +219,10 @@ def metric_mean(values: np.ndarray) -> float:
     return float(values.mean()) if values.size else float("nan")
 
 
-def summary(outcomes: QueryOutcomes) -> dict[str, float]:
-    """``{name: mean of its per-query values}`` for every metric, in table order; NaN when no query has one."""
-    return {name: metric_mean(per_query(outcomes, name)) for name in METRICS}
+def summary(outcomes: QueryOutcomes, names: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """``{name: mean of its per-query values}`` for the label metrics ``names`` (default: :func:`chosen`),
+    in table order; NaN when no query has one."""
+    return {name: metric_mean(per_query(outcomes, name)) for name in (chosen() if names is None else names)}
 
 
 def index_summary(outcomes: QueryOutcomes) -> dict[str, float]:
@@ -215,11 +231,13 @@ def index_summary(outcomes: QueryOutcomes) -> dict[str, float]:
 
 
 def retrieval_metrics(query: np.ndarray, query_labels: np.ndarray, gallery: np.ndarray, gallery_labels: np.ndarray,
-                      *, k: int = 5, exclude_self: bool = False, threads: Optional[int] = None) -> dict[str, float]:
-    """``{name: value}`` of every metric of :data:`METRICS` (in its order) of queries against a
-    gallery, ranked once for what they require; see :func:`.ranking.retrieval_outcomes` for the
-    parameters (shapes [Nq, D], [Nq], [Ng, D], [Ng]). ValueError when a query's gallery holds fewer
-    items than :func:`ranked_places`."""
+                      *, k: int = 5, exclude_self: bool = False, threads: Optional[int] = None,
+                      names: Optional[Sequence[str]] = None) -> dict[str, float]:
+    """``{name: value}`` of the metrics ``names`` (default: :func:`chosen`, in table order) of queries
+    against a gallery, ranked once for what they require; see :func:`.ranking.retrieval_outcomes` for
+    the parameters (shapes [Nq, D], [Nq], [Ng, D], [Ng]). ValueError when a query's gallery holds
+    fewer items than :func:`ranked_places`."""
+    names = chosen() if names is None else tuple(names)
     check_depth(len(gallery) - exclude_self, ranked_places(k))
     return summary(retrieval_outcomes(query, query_labels, gallery, gallery_labels, k=k, exclude_self=exclude_self,
-                                      threads=threads, requires=requirements()))
+                                      threads=threads, requires=requirements(names)), names)

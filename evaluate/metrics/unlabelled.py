@@ -16,22 +16,18 @@ from typing import Iterable, Optional
 from ...common.errors import InputError
 from ...infer.store.sets import EmbeddingSet
 from .decision import DEFAULT_METRIC
-from .table import LABEL_FREE, METRICS, known, metric
+from .table import LABEL_FREE, chosen, known, metric
 
 DEFAULT_LABEL_FREE = "self-top1"
 
 
-def require_labels(what: str, labelled: bool, *, why: str = "every metric it reports (top-1, mAP@R, ...) compares "
-                                                           "labels") -> None:
-    """InputError naming ``what`` (a data spec, or a stored set) unless its data is ``labelled``."""
-    if not labelled:
-        raise InputError(f"{what}: unlabelled data; {why}, so none can be computed on it")
-
-
 def require_set_labels(sets: Iterable[EmbeddingSet]) -> None:
-    """:func:`require_labels` for stored sets, each named by its data spec and folder."""
+    """InputError naming the first stored set (by its data spec and folder) whose data is unlabelled: for
+    what measures label metrics only (``adapt``)."""
     for s in sets:
-        require_labels(f"{s.manifest.dataset.spec} ({s.path})", s.labelled)
+        if not s.labelled:
+            raise InputError(f"{s.manifest.dataset.spec} ({s.path}): unlabelled data; the metrics measured here "
+                             "(top-1, mAP@R, ...) compare labels, so none can be computed on it")
 
 
 def primary_metric(what: str, *, labelled: bool, primary: Optional[str]) -> str:
@@ -47,11 +43,12 @@ def primary_metric(what: str, *, labelled: bool, primary: Optional[str]) -> str:
     return name
 
 
-def metric_names(*, labelled: bool, label_free: bool, primary: str) -> list[str]:
+def metric_names(*, labelled: bool, label_free: bool, primary: str, full_map: bool = False) -> list[str]:
     """The metrics to compute, label metrics first, each table in its order: the label metrics on
-    labelled data, the label-free ones on unlabelled data, and with ``label_free`` or a label-free
+    labelled data (:func:`.table.chosen`: the exact mAP only with ``full_map`` or as the ``primary``
+    metric), the label-free ones on unlabelled data, and with ``label_free`` or a label-free
     ``primary`` metric too."""
-    names = list(METRICS) if labelled else []
+    names = list(chosen(full_map=full_map or metric(primary).opt_in)) if labelled else []
     if not labelled or label_free or not metric(primary).labels:
         names += list(LABEL_FREE)
     return names

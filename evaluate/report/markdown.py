@@ -15,7 +15,7 @@ from .adapters import adapters_markdown
 from .figures import MARKER_LEGEND, MARKERS
 from .labels import EVIDENCE, caption, figure_files, model_label
 from ..pipeline import Evaluation
-from ..metrics.significance import LEVEL
+from ..metrics.significance import AC_INTERVAL, LEVEL
 
 _ACTION = {KEEP: "keep the index", BACKFILL: "backfill", REINDEX: "re-index", COLLECT: "collect more queries"}
 
@@ -103,10 +103,10 @@ def _evidence(ev: Evaluation) -> list[str]:
     rows = [[name, f"{_f(c.AC, 3)} {_span(c, 'AC')}", _f(c.AM), f"{_f(c.BC)} {_span(c, 'BC')}",
              f"{_f(c.FC)} {_span(c, 'FC')}"] for name, c in r.criteria.items()]
     return ["## Evidence: the papers' criteria (not verdicts)", "",
-            f"Intervals: {LEVEL:.0%} percentile intervals over {r.resamples} bootstrap resamples of the {r.queries} "
-            f"queries (seed {r.seed}). The verdict of a pair is the decision rule's alone.", "",
+            f"Intervals of BC and FC: {LEVEL:.0%} percentile intervals over {r.resamples} bootstrap resamples of the "
+            f"{r.queries} queries (seed {r.seed}). {AC_INTERVAL}. The verdict of a pair is the decision rule's alone.", "",
             *(f"- {text}." for text in EVIDENCE.values()), "",
-            *markdown_table(["metric", f"AC [{LEVEL:.0%}]", "AM", "BC [interval]", "FC [interval]"], rows)]
+            *markdown_table(["metric", f"AC [{LEVEL:.0%} count]", "AM", "BC [interval]", "FC [interval]"], rows)]
 
 
 def _matrix_section(ev: Evaluation, name: str) -> list[str]:
@@ -146,8 +146,13 @@ def _other_sections(ev: Evaluation) -> list[str]:
     depth = r.cmc.shape[-1]
     cmc_rows = [[f"{models[i]} / {models[j]}", *(_f(v, 3) for v in r.cmc[i, j])]
                 for i, j in dict.fromkeys([*((i, i) for i in range(t)), *((t - 1, j) for j in range(t))])]
-    lines += [f"## CMC (top-k accuracy, k = 1..{depth})", "",
+    what = "top-k accuracy" if ev.query.get("labelled", True) else "cross-model self-retrieval within the first k"
+    lines += [f"## CMC ({what}, k = 1..{depth})", "",
               *markdown_table(["query / gallery model", *(str(k) for k in range(1, depth + 1))], cmc_rows)]
+    for key, matrix in r.self_rank.items():
+        lines += [f"## Self-retrieval place, {key} (1 = the item's own gallery entry comes first)", "",
+                  *markdown_table(["query \\ gallery", *models], [[models[i], *(f"{matrix[i, j]:g}" if j <= i else ""
+                                                                         for j in range(t))] for i in range(t)])]
     lines += ["## Linear CKA between query embeddings", "",
               *markdown_table(["", *models], [[models[i], *(_cka(r.cka, i, j) for j in range(t))] for i in range(t)])]
     return lines

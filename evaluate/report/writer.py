@@ -26,7 +26,7 @@ from .markdown import decision_rows, markdown, own_rows
 from ..metrics.compat import Criteria
 from ..metrics.table import metric
 from ..pipeline import Evaluation
-from ..metrics.significance import LEVEL
+from ..metrics.significance import AC_INTERVAL, LEVEL
 from ...common.atomic import atomic_file, replaced_dir, write_json
 from ...common.errors import InputError, shown
 from ...common.tables import text_columns
@@ -154,14 +154,15 @@ def report_dict(ev: Evaluation) -> dict:
         "gallery": ev.gallery,
         "protocol": ev.protocol,
         "significance": {"resamples": r.resamples, "seed": r.seed, "level": LEVEL, "queries": r.queries,
-                         "use": "intervals and McNemar's test of every metric are evidence; the verdict is "
-                                "decision's"},
+                         "ac_interval": AC_INTERVAL,
+                         "use": "intervals and McNemar's test of every metric are evidence; the verdict is decision's"},
         "evidence_definitions": dict(EVIDENCE),
         "metrics": {name: _matrix(matrix, True) for name, matrix in r.metrics.items()},
         "criteria": {name: _criteria_dict(c, name, r.metrics[name]) for name, c in r.criteria.items()},
         "cmc": {"depth": int(r.cmc.shape[-1]),
                 "curves": [[[_num(v) for v in r.cmc[i, j]] if j <= i else None for j in range(t)] for i in range(t)]},
         "negative_flip_rate": {name: _matrix(flips, True) for name, flips in r.negative_flips.items()},
+        "self_rank": {key: _matrix(matrix, True) for key, matrix in r.self_rank.items()},
         "cka": _matrix(r.cka, False),
         "figures": figure_files(primary=ev.decision.rule.metric, names=list(r.metrics)),
         "adapters": adapters_dict(ev),

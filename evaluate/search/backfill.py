@@ -85,13 +85,14 @@ def mixed_gallery(old: np.ndarray, new: np.ndarray, items: np.ndarray) -> np.nda
 
 def exact_curve(query: np.ndarray, old: np.ndarray, new: np.ndarray, query_labels: np.ndarray,
                 gallery_labels: np.ndarray, order: np.ndarray, f: np.ndarray, *, k: int = 5,
-                exclude_self: bool = False) -> dict[str, np.ndarray]:
-    """Every exact metric (:data:`.table.METRICS`) at each fraction ``f`` [F]: queries [Nq, D] of the new
-    model against the gallery with its first round(f * Ng) items of ``order`` re-embedded."""
+                exclude_self: bool = False, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """The exact metrics ``names`` (default :func:`.table.chosen`) at each fraction ``f`` [F]: queries
+    [Nq, D] of the new model against the gallery with its first round(f * Ng) items of ``order``
+    re-embedded."""
     curves: dict[str, list[float]] = {}
     for count in backfilled_counts(len(old), f):
         values = retrieval_metrics(query, query_labels, mixed_gallery(old, new, order[:count]), gallery_labels,
-                                   k=k, exclude_self=exclude_self)
+                                   k=k, exclude_self=exclude_self, names=names)
         for name, v in values.items():
             curves.setdefault(name, []).append(v)
     return {name: np.array(v) for name, v in curves.items()}
@@ -133,7 +134,8 @@ def backfilled_values(query: np.ndarray, old: np.ndarray, new: np.ndarray, query
     against the gallery ``old`` [Ng, D] with rows ``items`` taken from ``new`` (``old`` itself when
     ``items`` is empty). What the decision rule judges at one point of a backfilling curve. A label-free
     metric (labels unused) compares neighbourhoods with ``reference`` int [N, k], the old model's own
-    (:attr:`.metrics.compat.Compatibility.neighbours`): the neighbourhood its users saw before the backfill."""
+    (:attr:`.metrics.compat.Compatibility.neighbours`): the neighbourhood its users saw before the backfill
+    (the full re-index, f = 1, is the diagonal cell C[i][i] instead: 1 by construction)."""
     gallery = mixed_gallery(old, new, items) if len(items) else old
     entry = table_metric(metric)
     if not entry.labels:

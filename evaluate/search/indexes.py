@@ -24,7 +24,8 @@ from typing import AbstractSet, Optional
 import numpy as np
 
 from ...common.errors import InputError
-from ..metrics.ranking import FIRST_HIT, FULL_RANKING, KNN_VOTE, QueryOutcomes, knn_predict, topk_indices
+from ..metrics.neighbours import knn_predict, topk_indices
+from ..metrics.ranking import FIRST_HIT, FULL_RANKING, KNN_VOTE, QueryOutcomes
 from ..metrics.table import index_requirements, index_summary
 
 INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")

@@ -90,7 +90,7 @@ def _index_section(query, gallery, opts: ProductionOptions, store, k, exclude_se
         for r in results]}
 
 
-def _backfill_section(query, gallery, models, opts: ProductionOptions, store, k, exclude_self) -> dict:
+def _backfill_section(query, gallery, models, opts: ProductionOptions, store, k, exclude_self, names) -> dict:
     n = gallery[0].count
     f = fractions(opts.backfill_steps)
     order = backfill_order(n, seed=opts.backfill_seed, order_file=opts.backfill_order)
@@ -100,7 +100,7 @@ def _backfill_section(query, gallery, models, opts: ProductionOptions, store, k,
                "order": opts.backfill_order or f"random, seed {opts.backfill_seed}", "pairs": []}
     for i, j in pairs:
         old, new, q = gallery[j].embeddings, gallery[i].embeddings, query[i].embeddings
-        curves = {"exact": exact_curve(q, old, new, *labels, order, f, k=k, exclude_self=exclude_self)}
+        curves = {"exact": exact_curve(q, old, new, *labels, order, f, k=k, exclude_self=exclude_self, names=names)}
         for kind in opts.indexes:
             resolved = opts.params.resolve(kind, n, gallery[j].dim)
             ends = tuple(cached_index(gallery[m], kind, resolved, store, seed=opts.seed)[0] for m in (j, i))
@@ -118,7 +118,7 @@ def _storage_section(query, gallery, exact: Compatibility, opts: ProductionOptio
     section = {}
     for p in opts.gallery_precisions:
         got = storage_matrices([s.embeddings for s in query], [s.embeddings for s in gallery], query[0].labels,
-                               gallery[0].labels, p, k=k, exclude_self=exclude_self)
+                               gallery[0].labels, p, k=k, exclude_self=exclude_self, names=list(exact.metrics))
         delta = {n: got[n] - exact.metrics[n] for n in got}
         section[p] = {"metrics": {n: _rows(m) for n, m in got.items()},
                       "delta": {n: _rows(m) for n, m in delta.items()},
@@ -165,7 +165,8 @@ def evaluate_production(query: Sequence[EmbeddingSet], gallery: Sequence[Embeddi
         out["indexes"] = {**_index_section(query, gallery, opts, store, k, exclude_self, progress),
                           "training": shortfalls}
     if opts.backfill:
-        out["backfill"] = _backfill_section(query, gallery, list(models), opts, store, k, exclude_self)
+        out["backfill"] = _backfill_section(query, gallery, list(models), opts, store, k, exclude_self,
+                                            list(exact.metrics))
     if opts.gallery_precisions:
         out["gallery_precision"] = _storage_section(query, gallery, exact, opts, k, exclude_self)
     return out

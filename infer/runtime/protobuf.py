@@ -6,8 +6,9 @@ weights are skipped); :func:`fields_of` walks a message held in memory, yielding
 raw bytes, so a rewriter copies what it does not change byte for byte.
 
 Writing: messages are ``bytes`` built from fields; field numbers are those of onnx.proto3 (IR
-version 7 and later). Only what an adapter graph needs is here: tensors with raw data, value infos
-of float tensors, attribute-free nodes, graphs, models with opset imports and ``metadata_props``.
+version 7 and later). Only what dpcompat's own graphs (adapters, the search graph) need is here:
+tensors with raw data, value infos of tensors, nodes with int and ints attributes, graphs, models
+with opset imports and ``metadata_props``.
 """
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ MODEL_IR_VERSION, MODEL_PRODUCER, MODEL_GRAPH, MODEL_OPSET, MODEL_PROPS = 1, 2, 
 # GraphProto
 GRAPH_NODE, GRAPH_NAME, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_VALUE_INFO = 1, 2, 5, 11, 12, 13
 # NodeProto
-NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE = 1, 2, 3, 4
+NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE = 1, 2, 3, 4, 5
+# AttributeProto and its AttributeType values
+ATTR_NAME, ATTR_INT, ATTR_INTS, ATTR_TYPE, ATTR_TYPE_INT, ATTR_TYPE_INTS = 1, 3, 8, 20, 2, 7
 # ValueInfoProto, TypeProto, TypeProto.Tensor, TensorShapeProto, its Dimension
 VALUE_NAME, VALUE_TYPE, TYPE_TENSOR, TENSOR_ELEM_TYPE, TENSOR_SHAPE, SHAPE_DIM, DIM_VALUE, DIM_PARAM = 1, 2, 1, 1, 2, 1, 1, 2
 # TensorProto
 TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_RAW = 1, 2, 8, 9
-FLOAT = 1  # TensorProto.DataType
+FLOAT, INT64, BOOL, FLOAT16 = 1, 7, 9, 10  # TensorProto.DataType
+_DTYPES = {FLOAT: "<f4", INT64: "<i8", FLOAT16: "<f2"}
 
 
 class TooLarge(ValueError):
@@ -166,10 +170,11 @@ def length_header(number: int, size: int) -> bytes:
     return varint(number << 3 | LENGTH) + varint(size)
 
 
-def tensor(name: str, array: np.ndarray) -> bytes:
-    """A float32 initializer (TensorProto with raw little-endian data)."""
-    data = np.ascontiguousarray(array, dtype="<f4")
-    return (b"".join(int_field(TENSOR_DIMS, d) for d in data.shape) + int_field(TENSOR_DATA_TYPE, FLOAT)
+def tensor(name: str, array: np.ndarray, elem_type: int = FLOAT) -> bytes:
+    """An initializer (TensorProto with raw little-endian data) of ``elem_type``: FLOAT (float32,
+    the default), FLOAT16 or INT64."""
+    data = np.ascontiguousarray(array, dtype=_DTYPES[elem_type])
+    return (b"".join(int_field(TENSOR_DIMS, d) for d in data.shape) + int_field(TENSOR_DATA_TYPE, elem_type)
             + bytes_field(TENSOR_NAME, name) + bytes_field(TENSOR_RAW, data.tobytes()))
 
 
@@ -178,10 +183,11 @@ def dimension(size: int | str) -> bytes:
     return int_field(DIM_VALUE, size) if isinstance(size, int) else bytes_field(DIM_PARAM, size)
 
 
-def float_value_info(name: str, dims: Sequence[bytes]) -> bytes:
-    """A ValueInfoProto of a float tensor with the encoded ``dims`` (see :func:`dimension`)."""
+def float_value_info(name: str, dims: Sequence[bytes], elem_type: int = FLOAT) -> bytes:
+    """A ValueInfoProto of a tensor of ``elem_type`` (default FLOAT) with the encoded ``dims`` (see
+    :func:`dimension`)."""
     shape = b"".join(bytes_field(SHAPE_DIM, d) for d in dims)
-    tensor_type = int_field(TENSOR_ELEM_TYPE, FLOAT) + bytes_field(TENSOR_SHAPE, shape)
+    tensor_type = int_field(TENSOR_ELEM_TYPE, elem_type) + bytes_field(TENSOR_SHAPE, shape)
     return bytes_field(VALUE_NAME, name) + bytes_field(VALUE_TYPE, bytes_field(TYPE_TENSOR, tensor_type))
 
 
@@ -197,10 +203,19 @@ def dims_of(value_info: bytes | memoryview) -> list[memoryview]:
     return []
 
 
-def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str) -> bytes:
-    """A NodeProto of the default domain without attributes."""
+def attribute(name: str, value: int | Sequence[int]) -> bytes:
+    """An AttributeProto holding an int, or a list of ints."""
+    if isinstance(value, int):
+        return bytes_field(ATTR_NAME, name) + int_field(ATTR_INT, value) + int_field(ATTR_TYPE, ATTR_TYPE_INT)
+    return (bytes_field(ATTR_NAME, name) + b"".join(int_field(ATTR_INTS, v) for v in value)
+            + int_field(ATTR_TYPE, ATTR_TYPE_INTS))
+
+
+def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str, **attributes: int | Sequence[int]) -> bytes:
+    """A NodeProto of the default domain with int (or ints) ``attributes``."""
     return (b"".join(bytes_field(NODE_INPUT, i) for i in inputs) + b"".join(bytes_field(NODE_OUTPUT, o) for o in outputs)
-            + bytes_field(NODE_NAME, name) + bytes_field(NODE_OP_TYPE, op_type))
+            + bytes_field(NODE_NAME, name) + bytes_field(NODE_OP_TYPE, op_type)
+            + b"".join(bytes_field(NODE_ATTRIBUTE, attribute(k, v)) for k, v in attributes.items()))
 
 
 def props(entries: dict[str, str]) -> bytes:

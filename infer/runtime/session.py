@@ -156,8 +156,8 @@ def _open(model: str | Path | bytes, providers: list, threads: Optional[int] = N
 
 def create_session(path: str | Path | bytes, provider: str = "auto",
                    warn: Callable[[str], None] = _warn, *,
-                   threads: Optional[int] = None,
-                   trt: Optional[TensorRTOptions] = None) -> tuple[ort.InferenceSession, str]:
+                   threads: Optional[int] = None, trt: Optional[TensorRTOptions] = None,
+                   option: str = "--provider") -> tuple[ort.InferenceSession, str]:
     """Open an ONNX model on ``provider`` ('auto', 'cuda', 'tensorrt' or 'cpu'; 'cuda:N' or
     'tensorrt:N' for the GPU with index N, default 0).
 
@@ -170,6 +170,7 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
     threads : onnxruntime's intra-op threads; default :func:`usable_cores` (onnxruntime's own default
         is every core of the machine, which oversubscribes a host shared through affinity masks).
     trt : TensorRT options (fp16, engine cache folder, workspace); only with 'tensorrt'.
+    option : the command-line option that chose ``provider``, as error messages name it.
 
     Returns
     -------
@@ -196,7 +197,7 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
     problem = gpu_problem(wanted)
     session = None
     if problem is None:
-        _check_device_id(provider, device_id)
+        _check_device_id(provider, device_id, option)
         session = _open(path, provider_chain(wanted, device_id or 0, trt), threads)
         if session.get_providers()[0] == ORT_PROVIDER[wanted]:
             return session, wanted
@@ -204,7 +205,7 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
     if name == "auto":
         warn(f"CUDA unavailable ({problem}); running on CPU")
         return session or _open(path, [ORT_PROVIDER["cpu"]], threads), "cpu"
-    raise ProviderUnavailable(f"--provider {provider}: {problem}")
+    raise ProviderUnavailable(f"{option} {provider}: {problem}")
 
 
 def check_provider(provider: str) -> None:
@@ -220,12 +221,12 @@ def check_provider(provider: str) -> None:
     _check_device_id(provider, device_id)
 
 
-def _check_device_id(provider: str, device_id: Optional[int]) -> None:
+def _check_device_id(provider: str, device_id: Optional[int], option: str = "--provider") -> None:
     if device_id is None:
         return
     gpus, _ = list_gpus()
     if device_id >= len(gpus):
-        raise InputError(f"--provider {provider}: no GPU {device_id}; the driver reports {len(gpus)} "
+        raise InputError(f"{option} {provider}: no GPU {device_id}; the driver reports {len(gpus)} "
                          f"(indices 0 to {len(gpus) - 1}, as CUDA_VISIBLE_DEVICES leaves them)")
 
 
