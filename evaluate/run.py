@@ -22,7 +22,6 @@ from ..infer.data.datasets import dataset_location, open_dataset
 from ..infer.embed import embed_model
 from .adapt.collect import check_fit_locations, evaluate_rows, load_adapters, refuse_adapted_sets, row_inputs
 from .decide import DecisionOptions
-from .metrics.table import metric as table_metric
 from .pipeline import (Evaluation, adapted_file, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
 from .metrics.table import METRICS, metric
@@ -97,9 +96,6 @@ class EvaluateOptions:
         if not labelled and asked:
             raise InputError(f"{what}: unlabelled data; {', '.join(asked)} measure(s) label metrics or colour by "
                              "label: leave them out (the label-free metrics are in the main report)")
-        if self.adapters is not None and not table_metric(self.decision().rule.metric).labels:
-            raise InputError(f"--primary-metric {self.primary_metric}: adapted rows (--adapters) are judged by a "
-                             "label metric; choose one (top1, the default) or leave --adapters out")
 
 
 @dataclass

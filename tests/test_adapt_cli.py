@@ -256,7 +256,8 @@ def test_adapters_refuse_a_label_free_primary_metric_before_any_work(rotated, ca
     assert adapt(capfd, root)[0] == 0
     code, _, err, _ = evaluate(capfd, root, "--adapters", "adapters", "--primary-metric", "self-top1")
     assert code == 2 and err.count("\n") == 1 and not (root / "reports").exists()
-    assert err.startswith("error: --primary-metric self-top1: adapted rows (--adapters) are judged by a label metric")
+    assert err.startswith("error: --adapters: adapted rows are judged by a label metric, and --primary-metric "
+                          "self-top1 is label-free: choose one of top1")
 
 
 @pytest.fixture(scope="module")
