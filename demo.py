@@ -6,6 +6,8 @@ choosing small settings and, offline, generating data in CIFAR's on-disk format.
 """
 from __future__ import annotations
 
+import resource
+import shlex
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -39,17 +41,19 @@ class DemoSettings:
     batch_size: int
     lr: float
     verify_count: int
+    verify_batch_sizes: tuple[int, ...]
 
 
 # The demo trains for a few dozen steps, so its base learning rate is 10x the reference's 0.03:
 # at 0.03 the keys barely move and every image picks the same prompt.
 DEMO = DemoSettings(model="vit_tiny_patch16_224", arch=(), num_tasks=3, classes_per_task=2, train_per_class=60,
-                    test_per_class=20, eval_per_class=40, epochs=2, batch_size=24, lr=0.3, verify_count=32)
+                    test_per_class=20, eval_per_class=40, epochs=2, batch_size=24, lr=0.3, verify_count=32,
+                    verify_batch_sizes=(1, 7, 32))
 # A miniature ViT on 32x32 inputs: the same code paths in well under a minute, for CI and the tests.
 SMOKE = DemoSettings(model="vit_tiny_patch16_224",
                      arch=(("img_size", 32), ("patch_size", 8), ("embed_dim", 64), ("depth", 6), ("num_heads", 4)),
                      num_tasks=2, classes_per_task=2, train_per_class=16, test_per_class=6, eval_per_class=8,
-                     epochs=2, batch_size=8, lr=0.3, verify_count=16)
+                     epochs=2, batch_size=8, lr=0.3, verify_count=16, verify_batch_sizes=(1, 7, 16))
 
 def _real_cifar(data_path: Path, download: bool) -> Optional[tuple]:
     """(CIFAR-100 train, CIFAR-100 test, CIFAR-10 test) when present or downloadable, else None."""
@@ -91,19 +95,27 @@ def prepare_data(workdir: Path, data_path: Path, download: bool, s: DemoSettings
     return out, True
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its children that have ended (workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 class _Stages:
-    """Logs each stage's start and records its time."""
+    """Logs each stage's start and records its wall time (``times``) and CPU time (``cpu``, seconds of
+    every core: on a shared machine the wall time depends on the load, the CPU time much less)."""
 
     def __init__(self, log: Callable[[str], None]):
-        self.log, self.times = log, {}
+        self.log, self.times, self.cpu = log, {}, {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.log(f"== {name}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         yield
         self.times[name] = round(time.perf_counter() - t0, 1)
-        self.log(f"   {name}: {self.times[name]} s")
+        self.cpu[name] = round(cpu_seconds() - c0, 1)
+        self.log(f"   {name}: {self.times[name]} s ({self.cpu[name]} CPU-s)")
 
 
 def _choose_provider(provider: str, log: Callable[[str], None]) -> str:
@@ -121,7 +133,7 @@ def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: 
     """Train every task; falls back to a random backbone (recorded in the checkpoints' provenance)
     when no pretrained weights can be had. ``distill``: (weight, kind) of train's feature distillation."""
     from .train.loop import TrainOptions, train
-    from .train.weights import hub_reachable
+    from .train.weights import PretrainedUnavailable, hub_reachable
 
     pretrained = pretrained_weights is not None or (not smoke and hub_reachable())
     if not pretrained:
@@ -133,7 +145,7 @@ def train_stage(workdir: Path, data: Path, s: DemoSettings, pretrained_weights: 
     arch = {"model": s.model, **dict(s.arch)}
     try:
         return train(opts, arch, log=lambda m: log(f"   {m}")).rows
-    except InputError:
+    except PretrainedUnavailable:  # only a download failure: a diverged run or bad data stops the demo
         if pretrained_weights is not None:
             raise
         log(f"   !!! pretrained download failed; {RANDOM_BACKBONE_NOTE}")
@@ -150,12 +162,12 @@ def export_provenance(path: Path) -> dict:
 def export_stage(workdir: Path, s: DemoSettings, log: Callable[[str], None]) -> tuple[list[Path], Path]:
     """Every task's own file (what one deploys), then the bundle of all tasks (what the study embeds with)."""
     from .export.bundle import DEFAULT_NAME, export_bundle
-    from .export.onnx_export import export_task
+    from .export.onnx_export import TaskExporter
 
-    exports = []
+    exports, exporter = [], TaskExporter()  # the tasks share one trace
     checkpoints = {t: workdir / "output" / "checkpoint" / f"task{t}_checkpoint.pth" for t in range(1, s.num_tasks + 1)}
     for t, checkpoint in checkpoints.items():
-        r = export_task(checkpoint, workdir / "exports" / f"task{t}.onnx", task=t)
+        r = exporter.export(checkpoint, workdir / "exports" / f"task{t}.onnx", task=t)
         exports.append(r.path)
         log(f"   {r.path} ({r.file_bytes / 1e6:.1f} MB)")
     r = export_bundle(checkpoints, workdir / "exports" / DEFAULT_NAME)
@@ -174,7 +186,7 @@ def verify_stage(workdir: Path, data: Path, exports: list[Path], bundle: Path, s
     inputs = Inputs(dataset="cifar10:test", data_path=str(data), count=s.verify_count)
     for path in [*exports, bundle]:
         reports = verify_file(path, workdir / "output" / "checkpoint", inputs=inputs,
-                              runtime=RuntimeOptions(provider=provider),
+                              runtime=RuntimeOptions(provider=provider), batch_sizes=s.verify_batch_sizes,
                               report=workdir / "verify" / f"verify_{path.stem}.json")
         parity += [r.passed for r in reports]
         verdicts = [("PASS" if r.passed else "FAIL") if len(reports) == 1 else
@@ -207,7 +219,8 @@ def adapter_stage(workdir: Path, data: Path, bundle: Path, query, gallery, ev, p
     (with the learning curve) to the report's JSON, Markdown and HTML, as ``evaluate --adapters`` does."""
     from .evaluate.adapt.collect import evaluate_rows, row_inputs
     from .evaluate.adapt.fit import fit_adapter
-    from .evaluate.pipeline import DecisionOptions, collect_from_models
+    from .evaluate.decide import DecisionOptions
+    from .evaluate.pipeline import collect_from_models
     from .evaluate.report.adapters import adapters_summary
     from .evaluate.report.writer import rewrite_adapters
 
@@ -226,15 +239,39 @@ def adapter_stage(workdir: Path, data: Path, bundle: Path, query, gallery, ev, p
     return path
 
 
+def q(path: str | Path) -> str:
+    """``path`` as one shell word."""
+    return shlex.quote(str(path))
+
+
+def next_commands(workdir: str | Path, s: DemoSettings, *, launcher: str) -> list[str]:
+    """The stages one by one on the demo's files, as commands that run from the folder the demo ran in
+    (``workdir`` as it was given; ``launcher``: how to start the command line, e.g. ``python cli.py``):
+    export and verify the last task's file, embed it, evaluate every task's file and
+    the release decision for the last task on the first task's gallery (``--allow-demo``: the demo's data
+    is generated or its backbone random, which the gate otherwise refuses)."""
+    w, last = Path(workdir), s.num_tasks
+    ckpt, exports, data, store = q(w / "output" / "checkpoint"), w / "exports", q(w / "data"), q(w / "embeddings")
+    files = [q(exports / f"task{t}.onnx") for t in range(1, last + 1)]
+    commands = [f"export --task {last} --checkpoint-dir {ckpt} --output-dir {q(exports)}",
+                f"verify --task {last} --export-dir {q(exports)} --checkpoint-dir {ckpt} --dataset cifar10:test "
+                f"--data-path {data} --limit {s.verify_count}",
+                f"embed --model {files[-1]} --dataset cifar10:test --data-path {data} --store {store}",
+                f"evaluate --models {' '.join(files)} --query cifar10:test --data-path {data} --store {store} "
+                f"--out {q(w / 'reports-tasks')}",
+                f"gate --report {q(w / 'reports-tasks')} --deployed {files[0]} --candidate {files[-1]} --allow-demo"]
+    return [f"{launcher} {c}" for c in commands]
+
+
 def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", download: bool = False,
              pretrained_weights: Optional[str] = None, smoke: bool = False, provider: str = "auto",
              log: Callable[[str], None] = print, distill: tuple[float, str] = (0.0, "cosine")) -> dict:
-    """Run every stage into ``workdir``; returns a summary with the report's location, stage times and
-    the whole run's ``seconds``.
+    """Run every stage into ``workdir``; returns a summary with the report's location, stage times
+    (``times`` wall, ``cpu`` CPU) and the whole run's ``seconds`` and ``cpu_seconds``.
     ``distill``: (weight, kind) of a feature-distillation term in training (weight 0: none)."""
     from .evaluate.pipeline import collect_from_models
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     s = SMOKE if smoke else DEMO
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -263,5 +300,5 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
     if ev.decision.pairs:
         with stages.stage("adapt"):
             adapter_stage(workdir, data, bundle, query, gallery, ev, provider, log)
-    return {"reports": [str(p) for p in written], "times": stages.times, "generated": generated, "notes": notes,
-            "seconds": time.perf_counter() - start}
+    return {"reports": [str(p) for p in written], "times": stages.times, "cpu": stages.cpu, "generated": generated,
+            "notes": notes, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu_start}

@@ -1,6 +1,8 @@
 """``demo`` (the whole chain on a small setting) and ``doctor`` (what this host can run)."""
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -23,17 +25,31 @@ from .options import AUTO_PROVIDER, Float, data_path, download
 @AUTO_PROVIDER
 def demo(workdir, data_path, download, pretrained_weights, smoke, distill_weight, distill_kind, provider):
     """Run train -> export -> verify -> embed -> evaluate on a small setting, offline if need be."""
-    from ..demo import run_demo
+    from ..demo import DEMO, SMOKE, next_commands, run_demo
 
     writable_dir(workdir, "--workdir")
     result = run_demo(workdir, data_path, download, pretrained_weights, smoke, provider, log=click.echo,
                       distill=(distill_weight, distill_kind))
-    click.echo(f"\ndemo finished in {result['seconds']:.0f} s "
+    click.echo(f"\ndemo finished in {result['seconds']:.0f} s, {result['cpu_seconds']:.0f} CPU-s "
                f"({', '.join(f'{k} {v} s' for k, v in result['times'].items())})")
     for note in result["notes"]:
         click.echo(f"NOTE: {note}")
     click.echo(f"report: {Path(workdir) / 'reports' / 'compatibility.md'}")
     click.echo(f"heatmap: {Path(workdir) / 'reports' / 'heatmap_top1.png'}")
+    click.echo("\nnext, each stage on its own with the demo's files (run from this folder):")
+    for line in next_commands(workdir, SMOKE if smoke else DEMO, launcher=launcher()):
+        click.echo(f"  {line}")
+
+
+def launcher() -> str:
+    """How this process was started, as a command prefix that works from the current folder: the
+    interpreter and script (``.venv/bin/python cli.py``), or the installed ``dpcompat``."""
+    if not sys.argv[0].endswith(".py"):
+        return Path(sys.argv[0]).name
+    python = Path(sys.executable)
+    if python.is_relative_to(Path.cwd()):
+        python = python.relative_to(Path.cwd())
+    return f"{shlex.quote(str(python))} {shlex.quote(sys.argv[0])}"
 
 
 @click.command()

@@ -21,8 +21,9 @@ from ..infer.store.sets import EmbeddingSet
 from ..infer.data.datasets import dataset_location, open_dataset
 from ..infer.embed import embed_model
 from .adapt.collect import check_fit_locations, evaluate_rows, load_adapters, refuse_adapted_sets, row_inputs
-from .pipeline import (DecisionOptions, Evaluation, adapted_file, collect_from_models, collect_from_store, evaluate_sets,
-                       model_files, once_to_stderr, order_by_task)
+from .decide import DecisionOptions
+from .pipeline import (Evaluation, adapted_file, collect_from_models, collect_from_store, evaluate_sets, model_files,
+                       once_to_stderr, order_by_task)
 from .report.writer import check_out_dir, write_reports
 from .search.device import open_search
 from .search.production import ProductionOptions

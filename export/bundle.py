@@ -22,8 +22,8 @@ from ..common.errors import InputError
 from ..infer.runtime.bundle import BundleInfo
 from ..train.checkpoint import model_from_checkpoint
 from ..train.model import DualPromptViT
-from .onnx_export import (_DTYPES, DEFAULT_OPSET, ExportResult, _check_options, save_checked, task_info,
-                          trace_onnx, unique_parameter_bytes, writable)
+from .onnx_export import (_DTYPES, DEFAULT_OPSET, ExportResult, _check_options, backbone_differences, save_checked,
+                          task_info, trace_onnx, unique_parameter_bytes, writable)
 
 DEFAULT_NAME = "tasks.onnx"
 _SHOWN = 6  # differing tensors named per task in a refusal
@@ -62,17 +62,6 @@ class BundleExport(nn.Module):
         return embedding.float(), prompt_index[:, :, 0] if prompt_index.shape[2] == 1 else prompt_index, cls.float()
 
 
-def _differences(base: DualPromptViT, model: DualPromptViT) -> list[str]:
-    """Why ``model`` cannot share ``base``'s backbone: architecture fields, else frozen tensors that differ."""
-    a, b = base.cfg.asdict(), model.cfg.asdict()
-    arch = [f"{k} {b[k]} (not {a[k]})" for k in a if k != "num_classes" and a[k] != b[k]]
-    if arch:
-        return ["architecture: " + ", ".join(arch)]
-    mine = model.state_dict()
-    return [name for name, tensor in base.state_dict().items()
-            if name.startswith(DualPromptViT.BACKBONE) and not torch.equal(tensor, mine[name])]
-
-
 def share_backbone(base: DualPromptViT, model: DualPromptViT) -> DualPromptViT:
     """``model`` with its frozen modules and tensors replaced by ``base``'s (the same objects)."""
     for name in DualPromptViT.BACKBONE:
@@ -93,7 +82,7 @@ def load_tasks(checkpoints: dict[int, Path]) -> list[tuple[DualPromptViT, dict]]
     loaded, problems = [(base, first)], []
     for task, path in items[1:]:
         model, ckpt = model_from_checkpoint(path)
-        differ = _differences(base, model)
+        differ = backbone_differences(base, model)
         if differ:
             more = f" and {len(differ) - _SHOWN} more" if len(differ) > _SHOWN else ""
             problems.append(f"task {task} ({path.name}): {', '.join(differ[:_SHOWN])}{more}")

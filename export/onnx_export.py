@@ -8,6 +8,8 @@ metadata) is :mod:`infer.runtime.metadata`'s.
 
 Exporter: torch's dynamo-based ``torch.onnx.export`` (needs onnxscript). Its constant folding
 materialises transposed copies of small weights once per use; :func:`dedupe_initializers` merges them.
+Tracing is most of an export's time, so the tasks of one run share one trace (:class:`TaskExporter`):
+their prompts and keys are graph values of their own, filled in per task.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Optional, Sequence
 
 import onnx
 import timm
+from onnx import numpy_helper
 import torch
 import torch.nn as nn
 
@@ -135,27 +138,74 @@ def _check_options(selection: str, pool: str, precision: str, opset: int, gather
         raise InputError(f"--opset {opset}: this exporter writes opsets {MIN_OPSET} to {newest}")
 
 
-def build_onnx(model: DualPromptViT, info: ModelInfo, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Trace ``model`` per ``info`` (selection, pool, precision) into a checked ONNX model carrying ``info``."""
-    _check_options(info.selection, info.pool, info.precision, opset, info.gather, info.query)
-    module = EmbeddingExport(model, info.selection, info.pool, info.precision, gather=info.gather,
-                             query=info.query).eval()
-    return trace_onnx(module, model.cfg.img_size, [s.name for s in OUTPUTS], info.to_props(), _describe(info),
-                      opset)
+# EmbeddingExport's parameters that differ between the tasks of one run: the backbone is frozen and the
+# classification head is not exported, so one traced graph serves every task of a run with these replaced.
+TASK_PARAMETERS = ("model.g_prompt", "model.e_prompt.prompt", "model.e_prompt.prompt_key")
 
 
-def trace_onnx(module: nn.Module, input_size: int, output_names: Sequence[str], props: dict[str, str], doc: str,
-               opset: int) -> onnx.ModelProto:
-    """Trace ``module`` (image [N, 3, S, S] -> ``output_names``, N dynamic) into a checked ONNX model
-    with each weight stored once, carrying the metadata ``props`` and the description ``doc``."""
-    example = torch.rand(2, 3, input_size, input_size)
+class _TaskInputs(nn.Module):
+    """An :class:`EmbeddingExport` with its :data:`TASK_PARAMETERS` passed in as extra inputs, so that the
+    tracer keeps each as one graph value of its own (never folded into another constant), which another
+    task's values can then replace (:func:`with_values`)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, image: torch.Tensor, g_prompt: torch.Tensor, e_prompt: torch.Tensor, prompt_key: torch.Tensor):
+        values = dict(zip(TASK_PARAMETERS, (g_prompt, e_prompt, prompt_key)))
+        return torch.func.functional_call(self.module, values, (image,))
+
+
+def trace_graph(module: nn.Module, input_size: int, output_names: Sequence[str], opset: int, *,
+                task_inputs: bool = False) -> onnx.ModelProto:
+    """The exporter's graph of ``module`` (image [N, 3, S, S] -> ``output_names``, N dynamic), before
+    :func:`finish_onnx`. With ``task_inputs`` (``module`` an :class:`EmbeddingExport`), each of
+    :data:`TASK_PARAMETERS` is one initializer of that name holding the module's value, read as it is by
+    the graph's nodes."""
+    params = dict(module.named_parameters())
+    lifted = TASK_PARAMETERS if task_inputs else ()
+    values = tuple(params[name].detach() for name in lifted)
     batch = torch.export.Dim(BATCH_AXIS, min=1)
+    names = [INPUTS[0].name, "g_prompt", "e_prompt", "prompt_key"][:1 + len(lifted)]
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                    input_names=[s.name for s in INPUTS], output_names=list(output_names),
-                                    dynamic_shapes={INPUTS[0].name: {0: batch}}, optimize=True)
+        program = torch.onnx.export(_TaskInputs(module) if task_inputs else module,
+                                    (torch.rand(2, 3, input_size, input_size), *values), dynamo=True,
+                                    opset_version=opset, verbose=False, input_names=names,
+                                    output_names=list(output_names), optimize=True,
+                                    dynamic_shapes={names[0]: {0: batch}, **{n: None for n in names[1:]}})
     proto = program.model_proto
+    graph_inputs = list(proto.graph.input)
+    del proto.graph.input[:]
+    proto.graph.input.append(graph_inputs[0])
+    by_position = dict(zip(names[1:], zip(lifted, values)))
+    for value in graph_inputs[1:]:
+        name, tensor = by_position[value.name]
+        proto.graph.initializer.append(numpy_helper.from_array(tensor.cpu().numpy(), name))
+        for node in proto.graph.node:
+            node.input[:] = [name if i == value.name else i for i in node.input]
+    return proto
+
+
+def with_values(template: onnx.ModelProto, values: dict[str, torch.Tensor]) -> onnx.ModelProto:
+    """A copy of ``template`` whose initializers named in ``values`` hold those tensors (same dtype and
+    shape as the ones they replace: anything else is a bug, not input)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(template)
+    for tensor in proto.graph.initializer:
+        if tensor.name in values:
+            new = numpy_helper.from_array(values[tensor.name].detach().cpu().numpy(), tensor.name)
+            if (new.data_type, list(new.dims)) != (tensor.data_type, list(tensor.dims)):
+                raise ValueError(f"{tensor.name}: {new.data_type} {list(new.dims)} cannot replace "
+                                 f"{tensor.data_type} {list(tensor.dims)}")
+            tensor.CopyFrom(new)
+    return proto
+
+
+def finish_onnx(proto: onnx.ModelProto, props: dict[str, str], doc: str) -> onnx.ModelProto:
+    """``proto`` (from :func:`trace_graph`, changed in place) as a checked file: each weight stored once,
+    no exporter annotations, the batch axis named, carrying the metadata ``props`` and description ``doc``."""
     dedupe_initializers(proto)
     _strip_annotations(proto)
     for value in (*proto.graph.input, *proto.graph.output):
@@ -167,6 +217,24 @@ def trace_onnx(module: nn.Module, input_size: int, output_names: Sequence[str], 
         raise InputError(f"{props['model']}: the export would exceed protobuf's 2 GB limit for one file")
     onnx.checker.check_model(proto, full_check=True)
     return proto
+
+
+def trace_onnx(module: nn.Module, input_size: int, output_names: Sequence[str], props: dict[str, str], doc: str,
+               opset: int) -> onnx.ModelProto:
+    """Trace ``module`` (image [N, 3, S, S] -> ``output_names``, N dynamic) into a checked ONNX model
+    with each weight stored once, carrying the metadata ``props`` and the description ``doc``."""
+    return finish_onnx(trace_graph(module, input_size, output_names, opset), props, doc)
+
+
+def backbone_differences(base: DualPromptViT, model: DualPromptViT) -> list[str]:
+    """Why ``model`` cannot share ``base``'s backbone: architecture fields, else frozen tensors that differ."""
+    a, b = base.cfg.asdict(), model.cfg.asdict()
+    arch = [f"{k} {b[k]} (not {a[k]})" for k in a if k != "num_classes" and a[k] != b[k]]
+    if arch:
+        return ["architecture: " + ", ".join(arch)]
+    mine = model.state_dict()
+    return [name for name, tensor in base.state_dict().items()
+            if name.startswith(DualPromptViT.BACKBONE) and not torch.equal(tensor, mine[name])]
 
 
 def _describe(info: ModelInfo) -> str:
@@ -226,14 +294,6 @@ def save_checked(proto: onnx.ModelProto, out_path: Path, weights: int, start: fl
     return ExportResult(out_path, time.perf_counter() - start, out_path.stat().st_size, weights)
 
 
-def export_model(model: DualPromptViT, out_path: str | Path, info: ModelInfo, opset: int = DEFAULT_OPSET) -> ExportResult:
-    """Write ``model`` as ONNX to ``out_path`` (temporary file, then rename) and check the size bound."""
-    start = time.perf_counter()
-    out_path = writable(out_path)
-    proto = build_onnx(model, info, opset)
-    return save_checked(proto, out_path, unique_parameter_bytes(model, info.precision), start)
-
-
 def task_of(checkpoint: str | Path) -> int:
     """The task number in a ``task{N}_checkpoint.pth`` file name."""
     match = CHECKPOINT_RE.match(Path(checkpoint).name)
@@ -242,20 +302,46 @@ def task_of(checkpoint: str | Path) -> int:
     return int(match.group(1))
 
 
+class TaskExporter:
+    """Writes task files with one set of options, tracing once per backbone: a task whose checkpoint has
+    the architecture and frozen backbone of one already traced gets that graph with its own prompts and
+    keys (:data:`TASK_PARAMETERS`) and metadata, which is what tracing it would give, in a fraction of
+    the time (tracing is most of an export's time). Keeps one model and graph per distinct backbone."""
+
+    def __init__(self, selection: str = "per-sample", pool: str = "cls", precision: str = "fp32",
+                 opset: int = DEFAULT_OPSET, *, gather: str = "per-sample", query: str = "cls"):
+        _check_options(selection, pool, precision, opset, gather, query)
+        self.modes = dict(selection=selection, pool=pool, precision=precision, gather=gather, query=query)
+        self.opset = opset
+        self.traced: list[tuple[DualPromptViT, onnx.ModelProto]] = []
+
+    def export(self, checkpoint: str | Path, out_path: str | Path, task: Optional[int] = None) -> ExportResult:
+        """Export the checkpoint's feature extractor to ``out_path`` (task number: from the file name
+        unless given); returns the file written with the time taken (checkpoint loading included)."""
+        start = time.perf_counter()
+        checkpoint, out_path = Path(checkpoint), writable(out_path)
+        task = task_of(checkpoint) if task is None else task
+        model, ckpt = model_from_checkpoint(checkpoint)
+        info = task_info(checkpoint, task, model.cfg, ckpt.get("args"), **self.modes)
+        m = self.modes
+        module = EmbeddingExport(model, m["selection"], m["pool"], m["precision"], gather=m["gather"],
+                                 query=m["query"]).eval()
+        template = next((proto for base, proto in self.traced if not backbone_differences(base, model)), None)
+        if template is None:
+            template = trace_graph(module, model.cfg.img_size, [s.name for s in OUTPUTS], self.opset, task_inputs=True)
+            self.traced.append((model, template))
+        params = dict(module.named_parameters())
+        proto = with_values(template, {name: params[name] for name in TASK_PARAMETERS})
+        proto = finish_onnx(proto, info.to_props(), _describe(info))
+        return save_checked(proto, out_path, unique_parameter_bytes(model, info.precision), start)
+
+
 def export_task(checkpoint: str | Path, out_path: str | Path, selection: str = "per-sample", pool: str = "cls",
                 precision: str = "fp32", opset: int = DEFAULT_OPSET, task: Optional[int] = None, *,
                 gather: str = "per-sample", query: str = "cls") -> ExportResult:
-    """Export the checkpoint's feature extractor to ``out_path``; returns the file written with the
-    time taken (checkpoint loading included) and the sizes."""
-    start = time.perf_counter()
-    checkpoint = Path(checkpoint)
-    _check_options(selection, pool, precision, opset, gather, query)
-    task = task_of(checkpoint) if task is None else task
-    model, ckpt = model_from_checkpoint(checkpoint)
-    info = task_info(checkpoint, task, model.cfg, ckpt.get("args"), selection=selection, pool=pool,
-                     precision=precision, gather=gather, query=query)
-    result = export_model(model, out_path, info, opset)
-    return ExportResult(result.path, time.perf_counter() - start, result.file_bytes, result.parameter_bytes)
+    """Export the checkpoint's feature extractor to ``out_path`` (see :class:`TaskExporter`, which
+    exports several tasks of a run for little more than one)."""
+    return TaskExporter(selection, pool, precision, opset, gather=gather, query=query).export(checkpoint, out_path, task)
 
 
 def task_info(checkpoint: Path, task: int, cfg: DualPromptConfig, args: object, *, selection: str, pool: str,

@@ -12,7 +12,7 @@ from ..common.errors import InputError
 from ..common.outputs import writable_dir
 from ..infer.data.base import Dataset
 from ..infer.data.datasets import open_dataset
-from .onnx_export import ExportResult, export_task, select_checkpoints
+from .onnx_export import ExportResult, TaskExporter, select_checkpoints
 from .quantize import QuantizeResult, quantize_int8
 
 
@@ -51,15 +51,13 @@ def _onnx_name(name: str) -> str:
     return name
 
 
-def export_int8(checkpoint: Path, out: Path, dataset: Dataset, *, count: int, task: int, selection: str = "per-sample",
-                pool: str = "cls", opset: int = DEFAULT_OPSET, gather: str = "per-sample",
-                query: str = "cls") -> QuantizeResult:
-    """Trace ``checkpoint`` in fp32 into a temporary folder beside ``out``, then quantise it to int8 at
-    ``out``, calibrated on ``count`` images of ``dataset``; ``seconds`` covers both steps."""
+def export_int8(checkpoint: Path, out: Path, dataset: Dataset, *, count: int, task: int,
+                exporter: TaskExporter) -> QuantizeResult:
+    """Export ``checkpoint`` with ``exporter`` (fp32) into a temporary folder beside ``out``, then quantise
+    it to int8 at ``out``, calibrated on ``count`` images of ``dataset``; ``seconds`` covers both steps."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".fp32.") as tmp:
-        fp32 = export_task(checkpoint, Path(tmp) / out.name, selection, pool, "fp32", opset, task=task, gather=gather,
-                           query=query)
+        fp32 = exporter.export(checkpoint, Path(tmp) / out.name, task)
         q = quantize_int8(fp32.path, out, dataset, count=count)
     return replace(q, seconds=fp32.seconds + q.seconds)
 
@@ -82,13 +80,13 @@ def export_checkpoints(opts: ExportOptions) -> Iterator[tuple[str, ExportResult 
 
         yield f"tasks {', '.join(map(str, chosen))}", export_bundle(chosen, Path(opts.output_dir) / name, precision=opts.precision, **modes)
         return
+    exporter = TaskExporter(precision="fp32" if quantized else opts.precision, **modes)  # one trace per backbone
     for t, ckpt in chosen.items():
         out = Path(opts.output_dir) / f"task{t}.onnx"
         if quantized:
-            yield f"task {t}", export_int8(ckpt, out, dataset, count=opts.calibration_count, task=t, **modes)
+            yield f"task {t}", export_int8(ckpt, out, dataset, count=opts.calibration_count, task=t, exporter=exporter)
         else:
-            yield f"task {t}", export_task(ckpt, out, opts.selection, opts.pool, opts.precision, opts.opset, task=t,
-                                    gather=opts.gather, query=opts.query)
+            yield f"task {t}", exporter.export(ckpt, out, t)
 
 
 def describe_export(which: str, r: ExportResult | QuantizeResult) -> str:

@@ -5,10 +5,11 @@ Both sides get the same float32 arrays: images preprocessed once with the export
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -55,8 +56,8 @@ class Inputs:
         if self.images_dir is not None:
             return f"images under {self.images_dir}"
         if self.dataset is not None:
-            return f"{self.dataset} from {self.data_path}"
-        return f"random pixels (seed {self.seed})"
+            return f"images of {self.dataset} from {self.data_path}"
+        return f"random images (uniform pixels, seed {self.seed})"
 
     def load(self, info: ModelInfo) -> np.ndarray:
         """float32 [N, 3, S, S] model inputs for an export with metadata ``info``."""
@@ -91,22 +92,57 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def torch_forward(model: DualPromptViT, selection: str, pool: str, *, gather: str = "per-sample",
-                  query: str = "cls") -> Forward:
-    """The PyTorch model as a :data:`~export.parity.Forward` (prompt index [B] when top_k is 1)."""
-    def forward(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+# (images float32 [B, 3, S, S], query mode) -> the frozen backbone's q(x) [B, dim]
+Queries = Callable[[np.ndarray, str], torch.Tensor]
+
+
+def model_queries(model: DualPromptViT) -> Queries:
+    """``model``'s own query pass, computed at every call."""
+    def queries(images: np.ndarray, query: str) -> torch.Tensor:
         with torch.inference_mode():
-            embedding, idx = model.embed(torch.from_numpy(images), selection, pool, gather=gather, query=query)
+            return model.query(torch.from_numpy(images), query=query)
+
+    return queries
+
+
+def cached_queries(model: DualPromptViT) -> Queries:
+    """``model``'s query pass, computed once per distinct batch and mode: every task of a run has the
+    same frozen backbone, so a bundle's tasks (and its ``query`` output) share one."""
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def queries(images: np.ndarray, query: str) -> torch.Tensor:
+        key = (query, images.shape, hashlib.sha256(np.ascontiguousarray(images).tobytes()).digest())
+        if key not in cache:
+            cache[key] = model_queries(model)(images, query)
+        return cache[key]
+
+    return queries
+
+
+def torch_forward(model: DualPromptViT, selection: str, pool: str, *, gather: str = "per-sample",
+                  query: str = "cls", queries: Optional[Queries] = None) -> Forward:
+    """The PyTorch model as a :data:`~export.parity.Forward` (prompt index [B] when top_k is 1);
+    ``queries``: where its q(x) comes from (default: its own query pass)."""
+    queries = queries or model_queries(model)
+
+    def forward(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = queries(images, query)
+        with torch.inference_mode():
+            embedding, idx = model.embed(torch.from_numpy(images), selection, pool, gather=gather, query=query,
+                                         query_features=q)
         return embedding.numpy(), contract_prompt_index(idx).numpy()
 
     return forward
 
 
-def torch_similarity(model: DualPromptViT, *, query: str = "cls") -> Similarity:
-    """Cosines between the PyTorch model's queries and its prompt keys."""
+def torch_similarity(model: DualPromptViT, *, query: str = "cls", queries: Optional[Queries] = None) -> Similarity:
+    """Cosines between the PyTorch model's queries (from ``queries``, default its own pass) and its prompt keys."""
+    queries = queries or model_queries(model)
+
     def similarity(images: np.ndarray) -> np.ndarray:
+        q = queries(images, query)
         with torch.inference_mode():
-            return model.prompt_similarity(model.query(torch.from_numpy(images), query=query)).numpy()
+            return model.prompt_similarity(q).numpy()
 
     return similarity
 
@@ -173,5 +209,6 @@ def verify_export(onnx_path: str | Path, checkpoint: Optional[str | Path] = None
     report.context = {"onnx": str(onnx_path), "checkpoint": str(checkpoint), "task": info.task,
                       "model": info.model, "pool": info.pool, "gather": info.gather, "query": info.query,
                       "provider": used, "inputs": inputs.describe(),
-                      "count": len(images), "seconds": round(time.perf_counter() - start, 2)}
+                      "count": len(images), "batch_sizes": list(batch_sizes),
+                      "seconds": round(time.perf_counter() - start, 2)}
     return report

@@ -3,13 +3,13 @@ the reports, their JSON form and the lines printed for them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..common.atomic import write_json
 from ..common.errors import InputError
 from ..infer.runtime.bundle import is_bundle
 from ..infer.runtime.options import RuntimeOptions
-from .parity import ParityReport, format_table
+from .parity import BATCH_SIZES, ParityReport, format_table
 from .verify import Inputs, verify_export
 from .verify_bundle import verify_bundle
 
@@ -27,14 +27,14 @@ def export_path(task: Optional[int], onnx_path: Optional[str], export_dir: str |
 
 
 def verify_file(onnx_path: str | Path, checkpoint_dir: Optional[str | Path] = None, *, inputs: Inputs = Inputs(),
-                runtime: RuntimeOptions = RuntimeOptions(provider="cpu"),
+                runtime: RuntimeOptions = RuntimeOptions(provider="cpu"), batch_sizes: Sequence[int] = BATCH_SIZES,
                 report: Optional[str | Path] = None) -> list[ParityReport]:
     """Verify ``onnx_path`` against its source checkpoint(s) (found as
-    :func:`~export.verify.source_checkpoint` finds them): one report for a task's file, one per task
-    and one for the frozen backbone's ``query`` for a bundle. The session is opened with ``runtime``'s
-    provider, threads and TensorRT settings. With ``report``, the reports are also written there as
-    JSON (:func:`reports_dict`)."""
-    session = dict(provider=runtime.provider, threads=runtime.threads, trt=runtime.trt)
+    :func:`~export.verify.source_checkpoint` finds them) at ``batch_sizes``: one report for a task's
+    file, one per task and one for the frozen backbone's ``query`` for a bundle. The session is opened
+    with ``runtime``'s provider, threads and TensorRT settings. With ``report``, the reports are also
+    written there as JSON (:func:`reports_dict`)."""
+    session = dict(provider=runtime.provider, threads=runtime.threads, trt=runtime.trt, batch_sizes=batch_sizes)
     if is_bundle(onnx_path):
         reports = verify_bundle(onnx_path, checkpoint_dir, inputs=inputs, **session)
     else:
@@ -58,7 +58,8 @@ def format_reports(reports: list[ParityReport]) -> str:
         c = report.context
         lines.append(f"{c['onnx']} ({c['model']}, task {c['task']}{', ' + c['output'] if 'output' in c else ''}, "
                      f"{report.precision}, {report.selection}, pool {c['pool']}, gather {c['gather']}, "
-                     f"query {c['query']}) vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}")
+                     f"query {c['query']}) vs {c['checkpoint']} on {c['provider']}: {c['count']} {c['inputs']}, "
+                     f"batch sizes {', '.join(map(str, c['batch_sizes']))}")
         lines.append(format_table(report))
     return "\n".join(lines)
 

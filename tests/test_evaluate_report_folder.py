@@ -14,7 +14,8 @@ import pytest
 
 from dpcompat.common.errors import InputError
 from dpcompat.evaluate.metrics.compat import compatibility
-from dpcompat.evaluate.pipeline import Evaluation, decide_arrays, evaluate_sets
+from dpcompat.evaluate.decide import decide_arrays
+from dpcompat.evaluate.pipeline import Evaluation, evaluate_sets
 from dpcompat.evaluate.report.writer import check_out_dir, write_reports
 from dpcompat.infer.data.datasets import dataset_key
 from onnx_fixtures import run_cli, write_random_set

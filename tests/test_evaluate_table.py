@@ -13,7 +13,8 @@ from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.metrics.ranking import FIRST_HIT, FIRST_R, REQUIREMENTS, retrieval_outcomes
 from dpcompat.evaluate.metrics.table import Metric, calculate_knn, calculate_topk, per_query, retrieval_metrics
 from dpcompat.evaluate.metrics.decision import Rule
-from dpcompat.evaluate.pipeline import DecisionOptions, Evaluation, decide_arrays
+from dpcompat.evaluate.decide import DecisionOptions, decide_arrays
+from dpcompat.evaluate.pipeline import Evaluation
 from dpcompat.evaluate.report import figures
 from dpcompat.evaluate.report.writer import write_reports
 from dpcompat.evaluate.search.backfill import exact_curve

@@ -3,8 +3,6 @@ batchwise and mean pooling; verify, embed (per-task store sets) and evaluate (th
 bundle; the bundle on onnxruntime alone."""
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -57,9 +55,12 @@ def _save(folder, task, model):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("bundle"))
+
+
+def make_run(root):
     """Checkpoints of three tasks on one backbone (biases and norms random too), their single-task
-    exports and their bundle, both written through the CLI."""
-    root = tmp_path_factory.mktemp("bundle")
+    exports and their bundle, both written through the CLI, under ``root``."""
     backbone = tiny_model(0, **ARCH)
     with torch.no_grad():
         for name, p in backbone.named_parameters():

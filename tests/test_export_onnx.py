@@ -250,12 +250,12 @@ def test_verify_on_an_image_folder_and_a_cifar_split(exported, ckpt_dir, tmp_pat
     r = _run("verify", "--onnx", str(files["fp16"]), "--checkpoint-dir", str(ckpt_dir), "--images",
              str(tmp_path / "images"))
     assert r.exit_code == 0, r.output
-    assert "9 images under" in r.output and "fp16" in r.output
+    assert f"9 images under {tmp_path / 'images'}, batch sizes 1, 7, 32" in r.output and "fp16" in r.output
     write_synthetic_cifar(tmp_path / "data", "cifar10", num_classes=10, train_per_class=1, test_per_class=3)
     r = _run("verify", "--task", "2", "--export-dir", str(Path(files["top2mean"]).parent), "--checkpoint-dir",
              str(ckpt_dir), "--dataset", "cifar10:test", "--data-path", str(tmp_path / "data"), "--limit", "20")
     assert r.exit_code == 0, r.output
-    assert "20 cifar10:test" in r.output
+    assert f": 20 images of cifar10:test from {tmp_path / 'data'}, batch sizes 1, 7, 32\n" in r.output  # the header
 
 
 def test_verify_fails_on_perturbed_weights(exported, ckpt_dir, tmp_path):

@@ -15,7 +15,7 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -115,19 +115,27 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
         tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))  # never a bare NaN
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_task(model: torch.nn.Module, dataset, device: torch.device, batch_size: int, d: _Dist,
-                  selection: str, amp: bool, *, gather: str = "per-sample", query: str = "cls") -> float:
+                  selection: str, amp: bool, *, gather: str = "per-sample", query: str = "cls",
+                  queries: Optional[list[torch.Tensor]] = None) -> float:
     """Top-1 accuracy (%) over all classes, the samples split across ranks and the counts summed
     (``gather``, ``query``: the model's reference modes). ``FloatingPointError`` ("NaN or Inf logits
-    on n of N test images") when any image's logits are not all finite: an argmax of NaN is no answer."""
+    on n of N test images") when any image's logits are not all finite: an argmax of NaN is no answer.
+
+    ``queries``: the frozen backbone's q(x) of each batch, filled on the first call and read on later
+    ones (after every task, a run evaluates the same test images through the same frozen backbone:
+    the query pass is half of the work, and its result never changes). None: computed each time."""
     subset = torch.utils.data.Subset(dataset, range(d.rank, len(dataset), d.world))
     loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False)
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # correct, images, images with non-finite logits
-    for x, y in loader:
+    for b, (x, y) in enumerate(loader):
         x, y = x.to(device), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x, selection=selection, gather=gather, query=query)["logits"]
+            if queries is not None and b == len(queries):
+                queries.append(model.query(x, query=query))
+            logits = model(x, selection=selection, gather=gather, query=query,
+                           query_features=queries[b] if queries is not None else None)["logits"]
         counts += torch.stack([(logits.argmax(1) == y).sum(), torch.tensor(len(y), device=device),
                                (~torch.isfinite(logits).all(1)).sum()]).to(torch.float64)
     if d.world > 1:
@@ -173,6 +181,7 @@ class _Run:
     ckpt_dir: Path
     metrics_path: Path
     net: Optional[torch.nn.Module] = None  # what trains: the model, or its DistributedDataParallel wrapper
+    test_queries: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # per test set: see evaluate_task
 
 
 def _train(opts: TrainOptions, arch: dict, d: _Dist, device: torch.device, log: Callable[[str], None]) -> TrainResult:
@@ -356,7 +365,8 @@ def _evaluate_seen(run: _Run, t: int, acc: np.ndarray) -> dict:
     for i in range(t + 1):
         try:
             acc[i, t] = evaluate_task(run.model, run.test_sets[i], run.device, run.opts.batch_size, run.d,
-                                      run.opts.selection, run.device.type == "cuda", gather=run.opts.gather)
+                                      run.opts.selection, run.device.type == "cuda", gather=run.opts.gather,
+                                      queries=run.test_queries.setdefault(i, []))
         except FloatingPointError as e:
             raise InputError(f"training stopped after task {t + 1}: its model gives {e} of task {i + 1}; "
                              f"{_way_on(run, t)}") from None

@@ -323,24 +323,31 @@ class DualPromptViT(nn.Module):
         return tokens[:, 0] if pool == "cls" else tokens.mean(dim=1)
 
     def embed(self, x: torch.Tensor, selection: str = "per-sample", pool: str = "cls", *,
-              gather: str = "per-sample", query: str = "cls") -> tuple[torch.Tensor, torch.Tensor]:
+              gather: str = "per-sample", query: str = "cls",
+              query_features: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """What an export computes: (embedding [B, dim], prompt_index [B, top_k]) for images [B, 3, H, W].
 
-        The last block of each pass computes only what the readout needs (``cls_only``)."""
-        idx = self.select_prompts(self.prompt_similarity(self.query(x, query=query)), selection, gather=gather)
+        The last block of each pass computes only what the readout needs (``cls_only``).
+        ``query_features``: :meth:`query` of ``x`` in mode ``query`` when already computed (the tasks of
+        one run share it: the backbone is frozen); None computes it."""
+        q = self.query(x, query=query) if query_features is None else query_features
+        idx = self.select_prompts(self.prompt_similarity(q), selection, gather=gather)
         return self.pool_tokens(self.prompted_tokens(x, idx, cls_only=pool == "cls", gather=gather), pool), idx
 
     def forward(self, x: torch.Tensor, task_id: Optional[int] = None, selection: str = "per-sample",
-                pool: str = "cls", *, gather: str = "per-sample", query: str = "cls") -> dict[str, torch.Tensor]:
+                pool: str = "cls", *, gather: str = "per-sample", query: str = "cls",
+                query_features: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Logits, embedding and prompt choice for images [B, 3, H, W] in [0, 1] (training and evaluation).
 
         Returns ``logits`` [B, classes], ``embedding`` [B, dim] (see :meth:`pool_tokens`),
         ``prompt_idx`` [B, top_k] and ``reduce_sim``, the mean cosine between each query and its
         chosen keys (the pull constraint's term). ``task_id``: see :meth:`select_prompts`;
-        ``gather``: :meth:`EPrompt.gather`; ``query``: :meth:`query`.
+        ``gather``: :meth:`EPrompt.gather`; ``query``: :meth:`query`; ``query_features``: see :meth:`embed`.
         """
-        with torch.no_grad():
-            q = self.query(x, query=query)
+        q = query_features
+        if q is None:
+            with torch.no_grad():
+                q = self.query(x, query=query)
         similarity = self.prompt_similarity(q)
         idx = self.select_prompts(similarity, selection, task_id, gather=gather)
         reduce_sim = similarity.gather(1, idx).sum() / x.shape[0]

@@ -14,6 +14,11 @@ import torch
 from ..common.errors import InputError
 from .model import DualPromptConfig, DualPromptViT
 
+
+class PretrainedUnavailable(InputError):
+    """The pretrained weights could not be downloaded (hub unreachable, or the download failed): the one
+    failure a caller may answer by training from a random backbone instead (the demo does)."""
+
 _WAYS_OUT = ("pass --pretrained-weights PATH (timm .pth/.safetensors or the original .npz) "
              "or train from scratch with --no-pretrained")
 # The reference's backbone is the original ImageNet-21k ViT-B/16 (`ViT-B_16.npz`).
@@ -68,7 +73,7 @@ def load_pretrained_backbone(model: DualPromptViT, weights: Optional[str | Path]
     if path is not None and not path.is_file():
         raise InputError(f"{path}: pretrained weights file not found")
     if path is None and not hub_reachable():
-        raise InputError(f"cannot download pretrained weights {name} ({HUB_HOST} is unreachable); "
+        raise PretrainedUnavailable(f"cannot download pretrained weights {name} ({HUB_HOST} is unreachable); "
                          f"{_WAYS_OUT}")
     try:
         vit = _timm_backbone(name, path, model.cfg)
@@ -77,7 +82,7 @@ def load_pretrained_backbone(model: DualPromptViT, weights: Optional[str | Path]
     except Exception as e:
         if path is not None:
             raise InputError(f"{path}: cannot load as {name} weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-        raise InputError(
+        raise PretrainedUnavailable(
             f"cannot download pretrained weights {name} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
             f"{_WAYS_OUT}") from None
     source = {k: v for k, v in vit.state_dict().items() if k.startswith(DualPromptViT.BACKBONE)}

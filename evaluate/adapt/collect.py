@@ -20,7 +20,8 @@ from ...infer.data.base import location_key
 from ...infer.store.manifest import AdapterRecord, ModelRecord
 from ...infer.store.sets import EmbeddingSet, read_set, set_path
 from ..metrics.table import METRICS
-from ..pipeline import DecisionOptions, Evaluation, backfill_values
+from ..decide import DecisionOptions, backfill_values
+from ..pipeline import Evaluation
 from .adapter import SUFFIX, Adapter
 from .curve import adapted_pair, curve_adapters
 from .guard import check_disjoint, check_locations, check_no_leak, record_data

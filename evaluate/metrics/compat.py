@@ -312,8 +312,12 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
     start = time.perf_counter()
     cka = linear_cka_matrix(query)
     seconds["cka"] = time.perf_counter() - start
-    neighbours = {j: outcomes[j, j]["items"].neighbours for j in range(t)
-                  if outcomes[j, j]["items"] is not None and outcomes[j, j]["items"].neighbours is not None}
     return Compatibility(metrics=matrices, criteria=result_criteria, cka=cka, cmc=cmc, negative_flips=flips,
                          queries=n, resamples=resamples, seed=seed, seconds=seconds, per_query=per_query,
-                         cells=list(lower), self_rank=_self_rank(outcomes, t), neighbours=neighbours)
+                         cells=list(lower), self_rank=_self_rank(outcomes, t), neighbours=_neighbours(outcomes, t))
+
+
+def _neighbours(outcomes: dict, t: int) -> dict[int, np.ndarray]:
+    """Each diagonal cell's label-free neighbourhoods (gallery model j -> its items' k nearest), where computed."""
+    items = {j: outcomes[j, j]["items"] for j in range(t)}
+    return {j: o.neighbours for j, o in items.items() if o is not None and o.neighbours is not None}
