@@ -126,7 +126,7 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
     tracemalloc.stop()
     cells = models * (models + 1) // 2
     return {"benchmark": "evaluate", "models": models, "queries": n, "gallery": n, "dim": dim, "classes": classes,
-            "metrics": list(ev.result.metrics), "cells": cells, "seconds": seconds, "search": ev.protocol["search"],
+            "metrics": list(names), "cells": cells, "seconds": seconds, "search": ev.protocol["search"],
             "products_seconds": products, "ratio_to_products": seconds / products,
             "ranking_ns_per_similarity": ranking, "stages": ev.result.seconds, "resamples": ev.result.resamples,
             "peak_extra_mib": peak / 2**20,

@@ -20,34 +20,33 @@ class DecisionOptions:
     """The decision ``rule`` and the backfill grid it searches for not-compatible pairs: f = 0,
     1/``steps``, ..., 1, items re-embedded in a random order of seed ``seed`` or the one in ``order_file``
     (as ``evaluate --backfill-steps/--backfill-seed/--backfill-order``); ``label_free``: compute the
-    label-free metrics on labelled data too (``--label-free``); ``full_map``: the exact mAP over the whole
-    gallery too (``--full-map``: it sorts every similarity row); ``metric_given``: the rule's metric was
+    label-free metrics on labelled data too (``--label-free``); ``metric_given``: the rule's metric was
     asked for by name (``--primary-metric``): on unlabelled data a label metric is then refused, where
-    otherwise it gives way to self-top1 (:mod:`.metrics.unlabelled`)."""
+    otherwise it gives way to self-top1 (:mod:`.metrics.unlabelled`); ``full_map``: compute the exact mAP
+    over the whole gallery too (``--full-map``; it sorts every similarity row)."""
 
     rule: Rule = field(default_factory=Rule)
     steps: int = 10
     seed: int = 0
     order_file: Optional[str] = None
     label_free: bool = False
-    full_map: bool = False
     metric_given: bool = False
+    full_map: bool = False
 
     @classmethod
     def of(cls, metric: Optional[str], tolerance: float, steps: int, seed: int, order_file: Optional[str], *,
            label_free: bool = False, full_map: bool = False) -> "DecisionOptions":
         """The options of ``evaluate``'s values (--primary-metric, None: the data's default; --tolerance,
-        --backfill-*, --label-free, --full-map); InputError for a metric or tolerance the rule refuses,
-        before any work."""
+        --backfill-*, --label-free, --full-map); InputError for a metric or tolerance the rule refuses, before any work."""
         return cls(Rule(metric=metric or DEFAULT_METRIC, tolerance=tolerance), steps, seed, order_file,
-                   label_free=label_free, full_map=full_map, metric_given=metric is not None)
+                   label_free=label_free, metric_given=metric is not None, full_map=full_map)
 
     def for_data(self, what: str, labelled: bool) -> tuple["DecisionOptions", list[str]]:
         """These options with the primary metric for data ``what``, and the metrics to compute (see
         :mod:`.metrics.unlabelled`); InputError when a metric asked for needs labels the data lacks."""
         keep = self.metric_given or labelled or not table_metric(self.rule.metric).labels
         primary = primary_metric(what, labelled=labelled, primary=self.rule.metric if keep else None)
-        names = metric_names(labelled=labelled, label_free=self.label_free, full_map=self.full_map, primary=primary)
+        names = metric_names(labelled=labelled, label_free=self.label_free, primary=primary, full_map=self.full_map)
         return replace(self, rule=replace(self.rule, metric=primary)), names
 
     def check(self, what: str, labelled: bool, same_items: bool = True) -> None:

@@ -304,11 +304,9 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     putting them in task order (:func:`order_by_task`), and every pair's decision under ``options``.
 
     When query and gallery are the same data, each query's own image is left out of its gallery
-    unless ``include_self``. ``notes`` are added to those the models' provenance calls for. The
-    metrics computed are the options' (:meth:`.decide.DecisionOptions.for_data`).
-    ``search``: where the label metrics' similarities are computed and ranked, a
-    ``evaluate.search.device.DeviceSearch`` (None: numpy on the CPU); the protocol records it (the
-    label-free metrics rank with numpy).
+    unless ``include_self``. ``notes`` are added to those the models' provenance calls for.
+    ``search``: where the similarities are computed and ranked, a ``evaluate.search.device.DeviceSearch``
+    (None: numpy on the CPU); the protocol records it.
     """
     check_comparable(query, gallery)
     query, gallery = order_by_task(query, gallery, warn or once_to_stderr())
@@ -316,7 +314,7 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     backfill_order(gallery[0].count, seed=options.seed, order_file=options.order_file)  # a bad file: before the work
     arrays = [s.embeddings for s in query], [s.embeddings for s in gallery]
     result = compatibility(*arrays, query[0].labels, gallery[0].labels, k=k, exclude_self=exclude_self,
-                           progress=progress, names=names,
+                           progress=progress, metrics=names,
                            search=search.retrieval_outcomes if search else retrieval_outcomes)
     models = [s.model_id for s in query]
     records = [{"id": s.model_id, "sha256": s.manifest.model.sha256, "file": s.manifest.model.file,
@@ -329,8 +327,7 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     given = {n.split(":")[0] for n in notes}
     notes = [*(n for n in provenance_notes(provenance) if n.split(":")[0] not in given), *notes]
     protocol = {"similarity": "cosine", "k": k, "own_image_left_out": exclude_self, "labelled": query[0].labelled,
-                "metrics": names, "search": f"onnxruntime {search.used} {search.precision}"
-                if search and any(table_metric(n).labels for n in names) else "numpy fp32"}
+                "metrics": names, "search": f"onnxruntime {search.used} {search.precision}" if search else "numpy fp32"}
     if not all(table_metric(n).labels for n in names):
         protocol["label_free"] = LABEL_FREE_PROTOCOL
     backbones = [s.model_id for s in query if is_backbone(s)]

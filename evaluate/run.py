@@ -24,6 +24,7 @@ from .adapt.collect import check_fit_locations, evaluate_rows, load_adapters, re
 from .decide import DecisionOptions
 from .pipeline import (Evaluation, adapted_file, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
+from .metrics.table import METRICS, metric
 from .report.writer import check_out_dir, write_reports
 from .search.device import open_search
 from .search.production import ProductionOptions
@@ -38,13 +39,13 @@ class EvaluateOptions:
     specs under ``data_path`` (fetched first with ``download``); ``store`` is read and filled;
     ``out`` is replaced by the report folder. ``no_backbone``: a bundle's tasks without its frozen
     backbone. ``projections``: ``pca``, ``tsne`` or both, comma-separated (None: none).
-    ``precision_exports``: folders of fp16/int8 exports mirroring the models' files.
+    ``precision_exports``: folders of fp16/int8 exports mirroring the models' files. ``full_map``: add
+    the exact mAP over the whole gallery (opt-in: it sorts every similarity row). ``search_provider``,
+    ``search_precision``: where the similarity products and the ranking's inputs run
+    (:func:`.search.device.open_search`; default: the runtime's provider).
     ``primary_metric`` (None: top-1, or self-top1 on unlabelled data) and ``tolerance``: the decision
     rule (:mod:`.metrics.decision`); ``label_free``: the label-free metrics beside the label metrics on
-    labelled data (on unlabelled data they are the only ones, :mod:`.metrics.unlabelled`); ``full_map``:
-    the exact mAP over the whole gallery too (opt-in: it sorts every similarity row). ``search_provider``,
-    ``search_precision``: where the label metrics' similarity products and the ranking's inputs run
-    (:func:`.search.device.open_search`; default: the runtime's provider). ``adapters``: a
+    labelled data (on unlabelled data they are the only ones, :mod:`.metrics.unlabelled`). ``adapters``: a
     folder whose ``*.adapter.npz`` files each add an adapted row (:mod:`.adapt.rows`); a model file
     with a query adapter inside, among the models, adds one too (it is not a model of the matrix).
     """
@@ -85,10 +86,13 @@ class EvaluateOptions:
         """Refuse data ``what`` before any work: what :meth:`DecisionOptions.check` refuses, and unlabelled
         data for the parts of evaluate that measure or colour by labels."""
         self.decision().check(what, labelled, same_items)
+        if self.adapters is not None and self.primary_metric and not metric(self.primary_metric).labels:
+            raise InputError(f"--adapters: adapted rows are judged by a label metric, and --primary-metric "
+                             f"{self.primary_metric} is label-free: choose one of {', '.join(METRICS)}")
         asked = [name for name, on in (("--index", self.production.indexes), ("--backfill", self.production.backfill),
                                        ("--gallery-precision", self.production.gallery_precisions),
-                                       ("--precision-exports", self.precision_exports), ("--full-map", self.full_map),
-                                       ("--projections", self.projections)) if on]
+                                       ("--precision-exports", self.precision_exports),
+                                       ("--projections", self.projections), ("--adapters", self.adapters)) if on]
         if not labelled and asked:
             raise InputError(f"{what}: unlabelled data; {', '.join(asked)} measure(s) label metrics or colour by "
                              "label: leave them out (the label-free metrics are in the main report)")

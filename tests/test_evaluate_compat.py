@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from dpcompat.evaluate.decide import decide_arrays
 from dpcompat.evaluate.metrics.compat import compatibility, criteria
 from dpcompat.evaluate.metrics.neighbours import cmc_curve
 from dpcompat.evaluate.metrics.ranking import retrieval_outcomes
 from dpcompat.evaluate.metrics.table import chosen, retrieval_metrics
-from dpcompat.evaluate.decide import decide_arrays
 from dpcompat.evaluate.pipeline import Evaluation
 from dpcompat.evaluate.report.labels import figure_files
 from dpcompat.evaluate.report.writer import report_dict, summary, write_reports
@@ -147,7 +147,8 @@ def test_csv_markdown_and_figures(tmp_path):
                     provenance=[{"data": "generated", "backbone": "random"}] * 3)
     written = write_reports(ev, tmp_path / "out")
     out = tmp_path / "out"
-    expected = {"compatibility.json", "compatibility.csv", "compatibility.md", "report.html", *figure_files()}
+    expected = {"compatibility.json", "compatibility.csv", "compatibility.md", "report.html",
+                *figure_files(names=chosen())}
     assert {p.name for p in written} == expected == {p.name for p in out.iterdir()}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
     for p in written:
@@ -168,7 +169,7 @@ def test_csv_markdown_and_figures(tmp_path):
     md = (out / "compatibility.md").read_text()
     assert (md.index("GENERATED DATA") < md.index("## Decision") < md.index("**Rule.**") < md.index("## Figures")
             < md.index("## Evidence") < md.index("## top1"))
-    assert all(f"`{name}`" in md.split("## Evidence")[0] for name in figure_files())
+    assert all(f"`{name}`" in md.split("## Evidence")[0] for name in figure_files(names=chosen()))
     assert all(p.words in md for p in ev.decision.pairs)
     assert "| task1 | generated | random |" in md
     assert "| query \\ gallery | task1 | task2 | task3 |" in md and "Linear CKA" in md and "Negative flip rate" in md

@@ -67,8 +67,8 @@ def test_a_matrix_through_the_graph_equals_the_numpy_matrix():
     xs = [integer_sets(s)[0] for s in (3, 4, 5)]
     labels = integer_sets(3)[2]
     names = chosen(full_map=True)
-    want = compatibility(xs, xs, labels, labels, exclude_self=True, resamples=20, names=names)
-    got = compatibility(xs, xs, labels, labels, exclude_self=True, resamples=20, names=names,
+    want = compatibility(xs, xs, labels, labels, exclude_self=True, resamples=20, metrics=names)
+    got = compatibility(xs, xs, labels, labels, exclude_self=True, resamples=20, metrics=names,
                         search=DeviceSearch("cpu").retrieval_outcomes)
     for name in names:
         np.testing.assert_array_equal(got.metrics[name], want.metrics[name], err_msg=name)

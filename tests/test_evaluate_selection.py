@@ -102,8 +102,8 @@ def test_a_query_set_that_is_the_gallery_array_ranks_as_a_copy_of_it():
                     retrieval_outcomes(x, labels, x.copy(), labels, exclude_self=exclude_self))
     xs = [x, duplicated_unit_rows(3)[0]]
     names = chosen(full_map=True)
-    same = compatibility(xs, xs, labels, labels, exclude_self=True, resamples=20, names=names)
-    copied = compatibility(xs, [y.copy() for y in xs], labels, labels, exclude_self=True, resamples=20, names=names)
+    same = compatibility(xs, xs, labels, labels, exclude_self=True, resamples=20, metrics=names)
+    copied = compatibility(xs, [y.copy() for y in xs], labels, labels, exclude_self=True, resamples=20, metrics=names)
     for name in names:
         np.testing.assert_array_equal(same.metrics[name], copied.metrics[name], err_msg=name)
     np.testing.assert_array_equal(same.cmc, copied.cmc)
@@ -119,7 +119,7 @@ def test_exact_map_is_opt_in_and_equals_the_full_sort():
     want = reference_outcomes(similarity, labels, labels)
     assert got["mAP"] == np.nanmean(want.ap) and got["mAP@R"] == np.nanmean(want.ap_at_r)
     result = compatibility([x, x], [x, x], labels, labels, exclude_self=True, resamples=20,
-                           names=chosen(full_map=True))
+                           metrics=chosen(full_map=True))
     assert list(result.metrics) == list(chosen(full_map=True)) and result.metrics["mAP"][1, 0] == got["mAP"]
 
 
@@ -164,14 +164,14 @@ def test_count_interval_on_constructed_differences():
     assert count_interval(with_gaps)[0] == 0.5
 
 
-def test_count_below_merges_and_searches_alike():
+def test_count_below_counts_as_a_comparison_does():
     rng = np.random.default_rng(4)
     top = np.sort(np.round(rng.standard_normal((6, 90)), 1).astype(np.float32), axis=1)
     top[:, :5] = -np.inf
-    values = np.sort(np.concatenate([top[:, ::7], np.full((6, 2), -0.0, np.float32)], axis=1), axis=1)
+    top[1] = -np.inf  # a row masked whole
+    values = np.sort(np.concatenate([top[:, ::7], np.full((6, 2), -0.0, np.float32), np.full((6, 1), np.inf, np.float32),
+                                     np.full((6, 1), -np.inf, np.float32)], axis=1), axis=1)
     for strictly in (False, True):
-        want = np.array([[np.sum(t < v) if strictly else np.sum(t <= v) for v in row] for t, row in zip(top, values)])
-        np.testing.assert_array_equal(selection.count_below(top, values, strictly=strictly), want)  # search
-        np.testing.assert_array_equal(selection.count_below(top[:, :40], values[:, :12], strictly=strictly),
-                                      [[np.sum(t[:40] < v) if strictly else np.sum(t[:40] <= v) for v in row[:12]]
-                                       for t, row in zip(top, values)])  # merge
+        for t, v in ((top, values), (top[:, :40], values[:, :12]), (top.astype(np.float64), values.astype(np.float64))):
+            want = [[np.sum(row < x) if strictly else np.sum(row <= x) for x in vals] for row, vals in zip(t, v)]
+            np.testing.assert_array_equal(selection.count_below(t, v, strictly=strictly), want)

@@ -1,5 +1,6 @@
 """Production galleries as they are (issue 24, phase 1): flat folders and sharded folders without labels,
-file lists with and without labels, their fingerprints, the unlabelled store, and evaluate's refusal."""
+file lists with and without labels, their fingerprints, the unlabelled store, and evaluate on them
+(label-free metrics only; a label metric refused with the reason)."""
 import json
 import os
 
@@ -8,10 +9,7 @@ import pytest
 from PIL import Image
 
 from dpcompat.common.errors import InputError
-from dpcompat.evaluate.decide import DecisionOptions
-from dpcompat.evaluate.metrics.table import LABEL_FREE
 from dpcompat.evaluate.pipeline import evaluate_sets
-from dpcompat.evaluate.report.labels import figure_files
 from dpcompat.infer.data import files
 from dpcompat.infer.data.datasets import dataset_key, dataset_location, open_dataset
 from dpcompat.infer.embed import embed_dataset
@@ -196,7 +194,7 @@ def test_unreadable_listed_files_stop_before_work_or_are_skipped(tmp_path):
     assert r.set.manifest.skipped == ("gone.png", "bad.png") and r.set.labels.tolist() == [3]
 
 
-def test_unlabelled_folder_cli_refuses_label_metrics_before_embedding_and_evaluates_label_free(tmp_path):
+def test_unlabelled_folder_cli_embeds_and_evaluates_label_free(tmp_path):
     write_model(tmp_path / "task1.onnx")
     write_model(tmp_path / "task2.onnx", task=2)
     flat_gallery(tmp_path / "gallery")
@@ -204,30 +202,36 @@ def test_unlabelled_folder_cli_refuses_label_metrics_before_embedding_and_evalua
                 "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"wrote emb/task1/{dataset_key(f'folder:{tmp_path}/gallery')}: 5 x 16" in r.stdout
-    base = ("evaluate", "task1.onnx", "task2.onnx", "--query", "folder:gallery", "--store", "emb", "--out", "rep",
-            "--provider", "cpu", "--quiet", "--k", "2")
-    for asked, said in ((("--primary-metric", "top1"), "error: --primary-metric top1: folder:gallery is unlabelled"),
-                        (("--full-map",), "error: folder:gallery: unlabelled data; --full-map measure(s) label metrics")):
-        e = run_cli(*base, *asked, cwd=tmp_path)
-        assert e.returncode == 2 and e.stderr.count("\n") == 1 and not e.stdout, e.stderr
-        assert e.stderr.startswith(said), e.stderr
-        assert not (tmp_path / "emb" / "task2").exists()  # refused before embedding
-    ok = run_cli(*base, cwd=tmp_path)
+    common = ("--query", "folder:gallery", "--store", "emb", "--out", "rep", "--provider", "cpu", "--quiet", "--k", "2")
+    e = run_cli("evaluate", "task1.onnx", "task2.onnx", *common, "--primary-metric", "top1", cwd=tmp_path)
+    assert e.returncode == 2 and e.stderr.count("\n") == 1 and not e.stdout
+    assert e.stderr.startswith("error: --primary-metric top1: folder:gallery is unlabelled, and top-1 compares the "
+                               "labels of retrieved items; on unlabelled data evaluate offers the label-free metrics")
+    assert not (tmp_path / "emb" / "task2").exists()  # refused before embedding
+    e = run_cli("evaluate", "task1.onnx", "task2.onnx", *common, "--index", "flat", cwd=tmp_path)
+    assert e.returncode == 2 and e.stderr.startswith("error: folder:gallery: unlabelled data; --index measure")
+    ok = run_cli("evaluate", "task1.onnx", "task2.onnx", *common, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     report = json.loads((tmp_path / "rep" / "compatibility.json").read_text())
-    assert list(report["metrics"]) == list(LABEL_FREE)  # the label-free metrics only, in table order
-    assert set(report["figures"]) == set(figure_files(list(LABEL_FREE), primary="self-top1"))
-    assert all((tmp_path / "rep" / name).is_file() for name in report["figures"])
+    assert list(report["metrics"]) == ["self-top1", "self-top5", "overlap@k"] and report["protocol"]["labelled"] is False
+    assert report["decision"]["rule"]["metric"] == "self-top1" and "label-free" in report["decision"]["rule"]["text"]
+    assert [p["reference"] for p in report["decision"]["pairs"]] == [1.0]  # the deployed model retrieves itself
+    assert report["self_rank"]["median"][0][0] == 1 and "negative_flips.png" not in report["figures"]
+    s = run_cli("evaluate", "--from-store", "task1,task2", "--query", "folder:gallery", "--store", "emb", "--out",
+                "rep2", "--k", "2", cwd=tmp_path)
+    assert s.returncode == 0, s.stderr
+    assert json.loads((tmp_path / "rep2" / "compatibility.json").read_text())["metrics"] == report["metrics"]
 
 
-def test_evaluate_sets_computes_label_free_metrics_only_on_unlabelled_sets(tmp_path):
+def test_evaluate_sets_on_unlabelled_sets_needs_the_same_items(tmp_path):
     model = write_model(tmp_path / "task1.onnx")
     _, r = unlabelled_sets(tmp_path, model)
     ev = evaluate_sets([r.set], [r.set], k=2)
-    assert list(ev.result.metrics) == list(LABEL_FREE) and ev.decision.rule.metric == "self-top1"
-    with pytest.raises(InputError, match=r"--primary-metric top1: folder:.*gallery \(.*\) is unlabelled") as caught:
-        evaluate_sets([r.set], [r.set], k=2, options=DecisionOptions.of("top1", 0.01, 10, 0, None))
-    assert "\n" not in str(caught.value)
+    assert list(ev.result.metrics) == ["self-top1", "self-top5", "overlap@k"] and ev.result.metrics["self-top1"][0, 0] == 1
+    listed = write_list(tmp_path, "two.txt", [str(f) for f in open_dataset(f"folder:{tmp_path / 'gallery'}").files[:4]])
+    other = embed_dataset(model, open_dataset(f"list:{listed}"), tmp_path / "store", runtime=CPU()).set
+    with pytest.raises(InputError, match=r"list:.*two.txt \(.*\): the label-free metrics .* must be the gallery's items"):
+        evaluate_sets([other], [r.set], k=2)
 
 
 def test_location_of_file_specs(tmp_path, monkeypatch):

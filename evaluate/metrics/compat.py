@@ -19,9 +19,9 @@ pair is *compatible* is the decision rule's verdict (:mod:`.decision`), never th
   fraction of queries that model j answered right against its own gallery and model i's query
   answers wrong against the same gallery (the metrics marked ``flip`` in :mod:`.table`: top-1, kNN).
 
-Every metric computed gets its matrix, criteria and per-cell tests: by default :func:`.table.chosen`
-(all of :data:`.table.METRICS` but the opt-in exact mAP); the label-free ones of
-:data:`.table.LABEL_FREE` (:mod:`.labelfree`) when asked for.
+Every metric computed (:func:`.table.chosen` by default: the label metrics of :data:`.table.METRICS`
+but the opt-in exact mAP; the label-free ones of :data:`.table.LABEL_FREE`, :mod:`.labelfree`, on
+request) gets its matrix, criteria and per-cell tests.
 
 Uncertainty: see :mod:`.significance`.
 """
@@ -191,12 +191,14 @@ def _cells(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_lab
            gallery_labels: Optional[np.ndarray], k: int, exclude_self: bool, names: Sequence[str],
            progress: Optional[Callable[[int, int], None]], search: Callable) -> dict[tuple[int, int], dict]:
     """``{(i, j): {"labels": QueryOutcomes or None, "items": ItemOutcomes or None}}`` of every cell j <= i:
-    the label metrics' ranking by ``search`` (with the first relevant place CMC reads) and the
-    label-free one, each only when ``names`` holds one of its metrics. Row j's diagonal cell is
-    computed before the cells (i > j) whose neighbourhoods it is the reference of."""
+    the label metrics' ranking (with the first relevant place CMC reads) and the label-free one, each
+    only when ``names`` holds one of its metrics; ``search`` ranks a cell for the label metrics (as
+    :func:`.ranking.retrieval_outcomes`). Row j's diagonal cell is computed before the cells
+    (i > j) whose neighbourhoods it is the reference of."""
     t = len(query)
-    label_requires = table.requirements(names)
-    item_requires = frozenset().union(*(m.requires for m in map(table.metric, names) if not m.labels))
+    chosen = [table.metric(n) for n in names]
+    label_requires = frozenset().union(*(m.requires for m in chosen if m.labels))
+    item_requires = frozenset().union(*(m.requires for m in chosen if not m.labels))
     if label_requires:
         label_requires |= {FIRST_HIT}  # CMC reads the first relevant place
     outcomes: dict[tuple[int, int], dict] = {}
@@ -247,10 +249,18 @@ def _cmc_and_flips(outcomes: dict[tuple[int, int], dict], t: int, depth: int,
     return cmc, flips
 
 
+def _table_order(metrics: Sequence[str]) -> list[str]:
+    """``metrics`` in table order (:func:`.table.known`); ValueError naming an unknown one."""
+    unknown = sorted(set(metrics) - set(table.known()))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}: expected among {table.known()}")
+    return [name for name in table.known() if name in metrics]
+
+
 def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: Optional[np.ndarray],
                   gallery_labels: Optional[np.ndarray], *, k: int = 5, exclude_self: bool = False,
                   progress: Optional[Callable[[int, int], None]] = None, resamples: int = RESAMPLES,
-                  seed: int = SEED, names: Optional[Sequence[str]] = None,
+                  seed: int = SEED, metrics: Optional[Sequence[str]] = None,
                   search: Callable[..., QueryOutcomes] = retrieval_outcomes) -> Compatibility:
     """Every metric for every pair (query model i, gallery model j <= i), criteria with intervals, CMC,
     negative flip rates and CKA.
@@ -265,18 +275,16 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
         image out of its gallery (label metrics; the label-free ones have their own convention, :mod:`.labelfree`).
     progress : called with (cells done, cells in all) after each cell.
     resamples, seed : of the bootstrap (:mod:`.significance`).
-    names : names of :func:`.table.known` to compute, default :func:`.table.chosen` (the label metrics
-        but the exact mAP; ``table.chosen(full_map=True)`` adds it, which sorts every similarity row);
-        the result lists them in table order. Label-free ones need query and gallery to be the same items.
-    search : ranks one cell for the label metrics, with :func:`.ranking.retrieval_outcomes`'s arguments
-        (default: it, numpy); ``evaluate.search.device.DeviceSearch.retrieval_outcomes`` runs the
-        products on a device.
+    metrics : names of :func:`.table.known` to compute (default :func:`.table.chosen`: the label metrics
+        but the exact mAP), listed in table order. Label-free ones need query and gallery to be the same items.
+    search : ranks one cell for the label metrics, as :func:`.ranking.retrieval_outcomes` (the default)
+        does; ``evaluate.search.device.DeviceSearch.retrieval_outcomes`` runs the products on a device.
 
     Returns
     -------
     :class:`Compatibility`; CKA is between the models' query embeddings.
     """
-    names = _in_table_order(table.chosen() if names is None else names)
+    names = _table_order(table.chosen() if metrics is None else metrics)
     t, n = len(query), len(query[0])
     if any(table.metric(name).labels for name in names):
         check_depth(len(gallery[0]) - exclude_self, table.ranked_places(k))
@@ -307,14 +315,6 @@ def compatibility(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], qu
     return Compatibility(metrics=matrices, criteria=result_criteria, cka=cka, cmc=cmc, negative_flips=flips,
                          queries=n, resamples=resamples, seed=seed, seconds=seconds, per_query=per_query,
                          cells=list(lower), self_rank=_self_rank(outcomes, t), neighbours=_neighbours(outcomes, t))
-
-
-def _in_table_order(names: Sequence[str]) -> list[str]:
-    """``names`` in :func:`.table.known`'s order; ValueError naming any it does not hold."""
-    unknown = sorted(set(names) - set(table.known()))
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}: expected among {table.known()}")
-    return [name for name in table.known() if name in names]
 
 
 def _neighbours(outcomes: dict, t: int) -> dict[int, np.ndarray]:

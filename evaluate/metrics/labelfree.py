@@ -11,7 +11,7 @@ For a cell (query model i, gallery model j), by cosine similarity over L2-normal
   self-top1 / self-top5 (:mod:`.table`) are place <= 1 / <= 5; the places' distribution is the CMC
   curve of an unlabelled evaluation and is summarised by its median and 90th percentile.
 * *neighbourhood agreement*: overlap@k = |N(q_j[n]) ∩ N(q_i[n])| / k, where N(q) are the k gallery
-  items of j's gallery nearest to the query q (ties by increasing index, as :func:`.neighbours.topk_indices`)
+  items of j's gallery nearest to the query q (ties by increasing index, as :func:`.ranking.topk_indices`)
   with item n itself **always left out** of item n's neighbourhood, under both queries: it is the
   target of self-retrieval, not a neighbour, and keeping it would count one agreement whenever both
   queries retrieve it. q_j[n] is the deployed model's own query (the neighbourhood its users see
@@ -27,8 +27,7 @@ from typing import AbstractSet, Optional
 
 import numpy as np
 
-from .neighbours import topk_indices
-from .ranking import _BLOCK_ELEMENTS
+from .ranking import _BLOCK_ELEMENTS, topk_indices
 
 SELF_PLACE = "self_place"  # the place of each query's own item in the gallery's ranking
 NEIGHBOURHOOD = "neighbourhood"  # the overlap of its k nearest gallery items with the deployed model's

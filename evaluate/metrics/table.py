@@ -8,14 +8,14 @@ lists metrics reads this table, in its order: the compatibility matrices, their 
 per-cell tests, negative flips, the index cells, backfilling curves, precision rows, the report
 files' keys and the figures. Adding a metric is adding one entry and its ``calculate_*`` function.
 
+An ``opt_in`` entry is computed only when asked for (:func:`chosen`; ``evaluate --full-map``): exact
+mAP over the whole gallery needs every similarity row sorted (:data:`.ranking.FULL_RANKING`), where
+the others need only each row's first R places.
+
 :data:`LABEL_FREE` declares the label-free metrics the same way (:mod:`.labelfree`: cross-model
 self-retrieval, neighbourhood agreement; ``Metric.labels`` False): an evaluation computes them on
 unlabelled data, and beside the label metrics when asked for (``evaluate --label-free``); what lists an
 evaluation's metrics reads the keys of its result (``Compatibility.metrics``), in this table order.
-
-An ``opt_in`` entry is computed only when asked for (:func:`chosen`; ``evaluate --full-map``): exact
-mAP over the whole gallery needs every similarity row sorted (:data:`.ranking.FULL_RANKING`), where
-the others need only each row's first R places.
 
 Conventions: ``calculate(outcomes)`` returns float64 [Nq], NaN where a query has no value (left out
 of the metric's mean); it reads only the outcome fields its ``requires`` fill. A binary metric's
@@ -54,11 +54,11 @@ class Metric:
         (:func:`evaluate.search.indexes.list_outcomes`).
     places : the deepest place of a ranking it looks at (top-k: k; 1 when it reads no fixed depth);
         each query's gallery, and an index's lists, must hold at least as many items.
+    opt_in : computed only when asked for (:func:`chosen`), for its cost; through an index it is
+        always reported (``index_name``: its ranked lists are short).
     labels : whether it compares labels (``requires`` among :data:`.ranking.REQUIREMENTS`); False: a
         label-free metric, ``requires`` among :data:`.labelfree.REQUIREMENTS`, ``calculate`` reading
         :class:`.labelfree.ItemOutcomes`.
-    opt_in : computed only when asked for (:func:`chosen`), for its cost; through an index it is
-        always reported (``index_name``: its ranked lists are short).
     """
 
     name: str
@@ -70,8 +70,8 @@ class Metric:
     flip: bool = False
     index_name: Optional[str] = None
     places: int = 1
-    labels: bool = True
     opt_in: bool = False
+    labels: bool = True
 
     def __post_init__(self):
         check = check_requirements if self.labels else labelfree.check_requirements
@@ -157,16 +157,14 @@ def known() -> list[str]:
 
 
 def chosen(*, full_map: bool = False) -> tuple[str, ...]:
-    """The label metrics computed, in table order: every entry of :data:`METRICS` but the opt-in ones,
-    and those too with ``full_map`` (``evaluate --full-map``). Which metrics an evaluation computes,
-    label-free ones included, is decided in :func:`.unlabelled.metric_names`."""
+    """The metrics computed, in table order: every entry but the opt-in ones, and those too with
+    ``full_map`` (``evaluate --full-map``)."""
     return tuple(m.name for m in METRICS.values() if full_map or not m.opt_in)
 
 
 def requirements(names: Optional[Sequence[str]] = None) -> frozenset:
-    """What the label ranking must compute for the label metrics among ``names`` (default: :func:`chosen`)."""
-    names = chosen() if names is None else names
-    return frozenset().union(*(METRICS[n].requires for n in names if n in METRICS))
+    """What the ranking must compute for the metrics ``names`` (default: :func:`chosen`)."""
+    return frozenset().union(*(METRICS[n].requires for n in (chosen() if names is None else names)))
 
 
 def index_requirements() -> frozenset:
@@ -222,8 +220,8 @@ def metric_mean(values: np.ndarray) -> float:
 
 
 def summary(outcomes: QueryOutcomes, names: Optional[Sequence[str]] = None) -> dict[str, float]:
-    """``{name: mean of its per-query values}`` for the metrics ``names`` (default: :func:`chosen`), in
-    table order; NaN when no query has one."""
+    """``{name: mean of its per-query values}`` for the label metrics ``names`` (default: :func:`chosen`),
+    in table order; NaN when no query has one."""
     return {name: metric_mean(per_query(outcomes, name)) for name in (chosen() if names is None else names)}
 
 

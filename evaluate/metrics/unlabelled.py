@@ -6,10 +6,8 @@ sub-folders, ``images:``, ``list:`` without a label column) evaluate computes th
 :data:`.table.LABEL_FREE` only (cross-model self-retrieval, neighbourhood agreement: :mod:`.labelfree`),
 and a label metric asked for by name (``--primary-metric top1``) is refused with the reason. On
 labelled data the label-free metrics are computed beside the label metrics when asked for
-(``--label-free``, or a label-free primary metric), and the label metrics are those of
-:func:`.table.chosen`: the exact mAP over the whole gallery only when asked for (``--full-map``, or
-as the primary metric). The primary metric defaults to top-1 on labelled data and to self-top1, its
-label-free counterpart, on unlabelled data.
+(``--label-free``, or a label-free primary metric). The primary metric defaults to top-1 on labelled
+data and to self-top1, its label-free counterpart, on unlabelled data.
 """
 from __future__ import annotations
 
@@ -23,17 +21,13 @@ from .table import LABEL_FREE, chosen, known, metric
 DEFAULT_LABEL_FREE = "self-top1"
 
 
-def require_labels(what: str, labelled: bool, *, why: str = "every metric it reports (top-1, mAP@R, ...) compares "
-                                                           "labels") -> None:
-    """InputError naming ``what`` (a data spec, or a stored set) unless its data is ``labelled``."""
-    if not labelled:
-        raise InputError(f"{what}: unlabelled data; {why}, so none can be computed on it")
-
-
 def require_set_labels(sets: Iterable[EmbeddingSet]) -> None:
-    """:func:`require_labels` for stored sets, each named by its data spec and folder."""
+    """InputError naming the first stored set (by its data spec and folder) whose data is unlabelled: for
+    what measures label metrics only (``adapt``)."""
     for s in sets:
-        require_labels(f"{s.manifest.dataset.spec} ({s.path})", s.labelled)
+        if not s.labelled:
+            raise InputError(f"{s.manifest.dataset.spec} ({s.path}): unlabelled data; the metrics measured here "
+                             "(top-1, mAP@R, ...) compare labels, so none can be computed on it")
 
 
 def primary_metric(what: str, *, labelled: bool, primary: Optional[str]) -> str:
@@ -50,8 +44,8 @@ def primary_metric(what: str, *, labelled: bool, primary: Optional[str]) -> str:
 
 
 def metric_names(*, labelled: bool, label_free: bool, primary: str, full_map: bool = False) -> list[str]:
-    """The metrics to compute, label metrics first, each table in its order: on labelled data the label
-    metrics of :func:`.table.chosen` (the exact mAP with ``full_map``, or when it is the ``primary``
+    """The metrics to compute, label metrics first, each table in its order: the label metrics on
+    labelled data (:func:`.table.chosen`: the exact mAP only with ``full_map`` or as the ``primary``
     metric), the label-free ones on unlabelled data, and with ``label_free`` or a label-free
     ``primary`` metric too."""
     names = list(chosen(full_map=full_map or metric(primary).opt_in)) if labelled else []

@@ -90,7 +90,7 @@ def _head(ev: Evaluation) -> list[str]:
                   "own [CLS] without prompts, evaluated as the oldest model (first row and column; it takes part in "
                   "the decision and the evidence as the update before the first task). `evaluate --no-backbone` "
                   "leaves it out.", ""]
-    files = figure_files(list(ev.result.metrics), primary=ev.decision.rule.metric)
+    files = figure_files(primary=ev.decision.rule.metric, names=list(ev.result.metrics))
     lines += [caption(ev), "", "Rows: query model; columns: gallery model (update order, oldest first).", "",
               "## Figures", ""] + [f"- `{name}`: {text}." for name, text in files.items()] + [""]
     return lines
@@ -146,8 +146,13 @@ def _other_sections(ev: Evaluation) -> list[str]:
     depth = r.cmc.shape[-1]
     cmc_rows = [[f"{models[i]} / {models[j]}", *(_f(v, 3) for v in r.cmc[i, j])]
                 for i, j in dict.fromkeys([*((i, i) for i in range(t)), *((t - 1, j) for j in range(t))])]
-    lines += [f"## CMC (top-k accuracy, k = 1..{depth})", "",
+    what = "top-k accuracy" if ev.query.get("labelled", True) else "cross-model self-retrieval within the first k"
+    lines += [f"## CMC ({what}, k = 1..{depth})", "",
               *markdown_table(["query / gallery model", *(str(k) for k in range(1, depth + 1))], cmc_rows)]
+    for key, matrix in r.self_rank.items():
+        lines += [f"## Self-retrieval place, {key} (1 = the item's own gallery entry comes first)", "",
+                  *markdown_table(["query \\ gallery", *models], [[models[i], *(f"{matrix[i, j]:g}" if j <= i else ""
+                                                                         for j in range(t))] for i in range(t)])]
     lines += ["## Linear CKA between query embeddings", "",
               *markdown_table(["", *models], [[models[i], *(_cka(r.cka, i, j) for j in range(t))] for i in range(t)])]
     return lines

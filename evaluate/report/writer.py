@@ -24,7 +24,7 @@ from .html import HTML_FILE, write_html
 from .labels import EVIDENCE, caption, figure_files, model_label
 from .markdown import decision_rows, markdown, own_rows
 from ..metrics.compat import Criteria
-from ..metrics.table import known, metric
+from ..metrics.table import metric
 from ..pipeline import Evaluation
 from ..metrics.significance import AC_INTERVAL, LEVEL
 from ...common.atomic import atomic_file, replaced_dir, write_json
@@ -41,8 +41,7 @@ _EXTRA_FILES = ("production.json", "production.md", "projections.png")
 
 
 def _report_name(name: str) -> bool:
-    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, HTML_FILE, *_EXTRA_FILES) or (
-        name in figure_files(known())) or (
+    return name in (JSON_FILE, CSV_FILE, MARKDOWN_FILE, HTML_FILE, *_EXTRA_FILES) or name in figure_files() or (
         name.startswith(("heatmap_", "backfill_")) and name.endswith(".png"))
 
 
@@ -155,16 +154,17 @@ def report_dict(ev: Evaluation) -> dict:
         "gallery": ev.gallery,
         "protocol": ev.protocol,
         "significance": {"resamples": r.resamples, "seed": r.seed, "level": LEVEL, "queries": r.queries,
-                         "ac_interval": AC_INTERVAL, "use": "intervals and McNemar's test of every metric are evidence; the verdict is "
-                                "decision's"},
+                         "ac_interval": AC_INTERVAL,
+                         "use": "intervals and McNemar's test of every metric are evidence; the verdict is decision's"},
         "evidence_definitions": dict(EVIDENCE),
         "metrics": {name: _matrix(matrix, True) for name, matrix in r.metrics.items()},
         "criteria": {name: _criteria_dict(c, name, r.metrics[name]) for name, c in r.criteria.items()},
         "cmc": {"depth": int(r.cmc.shape[-1]),
                 "curves": [[[_num(v) for v in r.cmc[i, j]] if j <= i else None for j in range(t)] for i in range(t)]},
         "negative_flip_rate": {name: _matrix(flips, True) for name, flips in r.negative_flips.items()},
+        "self_rank": {key: _matrix(matrix, True) for key, matrix in r.self_rank.items()},
         "cka": _matrix(r.cka, False),
-        "figures": figure_files(list(r.metrics), primary=ev.decision.rule.metric),
+        "figures": figure_files(primary=ev.decision.rule.metric, names=list(r.metrics)),
         "adapters": adapters_dict(ev),
     }
 
