@@ -157,3 +157,18 @@ def test_order_file_and_pairs(tmp_path, models):
         parse_pairs("t9:t1", ["t1", "t2"])
     with pytest.raises(InputError, match="--backfill-steps 0"):
         fractions(0)
+
+
+def test_production_sections_measure_the_label_metrics_computed_beside_label_free_ones(tmp_path):
+    """With the label-free metrics computed beside the label metrics (evaluate --label-free), the
+    backfill curves and gallery-precision matrices are those of the label metrics computed."""
+    from dpcompat.evaluate.metrics.table import LABEL_FREE
+    from dpcompat.evaluate.search.production import ProductionOptions, evaluate_production
+
+    sets = drifted_sets(tmp_path / "store", n=300)
+    exact = compatibility([s.embeddings for s in sets], [s.embeddings for s in sets], sets[0].labels,
+                          sets[0].labels, exclude_self=True, metrics=[*chosen(), *LABEL_FREE])
+    opts = ProductionOptions(backfill=True, backfill_steps=2, gallery_precisions=("fp16",))
+    out = evaluate_production(sets, sets, exact, ["m0", "m1"], opts, tmp_path / "store", exclude_self=True)
+    assert list(out["backfill"]["pairs"][0]["curves"]["exact"]) == list(chosen())
+    assert list(out["gallery_precision"]["fp16"]["metrics"]) == list(chosen())

@@ -19,7 +19,7 @@ from ..metrics.compat import Compatibility
 from .indexes import IndexParams, check_kinds, faiss_module, training_shortfalls
 from .precision import STORAGE_PRECISIONS, query_precision_row, storage_matrices
 from .cells import cached_index, index_compatibility
-from ..metrics.table import deepest
+from ..metrics.table import deepest, metric as table_metric
 
 
 @dataclass
@@ -114,11 +114,11 @@ def _backfill_section(query, gallery, models, opts: ProductionOptions, store, k,
     return section
 
 
-def _storage_section(query, gallery, exact: Compatibility, opts: ProductionOptions, k, exclude_self) -> dict:
+def _storage_section(query, gallery, exact: Compatibility, opts: ProductionOptions, k, exclude_self, names) -> dict:
     section = {}
     for p in opts.gallery_precisions:
         got = storage_matrices([s.embeddings for s in query], [s.embeddings for s in gallery], query[0].labels,
-                               gallery[0].labels, p, k=k, exclude_self=exclude_self, names=list(exact.metrics))
+                               gallery[0].labels, p, k=k, exclude_self=exclude_self, names=names)
         delta = {n: got[n] - exact.metrics[n] for n in got}
         section[p] = {"metrics": {n: _rows(m) for n, m in got.items()},
                       "delta": {n: _rows(m) for n, m in delta.items()},
@@ -164,11 +164,11 @@ def evaluate_production(query: Sequence[EmbeddingSet], gallery: Sequence[Embeddi
     if opts.indexes:
         out["indexes"] = {**_index_section(query, gallery, opts, store, k, exclude_self, progress),
                           "training": shortfalls}
+    names = [n for n in exact.metrics if table_metric(n).labels]  # the label metrics the evaluation computed
     if opts.backfill:
-        out["backfill"] = _backfill_section(query, gallery, list(models), opts, store, k, exclude_self,
-                                            list(exact.metrics))
+        out["backfill"] = _backfill_section(query, gallery, list(models), opts, store, k, exclude_self, names)
     if opts.gallery_precisions:
-        out["gallery_precision"] = _storage_section(query, gallery, exact, opts, k, exclude_self)
+        out["gallery_precision"] = _storage_section(query, gallery, exact, opts, k, exclude_self, names)
     return out
 
 
