@@ -305,8 +305,9 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
 
     When query and gallery are the same data, each query's own image is left out of its gallery
     unless ``include_self``. ``notes`` are added to those the models' provenance calls for.
-    ``search``: where the similarities are computed and ranked, a ``evaluate.search.device.DeviceSearch``
-    (None: numpy on the CPU); the protocol records it.
+    ``search``: where the label metrics' similarities are computed and ranked, a
+    ``evaluate.search.device.DeviceSearch`` (None: numpy on the CPU); the protocol records it (the
+    label-free metrics rank with numpy).
     """
     check_comparable(query, gallery)
     query, gallery = order_by_task(query, gallery, warn or once_to_stderr())
@@ -327,7 +328,8 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     given = {n.split(":")[0] for n in notes}
     notes = [*(n for n in provenance_notes(provenance) if n.split(":")[0] not in given), *notes]
     protocol = {"similarity": "cosine", "k": k, "own_image_left_out": exclude_self, "labelled": query[0].labelled,
-                "metrics": names, "search": f"onnxruntime {search.used} {search.precision}" if search else "numpy fp32"}
+                "metrics": names, "search": f"onnxruntime {search.used} {search.precision}"
+                if search and any(table_metric(n).labels for n in names) else "numpy fp32"}
     if not all(table_metric(n).labels for n in names):
         protocol["label_free"] = LABEL_FREE_PROTOCOL
     backbones = [s.model_id for s in query if is_backbone(s)]

@@ -91,7 +91,7 @@ class EvaluateOptions:
                              f"{self.primary_metric} is label-free: choose one of {', '.join(METRICS)}")
         asked = [name for name, on in (("--index", self.production.indexes), ("--backfill", self.production.backfill),
                                        ("--gallery-precision", self.production.gallery_precisions),
-                                       ("--precision-exports", self.precision_exports),
+                                       ("--precision-exports", self.precision_exports), ("--full-map", self.full_map),
                                        ("--projections", self.projections), ("--adapters", self.adapters)) if on]
         if not labelled and asked:
             raise InputError(f"{what}: unlabelled data; {', '.join(asked)} measure(s) label metrics or colour by "

@@ -3,6 +3,7 @@ file lists with and without labels, their fingerprints, the unlabelled store, an
 (label-free metrics only; a label metric refused with the reason)."""
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from dpcompat.common.errors import InputError
 from dpcompat.evaluate.pipeline import evaluate_sets
+from dpcompat.evaluate.run import EvaluateOptions
 from dpcompat.infer.data import files
 from dpcompat.infer.data.datasets import dataset_key, dataset_location, open_dataset
 from dpcompat.infer.embed import embed_dataset
@@ -226,8 +228,12 @@ def test_unlabelled_folder_cli_embeds_and_evaluates_label_free(tmp_path):
 def test_evaluate_sets_on_unlabelled_sets_needs_the_same_items(tmp_path):
     model = write_model(tmp_path / "task1.onnx")
     _, r = unlabelled_sets(tmp_path, model)
-    ev = evaluate_sets([r.set], [r.set], k=2)
+    graph = SimpleNamespace(used="cpu", precision="fp32", retrieval_outcomes=None)  # ranks label metrics only
+    ev = evaluate_sets([r.set], [r.set], k=2, search=graph)
     assert list(ev.result.metrics) == ["self-top1", "self-top5", "overlap@k"] and ev.result.metrics["self-top1"][0, 0] == 1
+    assert ev.protocol["search"] == "numpy fp32"  # the label-free metrics ranked with numpy, not the graph
+    with pytest.raises(InputError, match=r"^folder:g: unlabelled data; --full-map measure"):
+        EvaluateOptions(full_map=True).check("folder:g", False, True)  # not silently dropped
     listed = write_list(tmp_path, "two.txt", [str(f) for f in open_dataset(f"folder:{tmp_path / 'gallery'}").files[:4]])
     other = embed_dataset(model, open_dataset(f"list:{listed}"), tmp_path / "store", runtime=CPU()).set
     with pytest.raises(InputError, match=r"list:.*two.txt \(.*\): the label-free metrics .* must be the gallery's items"):
