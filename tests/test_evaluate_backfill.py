@@ -66,7 +66,7 @@ def test_exact_curve_is_the_slow_reference_and_ends_at_the_matrix(models):
     want = slow_backfill(new, old, new, labels, labels, order, 5, 3, True)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-9, err_msg=name)
-    c = compatibility([old, new], [old, new], labels, labels, k=3, exclude_self=True, names=chosen(full_map=True))
+    c = compatibility([old, new], [old, new], labels, labels, k=3, exclude_self=True, metrics=chosen(full_map=True))
     for name in want:
         assert got[name][0] == c.metrics[name][1, 0]  # f = 0: C[i][j]
         assert got[name][-1] == c.metrics[name][1, 1]  # f = 1: C[i][i]

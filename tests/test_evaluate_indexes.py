@@ -131,7 +131,7 @@ def test_flat_through_faiss_equals_the_exact_matrices(tmp_path):
     sets = store_sets(tmp_path)
     labels = sets[0].labels
     exact = compatibility([s.embeddings for s in sets], [s.embeddings for s in sets], labels, labels, k=5,
-                          exclude_self=True, names=chosen(full_map=True))
+                          exclude_self=True, metrics=chosen(full_map=True))
     results = index_compatibility(sets, sets, ["flat"], IndexParams(), tmp_path / "store", k=5, exclude_self=True,
                                   depth=1000)
     assert [r.kind for r in results] == ["exact", "flat"]
@@ -228,7 +228,9 @@ def test_faiss_training_warning_is_said_once_per_evaluation(tmp_path, capfd):
     opts = ProductionOptions(indexes=("ivf", "ivfpq"), params=IndexParams(nlist=8, pq_m=4, pq_bits=6), depth=10,
                              backfill=True, backfill_steps=2)
     said = []
-    result = evaluate_production(sets, sets, None, ["m0", "m1", "m2"], opts, tmp_path / "store", exclude_self=True,
+    exact = compatibility(*[[s.embeddings for s in sets]] * 2, sets[0].labels, sets[0].labels, exclude_self=True,
+                          resamples=20)  # the backfill curves are those of the metrics it computed
+    result = evaluate_production(sets, sets, exact, ["m0", "m1", "m2"], opts, tmp_path / "store", exclude_self=True,
                                  warn=said.append)
     assert "WARNING" not in capfd.readouterr().err  # 6 ivf + 6 ivfpq cells and the backfill curves: FAISS silent
     lines = ["IVF trained on 120 points for 8 lists: fewer than FAISS recommends (39 per list), recall may suffer",

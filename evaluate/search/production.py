@@ -146,6 +146,12 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _label_metrics(exact: Compatibility) -> list[str]:
+    """The label metrics the exact evaluation computed (the label-free ones have no index or stored-gallery
+    counterpart here), in table order."""
+    return [n for n in exact.metrics if table_metric(n).labels]
+
+
 def evaluate_production(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet], exact: Compatibility,
                         models: Sequence[str], opts: ProductionOptions, store: str | Path, *, k: int = 5,
                         exclude_self: bool = False, progress: Optional[Callable[[int, int], None]] = None,
@@ -164,11 +170,11 @@ def evaluate_production(query: Sequence[EmbeddingSet], gallery: Sequence[Embeddi
     if opts.indexes:
         out["indexes"] = {**_index_section(query, gallery, opts, store, k, exclude_self, progress),
                           "training": shortfalls}
-    names = [n for n in exact.metrics if table_metric(n).labels]  # the label metrics the evaluation computed
     if opts.backfill:
-        out["backfill"] = _backfill_section(query, gallery, list(models), opts, store, k, exclude_self, names)
+        out["backfill"] = _backfill_section(query, gallery, list(models), opts, store, k, exclude_self,
+                                            _label_metrics(exact))
     if opts.gallery_precisions:
-        out["gallery_precision"] = _storage_section(query, gallery, exact, opts, k, exclude_self, names)
+        out["gallery_precision"] = _storage_section(query, gallery, exact, opts, k, exclude_self, _label_metrics(exact))
     return out
 
 
