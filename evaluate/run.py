@@ -24,6 +24,7 @@ from .adapt.collect import check_fit_locations, evaluate_rows, load_adapters, re
 from .decide import DecisionOptions
 from .pipeline import (Evaluation, adapted_file, collect_from_models, collect_from_store, evaluate_sets, model_files,
                        once_to_stderr, order_by_task)
+from .metrics.table import METRICS, metric
 from .report.writer import check_out_dir, write_reports
 from .search.device import open_search
 from .search.production import ProductionOptions
@@ -85,10 +86,13 @@ class EvaluateOptions:
         """Refuse data ``what`` before any work: what :meth:`DecisionOptions.check` refuses, and unlabelled
         data for the parts of evaluate that measure or colour by labels."""
         self.decision().check(what, labelled, same_items)
+        if self.adapters is not None and self.primary_metric and not metric(self.primary_metric).labels:
+            raise InputError(f"--adapters: adapted rows are judged by a label metric, and --primary-metric "
+                             f"{self.primary_metric} is label-free: choose one of {', '.join(METRICS)}")
         asked = [name for name, on in (("--index", self.production.indexes), ("--backfill", self.production.backfill),
                                        ("--gallery-precision", self.production.gallery_precisions),
                                        ("--precision-exports", self.precision_exports),
-                                       ("--projections", self.projections)) if on]
+                                       ("--projections", self.projections), ("--adapters", self.adapters)) if on]
         if not labelled and asked:
             raise InputError(f"{what}: unlabelled data; {', '.join(asked)} measure(s) label metrics or colour by "
                              "label: leave them out (the label-free metrics are in the main report)")

@@ -183,7 +183,7 @@ def test_too_few_rows_says_how_many_are_needed(tmp_path, kind, ridge, need):
     x, labels = clustered(need, 16, seed=0)
     a, b = put(tmp_path, "new", x, labels), put(tmp_path, "old", x @ rotation(16), labels)
     fit_adapter(a, b, kind=kind, direction="gallery", ridge=ridge)  # exactly enough
-    with pytest.raises(InputError, match=rf"{need - 1} paired rows, a {kind} adapter from dimension 16 needs at "
+    with pytest.raises(InputError, match=rf"{need - 1} paired rows, the {kind} adapter from dimension 16 needs at "
                                          rf"least {need} \("):
         fit_adapter(a, b, kind=kind, direction="gallery", ridge=ridge, rows=np.arange(need - 1))
 

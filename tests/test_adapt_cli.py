@@ -116,6 +116,9 @@ def test_a_rotation_adapter_makes_the_pair_compatible_in_both_directions(rotated
     assert "transform the stored gallery (adapt --apply)" in rows["gallery"]["words"]
     assert "adapters (" in out and "task2 \u2192 task1 via orthogonal query adapter" in out
     md = (root / "reports" / "compatibility.md").read_text()
+    for table in (out, md):  # each row names its file: two adapters of one kind and pair stay apart
+        assert "orthogonal query (task2-to-task1.adapter.npz)" in table
+        assert "orthogonal gallery (task1-to-task2.adapter.npz)" in table
     assert "## Adapters" in md and "Learning curve" in md and md.index("## Adapters") < md.index("## Provenance")
     assert 'id="adapters"' in (root / "reports" / "report.html").read_text()
 
@@ -224,7 +227,7 @@ def test_adapt_refuses_in_one_line_before_any_work(rotated, capfd, changed, extr
 def test_adapt_says_how_many_rows_a_fit_needs(tmp_path, capfd):
     world(tmp_path, lambda x: x[:, ::-1], fit=40, dim=48)
     code, _, err = adapt(capfd, tmp_path)
-    assert code == 2 and "40 paired rows, a orthogonal adapter from dimension 48 needs at least 48" in err
+    assert code == 2 and "40 paired rows, the orthogonal adapter from dimension 48 needs at least 48" in err
     code, _, err = adapt(capfd, tmp_path, kind="affine")
     assert code == 2 and "needs at least 55 (49 parameters per output dimension, plus a held-out tenth" in err
 
@@ -235,7 +238,7 @@ def test_an_adapter_that_puts_old_queries_on_a_new_gallery_is_refused(rotated, c
                        "--store", "store", cwd=root)
     assert code == 0, err
     code, _, err, _ = evaluate(capfd, root, "--adapters", "adapters")
-    assert code == 2 and "task1-to-task2.adapter.npz: a orthogonal query adapter of task1's queries on task2's " \
+    assert code == 2 and "task1-to-task2.adapter.npz: the orthogonal query adapter of task1's queries on task2's " \
                          "gallery, but task1 is not newer than task2" in err
 
 
@@ -246,6 +249,15 @@ def test_evaluate_adapters_needs_a_folder_of_adapter_files(rotated, capfd):
                             ("nothere", "--adapters nothere: not a folder")):
         code, _, err, _ = evaluate(capfd, root, "--adapters", folder)
         assert code == 2 and err == f"error: {message}" + err[len(f"error: {message}"):] and err.count("\n") == 1
+
+
+def test_adapters_refuse_a_label_free_primary_metric_before_any_work(rotated, capfd):
+    root, _ = rotated
+    assert adapt(capfd, root)[0] == 0
+    code, _, err, _ = evaluate(capfd, root, "--adapters", "adapters", "--primary-metric", "self-top1")
+    assert code == 2 and err.count("\n") == 1 and not (root / "reports").exists()
+    assert err.startswith("error: --adapters: adapted rows are judged by a label metric, and --primary-metric "
+                          "self-top1 is label-free: choose one of top1")
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +303,20 @@ def test_a_model_file_with_the_adapter_inside_is_an_adapted_row(exports, capfd, 
     code, _, err = run(capfd, "evaluate", "--from-store", f"task1,{stored}", "--store", tmp_path / "store", "--out",
                        tmp_path / "r3", cwd=root)
     assert code == 2 and "not a model of the matrix; evaluate the two models with --adapters DIR" in err
+
+
+def test_the_leakage_guard_refuses_before_anything_is_embedded(exports, capfd, tmp_path):
+    root, fit_store, store = exports, tmp_path / "fit-store", tmp_path / "store"
+    for t in (1, 2):
+        assert run(capfd, "embed", "--model", f"exports/task{t}.onnx", "--dataset", "cifar10:test", "--provider", "cpu",
+                   "--quiet", "--store", fit_store, cwd=root)[0] == 0
+    assert run(capfd, "adapt", "--deployed", "task1", "--candidate", "task2", "--fit-data", "cifar10:test", "--store",
+               fit_store, "--out", tmp_path / "leak" / "l.adapter.npz", cwd=root)[0] == 0
+    code, out, err = run(capfd, "evaluate", "--models", "exports/task1.onnx", "exports/task2.onnx", "--query",
+                         "cifar10:test", "--store", store, "--out", tmp_path / "r", "--provider", "cpu", "--quiet",
+                         "--adapters", tmp_path / "leak", cwd=root)
+    assert code == 2 and err.count("\n") == 1 and "l.adapter.npz: fitted on cifar10:test, which overlaps the query" in err
+    assert not (tmp_path / "r").exists() and not [p for p in store.rglob("*") if p.is_file()]  # nothing embedded
 
 
 ADAPT_AND_EVALUATE = '''
@@ -340,3 +366,10 @@ def test_bench_adapt_measures_fits_and_the_transform_against_the_peak(tmp_path, 
     assert old.count == 3000 and "of peak" in format_adapt(result) and "load average" in format_adapt(result)
     code, _, err = run(capfd, "bench", "adapt", "--kinds", "orthogonal,sideways", "--workdir", "b", cwd=tmp_path)
     assert code == 2 and "--kinds 'sideways': expected one of orthogonal, linear, affine" in err
+    code, out, err = run(capfd, "bench", "adapt", "--rows", 500, "--dim", 8, "--kinds", "affine", "--repeats", 1,
+                         "--workdir", "b", "--json", "b.json", cwd=tmp_path)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["rows"] == 500 and saved["dim"] == 8 and [f["kind"] for f in saved["fit"]] == ["affine"]
+    assert saved["apply"]["rows"] == 500 and saved["matmul_peak"]["peak"] == 1e10 and "machine" in saved
+    assert "of peak" in out and (tmp_path / "b" / "store" / "old-to-new").is_dir()

@@ -1,5 +1,6 @@
 """Production galleries as they are (issue 24, phase 1): flat folders and sharded folders without labels,
-file lists with and without labels, their fingerprints, the unlabelled store, and evaluate's refusal."""
+file lists with and without labels, their fingerprints, the unlabelled store, and evaluate on them
+(label-free metrics only; a label metric refused with the reason)."""
 import json
 import os
 
@@ -193,7 +194,7 @@ def test_unreadable_listed_files_stop_before_work_or_are_skipped(tmp_path):
     assert r.set.manifest.skipped == ("gone.png", "bad.png") and r.set.labels.tolist() == [3]
 
 
-def test_unlabelled_folder_cli_embeds_and_evaluate_refuses_in_one_line(tmp_path):
+def test_unlabelled_folder_cli_embeds_and_evaluates_label_free(tmp_path):
     write_model(tmp_path / "task1.onnx")
     write_model(tmp_path / "task2.onnx", task=2)
     flat_gallery(tmp_path / "gallery")
@@ -201,25 +202,36 @@ def test_unlabelled_folder_cli_embeds_and_evaluate_refuses_in_one_line(tmp_path)
                 "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"wrote emb/task1/{dataset_key(f'folder:{tmp_path}/gallery')}: 5 x 16" in r.stdout
-    e = run_cli("evaluate", "task1.onnx", "task2.onnx", "--query", "folder:gallery", "--store", "emb", "--out", "rep",
-                "--provider", "cpu", "--quiet", cwd=tmp_path)
+    common = ("--query", "folder:gallery", "--store", "emb", "--out", "rep", "--provider", "cpu", "--quiet", "--k", "2")
+    e = run_cli("evaluate", "task1.onnx", "task2.onnx", *common, "--primary-metric", "top1", cwd=tmp_path)
     assert e.returncode == 2 and e.stderr.count("\n") == 1 and not e.stdout
-    assert e.stderr.startswith("error: folder:gallery: unlabelled data; every metric evaluate reports")
-    assert "label-free compatibility" in e.stderr and "phase 2" in e.stderr
+    assert e.stderr.startswith("error: --primary-metric top1: folder:gallery is unlabelled, and top-1 compares the "
+                               "labels of retrieved items; on unlabelled data evaluate offers the label-free metrics")
     assert not (tmp_path / "emb" / "task2").exists()  # refused before embedding
-    s = run_cli("evaluate", "--from-store", "task1", "--query", "folder:gallery", "--store", "emb", "--out", "rep",
-                cwd=tmp_path)
-    assert s.returncode == 2 and s.stderr.count("\n") == 1
-    assert s.stderr.startswith(f"error: folder:gallery (emb/task1/{dataset_key(f'folder:{tmp_path}/gallery')}): "
-                               "unlabelled data")
+    e = run_cli("evaluate", "task1.onnx", "task2.onnx", *common, "--index", "flat", cwd=tmp_path)
+    assert e.returncode == 2 and e.stderr.startswith("error: folder:gallery: unlabelled data; --index measure")
+    ok = run_cli("evaluate", "task1.onnx", "task2.onnx", *common, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads((tmp_path / "rep" / "compatibility.json").read_text())
+    assert list(report["metrics"]) == ["self-top1", "self-top5", "overlap@k"] and report["protocol"]["labelled"] is False
+    assert report["decision"]["rule"]["metric"] == "self-top1" and "label-free" in report["decision"]["rule"]["text"]
+    assert [p["reference"] for p in report["decision"]["pairs"]] == [1.0]  # the deployed model retrieves itself
+    assert report["self_rank"]["median"][0][0] == 1 and "negative_flips.png" not in report["figures"]
+    s = run_cli("evaluate", "--from-store", "task1,task2", "--query", "folder:gallery", "--store", "emb", "--out",
+                "rep2", "--k", "2", cwd=tmp_path)
+    assert s.returncode == 0, s.stderr
+    assert json.loads((tmp_path / "rep2" / "compatibility.json").read_text())["metrics"] == report["metrics"]
 
 
-def test_evaluate_sets_refuses_unlabelled_sets(tmp_path):
+def test_evaluate_sets_on_unlabelled_sets_needs_the_same_items(tmp_path):
     model = write_model(tmp_path / "task1.onnx")
     _, r = unlabelled_sets(tmp_path, model)
-    with pytest.raises(InputError, match=r"folder:.*gallery \(.*\): unlabelled data") as caught:
-        evaluate_sets([r.set], [r.set])
-    assert "\n" not in str(caught.value)
+    ev = evaluate_sets([r.set], [r.set], k=2)
+    assert list(ev.result.metrics) == ["self-top1", "self-top5", "overlap@k"] and ev.result.metrics["self-top1"][0, 0] == 1
+    listed = write_list(tmp_path, "two.txt", [str(f) for f in open_dataset(f"folder:{tmp_path / 'gallery'}").files[:4]])
+    other = embed_dataset(model, open_dataset(f"list:{listed}"), tmp_path / "store", runtime=CPU()).set
+    with pytest.raises(InputError, match=r"list:.*two.txt \(.*\): the label-free metrics .* must be the gallery's items"):
+        evaluate_sets([other], [r.set], k=2)
 
 
 def test_location_of_file_specs(tmp_path, monkeypatch):

@@ -108,6 +108,23 @@ def test_from_store_without_data_path_says_where_it_looked_and_what_the_store_ho
                    cwd=tmp_path).returncode == 0
 
 
+def test_one_model_from_the_command_line_reports_its_own_quality_and_decides_nothing(work):
+    """`evaluate --models task1.onnx` ended in a traceback (issue 21): one model has no pair; its top-1
+    is brute force's on its stored set (cosine, own image left out, ties to the lower index)."""
+    tmp_path, models, _ = work
+    r = run_cli("evaluate", "--models", str(models[0]), "--store", "S", "--data-path", "D", "--out", "one", "--quiet",
+                cwd=tmp_path)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr[-2000:]
+    assert "decision: no pair to decide (one model)" in r.stdout
+    report = json.loads((tmp_path / "one" / "compatibility.json").read_text())
+    assert report["models"] == ["task1"] and report["decision"]["pairs"] == []
+    stored = read_set(_set(tmp_path, "task1"))
+    x = stored.embeddings / np.linalg.norm(stored.embeddings, axis=1, keepdims=True)
+    hits = [stored.labels[min((-float(x[q] @ x[g]), g) for g in range(len(x)) if g != q)[1]] == stored.labels[q]
+            for q in range(len(x))]
+    assert report["metrics"]["top1"][0][0] == pytest.approx(np.mean(hits))
+
+
 @pytest.mark.skipif(gpu_problem("cuda") is None, reason="CUDA works here: the request is served")
 def test_an_explicit_gpu_request_is_checked_when_every_set_is_reused(work):
     tmp_path, models, _ = work

@@ -51,7 +51,7 @@ def refuse_adapted_sets(sets: Sequence[EmbeddingSet]) -> None:
         a = s.manifest.model.adapter
         if a is not None:
             made = "a gallery transformed by" if s.manifest.transformed else "embeddings by a model file with"
-            raise InputError(f"{s.path}: {made} a {a.kind} {a.direction} adapter ({a.source_id} \u2192 {a.target_id}), "
+            raise InputError(f"{s.path}: {made} the {a.kind} {a.direction} adapter ({a.source_id} \u2192 {a.target_id}), "
                              "not a model of the matrix; evaluate the two models with --adapters DIR (the folder of "
                              f"its *{SUFFIX} file), or name the model file with the adapter inside")
 
@@ -70,7 +70,7 @@ def _ordered(file: Path, kind: str, direction: str, i: int, j: int, models: Sequ
     newer model's gallery."""
     if i <= j:
         what = "queries" if direction == "query" else "gallery"
-        raise InputError(f"{file}: a {kind} {direction} adapter of {models[i]}'s queries on {models[j]}'s gallery, but "
+        raise InputError(f"{file}: the {kind} {direction} adapter of {models[i]}'s queries on {models[j]}'s gallery, but "
                          f"{models[i]} is not newer than {models[j]} in task order; the report's pairs are a newer "
                          f"candidate's queries on an older deployed gallery: fit the {what} adapter with "
                          f"--candidate {models[j]} --deployed {models[i]}")

@@ -87,7 +87,7 @@ def curve_adapters(fit_from: EmbeddingSet, fit_to: EmbeddingSet, query: Embeddin
     sizes = curve_sizes(fit_from.count, least) if sizes is None else sorted(set(sizes))
     if not sizes or not least <= sizes[0] <= sizes[-1] <= fit_from.count:
         raise InputError(f"{fit_from.path}: {fit_from.count} paired rows; learning-curve sizes must lie from {least} "
-                         f"(the fewest a {kind} adapter of dimension {fit_from.dim} takes) to {fit_from.count}")
+                         f"(the fewest the {kind} adapter of dimension {fit_from.dim} takes) to {fit_from.count}")
     order = np.random.default_rng(seed).permutation(fit_from.count)
     return ((size, fit_adapter(fit_from, fit_to, kind=kind, direction=direction, ridge=ridge, seed=seed,
                                rows=order[:size])) for size in sizes)

@@ -85,7 +85,7 @@ def _check_size(kind: str, fit_from: EmbeddingSet, fit_to: EmbeddingSet, rows: i
         why = ("one per dimension" if kind == "orthogonal" else
                f"{parameters(kind, dim_in)} parameters per output dimension"
                + (", plus a held-out tenth to choose the ridge strength" if choose_ridge else ""))
-        raise InputError(f"{fit_from.path}: {rows} paired rows, a {kind} adapter from dimension {dim_in} needs at "
+        raise InputError(f"{fit_from.path}: {rows} paired rows, the {kind} adapter from dimension {dim_in} needs at "
                          f"least {need} ({why})")
 
 

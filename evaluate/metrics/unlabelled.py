@@ -21,17 +21,13 @@ from .table import LABEL_FREE, chosen, known, metric
 DEFAULT_LABEL_FREE = "self-top1"
 
 
-def require_labels(what: str, labelled: bool, *, why: str = "every metric it reports (top-1, mAP@R, ...) compares "
-                                                           "labels") -> None:
-    """InputError naming ``what`` (a data spec, or a stored set) unless its data is ``labelled``."""
-    if not labelled:
-        raise InputError(f"{what}: unlabelled data; {why}, so none can be computed on it")
-
-
 def require_set_labels(sets: Iterable[EmbeddingSet]) -> None:
-    """:func:`require_labels` for stored sets, each named by its data spec and folder."""
+    """InputError naming the first stored set (by its data spec and folder) whose data is unlabelled: for
+    what measures label metrics only (``adapt``)."""
     for s in sets:
-        require_labels(f"{s.manifest.dataset.spec} ({s.path})", s.labelled)
+        if not s.labelled:
+            raise InputError(f"{s.manifest.dataset.spec} ({s.path}): unlabelled data; the metrics measured here "
+                             "(top-1, mAP@R, ...) compare labels, so none can be computed on it")
 
 
 def primary_metric(what: str, *, labelled: bool, primary: Optional[str]) -> str:

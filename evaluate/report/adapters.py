@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from html import escape
+from pathlib import PurePath
 from typing import Optional
 
 from ...common.tables import markdown_table, text_columns
@@ -99,8 +100,8 @@ def adapter_rows(ev: Evaluation) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in ev.adapters:
         t, u = r.metrics[ev.decision.rule.metric], r.unadapted
-        rows.append([r.gallery, r.query, f"{r.record.kind} {r.record.direction}", r.verdict, f"{t.value:.4f}",
-                     f"{t.reference:.4f}", f"{t.difference:+.4f} {_span(t.low, t.high)}",
+        adapter = f"{r.record.kind} {r.record.direction} ({PurePath(r.file).name})"
+        rows.append([r.gallery, r.query, adapter, r.verdict, f"{t.value:.4f}", f"{t.reference:.4f}", f"{t.difference:+.4f} {_span(t.low, t.high)}",
                      f"{u.verdict}, {u.difference:+.4f} {_span(u.low, u.high)}", _equivalent(r)])
     return header, rows
 

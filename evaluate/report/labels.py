@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from ..metrics.decision import DEFAULT_METRIC
-from ..metrics.table import flip_names, known, metric
+from ..metrics.table import METRICS, flip_names, metric
 from ..metrics.significance import LEVEL
 from ..pipeline import Evaluation
 
@@ -29,8 +29,8 @@ EVIDENCE = {
 def figure_files(*, primary: str = DEFAULT_METRIC, names: Optional[Sequence[str]] = None) -> dict[str, str]:
     """``{file name: one-line explanation}`` of every figure, in the order the report lists them (the
     decision first); ``primary``: the decision rule's metric, whose heatmap and margin panel carry the
-    pairs' verdicts; ``names``: the metrics computed (default: every metric that may be)."""
-    names = known() if names is None else names
+    pairs' verdicts; ``names``: the metrics computed (default: the label metrics, an evaluation's default)."""
+    names = list(METRICS) if names is None else names
     files = {"decision.png": "the decision per pair: the primary metric's change C[i][j] \u2212 C[j][j] (candidate's "
                              "queries on the deployed gallery against the deployed model on it) with its interval "
                              "and what to do, on one symmetric scale; undecided pairs pale and hatched"}

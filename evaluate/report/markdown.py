@@ -146,8 +146,13 @@ def _other_sections(ev: Evaluation) -> list[str]:
     depth = r.cmc.shape[-1]
     cmc_rows = [[f"{models[i]} / {models[j]}", *(_f(v, 3) for v in r.cmc[i, j])]
                 for i, j in dict.fromkeys([*((i, i) for i in range(t)), *((t - 1, j) for j in range(t))])]
-    lines += [f"## CMC (top-k accuracy, k = 1..{depth})", "",
+    what = "top-k accuracy" if ev.query.get("labelled", True) else "cross-model self-retrieval within the first k"
+    lines += [f"## CMC ({what}, k = 1..{depth})", "",
               *markdown_table(["query / gallery model", *(str(k) for k in range(1, depth + 1))], cmc_rows)]
+    for key, matrix in r.self_rank.items():
+        lines += [f"## Self-retrieval place, {key} (1 = the item's own gallery entry comes first)", "",
+                  *markdown_table(["query \\ gallery", *models], [[models[i], *(f"{matrix[i, j]:g}" if j <= i else ""
+                                                                         for j in range(t))] for i in range(t)])]
     lines += ["## Linear CKA between query embeddings", "",
               *markdown_table(["", *models], [[models[i], *(_cka(r.cka, i, j) for j in range(t))] for i in range(t)])]
     return lines

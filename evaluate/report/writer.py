@@ -162,6 +162,7 @@ def report_dict(ev: Evaluation) -> dict:
         "cmc": {"depth": int(r.cmc.shape[-1]),
                 "curves": [[[_num(v) for v in r.cmc[i, j]] if j <= i else None for j in range(t)] for i in range(t)]},
         "negative_flip_rate": {name: _matrix(flips, True) for name, flips in r.negative_flips.items()},
+        "self_rank": {key: _matrix(matrix, True) for key, matrix in r.self_rank.items()},
         "cka": _matrix(r.cka, False),
         "figures": figure_files(primary=ev.decision.rule.metric, names=list(r.metrics)),
         "adapters": adapters_dict(ev),

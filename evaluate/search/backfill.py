@@ -134,7 +134,8 @@ def backfilled_values(query: np.ndarray, old: np.ndarray, new: np.ndarray, query
     against the gallery ``old`` [Ng, D] with rows ``items`` taken from ``new`` (``old`` itself when
     ``items`` is empty). What the decision rule judges at one point of a backfilling curve. A label-free
     metric (labels unused) compares neighbourhoods with ``reference`` int [N, k], the old model's own
-    (:attr:`.metrics.compat.Compatibility.neighbours`): the neighbourhood its users saw before the backfill."""
+    (:attr:`.metrics.compat.Compatibility.neighbours`): the neighbourhood its users saw before the backfill
+    (the full re-index, f = 1, is the diagonal cell C[i][i] instead: 1 by construction)."""
     gallery = mixed_gallery(old, new, items) if len(items) else old
     entry = table_metric(metric)
     if not entry.labels:
