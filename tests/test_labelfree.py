@@ -9,7 +9,7 @@ from dpcompat.evaluate.metrics import labelfree
 from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.metrics.decision import COMPATIBLE, NOT_COMPATIBLE, Rule
 from dpcompat.evaluate.metrics.labelfree import REQUIREMENTS, item_outcomes
-from dpcompat.evaluate.metrics.table import LABEL_FREE, METRICS, known
+from dpcompat.evaluate.metrics.table import LABEL_FREE, chosen, known
 from dpcompat.evaluate.pipeline import DecisionOptions, decide_arrays
 from decision_fixtures import pairs_data, rotation, unit
 
@@ -75,8 +75,8 @@ def test_label_free_cells_through_the_table_and_matrices():
     x, labels = pairs_data(pairs=20)
     both = compatibility([x, x], [x, x], labels, labels, exclude_self=True, resamples=50, metrics=known())
     alone = compatibility([x, x], [x, x], labels, labels, exclude_self=True, resamples=50)
-    assert list(both.metrics) == known() and list(alone.metrics) == list(METRICS)
-    for name in METRICS:
+    assert list(both.metrics) == known() and list(alone.metrics) == list(chosen())
+    for name in alone.metrics:
         np.testing.assert_array_equal(both.per_query[name], alone.per_query[name])
 
 
@@ -103,10 +103,10 @@ def test_label_free_and_labelled_verdicts_agree_on_clear_cases(metric):
 
 def test_unlabelled_or_unpaired_data_gets_the_label_free_metrics_or_a_reason():
     options = DecisionOptions()
-    assert options.for_data("d", True)[1] == list(METRICS)
+    assert options.for_data("d", True)[1] == list(chosen())
     unlabelled, names = options.for_data("d", False)
     assert unlabelled.rule.metric == "self-top1" and names == list(LABEL_FREE)
-    assert DecisionOptions(label_free=True).for_data("d", True)[1] == known()
+    assert DecisionOptions(label_free=True).for_data("d", True)[1] == [*chosen(), *LABEL_FREE]
     given = DecisionOptions.of("top1", 0.01, 10, 0, None)
     with pytest.raises(InputError, match=r"^--primary-metric top1: d is unlabelled, and top-1 compares the labels"):
         given.for_data("d", False)
