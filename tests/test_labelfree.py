@@ -10,7 +10,7 @@ from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.metrics.decision import COMPATIBLE, NOT_COMPATIBLE, Rule
 from dpcompat.evaluate.metrics.labelfree import REQUIREMENTS, item_outcomes
 from dpcompat.evaluate.metrics.table import LABEL_FREE, METRICS, chosen, known
-from dpcompat.evaluate.pipeline import DecisionOptions, decide_arrays
+from dpcompat.evaluate.decide import DecisionOptions, decide_arrays
 from decision_fixtures import pairs_data, rotation, unit
 
 
