@@ -105,7 +105,8 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
 
     from ..evaluate.metrics.ranking import FIRST_HIT
     from ..evaluate.metrics.table import chosen, requirements
-    from ..evaluate.pipeline import DecisionOptions, collect_from_store, evaluate_sets
+    from ..evaluate.decide import DecisionOptions
+    from ..evaluate.pipeline import collect_from_store, evaluate_sets
     from ..evaluate.search.device import open_search
     from .machine import machine_info
 

@@ -6,11 +6,11 @@ import math
 import numpy as np
 import pytest
 
+from dpcompat.evaluate.decide import decide_arrays
 from dpcompat.evaluate.metrics.compat import compatibility, criteria
 from dpcompat.evaluate.metrics.neighbours import cmc_curve
 from dpcompat.evaluate.metrics.ranking import retrieval_outcomes
 from dpcompat.evaluate.metrics.table import chosen, retrieval_metrics
-from dpcompat.evaluate.decide import decide_arrays
 from dpcompat.evaluate.pipeline import Evaluation
 from dpcompat.evaluate.report.labels import figure_files
 from dpcompat.evaluate.report.writer import report_dict, summary, write_reports

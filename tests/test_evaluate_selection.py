@@ -164,14 +164,14 @@ def test_count_interval_on_constructed_differences():
     assert count_interval(with_gaps)[0] == 0.5
 
 
-def test_count_below_merges_and_searches_alike():
+def test_count_below_counts_as_a_comparison_does():
     rng = np.random.default_rng(4)
     top = np.sort(np.round(rng.standard_normal((6, 90)), 1).astype(np.float32), axis=1)
     top[:, :5] = -np.inf
-    values = np.sort(np.concatenate([top[:, ::7], np.full((6, 2), -0.0, np.float32)], axis=1), axis=1)
+    top[1] = -np.inf  # a row masked whole
+    values = np.sort(np.concatenate([top[:, ::7], np.full((6, 2), -0.0, np.float32), np.full((6, 1), np.inf, np.float32),
+                                     np.full((6, 1), -np.inf, np.float32)], axis=1), axis=1)
     for strictly in (False, True):
-        want = np.array([[np.sum(t < v) if strictly else np.sum(t <= v) for v in row] for t, row in zip(top, values)])
-        np.testing.assert_array_equal(selection.count_below(top, values, strictly=strictly), want)  # search
-        np.testing.assert_array_equal(selection.count_below(top[:, :40], values[:, :12], strictly=strictly),
-                                      [[np.sum(t[:40] < v) if strictly else np.sum(t[:40] <= v) for v in row[:12]]
-                                       for t, row in zip(top, values)])  # merge
+        for t, v in ((top, values), (top[:, :40], values[:, :12]), (top.astype(np.float64), values.astype(np.float64))):
+            want = [[np.sum(row < x) if strictly else np.sum(row <= x) for x in vals] for row, vals in zip(t, v)]
+            np.testing.assert_array_equal(selection.count_below(t, v, strictly=strictly), want)

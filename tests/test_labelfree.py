@@ -113,3 +113,14 @@ def test_unlabelled_or_unpaired_data_gets_the_label_free_metrics_or_a_reason():
     with pytest.raises(InputError, match="the query set must be the gallery's items"):
         DecisionOptions.of("overlap@k", 0.01, 10, 0, None).check("d", True, False)
     DecisionOptions().check("d", True, False)  # label metrics need no pairing
+
+
+def test_parts_of_evaluate_that_need_labels_are_refused_before_any_work():
+    from dpcompat.evaluate.run import EvaluateOptions
+
+    with pytest.raises(InputError, match=r"^d: unlabelled data; --projections, --adapters measure\(s\) label metrics"):
+        EvaluateOptions(projections="pca", adapters="a.npz").check("d", False, True)
+    with pytest.raises(InputError, match="^--adapters: adapted rows are judged by a label metric, and --primary-metric "
+                                         "self-top1 is label-free"):
+        EvaluateOptions(adapters="a.npz", primary_metric="self-top1").check("d", True, True)
+    EvaluateOptions(adapters="a.npz", label_free=True).check("d", True, True)  # label-free metrics as evidence
