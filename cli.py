@@ -18,7 +18,7 @@ if not __package__:
 
 import click
 
-from .commands import bench, demo, embed, evaluate, export, gate, study, train
+from .commands import adapt, bench, demo, embed, evaluate, export, gate, study, train
 from .commands.options import BadValue
 from .common.errors import InputError
 
@@ -80,7 +80,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 for command in (train.train, train.accuracy, export.export_command, export.verify_command, embed.embed,
-                evaluate.evaluate, gate.gate, demo.doctor, study.audit, study.inspect_command, demo.demo, bench.bench):
+                evaluate.evaluate, adapt.adapt, gate.gate, demo.doctor, study.audit, study.inspect_command, demo.demo,
+                bench.bench):
     cli.add_command(command)
 
 

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from .common.errors import InputError
 from .common.provenance import GENERATED_NOTE, RANDOM_BACKBONE_NOTE, notes as provenance_notes
 from .common.synthetic import write_synthetic_cifar
 from .infer.runtime.options import RuntimeOptions
+
+if TYPE_CHECKING:
+    from .evaluate.pipeline import Evaluation
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ def verify_stage(workdir: Path, data: Path, exports: list[Path], bundle: Path, s
 
 
 def evaluate_stage(workdir: Path, query, gallery, provenance: dict, notes: list[str],
-                   log: Callable[[str], None]) -> list[Path]:
+                   log: Callable[[str], None]) -> tuple[list[Path], Evaluation]:
     from .evaluate.pipeline import evaluate_sets
     from .evaluate.report.writer import summary, write_reports
 
@@ -204,7 +207,37 @@ def evaluate_stage(workdir: Path, query, gallery, provenance: dict, notes: list[
     ev.provenance = [p or {"data": provenance["data"], "backbone": provenance["backbone"]} for p in ev.provenance]
     written = write_reports(ev, workdir / "reports")
     log(summary(ev))
-    return written
+    return written, ev
+
+
+ADAPTER_FIT_DATA = "cifar100:train"  # disjoint from the evaluation's CIFAR-10 and as many items as the embedding's width
+
+
+def adapter_stage(workdir: Path, data: Path, bundle: Path, query, gallery, ev, provider: str,
+                  log: Callable[[str], None]) -> Path:
+    """Fit one orthogonal query adapter for the least compatible pair (the lowest primary-metric
+    difference) on the CIFAR-100 training subset embedded by both models, and add its adapted row
+    (with the learning curve) to the report's JSON, Markdown and HTML, as ``evaluate --adapters`` does."""
+    from .evaluate.adapt.collect import evaluate_rows, row_inputs
+    from .evaluate.adapt.fit import fit_adapter
+    from .evaluate.decide import DecisionOptions
+    from .evaluate.pipeline import collect_from_models
+    from .evaluate.report.adapters import adapters_summary
+    from .evaluate.report.writer import rewrite_adapters
+
+    worst = min(ev.decision.pairs, key=lambda p: p.difference)
+    fit, _ = collect_from_models([bundle], ADAPTER_FIT_DATA, ADAPTER_FIT_DATA, data, workdir / "embeddings",
+                                 runtime=RuntimeOptions(provider=provider))
+    fit = {s.model_id: s for s in fit}
+    adapter = fit_adapter(fit[worst.query], fit[worst.gallery], kind="orthogonal", direction="query")
+    path = adapter.save(workdir / "adapters" / f"{adapter.default_id}.adapter.npz")
+    q, g = ([next(s for s in sets if s.model_id == m) for m in ev.models] for sets in (query, gallery))  # task order
+    ev.adapters = evaluate_rows(ev, q, g, row_inputs([(path, adapter)], [], q, g, store=workdir / "embeddings"),
+                                DecisionOptions())
+    rewrite_adapters(ev, workdir / "reports")
+    for line in adapters_summary(ev):
+        log(line)
+    return path
 
 
 def q(path: str | Path) -> str:
@@ -264,6 +297,9 @@ def run_demo(workdir: str | Path = "demo-run", data_path: str | Path = "data", d
         provenance = {**model_provenance, "evaluation_data": "generated" if generated else "cifar10", "notes": notes,
                       "settings": {**asdict(s), "arch": dict(s.arch)}, "training": rows,
                       "distillation": {"weight": distill[0], "kind": distill[1]}}
-        written = evaluate_stage(workdir, query, gallery, provenance, notes, log)
+        written, ev = evaluate_stage(workdir, query, gallery, provenance, notes, log)
+    if ev.decision.pairs:
+        with stages.stage("adapt"):
+            adapter_stage(workdir, data, bundle, query, gallery, ev, provider, log)
     return {"reports": [str(p) for p in written], "times": stages.times, "cpu": stages.cpu, "generated": generated,
             "notes": notes, "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu_start}

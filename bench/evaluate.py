@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,63 +37,110 @@ def write_random_store(store: str | Path, *, models: int = 10, n: int = 10_000, 
 
 
 def products_seconds(query: list[np.ndarray], gallery: list[np.ndarray]) -> float:
-    """Time of the similarity products of every cell i >= j alone, in the blocks the evaluation uses."""
-    import time
-
-    from ..evaluate.metrics.ranking import _BLOCK_ELEMENTS
+    """Time of the similarity products of every cell i >= j alone, in the blocks and by the function
+    the evaluation uses (:func:`evaluate.metrics.ranking.similarities`)."""
+    from ..evaluate.metrics.ranking import _usable_cpus, block_rows, similarities
 
     start = time.perf_counter()
     for i in range(len(query)):
         q = np.asarray(query[i])
         for j in range(i + 1):
-            g = np.asarray(gallery[j])
-            block = max(1, _BLOCK_ELEMENTS // len(g))
+            g = np.ascontiguousarray(gallery[j], dtype=np.float32)
+            block = block_rows(len(g), _usable_cpus())
             for s in range(0, len(q), block):
-                q[s:s + block] @ g.T
+                similarities(q[s:s + block], g)
     return time.perf_counter() - start
 
 
-def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768,
-                   classes: int = 10) -> dict:
+def ranking_ns(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, requires: frozenset, *, k: int = 5) -> float:
+    """CPU nanoseconds per similarity of the ranking step alone, single-threaded, on one cell: queries
+    [N, D] against the gallery [N, D] (the same items: own image left out), in the evaluation's
+    blocks; the products are computed first and not counted."""
+    from ..evaluate.metrics.ranking import block_rows, ranked_outcomes, similarities
+    from ..evaluate.metrics.selection import LabelColumns
+
+    gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+    columns, block, spent = LabelColumns.of(labels), block_rows(len(gallery), 1), 0.0
+    for s in range(0, len(query), block):
+        similarity = similarities(query[s:s + block], gallery)
+        similarity[np.arange(len(similarity)), np.arange(s, s + len(similarity))] = -np.inf
+        start = time.thread_time()
+        ranked_outcomes(similarity, labels[s:s + block], labels, k=k, columns=columns, requires=requires)
+        spent += time.thread_time() - start
+    return spent * 1e9 / (len(query) * len(gallery))
+
+
+def _device_figures(search, ev, cells: int, n: int, dim: int) -> dict:
+    """What the search graph achieved: its provider and precision, the cells stage (products, TopK and
+    the host's finishing) per similarity, the products' FLOP/s over that stage, and that as a
+    fraction of the provider's measured matrix-product peak at the same precision."""
+    from ..infer.runtime.throughput import matmul_peak
+
+    spent = ev.result.seconds["cells"]
+    flops = 2.0 * n * n * dim * cells / spent
+    peak = matmul_peak(search.used, search.precision, sizes=(1024, 2048) if search.used == "cpu" else None,
+                       repeats=3)["peak"]
+    return {"search_graph": {"provider": search.used, "precision": search.precision,
+                       "cells_ns_per_similarity": spent * 1e9 / (n * n * cells), "product_flops": flops,
+                       "peak_flops": peak, "fraction_of_peak": flops / peak}}
+
+
+def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
+                   full_map: bool = False, search_provider: str = "numpy", search_precision: str = "fp32") -> dict:
     """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
-    (not timed), beside the time of its similarity products alone (measured in the same run, first).
+    (not timed), beside the time of its similarity products alone (numpy, measured in the same run,
+    first) and the numpy ranking's CPU time per similarity (:func:`ranking_ns`, on the cell of the
+    last two models).
 
     Extra memory is what the evaluation allocates beyond the memory-mapped sets (tracemalloc, which
     numpy reports its buffers to). ``stages`` splits the evaluation: cells (products, ranking and
     every per-query metric), bootstrap, tests_and_criteria (McNemar, intervals, criteria, CMC, flips), cka,
     decision (the rule's verdicts and the backfill search of not-compatible pairs).
+    ``full_map``: with the exact mAP (``evaluate --full-map``), which sorts every similarity row.
+    ``search_provider``, ``search_precision``: ``evaluate --search-provider/--search-precision``; a
+    graph's figures are under ``search_graph`` (:func:`_device_figures`).
     """
     import resource
-    import time
     import tracemalloc
 
+    from ..evaluate.metrics.ranking import FIRST_HIT
+    from ..evaluate.metrics.table import chosen, requirements
+    from ..evaluate.decide import DecisionOptions
     from ..evaluate.pipeline import collect_from_store, evaluate_sets
+    from ..evaluate.search.device import open_search
     from .machine import machine_info
 
+    search = open_search(search_provider, precision=search_precision)  # a GPU that does not work: an error first
     ids = write_random_store(Path(workdir) / "store", models=models, n=n, dim=dim, classes=classes)
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
     products = products_seconds([s.embeddings for s in query], [s.embeddings for s in gallery])
+    names = chosen(full_map=full_map)
+    ranking = ranking_ns(query[-1].embeddings, gallery[max(models - 2, 0)].embeddings, query[0].labels,
+                         requirements(names) | {FIRST_HIT})
     tracemalloc.start()
     start = time.perf_counter()
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
-    ev = evaluate_sets(query, gallery)
+    ev = evaluate_sets(query, gallery, options=DecisionOptions(full_map=full_map), search=search)
     seconds = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    cells = models * (models + 1) // 2
     return {"benchmark": "evaluate", "models": models, "queries": n, "gallery": n, "dim": dim, "classes": classes,
-            "cells": models * (models + 1) // 2, "seconds": seconds, "products_seconds": products,
-            "ratio_to_products": seconds / products, "stages": ev.result.seconds, "resamples": ev.result.resamples,
+            "metrics": list(names), "cells": cells, "seconds": seconds, "search": ev.protocol["search"],
+            "products_seconds": products, "ratio_to_products": seconds / products,
+            "ranking_ns_per_similarity": ranking, "stages": ev.result.seconds, "resamples": ev.result.resamples,
             "peak_extra_mib": peak / 2**20,
             # the whole process: imports, the memory-mapped sets' pages and BLAS buffers included
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "own_image_left_out": ev.protocol["own_image_left_out"], "machine": machine_info()}
+            "own_image_left_out": ev.protocol["own_image_left_out"], "load_average": list(os.getloadavg()),
+            "machine": machine_info(), **(_device_figures(search, ev, cells, n, dim) if search else {})}
 
 
 def format_evaluate(result: dict) -> str:
     """``bench evaluate``'s table and the time of each stage."""
     cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
             ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("products_seconds", "products alone s", ".1f"),
-            ("ratio_to_products", "ratio", ".2f"), ("peak_extra_mib", "peak extra MiB", ".0f"),
-            ("max_rss_mib", "max RSS MiB", ".0f")]
+            ("ratio_to_products", "ratio", ".2f"), ("ranking_ns_per_similarity", "ranking ns/similarity", ".2f"),
+            ("peak_extra_mib", "peak extra MiB", ".0f"), ("max_rss_mib", "max RSS MiB", ".0f")]
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stages"].items())
     return format_table([result], cols) + f"\nstages: {stages} ({result['resamples']} bootstrap resamples)"

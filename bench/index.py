@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 
 from ..common.tables import format_table
-from ..evaluate.search.indexes import IndexParams, build_index, exact_topk, neighbour_metrics, recall_at, search
+from ..evaluate.search.indexes import (IndexParams, build_index, exact_topk, neighbour_metrics, recall_at, search,
+                                       training_shortfalls)
 
 
 def _rss_anon() -> int:
@@ -88,7 +89,7 @@ def bench_index(workdir: str | Path, *, gallery: int = 1_000_000, queries: int =
             searched, searched_cpu = time.perf_counter() - start - built, time.process_time() - cpu - built_cpu
         result["methods"].append({"kind": kind, "params": resolved, "build_seconds": built, "build_cpu_seconds": built_cpu,
                                   "search_seconds": searched, "search_cpu_seconds": searched_cpu,
-                                  "peak_extra_mib": mem.peak / 2**20,
+                                  "peak_extra_mib": mem.peak / 2**20, "training": training_shortfalls(kind, resolved, gallery),
                                   "recall@1": recall_at(found, exact, 1), f"recall@{depth}": recall_at(found, exact, depth),
                                   **neighbour_metrics(found, q_labels, g_labels)})
         del index
@@ -105,4 +106,5 @@ def format_index(result: dict) -> str:
             ("peak_extra_mib", "peak extra MiB", ".0f")]
     head = (f"{result['gallery']} x {result['dim']} gallery, {result['queries']} queries, inputs "
             f"{result['input_bytes'] / 2**30:.2f} GiB (memory-mapped; not counted)")
-    return head + "\n" + format_table(result["methods"], cols)
+    notes = dict.fromkeys(f"note: {line}" for m in result["methods"] for line in m.get("training", ()))
+    return "\n".join([head, format_table(result["methods"], cols), *notes])

@@ -63,16 +63,42 @@ def bench_embed_command(model_path, json_path, **options):
 @click.option("--dim", type=Int(1, MAX_DIM), default=768, show_default=True)
 @click.option("--classes", type=POSITIVE, default=10, show_default=True)
 @click.option("--workdir", default="bench-evaluate", show_default=True, help="Where the synthetic store is written.")
+@click.option("--full-map", is_flag=True, help="Evaluate with the exact mAP (evaluate --full-map).")
+@click.option("--search-provider", default="numpy", show_default=True,
+              help="numpy, or cpu / cuda[:N]: the onnxruntime search graph (evaluate --search-provider).")
+@click.option("--search-precision", type=click.Choice(("fp32", "fp16")), default="fp32", show_default=True)
 @JSON
-def bench_evaluate_command(models, queries, dim, classes, workdir, json_path):
-    """Time and peak memory of the compatibility evaluation on random unit vectors."""
+def bench_evaluate_command(models, queries, dim, classes, workdir, json_path, **search):
+    """Time and peak memory of the compatibility evaluation on random unit vectors, its products alone, and
+    the ranking's CPU time per similarity (run at --dim 768 --classes 10 and --dim 256 --classes 100)."""
     from ..bench import evaluate
 
     writable_dir(workdir, "--workdir")
     # each model's set: float32 [queries, dim] embeddings and int64 [queries] labels
     require_space(workdir, models * queries * (4 * dim + 8), "--workdir")
-    result = evaluate.bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes)
+    result = evaluate.bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes, **search)
     emit(result, evaluate.format_evaluate(result), json_path)
+
+
+@bench.command("adapt")
+@click.option("--rows", type=Int(2, 2**31 - 1), default=100_000, show_default=True, help="Generated paired fit items.")
+@click.option("--dim", type=Int(1, MAX_DIM), default=768, show_default=True)
+@click.option("--kinds", default="orthogonal,linear,affine", show_default=True,
+              help="Adapter kinds fitted, comma-separated; the first one's adapter transforms the gallery.")
+@click.option("--repeats", type=Int(1, 1000), default=5, show_default=True, help="Timed runs of the kernel (median).")
+@click.option("--workdir", default="bench-adapt", show_default=True, help="Where the synthetic store is written.")
+@JSON
+def bench_adapt_command(rows, dim, kinds, repeats, workdir, json_path):
+    """Fit time and peak memory of each adapter kind on generated pairs, and the gallery transform's FLOP/s
+    as a fraction of the measured matrix-product peak."""
+    from ..bench.adapt import bench_adapt, format_adapt
+    from ..common.contract import ADAPTER_KINDS, check_choice
+
+    chosen = [check_choice("--kinds", k.strip(), ADAPTER_KINDS) for k in kinds.split(",")]
+    writable_dir(workdir, "--workdir")
+    require_space(workdir, 3 * rows * (4 * dim + 8), "--workdir")  # old, new and the transformed gallery
+    result = bench_adapt(workdir, rows=rows, dim=dim, kinds=chosen, repeats=repeats)
+    emit(result, format_adapt(result), json_path)
 
 
 @bench.command("index")

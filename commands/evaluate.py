@@ -30,6 +30,22 @@ PRODUCTION = (
                  help="Also store the galleries as fp16 and/or int8 (scalar-quantised) and report the metric change."))
 
 
+MLFLOW = (
+    click.option("--mlflow", "mlflow_uri", is_flag=False, flag_value="", metavar="[URI]",
+                 help="Also log the evaluation as one MLflow run (the [mlflow] extra): to tracking URI, or bare, to "
+                      "MLflow's default (MLFLOW_TRACKING_URI, else its local store here). Put it after the model files "
+                      "or give it a URI."),
+    click.option("--mlflow-experiment", help="MLflow experiment of the run (default: MLflow's Default)."),
+    click.option("--mlflow-run-name", help="Name of the MLflow run (default: one MLflow makes up)."))
+
+
+def mlflow_options(mlflow_uri, mlflow_experiment, mlflow_run_name):
+    """The MLflow group's values as the library's MlflowTarget, checked before any work (None: no --mlflow)."""
+    from ..evaluate.report.mlflow_log import mlflow_target
+
+    return mlflow_target(mlflow_uri, experiment=mlflow_experiment, run_name=mlflow_run_name)
+
+
 def production_options(indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_m, ef_construction, ef_search,
                        gallery_precisions, **backfill):
     """The production group's values as the library's ProductionOptions (checked)."""
@@ -66,15 +82,30 @@ def production_options(indexes, index_depth, nlist, nprobe, pq_m, pq_bits, hnsw_
 @click.option("--precision-exports", multiple=True, type=click.Path(file_okay=False),
               help="A folder of fp16 or int8 exports with the models' file names: a query-precision row per model.")
 @click.option("--no-backbone", is_flag=True, help="A bundle's tasks only, without its frozen backbone's row and column.")
-@click.option("--primary-metric", default="top1", show_default=True,
-              help="The metric the decision rule judges every pair by (the others are evidence).")
+@click.option("--full-map", is_flag=True, help="Also the exact mAP over the whole gallery (sorts every similarity "
+                                               "row; the default metrics rank each row's first R places only).")
+@click.option("--search-provider", help="Where the similarity products and the ranking's inputs run: numpy (BLAS), "
+                                        "cpu or cuda[:N] (an onnxruntime graph). Default: --provider's device "
+                                        "(numpy on the CPU).")
+@click.option("--search-precision", type=click.Choice(("fp32", "fp16")), default="fp32", show_default=True,
+              help="The graph's products in float16 (cpu or cuda search only).")
+@click.option("--primary-metric", help="The metric the decision rule judges every pair by (the others are evidence); "
+                                      "default: top1, or self-top1 on unlabelled data.")
+@click.option("--label-free", is_flag=True, help="Also compute the label-free metrics (self-top1, self-top5, overlap@k) "
+                                                 "on labelled data; on unlabelled data they are the only ones.")
 @click.option("--tolerance", type=Float(0.0), default=0.01, show_default=True,
               help="The rule's margin: a candidate may lose at most this much of the primary metric (0 to below 1).")
-def evaluate(models_flag, **options):
+@click.option("--adapters", type=click.Path(file_okay=False),
+              help="A folder of *.adapter.npz files (python cli.py adapt): each adds its adapted pair as a row of "
+                   "its own, judged by the same rule, with its learning curve.")
+@grouped("mlflow", mlflow_options, *MLFLOW)
+def evaluate(models_flag, mlflow, **options):
     """Backward compatibility of every newer model's queries against every older model's gallery.
 
     Writes compatibility.json/.csv/.md, figures and report.html, led by each pair's decision under the rule
-    (models in task order); with --index, --backfill or --*-precision* also production.json/.md.
+    (models in task order); with --index, --backfill or --*-precision* also production.json/.md; with
+    --mlflow, one MLflow run. A model file with a query adapter inside (adapt --export) is an adapted row,
+    as --adapters files are.
     """
     from ..evaluate.report.writer import summary
     from ..evaluate.run import EvaluateOptions, run_evaluation, run_production
@@ -85,3 +116,8 @@ def evaluate(models_flag, **options):
     written = run_production(run)
     if written:
         click.echo(f"production reports: {', '.join(str(p) for p in written)}")
+    if mlflow is not None:
+        from ..evaluate.report.mlflow_log import log_report_folder
+
+        logged = log_report_folder(run.options.out, mlflow)
+        click.echo(f"mlflow: run {logged.run_id} (experiment {logged.experiment_id}) at {logged.tracking_uri}")

@@ -127,8 +127,10 @@ def architecture(ctx, param, value):
 
 # ---- shared options ----
 
-DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), folder:PATH (one sub-folder per class), "
-                "npz:PATH[:train|val|test] (MedMNIST layout) or generated:N (N generated 8x8 images, for benchmarks).")
+DATASET_HELP = ("cifar10:train|test, cifar100:train|test (under --data-path), folder:PATH (one sub-folder per class, "
+                "or a flat folder of images: no labels), images:PATH (every image below PATH, no labels), list:FILE "
+                "(image paths, one per line, or a .csv with the columns path[,label]), npz:PATH[:train|val|test] "
+                "(MedMNIST layout) or generated:N (N generated 8x8 images, for benchmarks).")
 
 
 def data_path(help_text: str = "Folder holding CIFAR's folders."):

@@ -94,6 +94,8 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 MAX_INPUT_SIZE = 1024
 MAX_RESIZE = 2048
 MAX_IMAGE_PIXELS = 50_000_000  # width x height, any aspect ratio: 150 MB as 8-bit RGB
+# A file above this is refused unread: no image within MAX_IMAGE_PIXELS is larger, even uncompressed 16-bit RGBA.
+MAX_IMAGE_FILE_BYTES = 8 * MAX_IMAGE_PIXELS
 MAX_EMBEDDING_DIM = 65_536
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, shown
 
 
 def file_sha256(path: str | Path) -> str:
@@ -15,7 +15,7 @@ def file_sha256(path: str | Path) -> str:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{shown(path)}: no such file") from None
     except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+        raise InputError(f"{shown(path)}: cannot read ({e.strerror})") from None
     return h.hexdigest()

@@ -42,7 +42,7 @@ def read_marker(folder: str | Path) -> Optional[dict]:
         return None
     try:
         found = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {"generated_by": "unknown (unreadable marker)"}
     return found if isinstance(found, dict) else {"generated_by": "unknown (malformed marker)"}
 

@@ -7,21 +7,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 
+from .adapt.rows import AdaptedRow
+from .decide import DataCheck, DecisionOptions, decide_arrays
 from .metrics.compat import Compatibility, compatibility
-from .metrics.decision import Decision, Rule, decide
-from .metrics.table import deepest
-from .search.backfill import backfill_order, backfilled_counts, backfilled_values, fractions
+from .metrics.decision import Decision
+from .metrics.ranking import retrieval_outcomes
+from .metrics.table import deepest, metric as table_metric
+from .metrics.unlabelled import require_same_items
+from .search.backfill import backfill_order
 from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
-from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset
+from ..infer.data.base import CIFAR_KINDS
+from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset, spec_describes
 from ..infer.embed import embed_model, model_targets
 from ..common.contract import FILE_PRECISIONS, QUERY_OUTPUT
 from ..common.provenance import notes as model_notes
 from ..common.errors import InputError
-from ..infer.runtime.metadata import ModelInfo
+from ..infer.runtime.metadata import ADAPTER_KEY, ModelInfo
 from ..infer.runtime.options import RuntimeOptions
-from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_set, set_path
+from ..infer.store.sets import EmbeddingSet, check_comparable, check_model_id, read_manifest, read_set, set_path
 
 
 @dataclass
@@ -29,8 +33,9 @@ class Evaluation:
     """A result with what it was computed on: the ``models`` (update order), the ``query``/``gallery``
     data, the ``protocol``, each model's ``provenance`` (``{"data", "backbone"}`` from its export's
     metadata, {} when unknown), the ``notes`` every reader must see (generated data, random backbone),
-    the ``decision`` of every pair under the declared rule and each model's ``records`` (``id``,
-    ``sha256`` of its file as the store recorded it, ``file``, ``task``)."""
+    the ``decision`` of every pair under the declared rule, each model's ``records`` (``id``,
+    ``sha256`` of its file as the store recorded it, ``file``, ``task``) and the ``adapters``' rows
+    (pairs searched through an adapter, outside the matrix: :mod:`.adapt.rows`)."""
 
     result: Compatibility
     models: list[str]
@@ -41,24 +46,12 @@ class Evaluation:
     provenance: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
+    adapters: list[AdaptedRow] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class DecisionOptions:
-    """The decision ``rule`` and the backfill grid it searches for not-compatible pairs: f = 0,
-    1/``steps``, ..., 1, items re-embedded in a random order of seed ``seed`` or the one in ``order_file``
-    (as ``evaluate --backfill-steps/--backfill-seed/--backfill-order``)."""
-
-    rule: Rule = field(default_factory=Rule)
-    steps: int = 10
-    seed: int = 0
-    order_file: Optional[str] = None
-
-    @classmethod
-    def of(cls, metric: str, tolerance: float, steps: int, seed: int, order_file: Optional[str]) -> "DecisionOptions":
-        """The options of ``evaluate``'s values (--primary-metric, --tolerance, --backfill-*); InputError
-        for a metric or tolerance the rule refuses, before any work."""
-        return cls(Rule(metric=metric, tolerance=tolerance), steps, seed, order_file)
+def _named(s: EmbeddingSet) -> str:
+    """A stored set as error lines name it: its data spec and folder."""
+    return f"{s.manifest.dataset.spec} ({s.path})"
 
 
 def provenance_notes(provenance: Sequence[dict]) -> list[str]:
@@ -78,11 +71,17 @@ def _prefer_bundles(files: Sequence[Path], warn: Callable[[str], None]) -> list[
         info = ModelInfo.from_props(read_props(f), str(f))
         return (info.task, info.checkpoint_sha256) in covered
 
-    left = [f for f in files if bundles and f not in bundles and bundled(f)]
+    left = [f for f in files if bundles and f not in bundles and not adapted_file(f) and bundled(f)]
     if left:
         warn(f"note: {', '.join(f.name for f in left)} left out: {', '.join(f.name for f in bundles)} holds "
              "the same tasks from the same checkpoints")
     return [f for f in files if f not in left]
+
+
+def adapted_file(path: Path) -> bool:
+    """Whether the ONNX file ``path`` holds a query adapter (``adapt --export``): a model in another
+    model's space, which evaluate reports as an adapted row, not as a model of the matrix."""
+    return ADAPTER_KEY in read_props(path)
 
 
 def model_files(models: Sequence[str], exports_dir: Optional[str], *, bundles: bool = True,
@@ -137,13 +136,16 @@ def _unique_ids(ids: Sequence[str], sources: Sequence[object]) -> None:
 
 def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: str, data_path: str | Path,
                         store: str | Path, *, runtime: RuntimeOptions = RuntimeOptions(),
-                        warn: Optional[Callable[[str], None]] = None,
-                        backbone: bool = True) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
+                        warn: Optional[Callable[[str], None]] = None, backbone: bool = True,
+                        check: Optional[DataCheck] = None) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
     """Query and gallery sets of every model, embedding what the store lacks with ``runtime`` (in the
     order given; :func:`evaluate_sets` puts them in task order). A bundle gives its frozen backbone's
-    set (unless not ``backbone``) and every task's (see :func:`infer.embed.model_targets`)."""
+    set (unless not ``backbone``) and every task's (see :func:`infer.embed.model_targets`). ``check``
+    refuses data the evaluation cannot use, before any embedding (default: :meth:`DecisionOptions.check`)."""
     specs = list(dict.fromkeys([query_spec, gallery_spec]))
     datasets = {spec: open_dataset(spec, data_path) for spec in specs}
+    for spec, dataset in datasets.items():
+        (check or DecisionOptions().check)(spec, dataset.labelled, query_spec == gallery_spec)
     sets_of = [(m, t.model_id) for m in models for t in model_targets(m, m.stem, store, datasets[query_spec].key)]
     _unique_ids([i for _, i in sets_of], [f"{m} ({i})" for m, i in sets_of])
     warn = warn or once_to_stderr()
@@ -154,32 +156,67 @@ def collect_from_models(models: Sequence[Path], query_spec: str, gallery_spec: s
     return sets[query_spec], sets[gallery_spec]
 
 
+def _held_locations(store: str | Path, model_id: str) -> list[str]:
+    """'location (spec)' of every set the store holds for ``model_id`` (those whose manifest reads)."""
+    folder = Path(store) / model_id
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_dir() and not path.name.startswith("."):
+            try:
+                data = read_manifest(path).dataset
+            except InputError:
+                continue
+            found.append(f"{data.location} ({data.spec})")
+    return found
+
+
+def _missing_set(path: Path, store: str | Path, model_id: str, spec: str, location: str) -> InputError:
+    """Why there is no stored set of ``model_id`` on ``spec`` at ``path``: the location looked for, and
+    the locations the store holds for that model (a CIFAR spec's depends on --data-path)."""
+    held = _held_locations(store, model_id)
+    where = (f"the store holds {model_id} on {'; '.join(held)[:600]}" if held else
+             f"the store holds no set of {model_id}")
+    hint = " (--data-path decides where a CIFAR spec points: give the one it was embedded with)" \
+        if spec.split(":")[0] in CIFAR_KINDS and held else ""
+    return InputError(f"{path}: no stored set of {model_id} on {spec} at {location}; {where}{hint}; embed it first, "
+                      "or pass the ONNX files")
+
+
 def _stored_set(store: str | Path, model_id: str, spec: str, data_path: str | Path) -> EmbeddingSet:
-    """The stored set of ``model_id`` on ``spec``, refused unless its manifest names the data asked for."""
+    """The stored set of ``model_id`` on ``spec``, refused unless its manifest names the data asked for:
+    its location, and a spec that names that location (an edited spec would mislabel the report)."""
     location = dataset_location(spec, data_path)
     path = set_path(store, model_id, dataset_key(spec, data_path))
     if not path.is_dir():
         legacy = set_path(store, model_id, legacy_dataset_key(spec))
-        hint = (f"; {legacy} is a set in store format 1, which does not record its data's location: run embed "
-                "with its model and data once to migrate it") if (legacy / "embeddings.npy").is_file() else ""
-        raise InputError(f"{path}: no stored set of {model_id} on {spec} (embed it first, or pass the ONNX files)"
-                         + hint)
+        if (legacy / "embeddings.npy").is_file():
+            raise InputError(f"{path}: no stored set of {model_id} on {spec}; {legacy} is a set in store format 1, "
+                             "which does not record its data's location: run embed with its model and data once to "
+                             "migrate it")
+        raise _missing_set(path, store, model_id, spec, location)
     stored = read_set(path)
-    if stored.manifest.dataset.location != location:
-        raise InputError(f"{path}: holds embeddings of {stored.manifest.dataset.location}, not of the data asked "
-                         f"for, {location}")
+    data = stored.manifest.dataset
+    if data.location != location:
+        raise InputError(f"{path}: holds embeddings of {data.location}, not of the data asked for, {location}")
+    if not spec_describes(data.spec, location):
+        raise InputError(f"{path}: its manifest names the data {data.spec[:100]!r}, which is not {spec} at "
+                         f"{location}: the manifest was edited; embed recomputes the set")
     return stored
 
 
 def collect_from_store(model_ids: Sequence[str], query_spec: str, gallery_spec: str, store: str | Path, *,
-                       data_path: str | Path = "data") -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
+                       data_path: str | Path = "data",
+                       check: Optional[DataCheck] = None) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
     """Stored query and gallery sets of ``model_ids``, in that order; no ONNX file or data needed
-    (``data_path`` only places CIFAR specs, as when they were embedded)."""
+    (``data_path`` only places CIFAR specs, as when they were embedded). ``check``: as for
+    :func:`collect_from_models`."""
     _unique_ids(model_ids, model_ids)
     if not model_ids:
         raise InputError("--from-store: no model ids (expected e.g. task1,task2,task3)")
     sets = {spec: [_stored_set(store, m, spec, data_path) for m in model_ids]
             for spec in dict.fromkeys([query_spec, gallery_spec])}
+    for s in (s for found in sets.values() for s in found):
+        (check or DecisionOptions().check)(_named(s), s.labelled, query_spec == gallery_spec)
     return sets[query_spec], sets[gallery_spec]
 
 
@@ -190,7 +227,8 @@ def _describe(sets: Sequence[EmbeddingSet]) -> dict:
                           "gather": s.manifest.model.gather, "query": s.manifest.model.query,
                           "output": s.manifest.model.output} for s in sets}
     return {"spec": m.dataset.spec, "location": m.dataset.location, "fingerprint": m.dataset.fingerprint,
-            "count": sets[0].count, "skipped": len(m.skipped), "sets": [str(s.path) for s in sets], "modes": modes}
+            "count": sets[0].count, "skipped": len(m.skipped), "labelled": sets[0].labelled,
+            "sets": [str(s.path) for s in sets], "modes": modes}
 
 
 def is_backbone(s: EmbeddingSet) -> bool:
@@ -240,53 +278,54 @@ def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     return [query[i] for i in order], [gallery[i] for i in order]
 
 
-def decide_arrays(result: Compatibility, models: Sequence[str], sha256: Sequence[Optional[str]],
-                  query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
-                  gallery_labels: np.ndarray, *, k: int = 5, exclude_self: bool = False,
-                  options: DecisionOptions = DecisionOptions()) -> Decision:
-    """:func:`.metrics.decision.decide` for an evaluation of the arrays ``query``/``gallery`` (T arrays
-    [Nq, D] / [Ng, D], as :func:`.metrics.compat.compatibility` took them): the backfill search runs
-    exact search on galleries mixed in the options' order; its ends are the evaluation's own cells
-    (f = 0: C[i][j], f = 1: C[i][i], by definition)."""
-    n = len(gallery_labels)
-    steps = options.steps
-    counts = backfilled_counts(n, fractions(steps))
-    order = backfill_order(n, seed=options.seed, order_file=options.order_file)
+LABEL_FREE_PROTOCOL = ("label-free metrics on the same items as queries and gallery: self-retrieval's target is the "
+                       "item's own gallery entry (never left out); overlap@k's neighbourhoods leave the item out")
 
-    def values(i: int, j: int, step: int) -> np.ndarray:
-        if step in (0, steps):
-            return result.values(options.rule.metric, i, j if step == 0 else i)
-        return backfilled_values(query[i], gallery[j], gallery[i], query_labels, gallery_labels,
-                                 order[:counts[step]], metric=options.rule.metric, k=k, exclude_self=exclude_self)
 
-    described = f"the order in {options.order_file}" if options.order_file else f"a random order, seed {options.seed}"
-    return decide(result, models, sha256, options.rule, values=values, steps=steps, order=described)
+def _checked(query: EmbeddingSet, gallery: EmbeddingSet, *, k: int, include_self: bool,
+             options: DecisionOptions) -> tuple[DecisionOptions, list[str], bool]:
+    """(the options with the data's primary metric, the metrics to compute, whether each query's own
+    image is left out of its gallery for the label metrics), after refusing what cannot be computed."""
+    labelled = query.labelled and gallery.labelled
+    options, names = options.for_data(_named(query if not query.labelled else gallery), labelled)
+    same = query.same_items(gallery)
+    exclude_self = same and not include_self and labelled
+    if any(table_metric(n).labels for n in names):
+        per_query = gallery.count - exclude_self
+        if not 1 <= k <= per_query:
+            raise InputError(f"--k {k}: must be between 1 and {per_query}, the gallery size per query")
+        name, places = deepest()
+        if per_query < places:
+            raise InputError(f"gallery {gallery.path}: {per_query} items per query, {name} needs at least {places}")
+    if not all(table_metric(n).labels for n in names):
+        require_same_items(_named(query), same)
+        places = max(k + 1, *(table_metric(n).places for n in names))
+        if gallery.count < places:
+            raise InputError(f"gallery {gallery.path}: {gallery.count} items; the label-free metrics with --k {k} "
+                             f"need at least {places} (k neighbours besides each item, self-top5's five places)")
+    return options, names, exclude_self
 
 
 def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet], *, k: int = 5,
                   include_self: bool = False, progress: Optional[Callable[[int, int], None]] = None,
                   notes: Sequence[str] = (), warn: Optional[Callable[[str], None]] = None,
-                  options: DecisionOptions = DecisionOptions()) -> Evaluation:
+                  options: DecisionOptions = DecisionOptions(), search=None) -> Evaluation:
     """Compatibility of the sets (same model order in both) after checking they can be compared and
     putting them in task order (:func:`order_by_task`), and every pair's decision under ``options``.
 
     When query and gallery are the same data, each query's own image is left out of its gallery
     unless ``include_self``. ``notes`` are added to those the models' provenance calls for.
+    ``search``: where the similarities are computed and ranked, a ``evaluate.search.device.DeviceSearch``
+    (None: numpy on the CPU); the protocol records it.
     """
     check_comparable(query, gallery)
     query, gallery = order_by_task(query, gallery, warn or once_to_stderr())
-    same = query[0].data == gallery[0].data and np.array_equal(query[0].labels, gallery[0].labels)
-    exclude_self = same and not include_self
-    per_query = gallery[0].count - exclude_self
-    if not 1 <= k <= per_query:
-        raise InputError(f"--k {k}: must be between 1 and {per_query}, the gallery size per query")
-    name, places = deepest()
-    if per_query < places:
-        raise InputError(f"gallery {gallery[0].path}: {per_query} items per query, {name} needs at least {places}")
+    options, names, exclude_self = _checked(query[0], gallery[0], k=k, include_self=include_self, options=options)
     backfill_order(gallery[0].count, seed=options.seed, order_file=options.order_file)  # a bad file: before the work
     arrays = [s.embeddings for s in query], [s.embeddings for s in gallery]
     result = compatibility(*arrays, query[0].labels, gallery[0].labels, k=k, exclude_self=exclude_self,
-                           progress=progress)
+                           progress=progress, metrics=names,
+                           search=search.retrieval_outcomes if search else retrieval_outcomes)
     models = [s.model_id for s in query]
     records = [{"id": s.model_id, "sha256": s.manifest.model.sha256, "file": s.manifest.model.file,
                 "task": s.manifest.model.task} for s in query]
@@ -297,7 +336,10 @@ def evaluate_sets(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     provenance = [dict(s.manifest.provenance or {}) for s in query]
     given = {n.split(":")[0] for n in notes}
     notes = [*(n for n in provenance_notes(provenance) if n.split(":")[0] not in given), *notes]
-    protocol = {"similarity": "cosine", "k": k, "own_image_left_out": exclude_self}
+    protocol = {"similarity": "cosine", "k": k, "own_image_left_out": exclude_self, "labelled": query[0].labelled,
+                "metrics": names, "search": f"onnxruntime {search.used} {search.precision}" if search else "numpy fp32"}
+    if not all(table_metric(n).labels for n in names):
+        protocol["label_free"] = LABEL_FREE_PROTOCOL
     backbones = [s.model_id for s in query if is_backbone(s)]
     if backbones:  # a bundle's unprompted backbone, evaluated as the oldest model beside the tasks
         protocol["frozen_backbone"] = backbones

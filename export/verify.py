@@ -16,7 +16,8 @@ import onnxruntime as ort
 import torch
 
 from .parity import BATCH_SIZES, TOLERANCES, Forward, ParityReport, Similarity, compare
-from ..infer.data.datasets import IMAGE_SUFFIXES, image_files, open_dataset, open_image
+from ..infer.data.datasets import open_dataset
+from ..infer.data.files import IMAGE_SUFFIXES, image_files, open_image
 from ..common.digest import file_sha256
 from .onnx_export import contract_prompt_index
 from ..common.errors import InputError

@@ -15,14 +15,20 @@ from .verify_bundle import verify_bundle
 
 
 def export_path(task: Optional[int], onnx_path: Optional[str], export_dir: str | Path) -> Path:
-    """The file ``verify`` checks: ``--onnx PATH``, or ``--task N`` as ``<export_dir>/task<N>.onnx``."""
+    """The file ``verify`` checks: ``--onnx PATH``, or ``--task N`` as ``<export_dir>/task<N>.onnx``;
+    when that is missing, the error points to a ``*/exports`` folder below the working directory that
+    holds it (the demo's ``demo-run/exports``)."""
     if (task is None) == (onnx_path is None):
         raise InputError("give exactly one of --task N or --onnx PATH")
     if task is None:
         return Path(onnx_path)
     path = Path(export_dir) / f"task{task}.onnx"
     if not path.is_file():
-        raise InputError(f"{path}: no such ONNX file (run: python cli.py export --task {task})")
+        nearby = [p.parent for p in sorted(Path().glob(f"*/exports/{path.name}"))
+                  if p.parent.resolve() != Path(export_dir).resolve()]  # the demo's demo-run/exports, say
+        hint = (f"; {path.name} is in {nearby[0]}: pass --export-dir {nearby[0]}" if nearby else
+                f" (run: python cli.py export --task {task})")
+        raise InputError(f"{path}: no such ONNX file{hint}")
     return path
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..common.contract import BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, QUERY_OUTPUT
 from ..common.digest import file_sha256
-from ..common.errors import InputError
+from ..common.errors import InputError, shown
 from ..common.faults import fault_point
 from ..common.locks import locked
 from .runtime.bundle import BundleInfo, bundle_info, bundle_set_ids, read_props
@@ -34,10 +34,11 @@ from .store.manifest import DEFAULT_SHARD_ROWS, STORE_FORMAT, DataRecord, Manife
 from .runtime.metadata import ModelInfo, Preprocessing
 from .runtime.options import RuntimeOptions
 from .store.migrate import migrate_legacy
-from .runtime.session import create_session, model_info
-from .store.shards import ShardWriter, tidy, writer_lock
+from .runtime.session import check_provider, create_session, model_info
+from .store.shards import ShardWriter, resumable, tidy, writer_lock
 from .engines.local import View, run_local
-from .store.sets import EmbeddingSet, check_model_id, read_manifest, read_set, set_path
+from .store.reuse import stored_match
+from .store.sets import EmbeddingSet, check_model_id, read_manifest, set_path
 from .data.workers import Embedded, batch_source
 
 @dataclass
@@ -96,8 +97,8 @@ def shards_of(outputs: Iterator[Embedded], dataset: Dataset, first: int, *, shar
               on_provider: Callable[[str], object] = lambda p: None,
               ) -> Iterator[tuple[np.ndarray, np.ndarray, tuple[str, ...]]]:
     """Complete shards from an output stream of ``len(views)`` outputs (named ``views``): (embeddings
-    float32 [kept, views, D] L2-normalised, labels int64 [kept], skipped item names) per
-    ``shard_rows`` rows from row ``first``; the last may be shorter."""
+    float32 [kept, views, D] L2-normalised, labels int64 [kept] or None for unlabelled data, skipped
+    item names) per ``shard_rows`` rows from row ``first``; the last may be shorter."""
     n, shape = len(dataset), (len(views), dim)
     end = min(first + shard_rows, n)
     out, kept, skipped = np.empty((end - first, *shape), np.float32), [], []
@@ -112,7 +113,7 @@ def shards_of(outputs: Iterator[Embedded], dataset: Dataset, first: int, *, shar
         on_batch(batch.size)
         fault_point("embed.batch")
         if batch.start + batch.size == end:
-            yield out[:len(kept)], dataset.labels[kept], tuple(skipped)
+            yield out[:len(kept)], dataset.labels[kept] if dataset.labelled else None, tuple(skipped)
             first, end = end, min(end + shard_rows, n)
             out, kept, skipped = np.empty((end - first, *shape), np.float32), [], []
 
@@ -130,32 +131,19 @@ def _normalised(out: np.ndarray, items: list[int], dim: int, views: Sequence[str
     if len(bad):
         row, view = bad[0]
         what = "zeros" if np.isfinite(out[row, view]).all() else "NaN or Inf"
-        raise InputError(f"{model}: '{views[view]}' is {what} for {dataset.item_name(items[row])}; nothing stored")
+        raise InputError(f"{model}: '{views[view]}' is {what} for {shown(dataset.item_name(items[row]))}; "
+                         "nothing stored")
     return (out / norms[..., None]).astype(np.float32)
 
 
-def _stored_match(path: Path, sha256: str, dataset: Dataset, skip_bad: bool,
-                  warn: Callable[[str], None], output: str = EMBEDDING_OUTPUT) -> Optional[EmbeddingSet]:
-    """The valid set at ``path`` if it was made from this exact model file, ``output`` and data.
-
-    A set made with ``--skip-bad`` (some items left out) matches only when ``skip_bad`` is set too.
-    """
-    if not path.exists():
-        return None
-    try:
-        stored = read_set(path)
-    except InputError as e:
-        warn(f"{e}; recomputing")
-        return None
-    m = stored.manifest
-    if ((m.model.sha256, m.model.output, m.dataset.location, m.dataset.fingerprint)
-            != (sha256, output, dataset.location, dataset.fingerprint)):
-        warn(f"{path}: stored from another model file, output or other data; recomputing")
-        return None
-    if not np.array_equal(stored.labels, dataset.labels_without(m.skipped)):
-        warn(f"{path}: its labels are not the data's; recomputing")
-        return None
-    return stored if skip_bad or not m.skipped else None
+def _refuse_unreadable(dataset: Dataset) -> None:
+    """InputError, before any work, when items are known not to be readable images (missing, not an
+    image, too large: found while fingerprinting files)."""
+    bad = dataset.unreadable_items()
+    if bad:
+        name, reason = bad[0]
+        raise InputError(f"{shown(dataset.spec)}: {shown(name)}: unreadable image ({reason}; {len(bad)} such item(s) in all); fix "
+                         "the data, or leave them out with --skip-bad")
 
 
 def _refuse_transformed(path: Path) -> None:
@@ -235,6 +223,16 @@ def model_targets(model: Path, model_id: str, store: str | Path, data_key: str,
     ids = bundle_set_ids(model_id, info)
     return [Target(View(QUERY_OUTPUT), ids[0], set_path(store, ids[0], data_key), backbone=True)] + [
         Target(View(EMBEDDING_OUTPUT, p), i, set_path(store, i, data_key)) for p, i in enumerate(ids[1:])]
+
+
+def declared_infos(model: Path, targets: Sequence[Target]) -> list[ModelInfo]:
+    """What the model file's metadata says of each target's task, read without a session (the
+    session's :func:`_infos` checks the graph too)."""
+    props = read_props(model)
+    if BUNDLE_TASKS_KEY not in props:
+        return [ModelInfo.from_props(props, shown(model))]
+    info = BundleInfo.from_props(props, shown(model))
+    return [info.common if t.backbone else info.tasks[t.view.position] for t in targets]
 
 
 def _infos(session: ort.InferenceSession, model: Path, targets: Sequence[Target]) -> tuple[list[ModelInfo], int]:
@@ -320,7 +318,8 @@ def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, runti
 
     An existing set of the same model file (sha256), output and data (location and fingerprint) is
     reused unless ``force``; one that fails verification is recomputed. An unreadable image is an
-    error, or with ``runtime.skip_bad`` left out and listed in the manifest. NaN or Inf (or an all-zero
+    error (before any work when its file is missing or not an image), or with ``runtime.skip_bad``
+    left out and listed in the manifest. Unlabelled data gives a set without labels. NaN or Inf (or an all-zero
     vector) in an output is an error and nothing is stored. Writers of one set run one at a time (a
     lock file); a killed run leaves its complete shards, and the next run of the same command resumes
     after them. ``output`` names the graph output stored (see :func:`model_targets`); ``runtime`` says
@@ -339,7 +338,13 @@ def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, runti
     if runtime.ray is not None and [t.view for t in targets] != [View()]:
         raise InputError(f"--engine ray stores a single-task file's '{EMBEDDING_OUTPUT}' output only; embed "
                          f"{model} ({', '.join(t.view.name for t in targets)}) with the local engine")
+    if not runtime.skip_bad:
+        _refuse_unreadable(dataset)
+    if runtime.ray is None:
+        check_provider(runtime.provider)  # asked for a GPU: checked even when every set is reused
     sha256 = file_sha256(model)
+    expected = {t: _manifest(t, model, sha256, i, dataset, runtime.provider, runtime.batch_size)
+                for t, i in zip(targets, declared_infos(model, targets))}
     for t in targets:
         _prepare(store, t.path)
     with ExitStack() as held:
@@ -350,15 +355,16 @@ def embed_model(model: str | Path, dataset: Dataset, store: str | Path, *, runti
         for t in targets:
             tidy(t.path)
             _refuse_transformed(t.path)
-            stored = None if force else _stored_match(t.path, sha256, dataset, runtime.skip_bad, warn, t.view.name)
+            stored = None if force else stored_match(t.path, expected[t], dataset, runtime.skip_bad, warn)
             if stored is not None:
                 ShardWriter.discard_partial(t.path)
                 found[t] = EmbedResult(stored, True, None, 0.0)
         missing = [t for t in targets if t not in found]
         if missing:
             migrate = not force and len(targets) == 1 and not targets[0].path.exists()
-            found.update(zip(missing, _compute(model, sha256, dataset, store, missing, runtime=runtime,
-                                               shard_rows=shard_rows, migrate=migrate, warn=warn)))
+            with resumable([t.path for t in missing]):
+                found.update(zip(missing, _compute(model, sha256, dataset, store, missing, runtime=runtime,
+                                                   shard_rows=shard_rows, migrate=migrate, warn=warn)))
         return [found[t] for t in targets]
 
 

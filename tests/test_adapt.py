@@ -74,7 +74,7 @@ def test_orthogonal_recovers_an_exact_rotation_and_the_diagonal(rotated):
     assert adapted_metrics(query, s["new"], s["old"]) == diagonal(s["old"])
     unadapted = retrieval_metrics(s["new"].embeddings, s["new"].labels, s["old"].embeddings, s["old"].labels,
                                   exclude_self=True)
-    assert unadapted["mAP"] < diagonal(s["old"])["mAP"] - 0.2  # the rotation does break compatibility
+    assert unadapted["mAP@R"] < diagonal(s["old"])["mAP@R"] - 0.2  # the rotation does break compatibility
     gallery = fit_adapter(s["fit_old"], s["fit_new"], kind="orthogonal", direction="gallery")
     np.testing.assert_allclose(gallery.weight, r, atol=1e-6)
     assert adapted_metrics(gallery, s["new"], s["old"]) == diagonal(s["new"])
@@ -91,7 +91,7 @@ def test_rotation_plus_noise_comes_close_to_the_diagonal(tmp_path, kind):
     new = put(tmp_path, "new", unit(ex @ r + 0.05 * rng.standard_normal(ex.shape)), el, data=EVAL)
     adapter = fit_adapter(fit_new, fit_old, kind=kind, direction="query")
     adapted, diag = adapted_metrics(adapter, new, old), diagonal(old)
-    assert abs(adapted["mAP"] - diag["mAP"]) < 0.02 and abs(adapted["top1"] - diag["top1"]) < 0.03
+    assert abs(adapted["mAP@R"] - diag["mAP@R"]) < 0.02 and abs(adapted["top1"] - diag["top1"]) < 0.03
     assert (adapter.ridge is None) == (kind == "orthogonal") and len(adapter.selection) == (kind != "orthogonal") * 9
 
 
@@ -107,8 +107,8 @@ def test_a_nonlinear_map_improves_but_does_not_reach_the_diagonal(tmp_path):
     fit_old, fit_new = put(tmp_path, "old", fx, fl, shard_rows=999), put(tmp_path, "new", warp(fx), fl)
     old, new = put(tmp_path, "old", ex, el, data=EVAL), put(tmp_path, "new", warp(ex), el, data=EVAL)
     adapter = fit_adapter(fit_new, fit_old, kind="affine", direction="query")
-    adapted, diag = adapted_metrics(adapter, new, old)["mAP"], diagonal(old)["mAP"]
-    unadapted = retrieval_metrics(new.embeddings, new.labels, old.embeddings, old.labels, exclude_self=True)["mAP"]
+    adapted, diag = adapted_metrics(adapter, new, old)["mAP@R"], diagonal(old)["mAP@R"]
+    unadapted = retrieval_metrics(new.embeddings, new.labels, old.embeddings, old.labels, exclude_self=True)["mAP@R"]
     assert unadapted + 0.05 < adapted < diag - 0.05
 
 
@@ -183,7 +183,7 @@ def test_too_few_rows_says_how_many_are_needed(tmp_path, kind, ridge, need):
     x, labels = clustered(need, 16, seed=0)
     a, b = put(tmp_path, "new", x, labels), put(tmp_path, "old", x @ rotation(16), labels)
     fit_adapter(a, b, kind=kind, direction="gallery", ridge=ridge)  # exactly enough
-    with pytest.raises(InputError, match=rf"{need - 1} paired rows, a {kind} adapter from dimension 16 needs at "
+    with pytest.raises(InputError, match=rf"{need - 1} paired rows, the {kind} adapter from dimension 16 needs at "
                                          rf"least {need} \("):
         fit_adapter(a, b, kind=kind, direction="gallery", ridge=ridge, rows=np.arange(need - 1))
 
@@ -294,7 +294,7 @@ def test_the_learning_curve_fits_nested_subsets_and_ends_at_the_full_fit(tmp_pat
     assert [p.size for p in points] == [100, 300, 1000, 2000] and all(p.ridge in RIDGE_GRID for p in points)
     full = fit_adapter(fit_new, fit_old, kind="affine", direction="query")
     assert points[-1].metrics == adapted_metrics(full, new, old)
-    assert points[0].metrics["mAP"] < points[-1].metrics["mAP"]
+    assert points[0].metrics["mAP@R"] < points[-1].metrics["mAP@R"]
     assert [p.size for p in learning_curve(fit_new, fit_old, new, old, kind="orthogonal", direction="query",
                                            sizes=[16, 50])] == [16, 50]
     with pytest.raises(InputError, match="sizes must lie from 16"):

@@ -11,7 +11,8 @@ from dpcompat.common.errors import InputError
 from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.metrics.decision import Rule, judge, smallest_reaching
 from dpcompat.evaluate.metrics.significance import COMPATIBLE, NOT_COMPATIBLE, UNDECIDED
-from dpcompat.evaluate.pipeline import DecisionOptions, Evaluation, decide_arrays
+from dpcompat.evaluate.decide import DecisionOptions, decide_arrays
+from dpcompat.evaluate.pipeline import Evaluation
 from dpcompat.evaluate.report.writer import report_dict, summary
 from dpcompat.evaluate.search.backfill import backfill_order, exact_curve, fractions
 from decision_fixtures import pairs_data, rotation

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("top1", "top5", "knn", "mAP", "mAP@R", "R-precision")
+METRICS = ("top1", "top5", "knn", "mAP@R", "R-precision")  # the default set; exact mAP: evaluate --full-map
 
 
 def run_cli(*args, cwd):
@@ -76,6 +76,23 @@ def test_demo_writes_every_stage_and_valid_pngs(demo_run):
     assert "report:" in r.stdout and "compatibility.md" in r.stdout
 
 
+def test_demo_fits_an_adapter_for_its_least_compatible_pair(demo_run):
+    workdir, r = demo_run
+    report = json.loads((workdir / "reports" / "compatibility.json").read_text())
+    worst = min(report["decision"]["pairs"], key=lambda p: p["difference"])
+    (row,) = report["adapters"]["rows"]
+    assert (row["query"], row["gallery"]) == (worst["query"], worst["gallery"])
+    assert row["adapter"]["kind"] == "orthogonal" and row["adapter"]["direction"] == "query"
+    assert row["adapter"]["fit_location"].startswith("cifar100:train:")  # disjoint from the CIFAR-10 evaluation
+    assert (workdir.parent / row["file"]).is_file()  # as the demo named it, from where it ran
+    assert row["unadapted"]["difference"] == worst["difference"] and row["verdict"] in (
+        "compatible", "not compatible", "undecided")
+    assert [p["size"] for p in row["learning_curve"]["points"]] == [row["adapter"]["fit_rows"]]
+    assert "== adapt" in r.stdout and f"{row['query']} \u2192 {row['gallery']} via orthogonal query adapter" in r.stdout
+    assert "## Adapters" in (workdir / "reports" / "compatibility.md").read_text()
+    assert 'id="adapters"' in (workdir / "reports" / "report.html").read_text()
+
+
 def test_bench_embed_compares_torch_and_reports_fraction_of_peak(demo_run, tmp_path):
     workdir, _ = demo_run
     r = run_cli("bench", "embed", "--model", str(workdir / "exports" / "task2.onnx"), "--batch-sizes", "1,4",
@@ -99,6 +116,7 @@ def test_bench_evaluate_and_export(tmp_path):
     assert e["cells"] == 6 and e["seconds"] > 0 and e["peak_extra_mib"] > 0
     assert e["products_seconds"] > 0 and e["ratio_to_products"] == pytest.approx(e["seconds"] / e["products_seconds"])
     assert set(e["stages"]) == {"cells", "bootstrap", "tests_and_criteria", "cka", "decision"} and e["resamples"] == 1000
+    assert e["ranking_ns_per_similarity"] > 0 and "mAP" not in e["metrics"] and "cpu_flags" in e["machine"]
     r = run_cli("bench", "export", "--model", "vit_tiny_patch16_224", "--workdir", "bx", "--json", "x.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     x = json.loads((tmp_path / "x.json").read_text())

@@ -9,6 +9,7 @@ from dpcompat.common.errors import InputError
 from dpcompat.evaluate.search.backfill import (area, backfill_order, default_pairs, exact_curve, fractions, index_curve,
                                         parse_pairs)
 from dpcompat.evaluate.metrics.compat import compatibility
+from dpcompat.evaluate.metrics.table import chosen
 from dpcompat.evaluate.search.indexes import IndexParams, build_index
 
 
@@ -61,11 +62,11 @@ def test_exact_curve_is_the_slow_reference_and_ends_at_the_matrix(models):
     (old, new), labels = models
     order = backfill_order(30, seed=4)
     f = fractions(5)
-    got = exact_curve(new, old, new, labels, labels, order, f, k=3, exclude_self=True)
+    got = exact_curve(new, old, new, labels, labels, order, f, k=3, exclude_self=True, names=chosen(full_map=True))
     want = slow_backfill(new, old, new, labels, labels, order, 5, 3, True)
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-9, err_msg=name)
-    c = compatibility([old, new], [old, new], labels, labels, k=3, exclude_self=True)
+    c = compatibility([old, new], [old, new], labels, labels, k=3, exclude_self=True, names=chosen(full_map=True))
     for name in want:
         assert got[name][0] == c.metrics[name][1, 0]  # f = 0: C[i][j]
         assert got[name][-1] == c.metrics[name][1, 1]  # f = 1: C[i][i]

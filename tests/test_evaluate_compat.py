@@ -6,10 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from dpcompat.evaluate.metrics.compat import METRICS, compatibility, criteria
-from dpcompat.evaluate.metrics.ranking import cmc_curve, retrieval_outcomes
-from dpcompat.evaluate.metrics.table import retrieval_metrics
-from dpcompat.evaluate.pipeline import Evaluation, decide_arrays
+from dpcompat.evaluate.decide import decide_arrays
+from dpcompat.evaluate.metrics.compat import compatibility, criteria
+from dpcompat.evaluate.metrics.neighbours import cmc_curve
+from dpcompat.evaluate.metrics.ranking import retrieval_outcomes
+from dpcompat.evaluate.metrics.table import chosen, retrieval_metrics
+from dpcompat.evaluate.pipeline import Evaluation
 from dpcompat.evaluate.report.labels import figure_files
 from dpcompat.evaluate.report.writer import report_dict, summary, write_reports
 
@@ -57,12 +59,13 @@ def test_compatibility_fills_the_lower_triangle_cell_by_cell():
     result = compatibility(embeddings, embeddings, labels, labels, k=3, exclude_self=True, resamples=50,
                            progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (6, 6)
-    for name in METRICS:
+    assert list(result.metrics) == list(chosen()) and "mAP" not in result.metrics  # exact mAP: opt-in
+    for name in chosen():
         m = result.metrics[name]
         assert np.isnan(m[np.triu_indices(3, 1)]).all()
         assert np.isfinite(m[np.tril_indices(3)]).all()
     want = retrieval_metrics(embeddings[2], labels, embeddings[1], labels, k=3, exclude_self=True)
-    assert {name: result.metrics[name][2, 1] for name in METRICS} == pytest.approx(want)
+    assert {name: result.metrics[name][2, 1] for name in chosen()} == pytest.approx(want)
     np.testing.assert_allclose(result.cka, result.cka.T)
     np.testing.assert_allclose(np.diag(result.cka), 1.0, rtol=1e-6)
 
@@ -109,7 +112,7 @@ def test_json_schema(tmp_path):
         ("task1", "task2"), ("task1", "task3"), ("task2", "task3")]
     assert [p["gallery_sha256"] for p in data["decision"]["pairs"]] == ["a" * 64, "a" * 64, "b" * 64]
     assert data["models"] == ev.models
-    assert set(data["metrics"]) == set(METRICS) == set(data["criteria"])
+    assert set(data["metrics"]) == set(chosen()) == set(data["criteria"])
     for name, c in data["metrics"].items():
         assert len(c) == 3 and all(len(row) == 3 for row in c)
         for i in range(3):
@@ -144,7 +147,8 @@ def test_csv_markdown_and_figures(tmp_path):
                     provenance=[{"data": "generated", "backbone": "random"}] * 3)
     written = write_reports(ev, tmp_path / "out")
     out = tmp_path / "out"
-    expected = {"compatibility.json", "compatibility.csv", "compatibility.md", "report.html", *figure_files()}
+    expected = {"compatibility.json", "compatibility.csv", "compatibility.md", "report.html",
+                *figure_files(names=chosen())}
     assert {p.name for p in written} == expected == {p.name for p in out.iterdir()}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
     for p in written:
@@ -165,7 +169,7 @@ def test_csv_markdown_and_figures(tmp_path):
     md = (out / "compatibility.md").read_text()
     assert (md.index("GENERATED DATA") < md.index("## Decision") < md.index("**Rule.**") < md.index("## Figures")
             < md.index("## Evidence") < md.index("## top1"))
-    assert all(f"`{name}`" in md.split("## Evidence")[0] for name in figure_files())
+    assert all(f"`{name}`" in md.split("## Evidence")[0] for name in figure_files(names=chosen()))
     assert all(p.words in md for p in ev.decision.pairs)
     assert "| task1 | generated | random |" in md
     assert "| query \\ gallery | task1 | task2 | task3 |" in md and "Linear CKA" in md and "Negative flip rate" in md

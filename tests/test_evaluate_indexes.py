@@ -10,7 +10,7 @@ from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.search.indexes import (IndexParams, average_precision_at, check_kinds, exact_topk,
                                        neighbour_metrics, recall_at)
 from dpcompat.evaluate.metrics.ranking import average_precision
-from dpcompat.evaluate.metrics.table import retrieval_metrics
+from dpcompat.evaluate.metrics.table import chosen, retrieval_metrics
 from dpcompat.infer.store.sets import read_set
 
 from onnx_fixtures import write_random_set
@@ -74,7 +74,7 @@ def test_neighbour_metrics_of_the_full_exact_ranking_equal_the_exact_metrics():
     x, labels = unit(rng, 40, 8), np.arange(40) % 4
     exact = exact_topk(x, x, 39, exclude_self=True)
     got = neighbour_metrics(exact, labels, labels, k=3, exclude_self=True)
-    want = retrieval_metrics(x, labels, x, labels, k=3, exclude_self=True)
+    want = retrieval_metrics(x, labels, x, labels, k=3, exclude_self=True, names=chosen(full_map=True))
     assert [got[n] for n in ("top1", "top5", "knn")] == [want[n] for n in ("top1", "top5", "knn")]
     assert got["mAP@K"] == pytest.approx(want["mAP"], rel=1e-12)
 
@@ -131,7 +131,7 @@ def test_flat_through_faiss_equals_the_exact_matrices(tmp_path):
     sets = store_sets(tmp_path)
     labels = sets[0].labels
     exact = compatibility([s.embeddings for s in sets], [s.embeddings for s in sets], labels, labels, k=5,
-                          exclude_self=True)
+                          exclude_self=True, names=chosen(full_map=True))
     results = index_compatibility(sets, sets, ["flat"], IndexParams(), tmp_path / "store", k=5, exclude_self=True,
                                   depth=1000)
     assert [r.kind for r in results] == ["exact", "flat"]
@@ -152,7 +152,7 @@ def test_ivf_and_ivfpq_recall_against_a_brute_force_search(tmp_path):
                                   exclude_self=True, depth=10)
     q, g = sets[1].embeddings, sets[0].embeddings
     truth = brute_topk(q, g, 10, True)
-    index = faiss.read_index(str(next((tmp_path / "store" / ".indexes" / "m0").glob("ivfpq-*"))))
+    index = faiss.read_index(str(next((tmp_path / "store" / ".indexes" / "m0").glob("ivfpq-*.faiss"))))
     index.nprobe = 2
     _, found = index.search(np.ascontiguousarray(q), 11)
     found = [[c for c in row if c != r][:10] for r, row in enumerate(found)]
@@ -177,7 +177,8 @@ def test_indexes_are_cached_by_digest_and_parameters(tmp_path):
     other = IndexParams(nlist=5).resolve("ivf", 120, 16)
     assert cached_index(sets[0], "ivf", other, tmp_path / "store")[1] is False
     files = sorted((tmp_path / "store" / ".indexes" / "m0").iterdir())
-    assert len(files) == 2 and not [f for f in files if f.name.startswith(".")]
+    assert len(files) == 4 and not [f for f in files if f.name.startswith(".")]  # two indexes and their records
+    assert sorted(f.suffix for f in files) == [".faiss", ".faiss", ".json", ".json"]
     files[0].write_bytes(b"garbage")
     warnings = []
     for f in files:
@@ -207,3 +208,32 @@ def test_bench_index_on_a_small_generated_gallery(tmp_path):
     assert ivf["recall@1"] == 1.0 and ivf["recall@10"] == 1.0  # every list probed
     assert 0 < ivfpq["recall@10"] <= 1 and ivfpq["params"]["pq_m"] == 4
     assert result["input_bytes"] == g.nbytes + q.nbytes and exact["peak_extra_mib"] >= 0
+    pq = ("PQ trained on 3000 points for 256 centroids per sub-vector: fewer than FAISS recommends (39 per centroid), "
+          "recall may suffer")
+    assert (ivf["training"], ivfpq["training"]) == ([], [pq])
+    from dpcompat.bench.index import format_index
+    assert format_index(result).splitlines()[-1] == f"note: {pq}"
+
+
+def test_faiss_training_warning_is_said_once_per_evaluation(tmp_path, capfd):
+    from dpcompat.evaluate.search.indexes import training_shortfalls
+    from dpcompat.evaluate.search.production import ProductionOptions, evaluate_production
+
+    x = unit(np.random.default_rng(0), 120, 16)
+    raw = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 8, faiss.METRIC_INNER_PRODUCT)
+    raw.train(x)  # FAISS left alone: its C++ warning goes to fd 2 on every training
+    assert "WARNING clustering 120 points to 8 centroids" in capfd.readouterr().err
+
+    sets = store_sets(tmp_path, t=3, n=120)
+    opts = ProductionOptions(indexes=("ivf", "ivfpq"), params=IndexParams(nlist=8, pq_m=4, pq_bits=6), depth=10,
+                             backfill=True, backfill_steps=2)
+    said = []
+    result = evaluate_production(sets, sets, None, ["m0", "m1", "m2"], opts, tmp_path / "store", exclude_self=True,
+                                 warn=said.append)
+    assert "WARNING" not in capfd.readouterr().err  # 6 ivf + 6 ivfpq cells and the backfill curves: FAISS silent
+    lines = ["IVF trained on 120 points for 8 lists: fewer than FAISS recommends (39 per list), recall may suffer",
+             "PQ trained on 120 points for 64 centroids per sub-vector: fewer than FAISS recommends (39 per centroid), "
+             "recall may suffer"]
+    assert said == [f"note: {line}" for line in lines] and result["indexes"]["training"] == lines
+    assert training_shortfalls("ivf", IndexParams().resolve("ivf", 120, 16), 120) == []  # the default nlist suffices
+    assert training_shortfalls("hnsw", {}, 10) == []

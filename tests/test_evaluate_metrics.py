@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
+from dpcompat.evaluate.metrics import cka
 from dpcompat.evaluate.metrics import ranking as metrics
-from dpcompat.evaluate.metrics.ranking import (average_precision, cmc_curve, knn_predict, linear_cka, linear_cka_matrix,
-                                       ranked_outcomes, retrieval_outcomes, topk_indices)
-from dpcompat.evaluate.metrics.table import retrieval_metrics
+from dpcompat.evaluate.metrics.cka import linear_cka, linear_cka_matrix
+from dpcompat.evaluate.metrics.neighbours import cmc_curve, knn_predict, topk_indices
+from dpcompat.evaluate.metrics.ranking import average_precision, ranked_outcomes
+from dpcompat.evaluate.metrics.table import chosen, retrieval_metrics
+
+EVERY = chosen(full_map=True)  # exact mAP included
 
 
 def tied_vectors(rng, n, d=3):
@@ -161,7 +165,8 @@ def test_retrieval_metrics_match_brute_force_across_blocks_and_threads(monkeypat
     query_labels = rng.integers(0, 4, n)
     gallery_labels = query_labels.copy() if exclude_self else rng.integers(0, 4, n)
     for k in (1, 3, 6):
-        got = retrieval_metrics(query, query_labels, gallery, gallery_labels, k=k, exclude_self=exclude_self, threads=3)
+        got = retrieval_metrics(query, query_labels, gallery, gallery_labels, k=k, exclude_self=exclude_self, threads=3,
+                                names=EVERY)
         want = brute_metrics(query, query_labels, gallery, gallery_labels, k, exclude_self)
         assert got == pytest.approx(want, rel=1e-12)
 
@@ -172,7 +177,7 @@ def test_leave_one_out_removes_exactly_the_own_image():
     labels = np.arange(30) % 6
     kept = retrieval_metrics(x, labels, x, labels, exclude_self=False)
     assert kept["top1"] == 1.0  # with itself in the gallery each query finds itself first
-    left_out = retrieval_metrics(x, labels, x, labels, exclude_self=True)
+    left_out = retrieval_metrics(x, labels, x, labels, exclude_self=True, names=EVERY)
     assert left_out == pytest.approx(brute_metrics(x, labels, x, labels, 5, True), rel=1e-12)
     assert left_out["top1"] < 1.0
     duplicated = np.concatenate([x, x])  # a second copy of an image is not "itself": it stays
@@ -224,5 +229,6 @@ def test_cka_centres_block_by_block_without_losing_precision():
     x = (rng.standard_normal((60, 5)) + 50).astype(np.float32)  # a large common offset, as real embeddings have
     y = (x @ rng.standard_normal((5, 3)) + rng.standard_normal((60, 3)) - 20).astype(np.float32)
     mx, my = x.mean(axis=0, dtype=np.float64), y.mean(axis=0, dtype=np.float64)
-    np.testing.assert_allclose(metrics._centred_cross(x, y, mx, my, rows=7), (x - mx).T @ (y - my), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(cka._centred_grams([x, y], [mx, my], [(1, 0)], rows=7)[1, 0], (y - my).T @ (x - mx),
+                               rtol=1e-5, atol=1e-4)
     assert linear_cka(x, y) == pytest.approx(brute_cka(x, y), rel=1e-5)

@@ -27,7 +27,7 @@ def evaluate(workdir, *extra):
 
 def test_indexes_backfill_and_storage_precision(workdir):
     r = evaluate(workdir, "--index", "flat,ivfpq", "--index", "hnsw", "--index-depth", "79", "--backfill",
-                 "--backfill-steps", "4", "--gallery-precision", "fp16,int8")
+                 "--backfill-steps", "4", "--gallery-precision", "fp16,int8", "--full-map")
     assert r.returncode == 0, r.stderr
     exact = json.loads((workdir / "reports" / "compatibility.json").read_text())
     prod = json.loads((workdir / "reports" / "production.json").read_text())
@@ -78,7 +78,7 @@ def test_query_precision_rows(workdir):
     assert [(row["model"], row["precision"]) for row in rows] == [("task1", "fp16"), ("task2", "fp16"),
                                                                   ("task3", "fp16")]
     for i, row in enumerate(rows):
-        assert row["top1"] == exact["metrics"]["top1"][i][i] and row["delta_mAP"] == 0
+        assert row["top1"] == exact["metrics"]["top1"][i][i] and row["delta_mAP@R"] == 0
         assert row["min_cosine"] == pytest.approx(1.0) and row["images_per_s"] > 0
     assert (workdir / "embeddings" / "task2-fp16" / dataset_key("cifar10:test", workdir / "data")).is_dir()
 

@@ -13,7 +13,8 @@ from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.metrics.ranking import FIRST_HIT, FIRST_R, REQUIREMENTS, retrieval_outcomes
 from dpcompat.evaluate.metrics.table import Metric, calculate_knn, calculate_topk, per_query, retrieval_metrics
 from dpcompat.evaluate.metrics.decision import Rule
-from dpcompat.evaluate.pipeline import DecisionOptions, Evaluation, decide_arrays
+from dpcompat.evaluate.decide import DecisionOptions, decide_arrays
+from dpcompat.evaluate.pipeline import Evaluation
 from dpcompat.evaluate.report import figures
 from dpcompat.evaluate.report.writer import write_reports
 from dpcompat.evaluate.search.backfill import exact_curve
@@ -61,7 +62,7 @@ def test_a_new_entry_reaches_matrices_criteria_flips_and_report_files(monkeypatc
     out = tmp_path / "report"
     write_reports(ev, out)
     report = json.loads((out / "compatibility.json").read_text())
-    assert list(report["metrics"]) == [*table.METRICS] and list(report["metrics"])[-1] == "top3"
+    assert list(report["metrics"]) == [*table.chosen()] and list(report["metrics"])[-1] == "top3"
     assert report["metrics"]["top3"][2][1] == pytest.approx(result.metrics["top3"][2, 1])
     assert report["criteria"]["top3"]["cells"][0]["mcnemar"] is not None
     assert list(report["negative_flip_rate"]) == ["top1", "knn", "top3"]

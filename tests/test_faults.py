@@ -14,7 +14,7 @@ from onnx_fixtures import ROOT, leftovers, run_cli, write_data, write_model
 
 EMBED = ["embed", "--model", "m.onnx", "--dataset", "cifar10:test", "--store", "emb", "--shard-rows", "8",
          "--batch-size", "4", "--provider", "cpu", "--quiet", "--workers", "0"]
-RUN_FACTS = ("created", "seconds")  # when and how long: the only fields two runs may differ in
+RUN_FACTS = ("created", "seconds", "manifest_sha256")  # when, how long, and the digest over them: all two runs differ in
 
 
 def contents(folder):

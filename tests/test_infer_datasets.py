@@ -102,7 +102,7 @@ def test_missing_data_is_named(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(InputError, match="no jpg/jpeg/png/webp images"):
         open_dataset(f"folder:{tmp_path / 'empty'}")
-    with pytest.raises(InputError, match="no class sub-folders"):
+    with pytest.raises(InputError, match="no jpg/jpeg/png/webp images"):  # no class sub-folder and no image
         open_dataset(f"folder:{tmp_path / 'empty' / 'cls'}")
 
 

@@ -10,8 +10,11 @@ from dpcompat.common.contract import EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, pars
 from dpcompat.common.errors import InputError
 from dpcompat.infer.runtime import device, session as sess
 from dpcompat.infer.runtime.device import provider_chain
+from dpcompat.infer.runtime.limits import MAX_SESSION_MEMORY
 from dpcompat.infer.runtime.options import TensorRTOptions
 from onnx_fixtures import run_cli, write_model
+
+LIMIT = str(MAX_SESSION_MEMORY)  # the CUDA arena cap every session gets (infer/runtime/limits.py)
 
 
 @pytest.mark.parametrize("value, parsed", [("cpu", ("cpu", None)), ("auto", ("auto", None)),
@@ -57,9 +60,10 @@ def test_chosen_device_reaches_every_gpu_provider(tmp_path, monkeypatch):
     assert sess.create_session(path, "cuda:3")[1] == "cuda"
     trt = TensorRTOptions(fp16=True, cache=tmp_path / "engines", workspace_gib=2)
     assert sess.create_session(path, "tensorrt:1", trt=trt)[1] == "tensorrt"
-    assert seen[0] == [("CUDAExecutionProvider", {"device_id": "3"}), "CPUExecutionProvider"]
+    assert seen[0] == [("CUDAExecutionProvider", {"device_id": "3", "gpu_mem_limit": LIMIT}), "CPUExecutionProvider"]
     (name, options), cuda, cpu = seen[1]
-    assert name == "TensorrtExecutionProvider" and cuda == ("CUDAExecutionProvider", {"device_id": "1"})
+    assert name == "TensorrtExecutionProvider" and cuda == ("CUDAExecutionProvider", {"device_id": "1",
+                                                                                     "gpu_mem_limit": LIMIT})
     assert options == {"device_id": "1", "trt_fp16_enable": "True", "trt_engine_cache_enable": "True",
                        "trt_engine_cache_path": str((tmp_path / "engines").resolve()),
                        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str((tmp_path / "engines").resolve()),
@@ -76,8 +80,8 @@ def test_tensorrt_options_are_checked(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="--trt-cache .*file/engines: cannot make the folder"):
         sess.create_session(path, "tensorrt", trt=TensorRTOptions(cache=tmp_path / "file" / "engines"))
-    assert provider_chain("cuda", 0, TensorRTOptions()) == [("CUDAExecutionProvider", {"device_id": "0"}),
-                                                            "CPUExecutionProvider"]
+    assert provider_chain("cuda", 0, TensorRTOptions()) == [
+        ("CUDAExecutionProvider", {"device_id": "0", "gpu_mem_limit": LIMIT}), "CPUExecutionProvider"]
 
 
 class FakeBinding:

@@ -8,7 +8,7 @@ import pytest
 
 from dpcompat.common.digest import file_sha256
 from dpcompat.common.errors import InputError
-from dpcompat.infer.store.manifest import shard_files
+from dpcompat.infer.store.manifest import content_digest, shard_files
 from dpcompat.infer.runtime.metadata import Preprocessing
 from dpcompat.infer.store.shards import write_set
 from dpcompat.infer.store.sets import check_comparable, read_set, set_path
@@ -29,9 +29,12 @@ def test_round_trip_in_shards(tmp_path):
     assert not leftovers(tmp_path)
 
 
-def _edit_manifest(path, change):
+def _edit_manifest(path, change, reseal=False):
+    """Edit the manifest; ``reseal``: forge its own digest too (an editor who knows the format)."""
     m = json.loads((path / "manifest.json").read_text())
     change(m)
+    if reseal:
+        m["manifest_sha256"] = content_digest(m)
     (path / "manifest.json").write_text(json.dumps(m))
 
 
@@ -41,7 +44,7 @@ def _redigest(path, index=0):
 
     def change(m):
         m["shards"][index].update(embeddings_sha256=file_sha256(path / emb), labels_sha256=file_sha256(path / lab))
-    _edit_manifest(path, change)
+    _edit_manifest(path, change, reseal=True)
 
 
 def _rewrite(path, name, change, forge=True):
@@ -160,3 +163,52 @@ def test_a_missing_set_is_named(tmp_path):
     for path in (tmp_path / "none" / "x", tmp_path / "x"):
         with pytest.raises(InputError, match=f"{path}: no stored embeddings there"):
             read_set(path)
+
+
+def unlabelled_set(path, model_id="u", **options):
+    """A stored set of unlabelled data: the random set's vectors, written without labels."""
+    labelled = write_random_set(path.with_name(path.name + "-labelled"), model_id, **options)
+    return write_set(path, np.asarray(labelled.embeddings), None, labelled.manifest, shard_rows=16)
+
+
+def test_an_unlabelled_set_has_no_labels_files_and_says_so(tmp_path):
+    path = tmp_path / "u" / "set"
+    stored = unlabelled_set(path)
+    assert sorted(p.name for p in path.iterdir()) == ["embeddings-00000.npy", "embeddings-00001.npy",
+                                                       "embeddings-00002.npy", "manifest.json"]
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["labelled"] is False and [s["labels_sha256"] for s in m["shards"]] == [None] * 3
+    again = read_set(path)
+    assert not again.labelled and again.labels is None and again.count == 40 == stored.count
+    assert [len(b.embeddings) for b in again.row_blocks(25)] == [25, 15] and {b.labels for b in again.blocks()} == {None}
+    labelled = read_set(path.with_name("set-labelled"))
+    assert labelled.labelled and json.loads((labelled.path / "manifest.json").read_text())["labelled"] is True
+    assert not labelled.same_items(again) and again.same_items(again)
+    with pytest.raises(InputError, match="other query data"):  # same fingerprint, but one has labels
+        check_comparable([labelled, again], [labelled, again])
+
+
+def test_manifests_before_the_labelled_field_read_as_labelled(tmp_path):
+    path = tmp_path / "task1" / "cifar10-test"
+    write_random_set(path, "task1")
+    _edit_manifest(path, lambda m: m.pop("labelled"), reseal=True)
+    stored = read_set(path)
+    assert stored.labelled and stored.labels.tolist() == (np.arange(40) % 4).tolist()
+
+
+@pytest.mark.parametrize("how, message", [
+    ("claims labels", "shard 0 has no labels digest, but the set is labelled"),
+    ("labels digest", "shard 1 has a labels digest, but the set is not labelled"),
+    ("labels file", "labels-00000.npy: a labels file in a set of unlabelled data"),
+])
+def test_labels_can_never_be_read_from_an_unlabelled_set(tmp_path, how, message):
+    path = tmp_path / "u" / "set"
+    unlabelled_set(path)
+    if how == "claims labels":
+        _edit_manifest(path, lambda m: m.pop("labelled"))
+    elif how == "labels digest":
+        _edit_manifest(path, lambda m: m["shards"][1].update(labels_sha256="0" * 64))
+    else:
+        np.save(path / "labels-00000.npy", np.zeros(16, np.int64))
+    with pytest.raises(InputError, match=message):
+        read_set(path)

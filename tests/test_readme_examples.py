@@ -10,6 +10,7 @@ says why on its page, with a trailing ``# needs: ...`` comment; exactly those ar
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from PIL import Image
 
 from dpcompat.cli import cli
 from dpcompat.common.cifar import load_cifar
+from dpcompat.demo import DEMO, next_commands
 from readme_commands import Example, doc_examples, pages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +34,8 @@ LINKS = {"data": "demo-run/data", "output": "demo-run/output", "exports": "demo-
          "embeddings": "demo-run/embeddings", "ref": "demo-run/output", "study": "demo-run/output",
          "output-5x20": "demo-run/output", "runs/a": "demo-run/output"}
 # Absolute placeholder paths -> folders beside the demo's.
-ABSOLUTE = {"/srv/gallery": "gallery", "/shared/gallery": "gallery", "/tmp/bench-index": "bench-index"}
+ABSOLUTE = {"/srv/gallery": "gallery", "/shared/gallery": "gallery", "/srv/photos": "photos",
+            "/tmp/bench-index": "bench-index"}
 # Smaller values for knobs the pages show, where their values take minutes on 2 cores (`demo`:
 # its `demo --smoke`; `train`: the width overrides of its options table).
 REDUCED = {("demo",): {"--smoke": None},
@@ -116,6 +119,22 @@ def test_verify_finds_the_checkpoint_beside_the_export(demo_run, tmp_path, monke
         assert f"vs {demo / 'output' / 'checkpoint' / 'task2_checkpoint.pth'} on cpu" in capfd.readouterr().out
 
 
+def test_the_demo_prints_the_readmes_next_commands(demo_run):
+    """Issue 21: the demo ends with the next commands on its own outputs; they are README's block after
+    the demo (the smoke run's task 2 where README says task 3), which test B runs as printed."""
+    _, r = demo_run
+    (first,) = [e for e in EXAMPLES if e.page == "README.md" and "demo-run/output/checkpoint" in e.args]
+    block = [e for e in EXAMPLES if e.block == first.block]
+    readme = next_commands(Path("demo-run"), DEMO, launcher="python cli.py")
+    assert [list(e.args) for e in block] == [shlex.split(c)[2:] for c in readme]
+    printed = [shlex.split(line)[2:] for line in r.stdout.split("next, each stage on its own")[1].splitlines()[1:]
+               if line.startswith("  ")]
+    limit = printed[1].index("--limit") + 1  # the smoke run verifies SMOKE.verify_count images, README DEMO's
+    printed[1][limit] = str(DEMO.verify_count)
+    assert printed == [demo_args(e, Path.cwd()) for e in block]
+    assert [e.args[0] for e in block] == ["export", "verify", "embed", "evaluate", "gate"]
+
+
 # ---- Test B: run them on the demo's outputs ----
 
 
@@ -125,6 +144,13 @@ def _gallery(data: Path, folder: Path) -> None:
     for i, (image, label) in enumerate(zip(split.images, split.labels)):
         (folder / split.classes[label]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / split.classes[label] / f"{i:04d}.png")
+
+
+def _photos(data: Path, folder: Path, count: int = 60) -> None:
+    """The first ``count`` of the demo's CIFAR-10 test images as a flat folder: an unlabelled gallery."""
+    folder.mkdir(parents=True)
+    for i, image in enumerate(load_cifar(data, "cifar10", "test").images[:count]):
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
 
 
 def _medmnist(data: Path, path: Path) -> None:
@@ -161,6 +187,7 @@ class Workspace:
             (self.where / name).symlink_to(self.where / target, target_is_directory=True)
         (self.where / "bloodmnist.npz").symlink_to(self.pristine / "bloodmnist.npz")
         (self.where / "gallery").symlink_to(self.pristine / "gallery", target_is_directory=True)
+        (self.where / "photos").symlink_to(self.pristine / "photos", target_is_directory=True)
         self.block, self.done = block, -1
 
     def run(self, example: Example, monkeypatch, capfd) -> tuple[int, str]:
@@ -185,6 +212,7 @@ def workspace(demo_run, tmp_path_factory):
     pristine = tmp_path_factory.mktemp("pristine")
     shutil.copytree(demo, pristine / "demo-run", symlinks=True)
     _gallery(demo / "data", pristine / "gallery")
+    _photos(demo / "data", pristine / "photos")
     _medmnist(demo / "data", pristine / "bloodmnist.npz")
     ws = Workspace(demo, pristine)
     yield ws

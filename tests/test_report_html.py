@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from dpcompat.evaluate.metrics.compat import compatibility
-from dpcompat.evaluate.pipeline import Evaluation, decide_arrays
+from dpcompat.evaluate.decide import decide_arrays
+from dpcompat.evaluate.pipeline import Evaluation
 from dpcompat.evaluate.report.html import HTML_FILE, write_html
 from dpcompat.evaluate.report.labels import figure_files
 from dpcompat.evaluate.report.production import write_production

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from dpcompat.cli import cli
+from dpcompat.evaluate import run as run_module
 from dpcompat.infer import embed as embed_module
 from dpcompat.infer.data import workers as workers_module
 from dpcompat.infer.embed import run_sizes
@@ -28,7 +29,7 @@ BATCH = 3
 @pytest.fixture
 def spies(monkeypatch):
     """What each session, decoding pool and progress bar of an embed was asked for."""
-    seen = {"sessions": [], "sources": [], "bars": [], "ray": []}
+    seen = {"sessions": [], "sources": [], "bars": [], "ray": [], "checked": []}
     real_session, real_source, real_bar = session_module.create_session, workers_module.batch_source, embed_module.tqdm
 
     def create_session(path, provider="auto", warn=None, *, threads=None, trt=None):
@@ -45,6 +46,9 @@ def spies(monkeypatch):
 
     monkeypatch.setattr(embed_module, "create_session", create_session)
     monkeypatch.setattr(throughput_module, "create_session", create_session)
+    # The explicit provider is checked before any session (issue 21); here it is recorded instead.
+    for module in (embed_module, run_module):
+        monkeypatch.setattr(module, "check_provider", lambda provider: seen["checked"].append(provider))
     monkeypatch.setattr(embed_module, "batch_source", batch_source)
     monkeypatch.setattr(embed_module, "tqdm", bar)
     return seen
@@ -91,6 +95,7 @@ def test_embed_single_file(place, spies):
         "--skip-bad")
     assert_honoured(spies, {"task1.onnx"})
     assert [s.manifest.batch_size for s in stored(place / "s")] == [BATCH]
+    assert spies["checked"] == ["tensorrt"]  # the explicit provider, checked once before any work
 
 
 def test_embed_bundle(place, spies):
@@ -108,7 +113,7 @@ def test_evaluate_own_sets_and_precision_exports(place, spies):
         write_model(place / "exports" / f"task{task}.onnx", task=task)
         write_model(place / "fp16" / f"task{task}.onnx", info=replace(model_info(task), precision="fp16"), seed=task)
     run("evaluate", "--exports-dir", "exports", "--store", "s", "--out", "r", *runtime_args(place), "--skip-bad",
-        "--precision-exports", "fp16")
+        "--precision-exports", "fp16", "--search-provider", "numpy")  # the spied GPU provider is not one for search
     # own sets, the fp16 exports' sets (embedded with the command's options, issue 20) and the timed files
     assert_honoured(spies, {"task1.onnx", "task2.onnx"})
     assert len([s for s in spies["sessions"] if s["file"] == "task1.onnx"]) == 2  # fp32 and fp16 copies

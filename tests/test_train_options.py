@@ -9,6 +9,7 @@ import pytest
 
 from dpcompat.common.errors import InputError
 from dpcompat.export.verify import source_checkpoint
+from dpcompat.export.verify_file import export_path
 from dpcompat.train.accuracy import AccuracyOptions, resolve_settings
 from dpcompat.train.checkpoint import checkpoint_path, find_checkpoints
 from dpcompat.train.data import limit_per_class
@@ -139,3 +140,16 @@ def test_verify_task_after_the_demo(tmp_path, monkeypatch):
     assert_one_line(r, "task3_checkpoint.pth is in demo-run/output/checkpoint: pass --checkpoint-dir "
                        "demo-run/output/checkpoint")
     assert searched(r.stderr) == ["output/checkpoint", "exports/checkpoint", "checkpoint"]
+
+
+def test_verify_task_without_export_dir_after_the_demo_points_to_its_exports(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as e:
+        export_path(3, None, "exports")
+    assert str(e.value) == "exports/task3.onnx: no such ONNX file (run: python cli.py export --task 3)"
+    (tmp_path / "demo-run" / "exports").mkdir(parents=True)
+    write_model(tmp_path / "demo-run" / "exports" / "task3.onnx", task=3)
+    r = run("verify", "--task", "3")
+    assert_one_line(r, "exports/task3.onnx: no such ONNX file; task3.onnx is in demo-run/exports: pass --export-dir "
+                       "demo-run/exports")
+    assert export_path(3, None, "demo-run/exports") == Path("demo-run/exports/task3.onnx")

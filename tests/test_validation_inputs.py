@@ -24,7 +24,7 @@ from dpcompat.common.errors import InputError
 from dpcompat.common.provenance import GENERATED_NOTE, MARKER, RANDOM_BACKBONE_NOTE, notes
 from dpcompat.common.synthetic import write_synthetic_cifar
 from dpcompat.export.verify import Inputs, source_checkpoint
-from dpcompat.infer.data.datasets import open_image
+from dpcompat.infer.data.files import open_image
 from dpcompat.infer.runtime.metadata import ModelInfo, Preprocessing
 from dpcompat.infer.data.preprocess import preprocess_image
 from dpcompat.infer.runtime.session import create_session, model_info as session_model_info

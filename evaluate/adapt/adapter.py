@@ -180,7 +180,7 @@ def _from_parts(weight: np.ndarray, bias: np.ndarray, meta: dict) -> Adapter:
     if kind not in ADAPTER_KINDS or direction not in ADAPTER_DIRECTIONS:
         raise ValueError(f"kind {str(kind)[:20]!r} or direction {str(direction)[:20]!r} unknown")
     if (kind == "affine") != (bias.size > 0) or kind == "orthogonal" and weight.shape[0] != weight.shape[1]:
-        raise ValueError(f"a {kind} adapter of {weight.shape} with {bias.size} bias values")
+        raise ValueError(f"the {kind} adapter of {weight.shape} with {bias.size} bias values")
     selection = meta["selection"]
     if not isinstance(selection, list) or len(selection) > _MAX_SELECTION or \
             not all(isinstance(s, list) and len(s) == 2 for s in selection):

@@ -50,8 +50,8 @@ def adapted_embeddings(adapter: Adapter, stored: EmbeddingSet, *, block_rows: in
     out = np.empty((stored.count, adapter.dim_out), np.float32)
     start = 0
     for block in stored.row_blocks(block_rows):
-        out[start:start + len(block.labels)] = adapter.apply(block.embeddings, where=str(stored.path), first_row=start)
-        start += len(block.labels)
+        out[start:start + len(block.embeddings)] = adapter.apply(block.embeddings, where=str(stored.path), first_row=start)
+        start += len(block.embeddings)
     return out
 
 

@@ -4,19 +4,20 @@ paired fit items (the learning curve a team reads to know how many items it must
 A pair is (query model, gallery model). A ``query`` adapter maps the query model's (its source's)
 query set into the gallery model's (its target's) space; a ``gallery`` adapter maps the gallery
 model's (its source's) gallery set into the query model's (its target's) space. Metrics are
-:func:`evaluate.metrics.ranking.retrieval_metrics`; when query and gallery are the same data, each
+:func:`evaluate.metrics.table.retrieval_metrics`; when query and gallery are the same data, each
 query's own item is left out of its gallery unless ``include_self`` (as ``evaluate`` does).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from ...common.errors import InputError
 from ...infer.store.sets import EmbeddingSet
 from ..metrics.table import retrieval_metrics
+from ..metrics.unlabelled import require_set_labels
 from .adapter import Adapter
 from .apply import adapted_embeddings
 from .fit import check_pair, fit_adapter, min_rows
@@ -43,17 +44,14 @@ def adapted_pair(adapter: Adapter, query: EmbeddingSet, gallery: EmbeddingSet) -
     return query.embeddings, adapted_embeddings(adapter, gallery)
 
 
-def _same_items(query: EmbeddingSet, gallery: EmbeddingSet) -> bool:
-    return query.data == gallery.data and np.array_equal(query.labels, gallery.labels)
-
-
 def adapted_metrics(adapter: Adapter, query: EmbeddingSet, gallery: EmbeddingSet, *, k: int = 5,
                     include_self: bool = False) -> dict[str, float]:
     """Retrieval metrics of the adapted pair (see the module doc), after the leakage guard."""
     check_no_leak(adapter, query, gallery)
+    require_set_labels((query, gallery))
     q, g = adapted_pair(adapter, query, gallery)
     return retrieval_metrics(q, query.labels, g, gallery.labels, k=k,
-                             exclude_self=_same_items(query, gallery) and not include_self)
+                             exclude_self=query.same_items(gallery) and not include_self)
 
 
 @dataclass(frozen=True)
@@ -74,26 +72,31 @@ def curve_sizes(count: int, least: int) -> list[int]:
     return sizes + ([count] if count not in sizes and count >= least else [])
 
 
-def learning_curve(fit_from: EmbeddingSet, fit_to: EmbeddingSet, query: EmbeddingSet, gallery: EmbeddingSet, *,
+def curve_adapters(fit_from: EmbeddingSet, fit_to: EmbeddingSet, query: EmbeddingSet, gallery: EmbeddingSet, *,
                    kind: str, direction: str, sizes: Optional[Sequence[int]] = None, ridge: Optional[float] = None,
-                   seed: int = 0, k: int = 5, include_self: bool = False) -> list[CurvePoint]:
-    """The adapted pair's metrics with adapters fitted on nested subsets of the fit set: the first
-    ``size`` rows of one ``seed``-ed permutation for each size (default :func:`curve_sizes`: 100, 300,
-    1000, ... as far as the fit set allows, and all of it), each fitted as :func:`fit_adapter` does
-    (the ridge strength chosen on a held-out tenth of that subset unless given). InputError if the fit
-    data overlaps the query or gallery data, or for a size the fit set cannot give."""
+                   seed: int = 0) -> Iterator[tuple[int, Adapter]]:
+    """(size, adapter) for each size of a learning curve: adapters fitted on nested subsets of the fit
+    set, the first ``size`` rows of one ``seed``-ed permutation for each size (default
+    :func:`curve_sizes`: 100, 300, 1000, ... as far as the fit set allows, and all of it), each fitted
+    as :func:`fit_adapter` does (the ridge strength chosen on a held-out tenth of that subset unless
+    given). InputError, before any fit, if the fit data overlaps the query or gallery data, or for a
+    size the fit set cannot give."""
     check_pair(fit_from, fit_to)
     check_disjoint(fit_from.manifest.dataset, query, gallery, name=str(fit_from.path))
     least = min_rows(kind, fit_from.dim, choose_ridge=kind != "orthogonal" and ridge is None)
     sizes = curve_sizes(fit_from.count, least) if sizes is None else sorted(set(sizes))
     if not sizes or not least <= sizes[0] <= sizes[-1] <= fit_from.count:
         raise InputError(f"{fit_from.path}: {fit_from.count} paired rows; learning-curve sizes must lie from {least} "
-                         f"(the fewest a {kind} adapter of dimension {fit_from.dim} takes) to {fit_from.count}")
+                         f"(the fewest the {kind} adapter of dimension {fit_from.dim} takes) to {fit_from.count}")
     order = np.random.default_rng(seed).permutation(fit_from.count)
-    points = []
-    for size in sizes:
-        adapter = fit_adapter(fit_from, fit_to, kind=kind, direction=direction, ridge=ridge, seed=seed,
-                              rows=order[:size])
-        points.append(CurvePoint(size, adapter.ridge, adapted_metrics(adapter, query, gallery, k=k,
-                                                                      include_self=include_self)))
-    return points
+    return ((size, fit_adapter(fit_from, fit_to, kind=kind, direction=direction, ridge=ridge, seed=seed,
+                               rows=order[:size])) for size in sizes)
+
+
+def learning_curve(fit_from: EmbeddingSet, fit_to: EmbeddingSet, query: EmbeddingSet, gallery: EmbeddingSet, *,
+                   kind: str, direction: str, sizes: Optional[Sequence[int]] = None, ridge: Optional[float] = None,
+                   seed: int = 0, k: int = 5, include_self: bool = False) -> list[CurvePoint]:
+    """The adapted pair's metrics with the adapters of :func:`curve_adapters` (same parameters)."""
+    return [CurvePoint(size, adapter.ridge, adapted_metrics(adapter, query, gallery, k=k, include_self=include_self))
+            for size, adapter in curve_adapters(fit_from, fit_to, query, gallery, kind=kind, direction=direction,
+                                                sizes=sizes, ridge=ridge, seed=seed)]

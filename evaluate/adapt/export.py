@@ -35,6 +35,7 @@ from ...infer.data.preprocess import preprocess_batch
 from ...infer.runtime import protobuf as pb
 from ...infer.runtime.bundle import read_props
 from ...infer.runtime.metadata import ADAPTER_KEY, ModelInfo
+from ...infer.store.manifest import ModelRecord
 from ...infer.runtime.session import create_session
 from .adapter import Adapter
 
@@ -130,11 +131,10 @@ def export_adapter(adapter: Adapter, out: str | Path, *, real: Optional[np.ndarr
     return Exported(out, errors[0], errors[1] if len(errors) > 1 else None)
 
 
-def _source_info(model: Path, adapter: Adapter) -> tuple[dict[str, str], ModelInfo]:
-    """The model file's metadata and ModelInfo, after the checks that the adapter belongs on it."""
-    if adapter.direction != "query":
-        raise InputError(f"{model}: a {adapter.direction} adapter transforms a stored gallery; only a query "
-                         "adapter goes into a query model")
+def check_model_file(model: Path, source: ModelRecord, dim_in: int) -> tuple[dict[str, str], ModelInfo]:
+    """The metadata and ModelInfo of ``model``, after the checks that an adapter fitted on embeddings of
+    ``source`` (dimension ``dim_in``) can go inside it: a single-task file without an adapter, the very
+    file (sha256) whose ``embedding`` output the source set holds."""
     props = read_props(model)
     if BUNDLE_TASKS_KEY in props:
         raise InputError(f"{model}: a bundle of several tasks; append an adapter to one task's file "
@@ -143,12 +143,20 @@ def _source_info(model: Path, adapter: Adapter) -> tuple[dict[str, str], ModelIn
         raise InputError(f"{model}: already holds an adapter; append one to the model's own export")
     info = ModelInfo.from_props(props, str(model))
     sha256 = file_sha256(model)
-    if sha256 != adapter.source.sha256 or adapter.source.output != EMBEDDING_OUTPUT:
-        raise InputError(f"{model}: sha256 {sha256[:12]}, but the adapter was fitted on the '{adapter.source.output}' "
-                         f"embeddings of {adapter.source.id} (sha256 {adapter.source.sha256[:12]}); use that file")
-    if info.embedding_dim != adapter.dim_in:
-        raise InputError(f"{model}: embedding dimension {info.embedding_dim}, the adapter maps {adapter.dim_in}")
+    if sha256 != source.sha256 or source.output != EMBEDDING_OUTPUT:
+        raise InputError(f"{model}: sha256 {sha256[:12]}, but the adapter was fitted on the '{source.output}' "
+                         f"embeddings of {source.id} (sha256 {source.sha256[:12]}); use that file")
+    if info.embedding_dim != dim_in:
+        raise InputError(f"{model}: embedding dimension {info.embedding_dim}, the adapter maps {dim_in}")
     return props, info
+
+
+def _source_info(model: Path, adapter: Adapter) -> tuple[dict[str, str], ModelInfo]:
+    """The model file's metadata and ModelInfo, after the checks that the adapter belongs on it."""
+    if adapter.direction != "query":
+        raise InputError(f"{model}: a {adapter.direction} adapter transforms a stored gallery; only a query "
+                         "adapter goes into a query model")
+    return check_model_file(model, adapter.source, adapter.dim_in)
 
 
 def _renamed(field: pb.Field, numbers: tuple[int, ...]) -> bytes | memoryview:

@@ -65,10 +65,10 @@ def check_pair(fit_from: EmbeddingSet, fit_to: EmbeddingSet) -> None:
         raise InputError(f"{fit_to.path}: embeddings of {b.dataset.location} (fingerprint {b.dataset.fingerprint[:12]}), "
                          f"but {fit_from.path} holds {a.dataset.location} ({a.dataset.fingerprint[:12]}); an adapter "
                          "is fitted on the same items embedded by both models")
-    if a.skipped != b.skipped or not np.array_equal(fit_from.labels, fit_to.labels):
+    if a.skipped != b.skipped or not fit_from.same_labels(fit_to):
         raise InputError(f"{fit_to.path}: not the same items as {fit_from.path} ({b.count} vs {a.count} rows, "
                          f"{len(b.skipped)} vs {len(a.skipped)} skipped, labels "
-                         f"{'equal' if np.array_equal(fit_from.labels, fit_to.labels) else 'differ'}); embed the "
+                         f"{'equal' if fit_from.same_labels(fit_to) else 'differ'}); embed the "
                          "fit data with both models the same way")
     if (a.model.sha256, a.model.output) == (b.model.sha256, b.model.output):
         raise InputError(f"{fit_to.path}: embeddings of the same model as {fit_from.path} (sha256 "
@@ -85,7 +85,7 @@ def _check_size(kind: str, fit_from: EmbeddingSet, fit_to: EmbeddingSet, rows: i
         why = ("one per dimension" if kind == "orthogonal" else
                f"{parameters(kind, dim_in)} parameters per output dimension"
                + (", plus a held-out tenth to choose the ridge strength" if choose_ridge else ""))
-        raise InputError(f"{fit_from.path}: {rows} paired rows, a {kind} adapter from dimension {dim_in} needs at "
+        raise InputError(f"{fit_from.path}: {rows} paired rows, the {kind} adapter from dimension {dim_in} needs at "
                          f"least {need} ({why})")
 
 
@@ -122,7 +122,7 @@ def _paired_blocks(fit_from: EmbeddingSet, fit_to: EmbeddingSet):
     start = 0
     for a, b in zip(fit_from.row_blocks(BLOCK_ROWS), fit_to.row_blocks(BLOCK_ROWS)):
         yield start, a.embeddings, b.embeddings
-        start += len(a.labels)
+        start += len(a.embeddings)
 
 
 def _accumulate(fit_from: EmbeddingSet, fit_to: EmbeddingSet, masks: Sequence[np.ndarray], gram: bool) -> list[_Stats]:

@@ -15,7 +15,7 @@ from typing import Optional
 
 from ...common.errors import InputError
 from ...infer.data.base import CIFAR_KINDS
-from ...infer.store.manifest import DataRecord
+from ...infer.store.manifest import AdapterRecord, DataRecord
 from ...infer.store.sets import EmbeddingSet
 from .adapter import Adapter
 
@@ -54,3 +54,27 @@ def check_no_leak(adapter: Adapter, query: EmbeddingSet, gallery: EmbeddingSet, 
     """InputError (naming the adapter as ``name``, default its digest) if its fit data overlaps the
     ``query`` or ``gallery`` set's data (see the module doc)."""
     check_disjoint(adapter.fit, query, gallery, name=name or f"adapter {adapter.digest[:12]}")
+
+
+def location_record(location: str, *, fingerprint: str = "", size: int = 1) -> DataRecord:
+    """A data record from a data ``location`` alone (``cifar10:test:/abs/...``, ``folder:/abs``, ...):
+    the kind and, for CIFAR, the split read from it; ``fingerprint`` "" (unknown) matches nothing."""
+    kind, _, rest = location.partition(":")
+    split = rest.partition(":")[0] if kind in CIFAR_KINDS else ""
+    return DataRecord(spec=location, location=location, name=kind, split=split, fingerprint=fingerprint, size=size)
+
+
+def record_data(record: AdapterRecord) -> DataRecord:
+    """The fit data as far as an adapter's record tells it (a model file with an adapter inside holds
+    the record, not the adapter file): its location, fingerprint and rows."""
+    return location_record(record.fit_location, fingerprint=record.fit_fingerprint, size=record.fit_rows)
+
+
+def check_locations(fit: DataRecord, locations: dict[str, str], *, name: str) -> None:
+    """InputError naming ``name`` if the fit data ``fit`` overlaps one of ``locations`` (role -> data
+    location) by what the locations alone say: the check that can come before any embedding."""
+    for role, location in locations.items():
+        why = overlap(fit, location_record(location))
+        if why is not None:
+            raise InputError(f"{name}: fitted on {fit.spec}, which overlaps the {role} data {location} ({why}); fit "
+                             "it on data disjoint from both")

@@ -22,6 +22,18 @@ The rule (BCT's comparison, Shen et al. 2020, as non-inferiority at a margin):
 
 Why top-1 by default: it is what a user of the gallery sees first, it is right/wrong per query (so
 McNemar's exact test is available as evidence), and its tolerance reads as queries per hundred.
+
+Label-free metrics (:mod:`.labelfree`; the default on unlabelled data is self-top1, top-1's
+counterpart) go through the same rule with the same reference C[j][j], the deployed model on its own
+gallery, which is 1 for them by construction (each item retrieves itself first, its neighbourhood is
+its own; the diagonal cells are computed, not assumed, so exact duplicates show). D = C[i][j] - 1 is
+then minus the share of items the candidate loses, and the rule reads: compatible when, with
+confidence, the candidate still retrieves at least 1 - delta of the items (keeps 1 - delta of the
+neighbours) on the deployed gallery: a stated threshold, set by ``--tolerance``. The other possible
+reference, the deployed model re-embedding the same images, is the diagonal itself (inference is
+deterministic), so it adds nothing. The default delta (0.01) is strict for a label-free metric: a
+model trained for class-level compatibility may move items within their class; choose the share of
+items your users may see change.
 """
 from __future__ import annotations
 
@@ -35,7 +47,7 @@ import numpy as np
 from ...common.errors import InputError
 from .compat import Compatibility
 from .significance import COMPATIBLE, LEVEL, NOT_COMPATIBLE, UNDECIDED, bootstrap_means, interval
-from .table import METRICS
+from .table import known, metric
 
 DEFAULT_METRIC = "top1"
 DEFAULT_TOLERANCE = 0.01
@@ -53,7 +65,7 @@ def _z(probability: float) -> float:
 
 @dataclass(frozen=True)
 class Rule:
-    """The declared rule: ``metric`` (a name of :data:`.table.METRICS`), ``tolerance`` delta (in the
+    """The declared rule: ``metric`` (a name of :func:`.table.known`), ``tolerance`` delta (in the
     metric's units, 0 <= delta < 1), the interval's ``level`` and the ``power`` of the N estimate."""
 
     metric: str = DEFAULT_METRIC
@@ -62,8 +74,8 @@ class Rule:
     power: float = POWER
 
     def __post_init__(self):
-        if self.metric not in METRICS:
-            raise InputError(f"--primary-metric {self.metric}: expected one of {', '.join(METRICS)}")
+        if self.metric not in known():
+            raise InputError(f"--primary-metric {self.metric}: expected one of {', '.join(known())}")
         if not (math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
             raise InputError(f"--tolerance {self.tolerance}: expected a number from 0 to below 1 (the metric's units)")
 
@@ -88,7 +100,11 @@ class Rule:
 
     def text(self, *, resamples: int, seed: int, steps: int, order: str) -> str:
         """The rule in words, printed at the top of every report."""
-        label, tol = METRICS[self.metric].label, f"{self.tolerance:g}"
+        label, tol = metric(self.metric).label, f"{self.tolerance:g}"
+        label_free = "" if metric(self.metric).labels else (
+            f" {label} is label-free: j's own value C[j][j] is 1 by construction (each item retrieves itself; its "
+            f"neighbourhood is its own), so the rule asks that the candidate reach at least 1 \u2212 {tol} on j's "
+            f"gallery: the tolerance is the share of items (of neighbours, for overlap@k) it may lose.")
         return (f"A candidate (newer) model i may query the gallery indexed by a deployed (older) model j when "
                 f"it loses at most {tol} {label} against j searching its own gallery. Compatible: the "
                 f"{self.level:.0%} paired bootstrap interval ({resamples} resamples of the queries, seed {seed}) of "
@@ -97,7 +113,8 @@ class Rule:
                 f"({self.power:.0%} power) is estimated. Recommendation: keep the index when compatible; when not, "
                 f"backfill the smallest fraction f of j's gallery re-embedded by i (f on a grid of 1/{steps}; {order}) "
                 f"at which the rule holds, or re-index when no f below 1 does; collect more queries when undecided. "
-                f"Other metrics, McNemar's test, AC/BC/FC/AM and update gains are evidence, never a verdict.")
+                f"Other metrics, McNemar's test, AC/BC/FC/AM and update gains are evidence, never a verdict."
+                + label_free)
 
     def as_dict(self, *, resamples: int, seed: int, steps: int, order: str) -> dict:
         """``decision.rule`` of compatibility.json."""
@@ -209,7 +226,7 @@ def _span(low: float, high: float) -> str:
 
 def words(p: PairDecision, rule: Rule) -> str:
     """The recommendation in words, with the metric, the values and the interval."""
-    label, tol = METRICS[rule.metric].label, f"{rule.tolerance:g}"
+    label, tol = metric(rule.metric).label, f"{rule.tolerance:g}"
     seen = (f"{p.query} on {p.gallery}'s gallery {label} {_num(p.value)} vs {p.gallery}'s own {_num(p.reference)}, "
             f"difference {p.difference:+.4f} {_span(p.low, p.high)}")
     if p.recommendation == KEEP:

@@ -11,6 +11,12 @@ C[j][j] is therefore a paired comparison: each query contributes its difference.
   resamples, so the interval of a derived number (a difference, AC, BC, FC) accounts for the cells
   being computed on the same queries. The interval is the central ``LEVEL`` of the resampled values
   (``numpy.percentile``, linear interpolation).
+* AC, the share of pairs whose margin C[i][j] - C[j][j] is above 0, takes a handful of values: a
+  percentile interval of its resampled values jumps with the seed. Its interval is a count instead
+  (:func:`count_interval`): from the share of pairs whose margin lies above 0 under a simultaneous
+  ``LEVEL`` band over all pairs to the share whose band reaches above 0. The band is each paired
+  mean difference +- z * its standard error, z the normal quantile at 1 - (1 - LEVEL) / (2P) for P
+  pairs (Bonferroni): no resampling, so the same numbers for every seed.
 * McNemar's exact test (McNemar 1947; the exact binomial form) for right/wrong outcomes: of the
   queries on which the two evaluations disagree, ``gained`` are right only with the new model and
   ``lost`` only with the old; p = min(1, 2 P(X <= min(gained, lost))), X ~ Binomial(gained + lost, 1/2).
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from fractions import Fraction
+from statistics import NormalDist
 
 import numpy as np
 
@@ -29,6 +36,9 @@ _CHUNK = 50  # resamples drawn at a time: [_CHUNK, N] indices in memory
 
 # The three verdicts of a pair under the decision rule (:mod:`.decision`), the only meaning of "compatible".
 COMPATIBLE, NOT_COMPATIBLE, UNDECIDED = "compatible", "not compatible", "undecided"
+AC_INTERVAL = (f"AC's interval is a count, not a percentile: from the share of pairs whose margin lies above 0 under a "
+               f"simultaneous {LEVEL:.0%} band over all pairs (each paired mean difference +- z standard errors, "
+               "Bonferroni) to the share whose band reaches above 0; it does not depend on the bootstrap seed")
 
 
 def mcnemar_exact(lost: int, gained: int) -> float:
@@ -87,3 +97,28 @@ def interval(samples: np.ndarray, *, level: float = LEVEL) -> tuple[np.ndarray, 
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanpercentile(samples, [tail, 100 - tail], axis=0)
     return low, high
+
+
+def count_interval(differences: np.ndarray, *, level: float = LEVEL) -> tuple[float, float]:
+    """Interval of the share of columns of ``differences`` whose mean is above 0 (AC; module doc).
+
+    Parameters
+    ----------
+    differences : float [N, P]; column p holds the per-query paired differences of pair p (NaN: the
+        query has no value, left out).
+
+    Returns
+    -------
+    (share of pairs whose simultaneous band lies above 0, share whose band reaches above 0); NaN, NaN
+    without pairs. A pair with fewer than two values has an unbounded band.
+    """
+    n, pairs = np.sum(~np.isnan(differences), axis=0), differences.shape[1]
+    if not pairs:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(1 - (1 - level) / (2 * pairs))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nanmean(differences, axis=0)
+        spread = np.nanstd(differences, axis=0, ddof=1) / np.sqrt(n)
+    half = np.where(n > 1, z * spread, np.inf)
+    return float(np.mean(mean - half > 0)), float(np.mean(mean + half > 0))
+

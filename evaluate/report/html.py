@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ...common.atomic import atomic_file
+from .adapters import adapters_html
 from .decision_view import decision_view
 from .html_parts import STYLE, fmt, production_sections, table
 
@@ -176,7 +177,7 @@ def render(folder: str | Path) -> str:
              f"<title>Backward compatibility: {_e(models)}</title><style>{STYLE}</style></head><body>",
              f"<header><h1>Backward compatibility</h1><p class=\"sub\">{len(data['models'])} models: {_e(models)}. "
              f"Queries {_e(q.get('spec'))} (N = {_e(q.get('count'))}).</p>{_banners(data.get('notes', []))}</header>",
-             _decision(data, folder), _evidence(data), _figures(folder, data), _provenance(data)]
+             _decision(data, folder), adapters_html(data), _evidence(data), _figures(folder, data), _provenance(data)]
     if prod is not None:
         parts.append(production_sections(prod, folder, image))
     files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != HTML_FILE

@@ -118,9 +118,9 @@ def _precision(storage: dict, rows: Sequence[dict]) -> list[str]:
                        for p, s in storage.items() for n in s["delta"]])]
     if rows:
         out += ["<h3>Queries from reduced-precision exports</h3>",
-                table(["model", "precision", "top1", "\u0394top1", "mAP", "\u0394mAP", "mean cos", "img/s"],
+                table(["model", "precision", "top1", "\u0394top1", "mAP@R", "\u0394mAP@R", "mean cos", "img/s"],
                       [[escape(r["model"]), escape(r["precision"]), fmt(r["top1"]), fmt(r["delta_top1"], "+.4f"),
-                        fmt(r["mAP"]), fmt(r["delta_mAP"], "+.4f"), fmt(r["mean_cosine"], ".6f"),
+                        fmt(r["mAP@R"]), fmt(r["delta_mAP@R"], "+.4f"), fmt(r["mean_cosine"], ".6f"),
                         fmt(r["images_per_s"], ".1f")] for r in rows])]
     return out
 

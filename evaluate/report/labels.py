@@ -3,10 +3,10 @@ a figure was computed on, a model's label, and the papers' definitions of the ev
 AM, update gain) that every report states beside them."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 from ..metrics.decision import DEFAULT_METRIC
-from ..metrics.table import METRICS, flip_names
+from ..metrics.table import METRICS, flip_names, metric
 from ..metrics.significance import LEVEL
 from ..pipeline import Evaluation
 
@@ -26,26 +26,28 @@ EVIDENCE = {
 }
 
 
-def figure_files(*, primary: str = DEFAULT_METRIC) -> dict[str, str]:
+def figure_files(*, primary: str = DEFAULT_METRIC, names: Optional[Sequence[str]] = None) -> dict[str, str]:
     """``{file name: one-line explanation}`` of every figure, in the order the report lists them (the
     decision first); ``primary``: the decision rule's metric, whose heatmap and margin panel carry the
-    pairs' verdicts."""
+    pairs' verdicts; ``names``: the metrics computed (default: the label metrics, an evaluation's default)."""
+    names = list(METRICS) if names is None else names
     files = {"decision.png": "the decision per pair: the primary metric's change C[i][j] \u2212 C[j][j] (candidate's "
                              "queries on the deployed gallery against the deployed model on it) with its interval "
                              "and what to do, on one symmetric scale; undecided pairs pale and hatched"}
     files |= {f"heatmap_{name}.png": f"{name} C[i][j] on a fixed 0-1 scale" + (
         "; cells marked with the pair's verdict under the decision rule: + compatible, \u2212 not compatible, "
         "? undecided" if name == primary else f" (evidence; the verdict is the decision rule's, on {primary})")
-        for name in METRICS}
+        for name in names}
     files["margins.png"] = ("C[i][j] \u2212 C[j][j] of every metric on one symmetric scale shared by the panels: "
                             "blue = the new query beats the old model on its own gallery, red = worse; the "
                             f"{primary} panel marks each pair's verdict under the decision rule, undecided pairs "
                             "pale and hatched")
     files["cmc.png"] = ("CMC curves (top-k accuracy, k = 1..depth): the diagonal cells on a zoomed axis (stated), and "
                         "the newest model's row as the change against each gallery model's own curve")
-    flips = ", ".join(METRICS[name].label for name in flip_names())
-    files["negative_flips.png"] = (f"negative flip rates ({flips}): queries the old model answered right on its "
-                                   "gallery that the new model's query gets wrong")
+    flips = ", ".join(metric(name).label for name in flip_names() if name in names)
+    if flips:  # none on unlabelled data: no right/wrong label metric
+        files["negative_flips.png"] = (f"negative flip rates ({flips}): queries the old model answered right on its "
+                                       "gallery that the new model's query gets wrong")
     files["heatmap_cka.png"] = ("linear CKA between the models' query embeddings on a linear 0-1 scale (drift; "
                                 "evidence, not compatibility)")
     return files

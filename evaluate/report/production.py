@@ -26,6 +26,7 @@ def _index_lines(section: dict, models: Sequence[str]) -> list[str]:
              f"Each gallery model's index is searched by every newer model's queries; lists of K = {depth}. "
              f"`mAP@K` is the average precision over those K (normalised by min(relevant, K)); recall@k is the "
              "share of the exact top-k the method returns. `exact` is streamed exact search.", ""]
+    lines += [f"> {line}\n" for line in section.get("training", [])]
     for m in section["methods"]:
         recall = f"recall@{min(10, depth)}"
         params = ", ".join(f"{k}={v}" for k, v in (m["params"][0] if m["params"] else {}).items()) or "—"
@@ -78,10 +79,10 @@ def _precision_lines(storage: dict, rows: Sequence[dict]) -> list[str]:
                   "Each model's fp16 / int8 export embeds the queries; the gallery is the same model's fp32 set. "
                   "Δ: change from the fp32 queries; cosine: to the fp32 query embeddings; img/s: `bench embed`'s "
                   "measurement (onnxruntime, same provider and batch size).", "",
-                  "| model | precision | top1 | Δtop1 | mAP | ΔmAP | mean cos | min cos | img/s | fp32 img/s |",
+                  "| model | precision | top1 | Δtop1 | mAP@R | ΔmAP@R | mean cos | min cos | img/s | fp32 img/s |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['model']} | {r['precision']} | {r['top1']:.4f} | {r['delta_top1']:+.4f} | {r['mAP']:.4f} | "
-                  f"{r['delta_mAP']:+.4f} | {r['mean_cosine']:.6f} | {r['min_cosine']:.6f} | "
+        lines += [f"| {r['model']} | {r['precision']} | {r['top1']:.4f} | {r['delta_top1']:+.4f} | {r['mAP@R']:.4f} | "
+                  f"{r['delta_mAP@R']:+.4f} | {r['mean_cosine']:.6f} | {r['min_cosine']:.6f} | "
                   f"{_fmt(r['images_per_s'], '.1f')} | {_fmt(r['fp32_images_per_s'], '.1f')} |" for r in rows]
         lines.append("")
     return lines

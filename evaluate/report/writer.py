@@ -18,16 +18,18 @@ from typing import Optional
 import numpy as np
 
 from . import figures
+from .adapters import adapters_dict, adapters_summary
 from .decision_view import decision_view
 from .html import HTML_FILE, write_html
 from .labels import EVIDENCE, caption, figure_files, model_label
 from .markdown import decision_rows, markdown, own_rows
 from ..metrics.compat import Criteria
-from ..metrics.table import METRICS, flip_names
+from ..metrics.table import metric
 from ..pipeline import Evaluation
-from ..metrics.significance import LEVEL
-from ...common.atomic import replaced_dir, write_json
-from ...common.errors import InputError
+from ..metrics.significance import AC_INTERVAL, LEVEL
+from ...common.atomic import atomic_file, replaced_dir, write_json
+from ...common.errors import InputError, shown
+from ...common.tables import text_columns
 
 JSON_FILE = "compatibility.json"
 CSV_FILE = "compatibility.csv"
@@ -43,18 +45,47 @@ def _report_name(name: str) -> bool:
         name.startswith(("heatmap_", "backfill_")) and name.endswith(".png"))
 
 
+# How a file the report writes begins, by suffix: a previous report's entry must be a plain file that
+# begins so, else it is not ours (a folder, a link, someone's notes under a report's name) and --out refuses.
+_BEGINNINGS = {".png": (b"\x89PNG\r\n\x1a\n",), ".json": (b"{",), ".md": (b"# ",), ".csv": (b"metric,",),
+               ".html": (b"<!DOCTYPE html", b"<!doctype html", b"<html")}
+
+
+def _foreign_entry(entry: Path) -> Optional[str]:
+    """Why ``entry`` (named like a report file) is not one a report wrote, or None when it is."""
+    if entry.is_symlink() or not entry.is_file():
+        kind = "a link" if entry.is_symlink() else "a folder" if entry.is_dir() else "not a file"
+        return f"{shown(entry.name)} is {kind}"
+    starts = _BEGINNINGS.get(entry.suffix)
+    if starts is None:
+        return None
+    try:
+        with open(entry, "rb") as f:
+            head = f.read(max(map(len, starts)))
+    except OSError as e:
+        return f"{shown(entry.name)} cannot be read ({e.strerror})"
+    return None if head.startswith(starts) else f"{shown(entry.name)} is not a report's {entry.suffix[1:]} file"
+
+
 def check_out_dir(out_dir: str | Path) -> Path:
     """Refuse, before any work, an ``--out`` that cannot become a report folder: a file, a folder
-    holding anything but a previous report (it is replaced as a whole), or an unwritable place."""
+    holding anything but a previous report (it is replaced as a whole: every entry must be named like
+    a report's file, be a plain file, and begin as that kind of file does), or an unwritable place."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not _report_name(p.name))
+        entries = sorted(out.iterdir())
+        foreign = [shown(p.name) for p in entries if not _report_name(p.name)]
         if foreign:
             raise InputError(f"--out {out}: holds files that are not part of a report ({', '.join(foreign[:3])}"
                              f"{', ...' if len(foreign) > 3 else ''}); the folder is replaced as a whole, "
                              "so give an empty or new folder")
+        wrong = [why for why in map(_foreign_entry, entries) if why]
+        if wrong:
+            raise InputError(f"--out {out}: {'; '.join(wrong[:3])}{'; ...' if len(wrong) > 3 else ''}: not what a "
+                             "report writes there, and the folder is replaced as a whole; move it, or give an empty "
+                             "or new folder")
     anchor = next(p for p in out.absolute().parents if p.exists())  # the temporary folder is made beside out
     if not anchor.is_dir() or not os.access(anchor, os.W_OK | os.X_OK):
         raise InputError(f"--out {out}: cannot write in {anchor}")
@@ -80,7 +111,7 @@ def _criteria_dict(c: Criteria, name: str, matrix: np.ndarray) -> dict:
         gain = c.update_gain[i, j]
         cells.append({"query": i, "gallery": j, "value": _num(matrix[i, j]), "old": _num(matrix[j, j]),
                       "difference": _num(test.difference), "interval": [_num(test.low), _num(test.high)],
-                      "mcnemar": None if not METRICS[name].binary else
+                      "mcnemar": None if not metric(name).binary else
                       {"gained": test.gained, "lost": test.lost, "p": _num(test.p_value)},
                       "reindex_interval": [_num(test.reindex_low), _num(test.reindex_high)],
                       "update_gain": _num(gain),
@@ -108,7 +139,8 @@ def report_dict(ev: Evaluation) -> dict:
     difference, interval, McNemar counts and p (right/wrong metrics), the re-index's change interval and
     update gain; ``evidence_definitions`` says what AC, BC, FC, AM and the update gain are.
     ``cmc.curves[i][j]`` is the top-k accuracy for k = 1..depth; ``negative_flip_rate[name]`` a
-    matrix; ``cka`` is full and symmetric. Indices refer to ``models``.
+    matrix; ``cka`` is full and symmetric. Indices refer to ``models``. ``adapters``: the adapted rows
+    (:mod:`.adapters` gives the schema; ``rows`` is empty without any).
     """
     r = ev.result
     t = len(ev.models)
@@ -122,16 +154,18 @@ def report_dict(ev: Evaluation) -> dict:
         "gallery": ev.gallery,
         "protocol": ev.protocol,
         "significance": {"resamples": r.resamples, "seed": r.seed, "level": LEVEL, "queries": r.queries,
-                         "use": "intervals and McNemar's test of every metric are evidence; the verdict is "
-                                "decision's"},
+                         "ac_interval": AC_INTERVAL,
+                         "use": "intervals and McNemar's test of every metric are evidence; the verdict is decision's"},
         "evidence_definitions": dict(EVIDENCE),
-        "metrics": {name: _matrix(r.metrics[name], True) for name in METRICS},
+        "metrics": {name: _matrix(matrix, True) for name, matrix in r.metrics.items()},
         "criteria": {name: _criteria_dict(c, name, r.metrics[name]) for name, c in r.criteria.items()},
         "cmc": {"depth": int(r.cmc.shape[-1]),
                 "curves": [[[_num(v) for v in r.cmc[i, j]] if j <= i else None for j in range(t)] for i in range(t)]},
-        "negative_flip_rate": {name: _matrix(r.negative_flips[name], True) for name in flip_names()},
+        "negative_flip_rate": {name: _matrix(flips, True) for name, flips in r.negative_flips.items()},
+        "self_rank": {key: _matrix(matrix, True) for key, matrix in r.self_rank.items()},
         "cka": _matrix(r.cka, False),
-        "figures": figure_files(primary=ev.decision.rule.metric),
+        "figures": figure_files(primary=ev.decision.rule.metric, names=list(r.metrics)),
+        "adapters": adapters_dict(ev),
     }
 
 
@@ -144,7 +178,7 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
         w = csv.writer(f)
         w.writerow(["metric", "query_model", "gallery_model", "value", "margin", "low", "high", "mcnemar_p",
                     "update_gain", "verdict", "recommendation"])
-        for name in METRICS:
+        for name in r.metrics:
             c = r.criteria[name]
             tests = {(x.query, x.gallery): x for x in c.tests}
             for i in range(len(models)):
@@ -157,7 +191,7 @@ def _write_csv(path: Path, ev: Evaluation) -> None:
                         f"{c.update_gain[i, j]:.6f}" if math.isfinite(c.update_gain[i, j]) else "undefined"]
                     w.writerow([name, models[i], models[j], "" if math.isnan(value) else f"{value:.6f}", *extra,
                                 pair.verdict if pair else "", pair.recommendation if pair else ""])
-        for name in flip_names():
+        for name in r.negative_flips:
             for test in r.criteria[name].tests:
                 w.writerow([f"negative_flip_rate_{name}", models[test.query], models[test.gallery],
                             f"{r.negative_flips[name][test.query, test.gallery]:.6f}", *[""] * 7])
@@ -174,15 +208,16 @@ def _write_figures(folder: Path, ev: Evaluation, data: dict) -> None:
     figures.decision_figure(folder / "decision.png", pairs, ev.models, metric=rule["metric"],
                             tolerance=rule["tolerance"], confidence=rule["confidence"], caption=text, notes=ev.notes)
     verdicts = ev.decision.verdicts(ev.models)
-    for name in METRICS:
+    for name in r.metrics:
         marked = name == rule["metric"]
         figures.metric_heatmap(folder / f"heatmap_{name}.png", r.metrics[name], verdicts if marked else {}, ev.models,
                                name=name, title=f"{name} C[i][j]: the query model's queries on the gallery model's "
                                                f"index{'' if marked else ' (evidence)'}", caption=text, notes=ev.notes)
-    figures.margin_heatmaps(folder / "margins.png", {n: r.criteria[n].margins for n in METRICS},
+    figures.margin_heatmaps(folder / "margins.png", {n: r.criteria[n].margins for n in r.metrics},
                             {rule["metric"]: verdicts}, ev.models, caption=text, notes=ev.notes)
     figures.cmc_curves(folder / "cmc.png", r.cmc, ev.models, caption=text, notes=ev.notes)
-    figures.flip_heatmaps(folder / "negative_flips.png", r.negative_flips, ev.models, caption=text, notes=ev.notes)
+    if r.negative_flips:
+        figures.flip_heatmaps(folder / "negative_flips.png", r.negative_flips, ev.models, caption=text, notes=ev.notes)
     figures.cka_heatmap(folder / "heatmap_cka.png", r.cka, ev.models, caption=text, notes=ev.notes)
 
 
@@ -206,10 +241,15 @@ def write_reports(ev: Evaluation, out_dir: str | Path) -> list[Path]:
     return [out / name for name in names]
 
 
-def _columns(rows: list[list[str]]) -> list[str]:
-    """Rows of cells as fixed-width lines (each column as wide as its widest cell)."""
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+def rewrite_adapters(ev: Evaluation, out_dir: str | Path) -> list[Path]:
+    """Rewrite the files of the report folder ``out_dir`` (written by :func:`write_reports` from the
+    same evaluation) that show the adapted rows: compatibility.json, compatibility.md and report.html,
+    each atomically; the CSV and the figures hold none and are kept. Returns the files rewritten."""
+    out = Path(out_dir)
+    write_json(out / JSON_FILE, report_dict(ev))
+    with atomic_file(out / MARKDOWN_FILE) as tmp:
+        tmp.write_text(markdown(ev))
+    return [out / JSON_FILE, out / MARKDOWN_FILE, write_html(out)]
 
 
 def summary(ev: Evaluation) -> str:
@@ -221,19 +261,20 @@ def summary(ev: Evaluation) -> str:
              f"query {ev.query['spec']} ({ev.query['count']}), gallery {ev.gallery['spec']} ({ev.gallery['count']}{own}); "
              f"cosine, kNN k={ev.protocol['k']}", ""]
     header, rows = decision_rows(ev)
-    lines += ["decision:", *_columns([header, *rows])] if rows else [
+    lines += ["decision:", *text_columns([header, *rows])] if rows else [
         "decision: no pair to decide (one model); its own retrieval quality is below"]
+    lines += adapters_summary(ev)
     header, rows = own_rows(ev)
-    lines += ["", f"each model on its own gallery ({LEVEL:.0%} intervals):", *_columns([header, *rows]), ""]
+    lines += ["", f"each model on its own gallery ({LEVEL:.0%} intervals):", *text_columns([header, *rows]), ""]
     if len(models) > 1:
         lines.append("evidence, not verdicts (AC: share of pairs with C[i][j] > C[j][j], Biondi et al.; AM: mean "
                      "of C[i][j] over i >= j; definitions in compatibility.md):")
         evidence = [["metric", "AM", "AC", f"AC {LEVEL:.0%} interval"]]
-        for name in METRICS:
+        for name in r.metrics:
             c = r.criteria[name]
             low, high = c.intervals.get("AC", (math.nan, math.nan))
             evidence.append([name, f"{c.AM:.4f}", f"{c.AC:.3f}", f"[{low:.3f}, {high:.3f}]"])
-        lines += _columns(evidence)
+        lines += text_columns(evidence)
         off = r.cka[~np.eye(len(models), dtype=bool)]
         lines.append(f"CKA between models' query embeddings: min {np.nanmin(off):.4f}, mean {np.nanmean(off):.4f}")
     return "\n".join(lines)

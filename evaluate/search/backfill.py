@@ -21,7 +21,8 @@ import numpy as np
 from ...common.errors import InputError
 from .indexes import build_index, neighbour_metrics, search
 from ..metrics.ranking import retrieval_outcomes
-from ..metrics.table import METRICS, per_query, retrieval_metrics
+from ..metrics.labelfree import item_outcomes
+from ..metrics.table import METRICS, metric as table_metric, per_query, retrieval_metrics
 
 
 def fractions(steps: int) -> np.ndarray:
@@ -84,13 +85,14 @@ def mixed_gallery(old: np.ndarray, new: np.ndarray, items: np.ndarray) -> np.nda
 
 def exact_curve(query: np.ndarray, old: np.ndarray, new: np.ndarray, query_labels: np.ndarray,
                 gallery_labels: np.ndarray, order: np.ndarray, f: np.ndarray, *, k: int = 5,
-                exclude_self: bool = False) -> dict[str, np.ndarray]:
-    """Every exact metric (:data:`.table.METRICS`) at each fraction ``f`` [F]: queries [Nq, D] of the new
-    model against the gallery with its first round(f * Ng) items of ``order`` re-embedded."""
+                exclude_self: bool = False, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """The exact metrics ``names`` (default :func:`.table.chosen`) at each fraction ``f`` [F]: queries
+    [Nq, D] of the new model against the gallery with its first round(f * Ng) items of ``order``
+    re-embedded."""
     curves: dict[str, list[float]] = {}
     for count in backfilled_counts(len(old), f):
         values = retrieval_metrics(query, query_labels, mixed_gallery(old, new, order[:count]), gallery_labels,
-                                   k=k, exclude_self=exclude_self)
+                                   k=k, exclude_self=exclude_self, names=names)
         for name, v in values.items():
             curves.setdefault(name, []).append(v)
     return {name: np.array(v) for name, v in curves.items()}
@@ -125,13 +127,19 @@ def area(f: np.ndarray, values: np.ndarray) -> float:
     return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(f)))
 
 
-def backfilled_values(query: np.ndarray, old: np.ndarray, new: np.ndarray, query_labels: np.ndarray,
-                      gallery_labels: np.ndarray, items: np.ndarray, *, metric: str, k: int = 5,
-                      exclude_self: bool = False) -> np.ndarray:
+def backfilled_values(query: np.ndarray, old: np.ndarray, new: np.ndarray, query_labels: Optional[np.ndarray],
+                      gallery_labels: Optional[np.ndarray], items: np.ndarray, *, metric: str, k: int = 5,
+                      exclude_self: bool = False, reference: Optional[np.ndarray] = None) -> np.ndarray:
     """Per-query values (float64 [Nq], NaN = no value) of ``metric`` by exact search: queries [Nq, D]
     against the gallery ``old`` [Ng, D] with rows ``items`` taken from ``new`` (``old`` itself when
-    ``items`` is empty). What the decision rule judges at one point of a backfilling curve."""
+    ``items`` is empty). What the decision rule judges at one point of a backfilling curve. A label-free
+    metric (labels unused) compares neighbourhoods with ``reference`` int [N, k], the old model's own
+    (:attr:`.metrics.compat.Compatibility.neighbours`): the neighbourhood its users saw before the backfill
+    (the full re-index, f = 1, is the diagonal cell C[i][i] instead: 1 by construction)."""
     gallery = mixed_gallery(old, new, items) if len(items) else old
+    entry = table_metric(metric)
+    if not entry.labels:
+        return per_query(item_outcomes(query, gallery, k=k, requires=entry.requires, reference=reference), metric)
     outcomes = retrieval_outcomes(query, query_labels, gallery, gallery_labels, k=k, exclude_self=exclude_self,
                                   requires=METRICS[metric].requires)
     return per_query(outcomes, metric)

@@ -1,8 +1,10 @@
 """Compatibility through real indexes: for each gallery model one index (built once, cached in the
-store), searched by every newer model's queries; every metric through the index, and the index's
+store with a record of what it was built from and its own sha256, both checked before a cached index
+is used), searched by every newer model's queries; every metric through the index, and the index's
 recall against exact search for the same queries."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -11,7 +13,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ...common.atomic import atomic_file
+from ...common.atomic import atomic_file, write_json
+from ...common.digest import file_sha256
+from ...common.errors import InputError
 from ...infer.store.sets import EmbeddingSet
 from ..metrics.compat import Criteria, criteria
 from ..metrics.table import index_metrics
@@ -41,23 +45,62 @@ def recall_depths(depth: int) -> list[int]:
     return sorted({1, min(10, depth), depth})
 
 
+_INDEX_CLASSES = {"flat": "IndexFlatIP", "hnsw": "IndexHNSWFlat", "ivf": "IndexIVFFlat", "ivfpq": "IndexIVFPQ"}
+MAX_RECORD_BYTES = 64 * 2**10  # an index's record file: a few hundred bytes
+
+
+def record_path(path: Path) -> Path:
+    """The record beside a cached index: what it was built from, and the sha256 of its bytes."""
+    return path.with_suffix(".json")
+
+
+def _verified(path: Path, record: dict, faiss) -> tuple[Optional[object], str]:
+    """(the cached index at ``path``, '') when its record matches ``record`` (kind, parameters, seed,
+    faiss version, the gallery's digest and size) and the file's sha256 is the recorded one, so faiss
+    never parses bytes it did not write; else (None, why not)."""
+    side = record_path(path)
+    try:
+        if side.stat().st_size > MAX_RECORD_BYTES:
+            return None, f"its record {side.name} is larger than {MAX_RECORD_BYTES} bytes"
+        saved = json.loads(side.read_text())
+    except FileNotFoundError:
+        return None, f"no record {side.name} beside it"
+    except (OSError, ValueError, RecursionError) as e:
+        return None, f"unreadable record {side.name} ({type(e).__name__})"
+    if not isinstance(saved, dict) or {k: v for k, v in saved.items() if k != "index_sha256"} != record:
+        return None, "built from other embeddings or parameters than this gallery's"
+    try:
+        if file_sha256(path) != saved.get("index_sha256"):
+            return None, "its sha256 differs from its record (the file was changed)"
+        index = faiss.read_index(str(path))
+    except (InputError, RuntimeError) as e:
+        return None, f"unreadable ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+    if (type(faiss.downcast_index(index)).__name__ != _INDEX_CLASSES[record["kind"]]
+            or (index.ntotal, index.d) != (record["rows"], record["dim"])):
+        return None, "not the recorded kind or size"
+    return index, ""
+
+
 def cached_index(gallery: EmbeddingSet, kind: str, resolved: dict, store: str | Path, *, seed: int = 0,
                  warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)):
     """(index, loaded from the cache?, seconds) for ``kind`` over ``gallery``'s embeddings, read from
-    ``<store>/.indexes/<model-id>/`` when built before from the same embeddings (digest) and parameters,
-    else built and written there atomically."""
+    ``<store>/.indexes/<model-id>/`` when built before from the same embeddings (digest) and parameters
+    and verified (:func:`_verified`), else built and written there atomically with its record."""
     faiss = faiss_module()
     start = time.perf_counter()
-    path = Path(store) / CACHE_FOLDER / gallery.model_id / cache_name(kind, resolved,
-                                                                      embeddings_digest(gallery.embeddings), seed)
+    digest = embeddings_digest(gallery.embeddings)
+    path = Path(store) / CACHE_FOLDER / gallery.model_id / cache_name(kind, resolved, digest, seed)
+    record = {"kind": kind, "params": resolved, "seed": seed, "faiss": faiss.__version__, "gallery_sha256": digest,
+              "rows": gallery.count, "dim": gallery.dim}
     if path.is_file():
-        try:
-            return faiss.read_index(str(path)), True, time.perf_counter() - start
-        except RuntimeError as e:
-            warn(f"{path}: unreadable cached index ({str(e).splitlines()[0]}); rebuilding")
+        index, why = _verified(path, json.loads(json.dumps(record)), faiss)
+        if index is not None:
+            return index, True, time.perf_counter() - start
+        warn(f"{path}: cached index not used: {why}; rebuilding")
     index = build_index(gallery.embeddings, kind, resolved, seed=seed)
     with atomic_file(path) as tmp:
         faiss.write_index(index, str(tmp))
+    write_json(record_path(path), {**record, "index_sha256": file_sha256(path)})
     return index, False, time.perf_counter() - start
 
 

@@ -24,13 +24,15 @@ from typing import AbstractSet, Optional
 import numpy as np
 
 from ...common.errors import InputError
-from ..metrics.ranking import FIRST_HIT, FULL_RANKING, KNN_VOTE, QueryOutcomes, knn_predict, topk_indices
+from ..metrics.neighbours import knn_predict, topk_indices
+from ..metrics.ranking import FIRST_HIT, FULL_RANKING, KNN_VOTE, QueryOutcomes
 from ..metrics.table import index_requirements, index_summary
 
 INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 ADD_BLOCK = 65_536  # gallery rows copied into an index at a time
 SEARCH_BLOCK = 4_096  # queries per index search call
-TRAIN_PER_CENTROID = 64  # training rows per IVF list or PQ centroid (faiss warns below 39)
+TRAIN_PER_CENTROID = 64  # training rows per IVF list or PQ centroid
+FAISS_MIN_PER_CENTROID = 39  # FAISS's k-means default: below it, FAISS prints a warning per training run
 
 
 def faiss_module():
@@ -97,9 +99,27 @@ def _train_rows(n: int, resolved: dict, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
 
 
+def training_shortfalls(kind: str, resolved: dict, n: int) -> list[str]:
+    """One line per k-means of an index of ``kind`` over ``n`` gallery rows that trains on fewer points
+    than FAISS recommends (FAISS_MIN_PER_CENTROID per centroid): the IVF lists, and for ``ivfpq`` the
+    2^pq_bits centroids of each PQ sub-quantizer (trained on the same points). FAISS's own warning is
+    silenced in :func:`build_index`; callers say these lines once per evaluation."""
+    if kind not in ("ivf", "ivfpq"):
+        return []
+    points = min(n, TRAIN_PER_CENTROID * max(resolved["nlist"], 2 ** resolved.get("pq_bits", 0)))
+    wanted = [("IVF", resolved["nlist"], "lists", "list")]
+    if kind == "ivfpq":
+        wanted.append(("PQ", 2 ** resolved["pq_bits"], "centroids per sub-vector", "centroid"))
+    return [f"{what} trained on {points} points for {count} {unit}: fewer than FAISS recommends "
+            f"({FAISS_MIN_PER_CENTROID} per {each}), recall may suffer"
+            for what, count, unit, each in wanted if points < FAISS_MIN_PER_CENTROID * count]
+
+
 def build_index(gallery: np.ndarray, kind: str, resolved: dict, *, seed: int = 0):
     """A faiss index of ``kind`` over ``gallery`` float32 [Ng, D] (ids 0..Ng-1), trained on a seeded
-    sample of it and filled ADD_BLOCK rows at a time (no full in-memory copy of a memory-mapped set)."""
+    sample of it and filled ADD_BLOCK rows at a time (no full in-memory copy of a memory-mapped set).
+    FAISS's k-means warning about too few training points, printed by C++ on every training, is
+    turned off (its only effect): :func:`training_shortfalls` reports the same condition once."""
     faiss = faiss_module()
     n, d = gallery.shape
     ip = faiss.METRIC_INNER_PRODUCT
@@ -112,11 +132,10 @@ def build_index(gallery: np.ndarray, kind: str, resolved: dict, *, seed: int = 0
         quantizer = faiss.IndexFlatIP(d)
         index = (faiss.IndexIVFFlat(quantizer, d, resolved["nlist"], ip) if kind == "ivf" else
                  faiss.IndexIVFPQ(quantizer, d, resolved["nlist"], resolved["pq_m"], resolved["pq_bits"], ip))
-        index.cp.seed = seed
-        index.cp.max_points_per_centroid = TRAIN_PER_CENTROID
-        if kind == "ivfpq":
-            index.pq.cp.seed = seed
-            index.pq.cp.max_points_per_centroid = TRAIN_PER_CENTROID
+        for cp in (index.cp, index.pq.cp) if kind == "ivfpq" else (index.cp,):
+            cp.seed = seed
+            cp.max_points_per_centroid = TRAIN_PER_CENTROID
+            cp.min_points_per_centroid = 1
         index.train(np.ascontiguousarray(gallery[_train_rows(n, resolved, seed)], dtype=np.float32))
     for start in range(0, n, ADD_BLOCK):
         index.add(np.ascontiguousarray(gallery[start:start + ADD_BLOCK], dtype=np.float32))

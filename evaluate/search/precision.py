@@ -3,7 +3,7 @@ codes (searched by inner product with the decoded vectors, as a scalar-quantised
 queries from fp16 / int8 exports against fp32 galleries."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -46,16 +46,18 @@ def stored(gallery: np.ndarray, precision: str) -> np.ndarray:
 
 
 def storage_matrices(query: Sequence[np.ndarray], gallery: Sequence[np.ndarray], query_labels: np.ndarray,
-                     gallery_labels: np.ndarray, precision: str, *, k: int = 5,
-                     exclude_self: bool = False) -> dict[str, np.ndarray]:
-    """C[i][j] (every metric, [T, T], NaN above the diagonal) with gallery j stored at ``precision``
-    and fp32 queries; each gallery is decoded once for all its query models."""
+                     gallery_labels: np.ndarray, precision: str, *, k: int = 5, exclude_self: bool = False,
+                     names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """C[i][j] (the metrics ``names``, default :func:`.table.chosen`; [T, T], NaN above the diagonal)
+    with gallery j stored at ``precision`` and fp32 queries; each gallery is decoded once for all its
+    query models."""
     t = len(query)
     out: dict[str, np.ndarray] = {}
     for j in range(t):
         g = stored(gallery[j], precision)
         for i in range(j, t):
-            values = retrieval_metrics(query[i], query_labels, g, gallery_labels, k=k, exclude_self=exclude_self)
+            values = retrieval_metrics(query[i], query_labels, g, gallery_labels, k=k, exclude_self=exclude_self,
+                                       names=names)
             for name, v in values.items():
                 out.setdefault(name, np.full((t, t), np.nan))[i, j] = v
     return out

@@ -4,6 +4,7 @@ sets; its result is the content of ``production.json`` (see :mod:`evaluate.repor
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -15,7 +16,7 @@ from ...infer.runtime.options import RuntimeOptions
 from ...infer.store.sets import EmbeddingSet
 from .backfill import area, backfill_order, default_pairs, exact_curve, fractions, index_curve, parse_pairs
 from ..metrics.compat import Compatibility
-from .indexes import IndexParams, check_kinds, faiss_module
+from .indexes import IndexParams, check_kinds, faiss_module, training_shortfalls
 from .precision import STORAGE_PRECISIONS, query_precision_row, storage_matrices
 from .cells import cached_index, index_compatibility
 from ..metrics.table import deepest
@@ -89,7 +90,7 @@ def _index_section(query, gallery, opts: ProductionOptions, store, k, exclude_se
         for r in results]}
 
 
-def _backfill_section(query, gallery, models, opts: ProductionOptions, store, k, exclude_self) -> dict:
+def _backfill_section(query, gallery, models, opts: ProductionOptions, store, k, exclude_self, names) -> dict:
     n = gallery[0].count
     f = fractions(opts.backfill_steps)
     order = backfill_order(n, seed=opts.backfill_seed, order_file=opts.backfill_order)
@@ -99,7 +100,7 @@ def _backfill_section(query, gallery, models, opts: ProductionOptions, store, k,
                "order": opts.backfill_order or f"random, seed {opts.backfill_seed}", "pairs": []}
     for i, j in pairs:
         old, new, q = gallery[j].embeddings, gallery[i].embeddings, query[i].embeddings
-        curves = {"exact": exact_curve(q, old, new, *labels, order, f, k=k, exclude_self=exclude_self)}
+        curves = {"exact": exact_curve(q, old, new, *labels, order, f, k=k, exclude_self=exclude_self, names=names)}
         for kind in opts.indexes:
             resolved = opts.params.resolve(kind, n, gallery[j].dim)
             ends = tuple(cached_index(gallery[m], kind, resolved, store, seed=opts.seed)[0] for m in (j, i))
@@ -117,7 +118,7 @@ def _storage_section(query, gallery, exact: Compatibility, opts: ProductionOptio
     section = {}
     for p in opts.gallery_precisions:
         got = storage_matrices([s.embeddings for s in query], [s.embeddings for s in gallery], query[0].labels,
-                               gallery[0].labels, p, k=k, exclude_self=exclude_self)
+                               gallery[0].labels, p, k=k, exclude_self=exclude_self, names=list(exact.metrics))
         delta = {n: got[n] - exact.metrics[n] for n in got}
         section[p] = {"metrics": {n: _rows(m) for n, m in got.items()},
                       "delta": {n: _rows(m) for n, m in delta.items()},
@@ -141,17 +142,31 @@ def precision_rows(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet
     return rows
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def evaluate_production(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet], exact: Compatibility,
                         models: Sequence[str], opts: ProductionOptions, store: str | Path, *, k: int = 5,
-                        exclude_self: bool = False,
-                        progress: Optional[Callable[[int, int], None]] = None) -> dict:
+                        exclude_self: bool = False, progress: Optional[Callable[[int, int], None]] = None,
+                        warn: Callable[[str], None] = _stderr) -> dict:
     """The sections asked for in ``opts`` (``indexes``, ``backfill``, ``gallery_precision``) over the
-    sets already checked by the exact evaluation (``exact``, same order)."""
+    sets already checked by the exact evaluation (``exact``, same order). Indexes trained on fewer
+    points than FAISS recommends are said once through ``warn``, however many cells build or load
+    them, and listed in the ``indexes`` section's ``training``."""
     out: dict = {"models": list(models), "k": k, "own_image_left_out": exclude_self}
+    shortfalls = list(dict.fromkeys(
+        line for kind in opts.indexes
+        for line in training_shortfalls(kind, opts.params.resolve(kind, gallery[0].count, gallery[0].dim),
+                                        gallery[0].count)))
+    for line in shortfalls:
+        warn(f"note: {line}")
     if opts.indexes:
-        out["indexes"] = _index_section(query, gallery, opts, store, k, exclude_self, progress)
+        out["indexes"] = {**_index_section(query, gallery, opts, store, k, exclude_self, progress),
+                          "training": shortfalls}
     if opts.backfill:
-        out["backfill"] = _backfill_section(query, gallery, list(models), opts, store, k, exclude_self)
+        out["backfill"] = _backfill_section(query, gallery, list(models), opts, store, k, exclude_self,
+                                            list(exact.metrics))
     if opts.gallery_precisions:
         out["gallery_precision"] = _storage_section(query, gallery, exact, opts, k, exclude_self)
     return out

@@ -1,5 +1,5 @@
-"""What every data set is: images with int64 labels addressed by index, a resolved location, and
-the store folder that location names."""
+"""What every data set is: images addressed by index, with int64 labels or none (unlabelled data), a
+resolved location, and the store folder that location names."""
 from __future__ import annotations
 
 import hashlib
@@ -7,31 +7,37 @@ import re
 from abc import ABC, abstractmethod
 from functools import cached_property
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 
 CIFAR_KINDS = ("cifar10", "cifar100")
+FILE_KINDS = ("folder", "images", "list")  # specs naming image files: their location is a path
 
 
 class Dataset(ABC):
-    """Images with int64 labels, addressed by index.
+    """Images addressed by index, with int64 labels or none.
 
-    Attributes: ``spec`` (as given), ``name`` ('cifar10', 'cifar100', 'folder', 'generated'),
-    ``split``, ``location`` (see the module doc), ``key`` (its store folder name), ``labels`` int64
-    [N], ``classes``.
+    Attributes: ``spec`` (as given), ``name`` ('cifar10', 'cifar100', 'folder', 'images', 'list',
+    'npz', 'generated'), ``split``, ``location`` (see the module doc), ``key`` (its store folder name),
+    ``labels`` int64 [N], or None for unlabelled data (no label is ever made up for it), ``classes``.
     """
 
     spec: str
     name: str
     split: str
     location: str
-    labels: np.ndarray
+    labels: Optional[np.ndarray]
     classes: list[str]
 
     @property
     def key(self) -> str:
         return location_key(self.location)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,9 +47,15 @@ class Dataset(ABC):
         """sha256 over the exact stored bytes of every image and every label, in order."""
         return self._fingerprint()
 
-    def labels_without(self, skipped: tuple[str, ...]) -> np.ndarray:
-        """int64 [N - len(skipped)]: the labels of every item but those named in ``skipped``."""
-        if not skipped:
+    def unreadable_items(self) -> tuple[tuple[str, str], ...]:
+        """(item name, reason) of the items known, before any decoding, not to be readable images (found
+        while fingerprinting files); none for data held in memory."""
+        return ()
+
+    def labels_without(self, skipped: tuple[str, ...]) -> Optional[np.ndarray]:
+        """int64 [N - len(skipped)]: the labels of every item but those named in ``skipped``; None when
+        the data has no labels."""
+        if not skipped or not self.labelled:
             return self.labels
         left_out = set(skipped)
         return self.labels[[i for i in range(len(self)) if self.item_name(i) not in left_out]]
@@ -75,6 +87,6 @@ def location_key(location: str) -> str:
         split, _, path = rest.partition(":")
         readable = f"{Path(path).stem}-{split}"
     else:
-        readable = Path(rest).name if kind == "folder" else rest
+        readable = Path(rest).name if kind in FILE_KINDS else rest
     digest = hashlib.sha256(location.encode()).hexdigest()[:16]
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{kind}-{readable}"[:80]) + f"-{digest}"

@@ -1,40 +1,40 @@
-"""Labelled image sets named on the command line, read without torchvision.
+"""Image sets named on the command line, read without torchvision.
 
 Specs:
   ``cifar10:train``, ``cifar10:test``, ``cifar100:train``, ``cifar100:test``
       CIFAR's python layout under ``--data-path`` (see :mod:`infer.cifar`).
   ``folder:PATH``
-      one sub-folder per class (sorted names -> labels 0, 1, ...), images below it (jpg, jpeg, png,
-      webp, any letter case, sub-folders included), in sorted path order. PATH is relative to the
-      working directory.
+      one sub-folder per class (sorted names -> labels 0, 1, ...), images below it; or a flat folder
+      of images, unlabelled. ``images:PATH``: every image below PATH, unlabelled, any layout.
+      ``list:FILE``: the image files a text or CSV file lists, with or without labels. See
+      :mod:`infer.data.files` for the exact rules, the order and the fingerprint.
   ``npz:PATH[:split]``
       a MedMNIST-layout ``.npz`` file, split train, val or test (default); see :mod:`infer.data.npz`.
   ``generated:N``
       N generated 8x8 RGB images (a pure function of the index, no files) in 10 classes
-      (label = index mod 10): for benchmarks and tests of the embedding loop at any size.
+      (label = index mod 10), N up to MAX_GENERATED: for benchmarks and tests of the embedding loop.
 
-A data set's ``location`` is its spec resolved to an absolute place (the folder, or CIFAR's folder
-under ``--data-path``); the store names a set by it, never by a name two data sets can share.
+A data set's ``location`` is its spec resolved to an absolute place (the folder or list file, or
+CIFAR's folder under ``--data-path``); the store names a set by it, never by a name two data sets
+can share.
 """
 from __future__ import annotations
 
 import hashlib
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ...common.cifar import cifar_dir, load_cifar
-from ...common.contract import MAX_IMAGE_PIXELS
 from ...common.errors import InputError
-from .base import CIFAR_KINDS as _CIFAR, Dataset, location_key
+from .base import CIFAR_KINDS as _CIFAR, FILE_KINDS, Dataset, location_key
+from .files import folder_dataset, images_dataset, list_dataset
 from .npz import NpzDataset, parse_npz_spec
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _SPLITS = ("train", "test")
-MAX_GENERATED = 10**9
+MAX_GENERATED = 10**7  # the labels (8 bytes per item) and batch ranges are held in memory: about 100 MB
 _GENERATED_SIZE, _GENERATED_CLASSES = 8, 10
 
 
@@ -55,69 +55,6 @@ class CifarDataset(Dataset):
         h = hashlib.sha256(f"cifar {self.images.shape} {self.labels.shape}\n".encode())
         h.update(self.images.tobytes())
         h.update(self.labels.astype("<i8").tobytes())
-        return h.hexdigest()
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Every jpg/jpeg/png/webp below ``folder``, sorted, hidden files and folders left out."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
-def open_image(path: Path) -> Image.Image:
-    """The RGB image in ``path``; InputError naming the file when it cannot be decoded or its size
-    (width x height, read from the header before decoding) exceeds the contract's MAX_IMAGE_PIXELS."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's own, larger guard
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise InputError(f"{path}: {width} x {height} pixels, above the limit of {MAX_IMAGE_PIXELS:,}")
-                return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
-
-
-class FolderDataset(Dataset):
-    def __init__(self, spec: str, root: Path):
-        if not root.is_dir():
-            raise InputError(f"{spec}: {root} is not a folder")
-        self.spec, self.name, self.split, self.root = spec, "folder", root.resolve().name, root
-        self.location = dataset_location(spec)
-        self.classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not self.classes:
-            raise InputError(f"{spec}: {root} has no class sub-folders (expected one folder per class)")
-        files, labels = [], []
-        for label, name in enumerate(self.classes):
-            found = image_files(root / name)
-            files.extend(found)
-            labels.extend([label] * len(found))
-        if not files:
-            raise InputError(f"{spec}: no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images under {root}")
-        self.files = files
-        self.labels = np.asarray(labels, dtype=np.int64)
-
-    def image(self, index: int) -> Image.Image:
-        return open_image(self.files[index])
-
-    def item_name(self, index: int) -> str:
-        return self.files[index].relative_to(self.root).as_posix()
-
-    def stored_bytes(self, index: int) -> bytes:
-        try:
-            return self.files[index].read_bytes()
-        except OSError as e:
-            raise InputError(f"{self.files[index]}: cannot read ({e.strerror})") from None
-
-    def _fingerprint(self) -> str:
-        h = hashlib.sha256(f"folder {len(self.files)}\n".encode())
-        for path, label in zip(self.files, self.labels):
-            try:
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            except OSError as e:
-                raise InputError(f"{path}: cannot read ({e.strerror})") from None
-            h.update(f"{path.relative_to(self.root).as_posix()}\t{label}\t{digest}\n".encode())
         return h.hexdigest()
 
 
@@ -144,26 +81,27 @@ class GeneratedDataset(Dataset):
 def _parse(spec: str) -> tuple[str, str]:
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
-        raise InputError(f"dataset {spec!r}: expected cifar10:train|test, cifar100:train|test, folder:PATH "
-                         "npz:PATH[:train|val|test] or generated:N")
+        raise InputError(f"dataset {spec!r}: expected cifar10:train|test, cifar100:train|test, folder:PATH, "
+                         "images:PATH, list:FILE, npz:PATH[:train|val|test] or generated:N")
     if kind in _CIFAR:
         if rest not in _SPLITS:
             raise InputError(f"dataset {spec!r}: unknown split {rest!r}, expected train or test")
     elif kind == "generated":
         if not rest.isdigit() or not 1 <= int(rest) <= MAX_GENERATED:
             raise InputError(f"dataset {spec!r}: expected generated:N with N from 1 to {MAX_GENERATED}")
-    elif kind not in ("folder", "npz"):
-        raise InputError(f"dataset {spec!r}: unknown kind {kind!r}, expected cifar10, cifar100, folder, npz "
-                         "or generated")
+    elif kind not in (*FILE_KINDS, "npz"):
+        raise InputError(f"dataset {spec!r}: unknown kind {kind!r}, expected cifar10, cifar100, folder, images, "
+                         "list, npz or generated")
     return kind, rest
 
 
 def dataset_location(spec: str, data_path: str | Path = "data") -> str:
     """Where the data of ``spec`` is, absolute and without symbolic links, from the spec alone
-    (``folder:/abs/images``, ``cifar10:test:/abs/data/cifar-10-batches-py``, ``generated:N``)."""
+    (``folder:/abs/images``, ``list:/abs/gallery.csv``, ``cifar10:test:/abs/data/cifar-10-batches-py``,
+    ``generated:N``)."""
     kind, rest = _parse(spec)
-    if kind == "folder":
-        return f"folder:{Path(rest).resolve()}"
+    if kind in FILE_KINDS:
+        return f"{kind}:{Path(rest).resolve()}"
     if kind == "generated":
         return f"generated:{int(rest)}"
     if kind == "npz":
@@ -187,11 +125,35 @@ def legacy_dataset_key(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{kind}-{split}")
 
 
+def spec_describes(spec: str, location: str) -> bool:
+    """Whether ``spec`` can name the data at ``location`` (a resolved location, see
+    :func:`dataset_location`), whatever folder it was resolved from: the same kind, the same split
+    (CIFAR, npz) or count (generated), the same folder or file name."""
+    try:
+        kind, rest = _parse(spec)
+    except InputError:
+        return False
+    where_kind, _, where = location.partition(":")
+    if kind != where_kind:
+        return False
+    if kind in _CIFAR:
+        return where.partition(":")[0] == rest
+    if kind == "generated":
+        return where == str(int(rest))
+    if kind == "npz":
+        path, split = parse_npz_spec(rest)
+        where_split, _, where_path = where.partition(":")
+        return where_split == split and Path(where_path).name == path.name
+    name = Path(rest).name
+    return not name or Path(where).name == name
+
+
 def open_dataset(spec: str, data_path: str | Path = "data") -> Dataset:
     """The data set named by ``spec`` (see the module doc); ``data_path`` holds CIFAR's folders."""
     kind, rest = _parse(spec)
-    if kind == "folder":
-        return FolderDataset(spec, Path(rest))
+    opener = {"folder": folder_dataset, "images": images_dataset, "list": list_dataset}.get(kind)
+    if opener is not None:
+        return opener(spec, Path(rest), dataset_location(spec))
     if kind == "npz":
         return NpzDataset(spec, *parse_npz_spec(rest))
     if kind == "generated":

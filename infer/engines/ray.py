@@ -13,7 +13,9 @@ import copy
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -53,16 +55,21 @@ class EmbedActor:
         from ..runtime.session import run_model
 
         start, stop = int(batch["start"][0]), int(batch["stop"][0])
-        b = load_batch(self.dataset, start, stop, self.info.preprocessing, skip_bad=self.skip_bad)
-        ok = np.isin(np.arange(start, stop), b.rows)
         embedding = np.zeros((stop - start, self.info.embedding_dim), np.float32)
         index_shape = (stop - start,) if self.info.top_k == 1 else (stop - start, self.info.top_k)
         prompt_index = np.full(index_shape, -1, np.int64)
-        if len(b.rows):
-            out = run_model(self.session, b.images)
-            embedding[ok], prompt_index[ok] = out[EMBEDDING_OUTPUT], out[PROMPT_INDEX_OUTPUT]
+        ok, error = np.zeros(stop - start, bool), ""
+        try:  # bad input (an unreadable image) travels back as data: the driver raises it as one line
+            b = load_batch(self.dataset, start, stop, self.info.preprocessing, skip_bad=self.skip_bad)
+            ok = np.isin(np.arange(start, stop), b.rows)
+            if len(b.rows):
+                out = run_model(self.session, b.images)
+                embedding[ok], prompt_index[ok] = out[EMBEDDING_OUTPUT], out[PROMPT_INDEX_OUTPUT]
+        except InputError as e:
+            error = str(e)
         return {"row": np.arange(start, stop, dtype=np.int64), "ok": ok, "embedding": embedding,
-                "prompt_index": prompt_index, "provider": np.full(stop - start, self.provider)}
+                "prompt_index": prompt_index, "provider": np.full(stop - start, self.provider),
+                "error": np.full(stop - start, error, dtype=object)}
 
 
 def _portable(dataset: Dataset) -> Dataset:
@@ -70,7 +77,7 @@ def _portable(dataset: Dataset) -> Dataset:
     if not hasattr(dataset, "files"):
         return dataset
     moved = copy.copy(dataset)
-    moved.root, moved.files = dataset.root.absolute(), [p.absolute() for p in dataset.files]
+    moved.files = [p.absolute() for p in dataset.files]  # item names stay relative: they name the items
     return moved
 
 
@@ -110,12 +117,49 @@ def _connect(options: RayOptions):
     if ray.is_initialized():
         return ray, False
     address = options.address or os.environ.get("RAY_ADDRESS") or "local"
+    _probe(address)
     try:
         with tempfile.TemporaryDirectory(prefix="dpcompat-ray-") as code:  # uploaded by ray.init
             ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env(code))
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise InputError(f"--ray-address {address}: cannot connect to Ray ({str(e).splitlines()[0]})") from None
     return ray, True
+
+
+CONNECT_TIMEOUT_S = 10.0  # for a cluster's address to answer
+RESOURCES_TIMEOUT_S = 30.0  # for the cluster to offer what one actor reserves (an autoscaler may add nodes)
+
+
+def _probe(address: str) -> None:
+    """InputError unless something listens at a cluster ``address`` (``host:port`` or ``ray://host:port``)
+    within CONNECT_TIMEOUT_S: ``ray.init`` itself would retry for minutes. 'local' and 'auto' pass."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address in ("local", "auto") or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise InputError(f"--ray-address {address}: nothing answers there within {CONNECT_TIMEOUT_S:g} s "
+                         f"({e.strerror or type(e).__name__}); start the cluster (ray start --head) or fix the "
+                         "address") from None
+
+
+def _check_resources(ray, options: RayOptions) -> None:
+    """InputError unless the cluster offers one actor's GPUs and CPUs within RESOURCES_TIMEOUT_S: Ray
+    would otherwise wait forever for an actor it cannot place."""
+    wanted = {"GPU": options.gpus_per_actor, "CPU": options.cpus_per_actor}
+    deadline = time.monotonic() + RESOURCES_TIMEOUT_S
+    while True:
+        have = ray.cluster_resources()
+        short = {k: v for k, v in wanted.items() if v > have.get(k, 0)}
+        if not short or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    if short:
+        option = "--gpus-per-actor" if "GPU" in short else "CPUs per actor"
+        raise InputError(f"{option} {short.get('GPU', short.get('CPU')):g}: the Ray cluster offers "
+                         f"{have.get('GPU', 0):g} GPU(s) and {have.get('CPU', 0):g} CPU(s) in all "
+                         f"(waited {RESOURCES_TIMEOUT_S:g} s); an actor could never start")
 
 
 def embed_with_ray(model: str | Path, dataset: Dataset, *, runtime: RuntimeOptions = RuntimeOptions(provider="cpu"),
@@ -131,6 +175,12 @@ def embed_with_ray(model: str | Path, dataset: Dataset, *, runtime: RuntimeOptio
     options = runtime.ray or RayOptions()
     options.check()
     ray, started = _connect(options)
+    try:
+        _check_resources(ray, options)
+    except InputError:
+        if started:
+            ray.shutdown()
+        raise
     bounds = batch_bounds(start, len(dataset), runtime.batch_size, align)
     return _ordered_batches(ray, started, Path(model), dataset, options, runtime.provider, bounds, runtime.skip_bad,
                             runtime.threads or max(1, int(options.cpus_per_actor)), runtime.trt)
@@ -150,6 +200,9 @@ def _ordered_batches(ray, started, model, dataset, options, provider, bounds, sk
         expected = bounds[0][0] if bounds else 0
         for block in results.iter_batches(batch_size=None, batch_format="numpy"):
             rows = block["row"]
+            failed = [str(e) for e in block["error"] if e]
+            if failed:
+                raise InputError(failed[0])
             if len(rows) and not np.array_equal(rows, np.arange(expected, expected + len(rows))):
                 raise RuntimeError(f"Ray returned rows {rows[0]}..{rows[-1]} where row {expected} was due")
             first, expected = expected, expected + len(rows)

@@ -17,14 +17,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ...common.contract import (BUNDLE_OUTPUTS, BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT,
-                               QUERY_OUTPUT)
-from ...common.errors import InputError
+from ...common.contract import BUNDLE_OUTPUTS, BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, PROMPT_INDEX_OUTPUT, QUERY_OUTPUT
+from ...common.errors import InputError, shown
+from .graph import check_inputs
 from .metadata import ModelInfo
-from .protobuf import MODEL_PROPS, length_fields
+from .protobuf import MODEL_PROPS, TooLarge, length_fields
 
 TASK_FIELDS = ("task", "checkpoint", "checkpoint_sha256")
 MAX_TASKS = 1024  # tasks one bundle may list (its metadata is parsed before the graph is checked)
+MAX_METADATA_BYTES = 16 * 2**20  # all metadata_props of a file together (a real export's: a few KiB)
 BACKBONE_ID = "backbone"  # store id suffix of the ``query`` output's sets: the frozen backbone as a model
 
 
@@ -71,8 +72,10 @@ class BundleInfo:
             per_task = [{k: str(e[k]) for k in TASK_FIELDS} for e in entries]
         except KeyError as e:
             raise InputError(f"{source}: not a dpcompat bundle (metadata lacks {e})") from None
+        except RecursionError:
+            raise InputError(f"{source}: malformed {BUNDLE_TASKS_KEY} metadata (nested too deeply)") from None
         except (ValueError, TypeError) as e:
-            raise InputError(f"{source}: malformed {BUNDLE_TASKS_KEY} metadata ({e})") from None
+            raise InputError(f"{source}: malformed {BUNDLE_TASKS_KEY} metadata ({str(e)[:200]})") from None
         tasks = tuple(ModelInfo.from_props({**props, **fields}, source) for fields in per_task)
         try:
             return cls(tasks)
@@ -82,20 +85,27 @@ class BundleInfo:
 
 def read_props(path: str | Path) -> dict[str, str]:
     """``metadata_props`` of an ONNX file, read from its protobuf without loading the graph: cheap enough
-    to tell a bundle from a single-task file before opening a session (no onnx package needed)."""
+    to tell a bundle from a single-task file before opening a session (no onnx package needed). Every
+    declared length is checked against the bytes left, and all of them together against
+    MAX_METADATA_BYTES, before anything is read."""
+    where = shown(path)
     try:
         with open(path, "rb") as f:
-            entries = length_fields(f, os.fstat(f.fileno()).st_size, (MODEL_PROPS,)).get(MODEL_PROPS, [])
+            entries = length_fields(f, os.fstat(f.fileno()).st_size, (MODEL_PROPS,),
+                                    limit=MAX_METADATA_BYTES).get(MODEL_PROPS, [])
         props = {}
         for raw in entries:
             pair = {n: v[-1].decode() for n, v in length_fields(io.BytesIO(raw), len(raw), (1, 2)).items()}
             props[pair.get(1, "")] = pair.get(2, "")
     except FileNotFoundError:
-        raise InputError(f"{path}: no such ONNX file") from None
+        raise InputError(f"{where}: no such ONNX file") from None
     except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise InputError(f"{where}: cannot read ({e.strerror or e})") from None
+    except TooLarge:
+        raise InputError(f"{where}: its metadata declares more than {MAX_METADATA_BYTES:,} bytes (a dpcompat "
+                         "export's takes a few KiB); refused unread") from None
     except (EOFError, ValueError, UnicodeDecodeError):
-        raise InputError(f"{path}: not an ONNX file (truncated or corrupt protobuf)") from None
+        raise InputError(f"{where}: not an ONNX file (truncated or corrupt protobuf)") from None
     return props
 
 
@@ -107,10 +117,9 @@ def is_bundle(path: str | Path) -> bool:
 def bundle_info(session: ort.InferenceSession, path: str | Path) -> BundleInfo:
     """The bundle's metadata, after checking the session's declared inputs and outputs against the
     bundle contract and the metadata's sizes."""
-    info = BundleInfo.from_props(session.get_modelmeta().custom_metadata_map, str(path))
-    image = next((i for i in session.get_inputs() if i.name == INPUT_NAME), None)
-    if image is None or image.type != "tensor(float)":
-        raise InputError(f"{path}: expected input '{INPUT_NAME}' float32 [N, 3, S, S]")
+    info = BundleInfo.from_props(session.get_modelmeta().custom_metadata_map, shown(path))
+    check_inputs(session, path)
+    image = session.get_inputs()[0]
     c = info.common
     outputs = {o.name: o for o in session.get_outputs()}
     t, dim, k = len(info.tasks), c.embedding_dim, c.top_k

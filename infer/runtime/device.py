@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ...common.contract import INPUT_NAME
+from .limits import MAX_SESSION_MEMORY
 from .options import TensorRTOptions
 
 ORT_PROVIDER = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
@@ -27,8 +28,9 @@ _CUDART = ("libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart
 
 def provider_chain(wanted: str, device_id: int, trt: TensorRTOptions) -> list:
     """onnxruntime's ``providers`` argument for ``wanted`` ('cuda' or 'tensorrt') on GPU ``device_id``:
-    TensorRT falls back to CUDA for the nodes it cannot take, then the CPU, on the same device."""
-    cuda = (ORT_PROVIDER["cuda"], {"device_id": str(device_id)})
+    TensorRT falls back to CUDA for the nodes it cannot take, then the CPU, on the same device. CUDA's
+    memory arena is capped at MAX_SESSION_MEMORY, as the host's is (:mod:`.limits`)."""
+    cuda = (ORT_PROVIDER["cuda"], {"device_id": str(device_id), "gpu_mem_limit": str(MAX_SESSION_MEMORY)})
     head = [(ORT_PROVIDER["tensorrt"], trt.provider_options(device_id))] if wanted == "tensorrt" else []
     return head + [cuda, ORT_PROVIDER["cpu"]]
 

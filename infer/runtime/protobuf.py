@@ -6,13 +6,13 @@ weights are skipped); :func:`fields_of` walks a message held in memory, yielding
 raw bytes, so a rewriter copies what it does not change byte for byte.
 
 Writing: messages are ``bytes`` built from fields; field numbers are those of onnx.proto3 (IR
-version 7 and later). Only what an adapter graph needs is here: tensors with raw data, value infos
-of float tensors, attribute-free nodes, graphs, models with opset imports and ``metadata_props``.
+version 7 and later). Only what dpcompat's own graphs (adapters, the search graph) need is here:
+tensors with raw data, value infos of tensors, nodes with int and ints attributes, graphs, models
+with opset imports and ``metadata_props``.
 """
 from __future__ import annotations
 
-import os
-from typing import BinaryIO, Iterator, NamedTuple, Sequence
+from typing import BinaryIO, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -23,12 +23,19 @@ MODEL_IR_VERSION, MODEL_PRODUCER, MODEL_GRAPH, MODEL_OPSET, MODEL_PROPS = 1, 2, 
 # GraphProto
 GRAPH_NODE, GRAPH_NAME, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_OUTPUT, GRAPH_VALUE_INFO = 1, 2, 5, 11, 12, 13
 # NodeProto
-NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE = 1, 2, 3, 4
+NODE_INPUT, NODE_OUTPUT, NODE_NAME, NODE_OP_TYPE, NODE_ATTRIBUTE = 1, 2, 3, 4, 5
+# AttributeProto and its AttributeType values
+ATTR_NAME, ATTR_INT, ATTR_INTS, ATTR_TYPE, ATTR_TYPE_INT, ATTR_TYPE_INTS = 1, 3, 8, 20, 2, 7
 # ValueInfoProto, TypeProto, TypeProto.Tensor, TensorShapeProto, its Dimension
 VALUE_NAME, VALUE_TYPE, TYPE_TENSOR, TENSOR_ELEM_TYPE, TENSOR_SHAPE, SHAPE_DIM, DIM_VALUE, DIM_PARAM = 1, 2, 1, 1, 2, 1, 1, 2
 # TensorProto
 TENSOR_DIMS, TENSOR_DATA_TYPE, TENSOR_NAME, TENSOR_RAW = 1, 2, 8, 9
-FLOAT = 1  # TensorProto.DataType
+FLOAT, INT64, BOOL, FLOAT16 = 1, 7, 9, 10  # TensorProto.DataType
+_DTYPES = {FLOAT: "<f4", INT64: "<i8", FLOAT16: "<f2"}
+
+
+class TooLarge(ValueError):
+    """Fields asked for hold more bytes than the caller's limit."""
 
 
 class Field(NamedTuple):
@@ -41,44 +48,65 @@ class Field(NamedTuple):
     raw: memoryview
 
 
+MAX_VARINT_BYTES = 10  # a 64-bit value takes at most 10 bytes; a longer varint is corrupt
+_FIELD_OVERHEAD = 64  # what :func:`length_fields` counts per field beyond its bytes (Python's own per object)
+
+
 def read_varint(f: BinaryIO) -> int:
-    value, shift = 0, 0
-    while True:
+    """The varint at ``f``'s position: EOFError if the file ends inside it, ValueError after
+    MAX_VARINT_BYTES bytes without an end (so a file of 0xFF bytes costs linear time, not quadratic)."""
+    value = 0
+    for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
         byte = f.read(1)
         if not byte:
             raise EOFError
         value |= (byte[0] & 0x7F) << shift
         if byte[0] < 0x80:
             return value
-        shift += 7
+    raise ValueError(f"a varint longer than {MAX_VARINT_BYTES} bytes")
 
 
-def length_fields(f: BinaryIO, end: int, wanted: tuple[int, ...]) -> dict[int, list[bytes]]:
-    """The length-delimited fields numbered in ``wanted`` of a protobuf message ending at ``end``;
-    every other field is skipped without reading it (a graph's weights are never loaded)."""
-    found: dict[int, list[bytes]] = {}
+def field_spans(f: BinaryIO, end: int, wanted: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
+    """(number, offset, length) of each length-delimited field numbered in ``wanted`` of the protobuf
+    message from ``f``'s position to ``end``, nothing read but tags and lengths. A declared length is
+    checked against the bytes left before anything is done with it (EOFError when it runs past
+    ``end``); ValueError for an unknown wire type."""
     while f.tell() < end:
         number, wire = divmod(read_varint(f), 8)
         if wire == VARINT:
             read_varint(f)
-        elif wire in (FIXED64, FIXED32):
-            f.seek(8 if wire == FIXED64 else 4, os.SEEK_CUR)
-        elif wire == LENGTH:
-            length = read_varint(f)
-            if number in wanted:
-                found.setdefault(number, []).append(f.read(length))
-            else:
-                f.seek(length, os.SEEK_CUR)
+        elif wire in (FIXED64, FIXED32, LENGTH):
+            length = 8 if wire == FIXED64 else 4 if wire == FIXED32 else read_varint(f)
+            at = f.tell()
+            if length > end - at:
+                raise EOFError
+            if wire == LENGTH and number in wanted:
+                yield number, at, length
+            f.seek(at + length)
         else:
             raise ValueError(f"wire type {wire}")
     if f.tell() != end:
         raise EOFError
+
+
+def length_fields(f: BinaryIO, end: int, wanted: tuple[int, ...], *, limit: Optional[int] = None
+                  ) -> dict[int, list[bytes]]:
+    """The length-delimited fields numbered in ``wanted`` of a protobuf message ending at ``end``;
+    every other field is skipped without reading it (a graph's weights are never loaded). ``limit``:
+    the most bytes all wanted fields together may hold (TooLarge beyond it, checked before each read)."""
+    found: dict[int, list[bytes]] = {}
+    total = 0
+    for number, _, length in field_spans(f, end, wanted):  # the reader seeks past each field itself
+        total += length + _FIELD_OVERHEAD
+        if limit is not None and total > limit:
+            raise TooLarge(f"more than {limit:,} bytes in fields {', '.join(map(str, wanted))}")
+        found.setdefault(number, []).append(f.read(length))
     return found
 
 
 def _varint_at(buf: memoryview, at: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
+    value = 0
+    for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
         if at >= len(buf):
             raise EOFError
         byte = buf[at]
@@ -86,7 +114,7 @@ def _varint_at(buf: memoryview, at: int) -> tuple[int, int]:
         at += 1
         if byte < 0x80:
             return value, at
-        shift += 7
+    raise ValueError(f"a varint longer than {MAX_VARINT_BYTES} bytes")
 
 
 def fields_of(message: bytes | memoryview) -> Iterator[Field]:
@@ -142,10 +170,11 @@ def length_header(number: int, size: int) -> bytes:
     return varint(number << 3 | LENGTH) + varint(size)
 
 
-def tensor(name: str, array: np.ndarray) -> bytes:
-    """A float32 initializer (TensorProto with raw little-endian data)."""
-    data = np.ascontiguousarray(array, dtype="<f4")
-    return (b"".join(int_field(TENSOR_DIMS, d) for d in data.shape) + int_field(TENSOR_DATA_TYPE, FLOAT)
+def tensor(name: str, array: np.ndarray, elem_type: int = FLOAT) -> bytes:
+    """An initializer (TensorProto with raw little-endian data) of ``elem_type``: FLOAT (float32,
+    the default), FLOAT16 or INT64."""
+    data = np.ascontiguousarray(array, dtype=_DTYPES[elem_type])
+    return (b"".join(int_field(TENSOR_DIMS, d) for d in data.shape) + int_field(TENSOR_DATA_TYPE, elem_type)
             + bytes_field(TENSOR_NAME, name) + bytes_field(TENSOR_RAW, data.tobytes()))
 
 
@@ -154,10 +183,11 @@ def dimension(size: int | str) -> bytes:
     return int_field(DIM_VALUE, size) if isinstance(size, int) else bytes_field(DIM_PARAM, size)
 
 
-def float_value_info(name: str, dims: Sequence[bytes]) -> bytes:
-    """A ValueInfoProto of a float tensor with the encoded ``dims`` (see :func:`dimension`)."""
+def float_value_info(name: str, dims: Sequence[bytes], elem_type: int = FLOAT) -> bytes:
+    """A ValueInfoProto of a tensor of ``elem_type`` (default FLOAT) with the encoded ``dims`` (see
+    :func:`dimension`)."""
     shape = b"".join(bytes_field(SHAPE_DIM, d) for d in dims)
-    tensor_type = int_field(TENSOR_ELEM_TYPE, FLOAT) + bytes_field(TENSOR_SHAPE, shape)
+    tensor_type = int_field(TENSOR_ELEM_TYPE, elem_type) + bytes_field(TENSOR_SHAPE, shape)
     return bytes_field(VALUE_NAME, name) + bytes_field(VALUE_TYPE, bytes_field(TYPE_TENSOR, tensor_type))
 
 
@@ -173,10 +203,19 @@ def dims_of(value_info: bytes | memoryview) -> list[memoryview]:
     return []
 
 
-def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str) -> bytes:
-    """A NodeProto of the default domain without attributes."""
+def attribute(name: str, value: int | Sequence[int]) -> bytes:
+    """An AttributeProto holding an int, or a list of ints."""
+    if isinstance(value, int):
+        return bytes_field(ATTR_NAME, name) + int_field(ATTR_INT, value) + int_field(ATTR_TYPE, ATTR_TYPE_INT)
+    return (bytes_field(ATTR_NAME, name) + b"".join(int_field(ATTR_INTS, v) for v in value)
+            + int_field(ATTR_TYPE, ATTR_TYPE_INTS))
+
+
+def node(op_type: str, inputs: Sequence[str], outputs: Sequence[str], name: str, **attributes: int | Sequence[int]) -> bytes:
+    """A NodeProto of the default domain with int (or ints) ``attributes``."""
     return (b"".join(bytes_field(NODE_INPUT, i) for i in inputs) + b"".join(bytes_field(NODE_OUTPUT, o) for o in outputs)
-            + bytes_field(NODE_NAME, name) + bytes_field(NODE_OP_TYPE, op_type))
+            + bytes_field(NODE_NAME, name) + bytes_field(NODE_OP_TYPE, op_type)
+            + b"".join(bytes_field(NODE_ATTRIBUTE, attribute(k, v)) for k, v in attributes.items()))
 
 
 def props(entries: dict[str, str]) -> bytes:

@@ -22,17 +22,17 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from ...common.errors import InputError
+from ...common.errors import InputError, shown
 from ...common.contract import BUNDLE_TASKS_KEY, EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT, parse_provider
 from .device import ORT_PROVIDER, provider_chain, run_bound
+from .graph import check_graph, check_inputs, check_outputs
+from .limits import ORT_ERRORS, cap_cpu_memory, quiet_run, remember, run_failure
 from .options import TensorRTOptions
 from .metadata import ModelInfo
+from .packages import format_packages, installed_packages, torch_pairing
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
-_ORT_ERRORS = (_ort_state.Fail, _ort_state.InvalidArgument, _ort_state.InvalidProtobuf, _ort_state.InvalidGraph,
-               _ort_state.NoSuchFile, _ort_state.RuntimeException, _ort_state.NotImplemented)
 # embedding = image + image for float32 [2], opset 13: the smallest model with our input/output names
 # that every provider can take (made with onnx.helper; kept as bytes because production hosts have
 # onnxruntime but not the onnx package).
@@ -143,18 +143,21 @@ def _open(model: str | Path | bytes, providers: list, threads: Optional[int] = N
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: node-placement warnings are expected on GPUs
     options.intra_op_num_threads = threads or usable_cores()
+    cap_cpu_memory(options)
     source = model if isinstance(model, bytes) else str(model)
+    where = "model" if isinstance(model, bytes) else shown(model)
     try:
-        return ort.InferenceSession(source, options, providers=providers)
-    except _ORT_ERRORS as e:
-        where = "model" if isinstance(model, bytes) else str(model)
+        session = ort.InferenceSession(source, options, providers=providers)
+    except ORT_ERRORS as e:
         raise InputError(f"{where}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+    remember(session, where)
+    return session
 
 
 def create_session(path: str | Path | bytes, provider: str = "auto",
                    warn: Callable[[str], None] = _warn, *,
-                   threads: Optional[int] = None,
-                   trt: Optional[TensorRTOptions] = None) -> tuple[ort.InferenceSession, str]:
+                   threads: Optional[int] = None, trt: Optional[TensorRTOptions] = None,
+                   option: str = "--provider") -> tuple[ort.InferenceSession, str]:
     """Open an ONNX model on ``provider`` ('auto', 'cuda', 'tensorrt' or 'cpu'; 'cuda:N' or
     'tensorrt:N' for the GPU with index N, default 0).
 
@@ -167,6 +170,7 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
     threads : onnxruntime's intra-op threads; default :func:`usable_cores` (onnxruntime's own default
         is every core of the machine, which oversubscribes a host shared through affinity masks).
     trt : TensorRT options (fp16, engine cache folder, workspace); only with 'tensorrt'.
+    option : the command-line option that chose ``provider``, as error messages name it.
 
     Returns
     -------
@@ -183,7 +187,8 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
         raise InputError(f"--trt-fp16, --trt-cache and --trt-workspace need --provider tensorrt, not {provider}")
     trt.check()
     if not isinstance(path, bytes) and not Path(path).is_file():
-        raise InputError(f"{path}: no such ONNX file")
+        raise InputError(f"{shown(path)}: no such ONNX file")
+    check_graph(path)
     if threads is not None and threads < 1:
         raise InputError(f"--threads {threads}: must be at least 1")
     if name == "cpu":
@@ -192,7 +197,7 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
     problem = gpu_problem(wanted)
     session = None
     if problem is None:
-        _check_device_id(provider, device_id)
+        _check_device_id(provider, device_id, option)
         session = _open(path, provider_chain(wanted, device_id or 0, trt), threads)
         if session.get_providers()[0] == ORT_PROVIDER[wanted]:
             return session, wanted
@@ -200,35 +205,43 @@ def create_session(path: str | Path | bytes, provider: str = "auto",
     if name == "auto":
         warn(f"CUDA unavailable ({problem}); running on CPU")
         return session or _open(path, [ORT_PROVIDER["cpu"]], threads), "cpu"
-    raise ProviderUnavailable(f"--provider {provider}: {problem}")
+    raise ProviderUnavailable(f"{option} {provider}: {problem}")
 
 
-def _check_device_id(provider: str, device_id: Optional[int]) -> None:
+def check_provider(provider: str) -> None:
+    """For an explicit ``cuda`` or ``tensorrt`` (with its device id): :class:`ProviderUnavailable` when it
+    cannot run here, whether or not a session will open (a run whose sets are all reused from the
+    store still refuses a GPU request this host cannot serve). 'auto' and 'cpu' always pass."""
+    name, device_id = parse_provider(provider)
+    if name in ("auto", "cpu"):
+        return
+    problem = gpu_problem(name)
+    if problem:
+        raise ProviderUnavailable(f"--provider {provider}: {problem}")
+    _check_device_id(provider, device_id)
+
+
+def _check_device_id(provider: str, device_id: Optional[int], option: str = "--provider") -> None:
     if device_id is None:
         return
     gpus, _ = list_gpus()
     if device_id >= len(gpus):
-        raise InputError(f"--provider {provider}: no GPU {device_id}; the driver reports {len(gpus)} "
+        raise InputError(f"{option} {provider}: no GPU {device_id}; the driver reports {len(gpus)} "
                          f"(indices 0 to {len(gpus) - 1}, as CUDA_VISIBLE_DEVICES leaves them)")
 
 
 def model_info(session: ort.InferenceSession, path: str | Path) -> ModelInfo:
-    """The export's metadata, after checking the session has the ``image`` -> ``embedding`` contract."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name for o in session.get_outputs()}
-    if INPUT_NAME not in inputs or EMBEDDING_OUTPUT not in outputs:
-        raise InputError(f"{path}: not a dpcompat export (inputs {sorted(inputs)}, outputs {sorted(outputs)}; "
-                         f"expected input '{INPUT_NAME}' and output '{EMBEDDING_OUTPUT}')")
-    if inputs[INPUT_NAME].type != "tensor(float)" or len(inputs[INPUT_NAME].shape) != 4:
-        raise InputError(f"{path}: input '{INPUT_NAME}' is {inputs[INPUT_NAME].type} {inputs[INPUT_NAME].shape}, "
-                         "expected float32 [N, 3, S, S]")
+    """The export's metadata, after checking the session's inputs and outputs against the contract
+    (:mod:`dpcompat.common.contract`) with the metadata's sizes."""
+    check_inputs(session, path)
     props = session.get_modelmeta().custom_metadata_map
     if BUNDLE_TASKS_KEY in props:
-        raise InputError(f"{path}: a bundle of several tasks, where one task's file is expected "
+        raise InputError(f"{shown(path)}: a bundle of several tasks, where one task's file is expected "
                          "(export one with: python cli.py export --task N)")
-    info = ModelInfo.from_props(props, str(path))
+    info = ModelInfo.from_props(props, shown(path))
+    check_outputs(session, path, info.top_k)
     embedding = next(o for o in session.get_outputs() if o.name == EMBEDDING_OUTPUT)
-    info.check_graph(inputs[INPUT_NAME].shape, embedding.shape, str(path))
+    info.check_graph(session.get_inputs()[0].shape, embedding.shape, shown(path))
     return info
 
 
@@ -249,9 +262,12 @@ def run_model(session: ort.InferenceSession, images: np.ndarray,
     :func:`infer.runtime.device.run_bound`) and the outputs are bound on that device, copied back after the run.
     """
     images = np.ascontiguousarray(images, dtype=np.float32)
-    if session.get_providers()[0] not in _GPU_PROVIDERS:
-        return dict(zip(outputs, session.run(list(outputs), {INPUT_NAME: images})))
-    values, _ = run_bound(session, images, outputs)
+    try:
+        if session.get_providers()[0] not in _GPU_PROVIDERS:
+            return dict(zip(outputs, session.run(list(outputs), {INPUT_NAME: images}, quiet_run())))
+        values, _ = run_bound(session, images, outputs)
+    except (*ORT_ERRORS, MemoryError) as e:
+        raise run_failure(session, e) from None
     return dict(zip(outputs, values))
 
 
@@ -315,8 +331,11 @@ def describe_gpu_requirements(req: Optional[dict]) -> str:
 
 
 def doctor_report() -> dict:
-    """Versions, providers (listed and actually working, by running a tiny model on each) and GPUs."""
+    """Versions, providers (listed and actually working, by running a tiny model on each), GPUs, the
+    packages around dpcompat and whether torch and torchvision are a matching pair (see
+    :mod:`.packages`: nothing is imported here)."""
     gpus, gpu_missing = list_gpus()
+    packages = installed_packages()
     available = ort.get_available_providers()
     providers = {}
     for short, name in ORT_PROVIDER.items():
@@ -328,7 +347,8 @@ def doctor_report() -> dict:
         "onnxruntime": ort.__version__,
         "onnxruntime_package": next((d for d in ("onnxruntime-gpu", "onnxruntime") if _installed(d)), None),
         "numpy": np.__version__,
-        "torch": _installed("torch"),
+        "packages": packages,
+        "torch_pairing": torch_pairing(packages),
         "providers": providers,
         "gpus": [{"index": g.index, "name": g.name, "memory_gib": round(g.memory_bytes / 2 ** 30, 1)} for g in gpus],
         "gpu_problem": gpu_missing,
@@ -342,7 +362,7 @@ def format_doctor(report: dict) -> str:
     lines = [f"python       {report['python']} ({report['platform']})",
              f"onnxruntime  {report['onnxruntime']} ({report['onnxruntime_package'] or 'unknown package'})",
              f"numpy        {report['numpy']}",
-             f"torch        {report['torch'] or 'not installed'}",
+             *format_packages(report["packages"], report["torch_pairing"]),
              "providers:"]
     for name, p in report["providers"].items():
         state = "works" if p["works"] else ("FAILS: " + p["problem"] if p["available"] else p["problem"])

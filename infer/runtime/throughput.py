@@ -14,6 +14,7 @@ from ...common.contract import EMBEDDING_OUTPUT, INPUT_NAME, PROMPT_INDEX_OUTPUT
 from .device import session_device_id
 from .options import TensorRTOptions
 from .metadata import ModelInfo
+from .limits import ORT_ERRORS, run_failure
 from .session import create_session, model_info
 
 # c = a @ b with dynamic [m, k] x [k, n], opset 13 (made with onnx.helper; bytes, since production
@@ -96,7 +97,10 @@ def onnx_throughput(path: str | Path, provider: str, batch_sizes: Sequence[int],
         run = _bound_runner(session, {INPUT_NAME: images}, outputs) if used != "cpu" else \
             (lambda: session.run(outputs, {INPUT_NAME: images}))
         t0 = time.perf_counter()
-        run()
+        try:
+            run()
+        except (*ORT_ERRORS, MemoryError) as e:  # a graph that fails or asks for too much memory: one line
+            raise run_failure(session, e) from None
         first = time.perf_counter() - t0
         seconds = median_seconds(run, warmup=0, repeats=repeats)
         rows.append({"batch_size": bs, "seconds": seconds, "images_per_s": bs / seconds, "first_run_seconds": first})

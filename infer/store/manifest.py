@@ -1,12 +1,14 @@
 """The manifest of a stored embedding set (``manifest.json``), as typed records with validation.
 
 Everything read from a manifest is untrusted: :meth:`Manifest.from_json` checks types, bounds and
-the consistency of counts, and turns any malformed input into one :class:`InputError`. Shard file
+the consistency of counts, then the manifest's own digest (``manifest_sha256``, written by
+:meth:`Manifest.to_json`), and turns any malformed or edited input into one :class:`InputError`. Shard file
 names are derived from their position, never read from the manifest, so a manifest cannot point
 outside its set folder.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -16,6 +18,7 @@ from ...common.contract import ADAPTER_DIRECTIONS, ADAPTER_KINDS
 from ...common.errors import InputError
 
 STORE_FORMAT = "2"
+DIGEST_KEY = "manifest_sha256"  # the manifest's own digest (:func:`content_digest`), checked on every read
 DEFAULT_SHARD_ROWS = 65_536
 MAX_MANIFEST_BYTES = 256 * 2**20
 MAX_ROWS = 2**40
@@ -195,16 +198,17 @@ class DataRecord:
 
 @dataclass(frozen=True)
 class Shard:
-    """One complete shard: its row count and the sha256 of its two files' bytes."""
+    """One complete shard: its row count and the sha256 of its files' bytes (``labels_sha256`` None: a
+    shard of an unlabelled set, which has no labels file)."""
 
     rows: int
     embeddings_sha256: str
-    labels_sha256: str
+    labels_sha256: Optional[str]
 
     @classmethod
     def from_dict(cls, d: dict) -> "Shard":
         return cls(rows=_int(d, "rows", 0, MAX_ROWS), embeddings_sha256=_sha256(d, "embeddings_sha256"),
-                   labels_sha256=_sha256(d, "labels_sha256"))
+                   labels_sha256=_sha256(d, "labels_sha256", optional=True))
 
 
 def shard_files(index: int) -> tuple[str, str]:
@@ -214,8 +218,15 @@ def shard_files(index: int) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a set holds and how it was made. ``count``, ``dim``, ``shard_rows`` and ``shards`` are
-    filled in by the store when the set is written; ``provenance`` is the export's (data, backbone)."""
+    """What a set holds and how it was made. ``count``, ``dim``, ``shard_rows``, ``shards`` and
+    ``labelled`` are filled in by the store when the set is written; ``provenance`` is the export's
+    (data, backbone).
+
+    ``labelled`` False: the data has no labels, and the set no labels files (every shard's
+    ``labels_sha256`` is null), so no reader can take anything for a label. Manifests written before
+    unlabelled sets existed have no ``labelled`` field: they are labelled. A toolkit that predates the
+    field refuses an unlabelled set (its shards lack the labels digest it requires).
+    """
 
     model: ModelRecord
     dataset: DataRecord
@@ -232,11 +243,14 @@ class Manifest:
     created: Optional[str] = None
     seconds: Optional[float] = None
     transform: Optional[TransformRecord] = None
+    labelled: bool = True
     format_version: str = STORE_FORMAT
 
     def to_json(self) -> str:
+        """The manifest as JSON, sealed with ``manifest_sha256`` (see :func:`content_digest`)."""
         d = asdict(self)
         d["skipped"], d["shards"] = list(self.skipped), [asdict(s) for s in self.shards]
+        d[DIGEST_KEY] = content_digest(d)
         return json.dumps(d, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
@@ -254,9 +268,13 @@ class Manifest:
                 raise InputError(f"{source}: store format {version}, this toolkit reads {STORE_FORMAT}" + (
                     " (format 1 recorded neither where its data came from nor digests: run embed with its model "
                     "and data once to migrate the set)" if version == "1" else ""))
-            return _manifest(d).checked()
+            manifest = _manifest(d).checked()
         except _Malformed as e:
             raise InputError(f"{source}: malformed manifest ({e})") from None
+        if d.get(DIGEST_KEY) != content_digest(d):
+            raise InputError(f"{source}: its content differs from its own digest ({DIGEST_KEY}): the manifest was "
+                             "edited or damaged after it was written; embed recomputes the set")
+        return manifest
 
     def checked(self) -> "Manifest":
         """This manifest if its counts agree with each other; _Malformed otherwise."""
@@ -267,6 +285,10 @@ class Manifest:
         if self.count + len(self.skipped) != self.dataset.size:
             raise _Malformed(f"count {self.count} + {len(self.skipped)} skipped is not the data set size "
                              f"{self.dataset.size}")
+        without = [i for i, s in enumerate(self.shards) if (s.labels_sha256 is None) == self.labelled]
+        if without:
+            raise _Malformed(f"shard {without[0]} {'has no' if self.labelled else 'has a'} labels digest, but the set is "
+                             f"{'' if self.labelled else 'not '}labelled")
         if self.model.embedding_dim is not None and self.model.embedding_dim != self.dim:
             raise _Malformed(f"dim {self.dim} differs from the model's embedding_dim {self.model.embedding_dim}")
         adapter = self.model.adapter
@@ -288,9 +310,16 @@ class Manifest:
 
     def with_storage(self, *, dim: int, shard_rows: int, shards: tuple[Shard, ...],
                      skipped: tuple[str, ...]) -> "Manifest":
-        """This manifest describing the shards written."""
+        """This manifest describing the shards written (labelled when they have labels files)."""
         return replace(self, count=sum(s.rows for s in shards), dim=dim, shard_rows=shard_rows, shards=shards,
-                       skipped=skipped)
+                       skipped=skipped, labelled=all(s.labels_sha256 is not None for s in shards))
+
+
+def content_digest(d: dict) -> str:
+    """sha256 of a manifest's JSON object without its ``manifest_sha256`` field, in a canonical form
+    (sorted keys, no spaces): any edit of any field, made without writing the set again, shows."""
+    body = {k: v for k, v in d.items() if k != DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
 
 
 def _refuse_constant(name: str) -> None:
@@ -306,6 +335,7 @@ def _manifest(d: dict) -> Manifest:
         raise _Malformed("'skipped' must list item names (strings)")
     seconds = _get(d, "seconds", (int, float), optional=True)
     transform = _get(d, "transform", dict, optional=True)
+    labelled = _get(d, "labelled", bool, optional=True)
     if seconds is not None and not 0 <= seconds < 10**9:
         raise _Malformed(f"'seconds' is {seconds}")
     return Manifest(model=ModelRecord.from_dict(_get(d, "model", dict)),
@@ -316,5 +346,6 @@ def _manifest(d: dict) -> Manifest:
                     shards=tuple(Shard.from_dict(s) for s in shards), provider=_text(d, "provider", optional=True),
                     batch_size=_int(d, "batch_size", 1, 2**31, optional=True), versions=_scalars(d, "versions"),
                     created=_text(d, "created", optional=True, limit=64), seconds=seconds,
-                    transform=None if transform is None else TransformRecord.from_dict(transform))
+                    transform=None if transform is None else TransformRecord.from_dict(transform),
+                    labelled=labelled is not False)
 

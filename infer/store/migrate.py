@@ -19,7 +19,7 @@ from ..data.base import Dataset
 from ..data.datasets import legacy_dataset_key
 from .manifest import Manifest
 from .shards import ShardWriter
-from .sets import MANIFEST_FILE, EmbeddingSet, check_rows, set_path
+from .sets import MANIFEST_FILE, EmbeddingSet, check_rows, load_checked, set_path
 
 
 def _read_legacy(folder: Path, sha256: str, dataset: Dataset) -> Optional[tuple[np.ndarray, np.ndarray, dict]]:
@@ -30,11 +30,10 @@ def _read_legacy(folder: Path, sha256: str, dataset: Dataset) -> Optional[tuple[
                 old["dataset"]["fingerprint"] != dataset.fingerprint:
             return None
         embeddings = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
-        labels = np.load(folder / "labels.npy", allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    if embeddings.dtype != np.float32 or embeddings.ndim != 2 or labels.dtype != np.int64 or \
-            labels.shape != (len(embeddings),):
+        if embeddings.dtype != np.float32 or embeddings.ndim != 2:
+            return None
+        labels = load_checked(folder / "labels.npy", np.int64, (len(embeddings),), mmap=False)  # header first
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, InputError):
         return None
     return embeddings, labels, old
 

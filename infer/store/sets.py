@@ -2,7 +2,7 @@
 set by one export, as fixed-size shards:
 
   ``embeddings-00000.npy`` ...  float32 [rows, D], L2-normalised rows
-  ``labels-00000.npy`` ...      int64 [rows]
+  ``labels-00000.npy`` ...      int64 [rows]; none in a set of unlabelled data (``labelled: false``)
   ``manifest.json``             :class:`~infer.store.manifest.Manifest`: the model, the data (spec, resolved
                                 location, fingerprint), every shard's rows and sha256 digests, ...
 
@@ -14,10 +14,11 @@ Sets being written live in ``.<data-key>.partial`` (see :mod:`infer.store.shards
 """
 from __future__ import annotations
 
+import math
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -33,17 +34,19 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 class Block(NamedTuple):
-    """One shard of a set: ``embeddings`` float32 [rows, D] (memory-mapped), ``labels`` int64 [rows]."""
+    """One shard of a set: ``embeddings`` float32 [rows, D] (memory-mapped), ``labels`` int64 [rows] or
+    None (unlabelled data)."""
 
     embeddings: np.ndarray
-    labels: np.ndarray
+    labels: Optional[np.ndarray]
 
 
 class EmbeddingSet:
     """One stored set, opened and verified: its ``path``, ``manifest`` and memory-mapped shards.
 
     ``blocks()`` streams the shards; ``embeddings`` and ``labels`` give whole arrays (the mapped file
-    itself for a one-shard set, else a copy in memory: meant for sets that fit)."""
+    itself for a one-shard set, else a copy in memory: meant for sets that fit). ``labels`` is None
+    when the set is not ``labelled``."""
 
     def __init__(self, path: Path, manifest: Manifest, shards: Sequence[Block]):
         self.path, self.manifest, self._shards = Path(path), manifest, list(shards)
@@ -59,9 +62,10 @@ class EmbeddingSet:
         have = 0
         for shard in self._shards:
             at = 0
-            while at < len(shard.labels):
-                take = min(rows - have, len(shard.labels) - at)
-                pending.append(Block(shard.embeddings[at:at + take], shard.labels[at:at + take]))
+            while at < len(shard.embeddings):
+                take = min(rows - have, len(shard.embeddings) - at)
+                labels = None if shard.labels is None else shard.labels[at:at + take]
+                pending.append(Block(shard.embeddings[at:at + take], labels))
                 have, at = have + take, at + take
                 if have == rows:
                     yield _joined(pending)
@@ -74,8 +78,14 @@ class EmbeddingSet:
         return self._shards[0].embeddings if len(self._shards) == 1 else np.concatenate([b.embeddings for b in self._shards])
 
     @cached_property
-    def labels(self) -> np.ndarray:
+    def labels(self) -> Optional[np.ndarray]:
+        if not self.labelled:
+            return None
         return np.concatenate([np.asarray(b.labels) for b in self._shards])
+
+    @property
+    def labelled(self) -> bool:
+        return self.manifest.labelled
 
     @property
     def model_id(self) -> str:
@@ -94,11 +104,20 @@ class EmbeddingSet:
         """What identifies the rows: the data set's fingerprint and the items left out of it."""
         return self.manifest.dataset.fingerprint, self.manifest.skipped
 
+    def same_labels(self, other: "EmbeddingSet") -> bool:
+        """Whether both sets have the same labels row for row, or both none."""
+        return self.labelled == other.labelled and (not self.labelled or np.array_equal(self.labels, other.labels))
+
+    def same_items(self, other: "EmbeddingSet") -> bool:
+        """Whether the rows of both sets are the same items (data and items left out) with the same labels."""
+        return self.data == other.data and self.same_labels(other)
+
 
 def _joined(parts: Sequence[Block]) -> Block:
     if len(parts) == 1:
         return parts[0]
-    return Block(np.concatenate([p.embeddings for p in parts]), np.concatenate([p.labels for p in parts]))
+    labels = None if parts[0].labels is None else np.concatenate([p.labels for p in parts])
+    return Block(np.concatenate([p.embeddings for p in parts]), labels)
 
 
 def check_model_id(model_id: str) -> str:
@@ -148,9 +167,46 @@ def check_rows(embeddings: np.ndarray, file: Path, first_row: int = 0) -> None:
                          f"(norm {norms[bad[0]]:.4g}; {bad.size} such rows)")
 
 
+def _declared(file: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, header bytes) that the .npy ``file`` declares, read without its data."""
+    try:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version}")
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            return shape, dtype, f.tell()
+    except FileNotFoundError:
+        raise InputError(f"{file}: missing (an incomplete embedding set)") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{file}: not a readable .npy array ({str(e)[:200]})") from None
+
+
+def load_checked(file: Path, dtype: type, shape: tuple[int, ...], mmap: bool) -> np.ndarray:
+    """The array in ``file``, refused unless its header declares ``dtype`` ``shape`` and its data bytes
+    are exactly what the file holds past the header: checked before anything is allocated, so a header
+    declaring 100 GB over 1 KB of data costs nothing."""
+    declared, kind, header = _declared(file)
+    if kind.hasobject:
+        raise InputError(f"{file}: not a readable .npy array (an object array, which needs pickle)")
+    if kind != dtype or declared != shape:
+        raise InputError(f"{file}: {kind} {declared}, manifest says {np.dtype(dtype)} {shape}")
+    stored = file.stat().st_size - header
+    if stored != math.prod(shape) * kind.itemsize:
+        raise InputError(f"{file}: holds {stored:,} bytes of data, its header declares "
+                         f"{math.prod(shape) * kind.itemsize:,}")
+    return _load(file, mmap)
+
+
 def _open_shard(path: Path, index: int, shard: Shard, dim: int, first_row: int) -> Block:
+    """Shard ``index``, verified; its labels None when the set is unlabelled (then a labels file is refused)."""
     emb_file, lab_file = (path / name for name in shard_files(index))
-    for file, digest in ((emb_file, shard.embeddings_sha256), (lab_file, shard.labels_sha256)):
+    labelled = shard.labels_sha256 is not None
+    if not labelled and lab_file.exists():
+        raise InputError(f"{lab_file}: a labels file in a set of unlabelled data (manifest.json says labelled: "
+                         "false); embed recomputes the set")
+    for file, digest in ((emb_file, shard.embeddings_sha256), (lab_file, shard.labels_sha256))[:1 + labelled]:
         try:
             actual = file_sha256(file)
         except InputError:
@@ -160,11 +216,8 @@ def _open_shard(path: Path, index: int, shard: Shard, dim: int, first_row: int) 
                              "embed recomputes the set")
     # Checked read into memory (one shard at a time), then mapped: pages of a mapping, once read, count
     # in the reader's resident memory, and checking every row would read every page.
-    embeddings, labels = _load(emb_file, mmap=False), _load(lab_file, mmap=False)
-    if embeddings.dtype != np.float32 or embeddings.shape != (shard.rows, dim):
-        raise InputError(f"{emb_file}: {embeddings.dtype} {embeddings.shape}, manifest says float32 {(shard.rows, dim)}")
-    if labels.dtype != np.int64 or labels.shape != (shard.rows,):
-        raise InputError(f"{lab_file}: {labels.dtype} {labels.shape}, manifest says int64 ({shard.rows},)")
+    embeddings = load_checked(emb_file, np.float32, (shard.rows, dim), mmap=False)
+    labels = load_checked(lab_file, np.int64, (shard.rows,), mmap=False) if labelled else None
     check_rows(embeddings, emb_file, first_row)
     return Block(_load(emb_file, mmap=True), labels)
 
@@ -205,7 +258,7 @@ def check_comparable(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingS
                              f"{first.path}'s {first.manifest.preprocessing}")
     for role, sets in (("query", query), ("gallery", gallery)):
         for s in sets[1:]:
-            if s.data != sets[0].data or not np.array_equal(s.labels, sets[0].labels):
+            if not s.same_items(sets[0]):
                 raise InputError(f"{s.path}: other {role} data than {sets[0].path} (fingerprint "
                                  f"{s.data[0][:12]} vs {sets[0].data[0][:12]}, {s.count} vs {sets[0].count} items, "
                                  f"{len(s.data[1])} vs {len(sets[0].data[1])} skipped)")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class ShardWriter:
             if progress["identity"] != self.identity:
                 return None
             return [DoneShard(Shard.from_dict(d), tuple(str(s) for s in d["skipped"])) for d in progress["shards"]]
-        except (OSError, ValueError, KeyError, TypeError):  # absent, or not written by this code
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):  # absent, or not written by this code
             return None
 
     def _resume(self, warn: Callable[[str], None]) -> list[DoneShard]:
@@ -97,7 +98,7 @@ class ShardWriter:
         for i, d in enumerate(listed):
             files = [self.partial / name for name in shard_files(i)]
             digests = [d.shard.embeddings_sha256, d.shard.labels_sha256]
-            if not all(f.is_file() and file_sha256(f) == h for f, h in zip(files, digests)):
+            if not all(h is None or f.is_file() and file_sha256(f) == h for f, h in zip(files, digests)):
                 break
             done.append(d)
         keep = {name for i in range(len(done)) for name in shard_files(i)} | {PROGRESS_FILE}
@@ -120,16 +121,20 @@ class ShardWriter:
         with atomic_file(self.partial / PROGRESS_FILE) as tmp:
             tmp.write_text(json.dumps({"identity": self.identity, "shards": shards}, allow_nan=False))
 
-    def write(self, embeddings: np.ndarray, labels: np.ndarray, skipped: tuple[str, ...] = ()) -> None:
-        """Add the next shard: float32 [rows, dim] unit rows, int64 [rows] labels, the items left out."""
-        if embeddings.shape != (len(labels), self.dim) or len(labels) > self.shard_rows:
-            raise ValueError(f"shard of {embeddings.shape} with {len(labels)} labels; expected at most "
-                             f"{self.shard_rows} rows of dimension {self.dim}")
+    def write(self, embeddings: np.ndarray, labels: Optional[np.ndarray], skipped: tuple[str, ...] = ()) -> None:
+        """Add the next shard: float32 [rows, dim] unit rows, int64 [rows] labels (None: unlabelled data,
+        no labels file), the items left out."""
+        rows = len(embeddings)
+        if embeddings.shape != (rows, self.dim) or rows > self.shard_rows or labels is not None and len(labels) != rows:
+            raise ValueError(f"shard of {embeddings.shape} with {'no' if labels is None else len(labels)} labels; "
+                             f"expected at most {self.shard_rows} rows of dimension {self.dim}")
+        if self.done and (labels is None) != (self.done[0].shard.labels_sha256 is None):
+            raise ValueError("a set's shards all have labels or none has")
         emb_name, lab_name = shard_files(len(self.done))
         emb_sha = _save(self.partial / emb_name, np.ascontiguousarray(embeddings, np.float32))
-        lab_sha = _save(self.partial / lab_name, np.ascontiguousarray(labels, np.int64))
+        lab_sha = None if labels is None else _save(self.partial / lab_name, np.ascontiguousarray(labels, np.int64))
         fault_point("shards.before_progress")
-        self.done.append(DoneShard(Shard(len(labels), emb_sha, lab_sha), tuple(skipped)))
+        self.done.append(DoneShard(Shard(rows, emb_sha, lab_sha), tuple(skipped)))
         self._write_progress()
         fault_point("shards.after_progress")
 
@@ -165,15 +170,45 @@ class ShardWriter:
         shutil.rmtree(partial_path(path), ignore_errors=True)
 
 
-def write_set(path: str | Path, embeddings: np.ndarray, labels: np.ndarray, manifest: Manifest, *,
+def _complete_rows(partial: Path) -> int:
+    """Rows of the complete shards ``progress.json`` lists in the folder ``partial`` (0: none, or unreadable)."""
+    try:
+        progress = json.loads((partial / PROGRESS_FILE).read_text())
+        return sum(int(d["rows"]) for d in progress["shards"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return 0
+
+
+@contextmanager
+def resumable(paths: Sequence[Path]) -> Iterator[None]:
+    """Around the writing of the sets at ``paths`` (under their writer locks): when it fails, a
+    ``.<data-key>.partial`` folder holding no complete row is removed (nothing to resume, so nothing
+    left behind), and an InputError says how many complete rows are kept for the next run to resume."""
+    try:
+        yield
+    except BaseException as e:
+        kept = 0
+        for path in paths:
+            rows = _complete_rows(partial_path(path))
+            if rows:
+                kept = max(kept, rows)
+            else:
+                shutil.rmtree(partial_path(path), ignore_errors=True)
+        if kept and isinstance(e, InputError):
+            raise type(e)(f"{e}; {kept} rows of complete shards are kept: the same command resumes after them") \
+                from None
+        raise
+
+
+def write_set(path: str | Path, embeddings: np.ndarray, labels: Optional[np.ndarray], manifest: Manifest, *,
               shard_rows: int = DEFAULT_SHARD_ROWS) -> EmbeddingSet:
-    """Write a whole set held in memory (float32 [N, D] unit rows, int64 [N] labels) to folder
-    ``path``, replacing any set there, and return it as a reader will see it."""
+    """Write a whole set held in memory (float32 [N, D] unit rows, int64 [N] labels or None for
+    unlabelled data) to folder ``path``, replacing any set there, and return it as a reader will see it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with locked(writer_lock(path)):
         writer = ShardWriter(path, {"write_set": True}, dim=embeddings.shape[1], shard_rows=shard_rows, resume=False)
-        for start in range(0, len(labels), shard_rows):
-            writer.write(embeddings[start:start + shard_rows], labels[start:start + shard_rows],
+        for start in range(0, len(embeddings), shard_rows):
+            writer.write(embeddings[start:start + shard_rows], None if labels is None else labels[start:start + shard_rows],
                          manifest.skipped if start == 0 else ())
         return writer.finish(manifest)
