@@ -121,22 +121,28 @@ def bench_embed_file(path: str | Path, *, runtime: RuntimeOptions, batch_sizes: 
                      compare_torch: bool = False, checkpoint_dir: Optional[str] = None,
                      worker_counts: Sequence[int] = (1, 2), photos: int = 384, pipeline_dataset: Optional[str] = None,
                      workdir: str | Path = "bench-embed", singles_dir: Optional[str] = None,
-                     warn: Callable[[str], None] = _stderr) -> dict:
+                     against: Optional[str] = None, warn: Callable[[str], None] = _stderr) -> dict:
     """``bench embed``: a bundle against its tasks' single files in ``singles_dir`` (default: beside
     it, see :func:`bench.bundle.bench_bundle`), or a task's file through :func:`bench_embed`, with the
     input pipeline timed on ``pipeline_dataset`` or else on ``photos`` generated photo-sized JPEGs under
     ``workdir`` (0: not timed), and with ``compare_torch`` PyTorch eager on its source checkpoint
-    (needs torch). Sessions open with ``runtime``'s provider, threads and TensorRT settings."""
+    (needs torch); with ``against``, a task's file against that one (:func:`bench.bundle.bench_against`)
+    instead. Sessions open with ``runtime``'s provider, threads and TensorRT settings."""
     options = dict(threads=runtime.threads, trt=runtime.trt)
     if is_bundle(path):
         from .bundle import bench_bundle
 
-        if compare_torch:
-            raise InputError("--compare-torch: time one task's single file against PyTorch, not a bundle")
+        if compare_torch or against:
+            raise InputError(f"--{'compare-torch' if compare_torch else 'against'}: time one task's single file "
+                             "against another, not a bundle")
         return bench_bundle(path, singles_dir or Path(path).parent, runtime.provider, batch_sizes, repeats=repeats,
                             warn=warn, **options)
     if singles_dir:
         raise InputError(f"--singles-dir: {path} is not a bundle")
+    if against:
+        from .bundle import bench_against
+
+        return bench_against(path, against, runtime.provider, batch_sizes, repeats=repeats, warn=warn, **options)
     runner = None
     if compare_torch:
         from .export import torch_runner
@@ -170,7 +176,7 @@ def _feeding_lines(result: dict) -> list[str]:
 
 def format_embed(result: dict) -> str:
     """``bench embed``'s tables (a bundle's: :func:`bench.bundle.format_bundle`)."""
-    if result["benchmark"] == "embed-bundle":
+    if result["benchmark"] in ("embed-bundle", "embed-against"):
         from .bundle import format_bundle
 
         return format_bundle(result)

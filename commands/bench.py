@@ -43,6 +43,8 @@ def emit(result: dict, table: str, json_path) -> None:
 @JSON
 @click.option("--singles-dir", type=click.Path(file_okay=False),
               help="With a bundle: where its tasks' single files task<N>.onnx are (default: the bundle's folder).")
+@click.option("--against", type=click.Path(dir_okay=False),
+              help="Time --model against this file of the same task (e.g. int8 against fp32) in alternating rounds.")
 def bench_embed_command(model_path, json_path, **options):
     """images/s of an export per batch size, as a fraction of the measured matmul peak, optionally vs PyTorch;
     the input pipeline per worker count, and which of the two limits embed.

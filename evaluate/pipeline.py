@@ -20,7 +20,7 @@ from ..infer.runtime.bundle import BundleInfo, is_bundle, read_props
 from ..infer.data.base import CIFAR_KINDS
 from ..infer.data.datasets import dataset_key, dataset_location, legacy_dataset_key, open_dataset, spec_describes
 from ..infer.embed import embed_model, model_targets
-from ..common.contract import QUERY_OUTPUT
+from ..common.contract import FILE_PRECISIONS, QUERY_OUTPUT
 from ..common.provenance import notes as model_notes
 from ..common.errors import InputError
 from ..infer.runtime.metadata import ADAPTER_KEY, ModelInfo
@@ -245,10 +245,18 @@ def _task(s: EmbeddingSet) -> Optional[int]:
     return task if isinstance(task, int) and not isinstance(task, bool) and task > 0 else None
 
 
+def _version(s: EmbeddingSet) -> int:
+    """Where ``s``'s precision stands among a task's files: its fp32 export, then fp16, then int8 (an
+    unrecorded precision counts as fp32)."""
+    return FILE_PRECISIONS.index(s.manifest.model.precision or "fp32")
+
+
 def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet],
                   warn: Callable[[str], None]) -> tuple[list[EmbeddingSet], list[EmbeddingSet]]:
     """The sets in update order: by the task in each model's metadata (kept as given when a model's
-    task is unknown). A changed order is reported through ``warn``; two models of one task are refused.
+    task is unknown), a task's files of lower precision after its fp32 file, as its updates (so
+    C[int8][fp32] is a task's int8 query model against its fp32 gallery). A changed order is reported
+    through ``warn``; two models of one task and precision are refused.
 
     The matrix is lower-triangular by update order, so rows out of task order (a shell glob puts
     task10 before task2) would silently compare the wrong pairs.
@@ -256,12 +264,14 @@ def order_by_task(query: Sequence[EmbeddingSet], gallery: Sequence[EmbeddingSet]
     tasks = [_task(s) for s in query]
     if None in tasks:
         return list(query), list(gallery)
-    for t in sorted(set(tasks)):
-        same = [s.model_id for s, task in zip(query, tasks) if task == t]
+    keys = [(t, _version(s)) for s, t in zip(query, tasks)]
+    for key in sorted(set(keys)):
+        same = [s.model_id for s, k in zip(query, keys) if k == key]
         if len(same) > 1:
-            what = "frozen backbones" if t == 0 else f"task {t} in their metadata"
-            raise InputError(f"models {' and '.join(same)} are all {what}; compare one model per task")
-    order = sorted(range(len(tasks)), key=tasks.__getitem__)
+            what = "frozen backbones" if key[0] == 0 else f"task {key[0]} in their metadata"
+            raise InputError(f"models {' and '.join(same)} are all {what}, in {FILE_PRECISIONS[key[1]]}; "
+                             "compare one model per task and precision")
+    order = sorted(range(len(keys)), key=keys.__getitem__)
     if order != list(range(len(tasks))):
         warn(f"note: models put in task order {', '.join(query[i].model_id for i in order)} "
              f"(given: {', '.join(s.model_id for s in query)})")

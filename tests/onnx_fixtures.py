@@ -89,15 +89,18 @@ def write_data(root: Path, name: str = "cifar10", test_per_class: int = 4, class
 
 def write_random_set(path: Path, model_id: str, n: int = 40, dim: int = 8, classes: int = 4, seed: int = 0,
                      spec: str = "cifar10:test", fingerprint: str = "f" * 64, labels: Optional[np.ndarray] = None,
-                     preprocessing: Preprocessing = PREPROCESSING, shard_rows: int = 16, data_path: str = "data"):
-    """A stored set of random unit vectors, as ``embed`` would write it (3 shards by default)."""
+                     preprocessing: Preprocessing = PREPROCESSING, shard_rows: int = 16, data_path: str = "data",
+                     task: Optional[int] = None, precision: Optional[str] = None):
+    """A stored set of random unit vectors, as ``embed`` would write it (3 shards by default); its
+    model's task is ``task`` (default: ``seed``)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = np.arange(n) % classes if labels is None else labels
     data = DataRecord(spec=spec, location=dataset_location(spec, data_path), name=spec.split(":")[0],
                       split=spec.split(":")[1], fingerprint=fingerprint, size=n)
-    manifest = Manifest(model=ModelRecord(id=model_id, sha256="0" * 64, task=seed), dataset=data,
+    manifest = Manifest(model=ModelRecord(id=model_id, sha256="0" * 64, task=seed if task is None else task,
+                                                precision=precision), dataset=data,
                         preprocessing=asdict(preprocessing))
     return write_set(path, x, np.asarray(labels, np.int64), manifest, shard_rows=shard_rows)
 

@@ -101,8 +101,19 @@ def test_models_are_put_in_task_order_and_duplicate_tasks_refused(tmp_path):
     np.testing.assert_array_equal(ev.result.metrics["top1"], want.result.metrics["top1"])
     assert len(said) == 1  # in order already: nothing said
     twin = write_random_set(tmp_path / "twin", "task2b", seed=2)
-    with pytest.raises(InputError, match="task2 and task2b are all task 2"):
+    with pytest.raises(InputError, match="task2 and task2b are all task 2 in their metadata, in fp32"):
         evaluate_sets([sets[1], sets[2], twin], [sets[1], sets[2], twin])
+
+
+def test_a_tasks_int8_file_follows_its_fp32_file_as_its_update(tmp_path):
+    """Two precisions of one task compare: the int8 file after the fp32 one, whatever the order given,
+    so C[int8][fp32] is the int8 query model against the fp32 gallery."""
+    fp32 = write_random_set(tmp_path / "fp32", "task2", seed=2)
+    int8 = write_random_set(tmp_path / "int8", "task2_int8", seed=3, task=2, precision="int8")
+    said = []
+    ev = evaluate_sets([int8, fp32], [int8, fp32], warn=said.append)
+    assert ev.models == ["task2", "task2_int8"]
+    assert said == ["note: models put in task order task2, task2_int8 (given: task2_int8, task2)"]
 
 
 def test_evaluate_cli_says_it_reordered_and_refuses_a_foreign_out_folder(tmp_path):

@@ -341,8 +341,9 @@ def test_bench_embed_compares_the_bundle_with_its_single_files(run, tmp_path):
     result = json.loads((tmp_path / "b.json").read_text())
     assert result["tasks"] == list(TASKS) and [row["batch_size"] for row in result["rows"]] == [1, 3]
     for row in result["rows"]:
-        (bundle_s, singles_s), = row["rounds"]
+        (bundle_s, singles_s, ratio), = row["rounds"]
         assert row["bundle_seconds"] == bundle_s and row["singles_seconds"] == singles_s
+        assert ratio == row["ratio"] == row["worst_ratio"]
         assert row["bundle_images_tasks_per_s"] == pytest.approx(row["batch_size"] * 3 / bundle_s)
         assert row["ratio"] == pytest.approx(singles_s / bundle_s)
     singles = tmp_path / "singles"
@@ -351,3 +352,22 @@ def test_bench_embed_compares_the_bundle_with_its_single_files(run, tmp_path):
     r = run_cli("bench", "embed", "--model", str(singles / "tasks.onnx"), "--singles-dir", str(singles),
                 "--batch-sizes", "1", "--repeats", "1", cwd=tmp_path)
     assert r.returncode == 2 and "task2.onnx: not the bundle's task 2: checkpoint_sha256" in r.stderr
+
+
+def test_bench_embed_against_another_file_of_the_task(run, tmp_path):
+    """`--against`: one task's file against another of the same checkpoint (fp16 against fp32 here, as
+    int8 against fp32), every round listed; a file of another task is refused."""
+    from dpcompat.export.onnx_export import TaskExporter
+
+    fp16 = TaskExporter(precision="fp16").export(run / "checkpoint" / "task1_checkpoint.pth", tmp_path / "h" / "task1.onnx")
+    r = run_cli("bench", "embed", "--model", str(fp16.path), "--against", str(run / "exports" / "task1.onnx"),
+                "--batch-sizes", "1,2", "--repeats", "3", "--json", "a.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert (result["precision"], result["baseline_precision"]) == ("fp16", "fp32")
+    for row in result["rows"]:
+        assert len(row["rounds"]) == 3 and row["worst_ratio"] == min(x for _, _, x in row["rounds"])
+        assert row["ratio"] == pytest.approx(sorted(s / b for b, s, _ in row["rounds"])[1])
+    r = run_cli("bench", "embed", "--model", str(fp16.path), "--against", str(run / "exports" / "task2.onnx"),
+                "--batch-sizes", "1", cwd=tmp_path)
+    assert r.returncode == 2 and "not from" in r.stderr
