@@ -3,9 +3,9 @@
 DualPrompt never trains the backbone, so every task's checkpoint holds the same ViT weights and the
 query pass q(x) is the same function for every task. The bundle's graph computes the embedded tokens
 and q(x) once, then for every task t: cosine against task t's keys, selection, gather of task t's
-e-prompts; all T prompted passes run as one batch of T x N rows (sample n of task t at row t * N + n,
-each row with its own task's g- and e-prompts), so an image's outputs never depend on the other
-images of its batch (per-sample selection). Outputs: see :mod:`dpcompat.common.contract`.
+e-prompts, and one prompted pass at the batch's size N with task t's g- and e-prompts (T passes of N
+rows: one pass over T x N rows outgrew the CPU's caches as the batch grew), so an image's outputs
+never depend on the other images of its batch (per-sample selection). Outputs: see :mod:`dpcompat.common.contract`.
 """
 from __future__ import annotations
 
@@ -48,16 +48,16 @@ class BundleExport(nn.Module):
         self.selection, self.pool, self.precision, self.gather, self.query = selection, pool, precision, gather, query
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        base, n, t = self.tasks[0], image.shape[0], len(self.tasks)
+        base, n = self.tasks[0], image.shape[0]
         x = base.embedded_tokens(image.to(_DTYPES[self.precision]))
         cls = base.query(x)
         q = cls if self.query == "cls" else base.query(x, query=self.query)
         index = [m.select_prompts(m.prompt_similarity(q), self.selection, gather=self.gather) for m in self.tasks]
-        e_prefix = torch.cat([m.e_prompt.gather(i, gather=self.gather) for m, i in zip(self.tasks, index)], dim=1)
-        g_prefix = torch.cat([m.g_prefix(n) for m in self.tasks], dim=1)
-        rows = x.unsqueeze(0).expand(t, -1, -1, -1).reshape(t * n, *x.shape[1:])
-        tokens = base.tokens(rows, e_prefix, self.pool == "cls", g_prefix=g_prefix)
-        embedding = base.pool_tokens(tokens, self.pool).reshape(t, n, -1).transpose(0, 1)
+        # one prompted pass per task at the batch's size: a single pass over T x N rows outgrows the
+        # caches (attention scores, MLP activations) and loses per image what it saves in calls
+        embedding = torch.stack([base.pool_tokens(base.tokens(x, m.e_prompt.gather(i, gather=self.gather),
+                                                              self.pool == "cls", g_prefix=m.g_prefix(n)), self.pool)
+                                 for m, i in zip(self.tasks, index)], dim=1)
         prompt_index = torch.stack(index, dim=1)  # [N, T, top_k]
         return embedding.float(), prompt_index[:, :, 0] if prompt_index.shape[2] == 1 else prompt_index, cls.float()
 
