@@ -135,6 +135,7 @@ def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list
         refuse_adapted_sets([*q, *g])
         return q, g, [], []
     files = model_files(opts.model_files, opts.exports_dir, bundles=not opts.precision_exports)
+    writable_dir(opts.store, "--store")
     adapted = [f for f in files if adapted_file(f)]
     files = [f for f in files if f not in adapted]
     if not files:
@@ -142,7 +143,6 @@ def _sets(opts: EvaluateOptions, gallery: str) -> tuple[list[EmbeddingSet], list
                          "target models; name their files too")
     if opts.precision_exports and any(map(is_bundle, files)):
         raise InputError("--precision-exports compares single-task files: name them (--models exports/task*.onnx)")
-    writable_dir(opts.store, "--store")
     if opts.download:
         download_named(opts.data_path, opts.query, gallery)
     q, g = collect_from_models(files, opts.query, gallery, opts.data_path, opts.store, runtime=opts.runtime,

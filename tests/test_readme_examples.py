@@ -123,7 +123,8 @@ def test_the_demo_prints_the_readmes_next_commands(demo_run):
     """Issue 21: the demo ends with the next commands on its own outputs; they are README's block after
     the demo (the smoke run's task 2 where README says task 3), which test B runs as printed."""
     _, r = demo_run
-    (first,) = [e for e in EXAMPLES if e.page == "README.md" and "demo-run/output/checkpoint" in e.args]
+    (first,) = [e for e in EXAMPLES if e.page == "README.md" and e.args[0] == "export"
+                and "demo-run/output/checkpoint" in e.args]
     block = [e for e in EXAMPLES if e.block == first.block]
     readme = next_commands(Path("demo-run"), DEMO, launcher="python cli.py")
     assert [list(e.args) for e in block] == [shlex.split(c)[2:] for c in readme]
