@@ -27,6 +27,7 @@ from typing import AbstractSet, Optional
 
 import numpy as np
 
+from . import ranking
 from .ranking import _BLOCK_ELEMENTS, topk_indices
 
 SELF_PLACE = "self_place"  # the place of each query's own item in the gallery's ranking
@@ -52,10 +53,7 @@ class ItemOutcomes:
 
 def check_requirements(requires: AbstractSet[str]) -> frozenset:
     """``requires`` as a frozenset, or ValueError naming what the label-free ranking cannot compute."""
-    unknown = set(requires) - REQUIREMENTS
-    if unknown:
-        raise ValueError(f"unknown label-free requirement(s) {sorted(unknown)}: expected among {sorted(REQUIREMENTS)}")
-    return frozenset(requires)
+    return ranking.check_requirements(requires, known=REQUIREMENTS, what="label-free")
 
 
 def self_places(similarity: np.ndarray, start: int) -> np.ndarray:

@@ -70,11 +70,13 @@ class QueryOutcomes:
     r_precision: Optional[np.ndarray] = None
 
 
-def check_requirements(requires: AbstractSet[str]) -> frozenset:
-    """``requires`` as a frozenset, or ValueError naming what the ranking cannot compute."""
-    unknown = set(requires) - REQUIREMENTS
+def check_requirements(requires: AbstractSet[str], *, known: AbstractSet[str] = REQUIREMENTS,
+                       what: str = "ranking") -> frozenset:
+    """``requires`` as a frozenset, or ValueError naming what the ``what`` (whose requirements are
+    ``known``) cannot compute."""
+    unknown = set(requires) - set(known)
     if unknown:
-        raise ValueError(f"unknown ranking requirement(s) {sorted(unknown)}: expected among {sorted(REQUIREMENTS)}")
+        raise ValueError(f"unknown {what} requirement(s) {sorted(unknown)}: expected among {sorted(known)}")
     return frozenset(requires)
 
 
