@@ -6,8 +6,14 @@ which becomes one line on stderr and exit code 2 (``--debug`` shows the tracebac
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# OpenBLAS's idle threads spin on a core for up to 2^28 cycles (~0.1 s) after each product, taking it from
+# the ranking that runs between products; 2^4 cycles (its least) puts them to sleep at once. Read when
+# numpy loads, so before any import of it.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 if not __package__:
     # `python cli.py` (or torchrun cli.py) from a checkout: run as dpcompat.cli (PEP 366) on this checkout's code.

@@ -54,20 +54,25 @@ def products_seconds(query: list[np.ndarray], gallery: list[np.ndarray]) -> floa
 
 def ranking_ns(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, requires: frozenset, *, k: int = 5) -> float:
     """CPU nanoseconds per similarity of the ranking step alone, single-threaded, on one cell: queries
-    [N, D] against the gallery [N, D] (the same items: own image left out), in the evaluation's
-    blocks; the products are computed first and not counted."""
+    [N, D] against the gallery [N, D] (the same items: own image left out, as the evaluation names
+    it), in the evaluation's blocks; the products are computed first and not counted, and the first
+    block is ranked once before timing (the process's first allocations of its temporaries)."""
     from ..evaluate.metrics.ranking import block_rows, ranked_outcomes, similarities
     from ..evaluate.metrics.selection import LabelColumns
 
     gallery = np.ascontiguousarray(gallery, dtype=np.float32)
-    columns, block, spent = LabelColumns.of(labels), block_rows(len(gallery), 1), 0.0
-    for s in range(0, len(query), block):
+    columns, block = LabelColumns.of(labels), block_rows(len(gallery), 1)
+
+    def rank(s: int) -> float:
         similarity = similarities(query[s:s + block], gallery)
-        similarity[np.arange(len(similarity)), np.arange(s, s + len(similarity))] = -np.inf
+        rows = np.arange(s, s + len(similarity))
+        similarity[rows - s, rows] = -np.inf
         start = time.thread_time()
-        ranked_outcomes(similarity, labels[s:s + block], labels, k=k, columns=columns, requires=requires)
-        spent += time.thread_time() - start
-    return spent * 1e9 / (len(query) * len(gallery))
+        ranked_outcomes(similarity, labels[rows], labels, k=k, columns=columns, requires=requires, excluded=rows)
+        return time.thread_time() - start
+
+    rank(0)
+    return sum(rank(s) for s in range(0, len(query), block)) * 1e9 / (len(query) * len(gallery))
 
 
 def _device_figures(search, ev, cells: int, n: int, dim: int) -> dict:
@@ -85,49 +90,67 @@ def _device_figures(search, ev, cells: int, n: int, dim: int) -> dict:
                        "peak_flops": peak, "fraction_of_peak": flops / peak}}
 
 
-def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
-                   full_map: bool = False, search_provider: str = "numpy", search_precision: str = "fp32") -> dict:
-    """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
-    (not timed), beside the time of its similarity products alone (numpy, measured in the same run,
-    first) and the numpy ranking's CPU time per similarity (:func:`ranking_ns`, on the cell of the
-    last two models).
-
-    Extra memory is what the evaluation allocates beyond the memory-mapped sets (tracemalloc, which
-    numpy reports its buffers to). ``stages`` splits the evaluation: cells (products, ranking and
-    every per-query metric), bootstrap, tests_and_criteria (McNemar, intervals, criteria, CMC, flips), cka,
-    decision (the rule's verdicts and the backfill search of not-compatible pairs).
-    ``full_map``: with the exact mAP (``evaluate --full-map``), which sorts every similarity row.
-    ``search_provider``, ``search_precision``: ``evaluate --search-provider/--search-precision``; a
-    graph's figures are under ``search_graph`` (:func:`_device_figures`).
-    """
-    import resource
+def _timed_evaluation(ids: list[str], store: Path, full_map: bool, search) -> tuple[float, float, object]:
+    """(seconds, peak extra bytes, evaluation) of one ``evaluate --from-store`` on ``ids``: its sets
+    read and checked, then every cell, test and criterion."""
     import tracemalloc
 
-    from ..evaluate.metrics.ranking import FIRST_HIT
-    from ..evaluate.metrics.table import chosen, requirements
     from ..evaluate.decide import DecisionOptions
     from ..evaluate.pipeline import collect_from_store, evaluate_sets
-    from ..evaluate.search.device import open_search
-    from .machine import machine_info
 
-    search = open_search(search_provider, precision=search_precision)  # a GPU that does not work: an error first
-    ids = write_random_store(Path(workdir) / "store", models=models, n=n, dim=dim, classes=classes)
-    query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
-    products = products_seconds([s.embeddings for s in query], [s.embeddings for s in gallery])
-    names = chosen(full_map=full_map)
-    ranking = ranking_ns(query[-1].embeddings, gallery[max(models - 2, 0)].embeddings, query[0].labels,
-                         requirements(names) | {FIRST_HIT})
     tracemalloc.start()
     start = time.perf_counter()
-    query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", Path(workdir) / "store")
+    query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", store)
     ev = evaluate_sets(query, gallery, options=DecisionOptions(full_map=full_map), search=search)
     seconds = time.perf_counter() - start
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    return seconds, peak, ev
+
+
+def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
+                   full_map: bool = False, search_provider: str = "numpy", search_precision: str = "fp32",
+                   repeats: int = 3) -> dict:
+    """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
+    (not timed), beside the time of its similarity products alone (numpy) and the numpy ranking's
+    CPU time per similarity (:func:`ranking_ns`, on the cell of the last two models).
+
+    ``repeats`` rounds each time the products alone, then the evaluation, back to back; the ratio is
+    the median of the rounds' ratios (every round is in ``rounds``), and ``seconds`` and
+    ``products_seconds`` are the medians. Extra memory is what the evaluation allocates beyond the
+    memory-mapped sets (tracemalloc, which numpy reports its buffers to). ``stages`` splits the
+    last evaluation: cells (products, ranking and every per-query metric), bootstrap,
+    tests_and_criteria (McNemar, intervals, criteria, CMC, flips), cka, decision (the rule's
+    verdicts and the backfill search of not-compatible pairs). ``full_map``: with the exact mAP
+    (``evaluate --full-map``), which sorts every similarity row. ``search_provider``,
+    ``search_precision``: ``evaluate --search-provider/--search-precision``; a graph's figures are
+    under ``search_graph`` (:func:`_device_figures`).
+    """
+    import resource
+
+    from ..evaluate.metrics.ranking import FIRST_HIT
+    from ..evaluate.metrics.table import chosen, requirements
+    from ..evaluate.pipeline import collect_from_store
+    from ..evaluate.search.device import open_search
+    from .machine import machine_info
+
+    search = open_search(search_provider, precision=search_precision)  # a GPU that does not work: an error first
+    store = Path(workdir) / "store"
+    ids = write_random_store(store, models=models, n=n, dim=dim, classes=classes)
+    query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", store)
+    names = chosen(full_map=full_map)
+    ranking = ranking_ns(query[-1].embeddings, gallery[max(models - 2, 0)].embeddings, query[0].labels,
+                         requirements(names) | {FIRST_HIT})
+    rounds = []
+    for _ in range(repeats):
+        products = products_seconds([s.embeddings for s in query], [s.embeddings for s in gallery])
+        seconds, peak, ev = _timed_evaluation(ids, store, full_map, search)
+        rounds.append({"products_seconds": products, "seconds": seconds, "ratio": seconds / products})
     cells = models * (models + 1) // 2
+    median = {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
     return {"benchmark": "evaluate", "models": models, "queries": n, "gallery": n, "dim": dim, "classes": classes,
-            "metrics": list(names), "cells": cells, "seconds": seconds, "search": ev.protocol["search"],
-            "products_seconds": products, "ratio_to_products": seconds / products,
+            "metrics": list(names), "cells": cells, "seconds": median["seconds"], "search": ev.protocol["search"],
+            "products_seconds": median["products_seconds"], "ratio_to_products": median["ratio"], "rounds": rounds,
             "ranking_ns_per_similarity": ranking, "stages": ev.result.seconds, "resamples": ev.result.resamples,
             "peak_extra_mib": peak / 2**20,
             # the whole process: imports, the memory-mapped sets' pages and BLAS buffers included
@@ -137,10 +160,12 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
 
 
 def format_evaluate(result: dict) -> str:
-    """``bench evaluate``'s table and the time of each stage."""
+    """``bench evaluate``'s table (medians of the rounds), each round's ratio and the time of each stage."""
     cols = [("models", "models", "d"), ("queries", "queries x gallery", "d"), ("dim", "dim", "d"),
             ("cells", "cells", "d"), ("seconds", "evaluate s", ".1f"), ("products_seconds", "products alone s", ".1f"),
             ("ratio_to_products", "ratio", ".2f"), ("ranking_ns_per_similarity", "ranking ns/similarity", ".2f"),
             ("peak_extra_mib", "peak extra MiB", ".0f"), ("max_rss_mib", "max RSS MiB", ".0f")]
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in result["stages"].items())
-    return format_table([result], cols) + f"\nstages: {stages} ({result['resamples']} bootstrap resamples)"
+    rounds = ", ".join(f"{r['ratio']:.2f}" for r in result.get("rounds", []))
+    return (format_table([result], cols) + f"\nratio of each round (products alone, then the evaluation): {rounds}"
+            + f"\nstages of the last round: {stages} ({result['resamples']} bootstrap resamples)")

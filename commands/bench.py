@@ -67,8 +67,10 @@ def bench_embed_command(model_path, json_path, **options):
 @click.option("--search-provider", default="numpy", show_default=True,
               help="numpy, or cpu / cuda[:N]: the onnxruntime search graph (evaluate --search-provider).")
 @click.option("--search-precision", type=click.Choice(("fp32", "fp16")), default="fp32", show_default=True)
+@click.option("--repeats", type=Int(1, 100), default=3, show_default=True,
+              help="Rounds of products alone then evaluation, back to back; the ratio is their median.")
 @JSON
-def bench_evaluate_command(models, queries, dim, classes, workdir, json_path, **search):
+def bench_evaluate_command(models, queries, dim, classes, workdir, json_path, repeats, **search):
     """Time and peak memory of the compatibility evaluation on random unit vectors, its products alone, and
     the ranking's CPU time per similarity (run at --dim 768 --classes 10 and --dim 256 --classes 100)."""
     from ..bench import evaluate
@@ -76,7 +78,8 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path, **
     writable_dir(workdir, "--workdir")
     # each model's set: float32 [queries, dim] embeddings and int64 [queries] labels
     require_space(workdir, models * queries * (4 * dim + 8), "--workdir")
-    result = evaluate.bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes, **search)
+    result = evaluate.bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes, repeats=repeats,
+                                     **search)
     emit(result, evaluate.format_evaluate(result), json_path)
 
 

@@ -110,11 +110,12 @@ def test_bench_embed_compares_torch_and_reports_fraction_of_peak(demo_run, tmp_p
 
 def test_bench_evaluate_and_export(tmp_path):
     r = run_cli("bench", "evaluate", "--models", "3", "--queries", "500", "--dim", "64", "--workdir", "be",
-                "--json", "e.json", cwd=tmp_path)
+                "--repeats", "2", "--json", "e.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     e = json.loads((tmp_path / "e.json").read_text())
-    assert e["cells"] == 6 and e["seconds"] > 0 and e["peak_extra_mib"] > 0
-    assert e["products_seconds"] > 0 and e["ratio_to_products"] == pytest.approx(e["seconds"] / e["products_seconds"])
+    assert e["cells"] == 6 and e["seconds"] > 0 and e["peak_extra_mib"] > 0 and len(e["rounds"]) == 2
+    assert all(r["ratio"] == pytest.approx(r["seconds"] / r["products_seconds"]) for r in e["rounds"])
+    assert e["products_seconds"] > 0 and e["ratio_to_products"] == pytest.approx(np.median([r["ratio"] for r in e["rounds"]]))
     assert set(e["stages"]) == {"cells", "bootstrap", "tests_and_criteria", "cka", "decision"} and e["resamples"] == 1000
     assert e["ranking_ns_per_similarity"] > 0 and "mAP" not in e["metrics"] and "cpu_flags" in e["machine"]
     r = run_cli("bench", "export", "--model", "vit_tiny_patch16_224", "--workdir", "bx", "--json", "x.json", cwd=tmp_path)

@@ -4,7 +4,7 @@ results that depend on values only (x @ x.T); exact mAP as an opt-in; AC's inter
 import numpy as np
 import pytest
 
-from dpcompat.evaluate.metrics import ranking, selection
+from dpcompat.evaluate.metrics import prefix, ranking, selection
 from dpcompat.evaluate.metrics.compat import compatibility
 from dpcompat.evaluate.metrics.ranking import FULL_RANKING, REQUIREMENTS, ranked_outcomes, retrieval_outcomes
 from dpcompat.evaluate.metrics.significance import count_interval
@@ -69,18 +69,92 @@ def test_blocks_and_threads_equal_the_full_sort(monkeypatch, exclude_self):
 
 
 def test_the_default_metrics_select_and_do_not_sort_rows(monkeypatch):
-    depths = []
-    real = selection.top_values
-    monkeypatch.setattr(ranking, "top_values", lambda s, depth: depths.append((depth, s.shape[1])) or real(s, depth))
+    widths = []
+    real = prefix._in_order
+    monkeypatch.setattr(prefix, "_in_order", lambda s, f, b: widths.append(s.shape[1]) or real(s, f, b))
+    monkeypatch.setattr(np, "sort", lambda *a, **k: pytest.fail("a row was sorted"))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((600, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = np.arange(600) % 20
-    retrieval_outcomes(x, labels, x, labels, exclude_self=True, requires=requirements())
-    assert depths and all(depth + 1 < m for depth, m in depths)  # R = 29 places of 600, never the whole row
-    depths.clear()
-    retrieval_outcomes(x, labels, x, labels, exclude_self=True, requires={FULL_RANKING})
-    assert all(depth == m for depth, m in depths)
+    got = retrieval_outcomes(x, labels, x, labels, exclude_self=True, requires=requirements())
+    assert widths and got.ap_at_r is not None
+
+
+def brute_prefix(similarity):
+    """Every row's gallery indices in the total order (finite entries only), by a lexsort."""
+    out = []
+    for row in similarity:
+        finite = np.flatnonzero(row > -np.inf)
+        out.append(finite[np.lexsort((finite, -row[finite].astype(np.float64)))])
+    return out
+
+
+@pytest.mark.parametrize("spread", [3.0, -2.0])  # -2: the sample misjudges rows, the exact partition corrects them
+@pytest.mark.parametrize("kind", ["integer", "rounded", "continuous", "duplicates"])
+@pytest.mark.parametrize("seed", range(4))
+def test_sampled_thresholds_give_the_first_places_exactly(monkeypatch, spread, kind, seed):
+    monkeypatch.setattr(prefix, "_SAMPLE", 8)
+    monkeypatch.setattr(prefix, "_SPREAD", spread)
+    prefix._sample.cache_clear()
+    rng = np.random.default_rng(seed)
+    n, m = int(rng.integers(1, 30)), int(rng.integers(40, 500))
+    similarity = hard_similarities(rng, kind, n, m)
+    similarity[0, :3] = np.inf
+    finite = (similarity > -np.inf).sum(axis=1)
+    for need in {1, 3, m // 5, m // 4 - 1}:
+        need = max(need, 1)
+        ranked, length = prefix.ordered_prefix(similarity, need, finite)
+        assert (length >= np.minimum(need, finite)).all()
+        for r, want in enumerate(brute_prefix(similarity)):
+            np.testing.assert_array_equal(ranked[r, :length[r]], want[:length[r]])
+        for dtype in (np.float64,):  # the lexsort path
+            other, other_length = prefix.ordered_prefix(similarity.astype(dtype), need, finite)
+            for r, want in enumerate(brute_prefix(similarity)):
+                np.testing.assert_array_equal(other[r, :other_length[r]], want[:other_length[r]])
+    query_labels, gallery_labels = rng.integers(0, 4, n), rng.integers(0, 3, m)
+    for requires in SUBSETS:
+        assert_same_outcomes(ranked_outcomes(similarity, query_labels, gallery_labels, k=2, requires=requires),
+                             reference_outcomes(similarity, query_labels, gallery_labels, k=2, requires=requires))
+    prefix._sample.cache_clear()
+
+
+def test_nan_similarities_are_refused():
+    similarity = np.zeros((2, 5), np.float32)
+    similarity[1, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ranked_outcomes(similarity, np.zeros(2, int), np.zeros(5, int), k=1)
+    x = np.eye(4, dtype=np.float32)
+    x[2, 1] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        retrieval_outcomes(x, np.zeros(4, int), x, np.zeros(4, int), k=1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_named_exclusions_equal_a_scan_for_them(seed):
+    rng = np.random.default_rng(seed)
+    n, m = 40, 300
+    similarity = hard_similarities(rng, "rounded", n, m)
+    similarity[similarity == -np.inf] = 0.5
+    excluded = rng.integers(-1, m, n)  # -1: none left out of that row
+    similarity[np.flatnonzero(excluded >= 0), excluded[excluded >= 0]] = -np.inf
+    query_labels, gallery_labels = rng.integers(0, 4, n), rng.integers(0, 4, m)
+    for requires in SUBSETS:
+        assert_same_outcomes(ranked_outcomes(similarity, query_labels, gallery_labels, k=3, requires=requires,
+                                             excluded=excluded),
+                             reference_outcomes(similarity, query_labels, gallery_labels, k=3, requires=requires))
+
+
+@pytest.mark.parametrize("total", [1, 7, 8, 100, 128, 129, 200, 1000, 4097])
+def test_a_sum_over_a_prefix_is_the_sum_of_the_row_with_zeros(total):
+    rng = np.random.default_rng(total)
+    for used in sorted({0, 1, total // 9, total // 4, total // 2, total - 1, total}):
+        row = np.zeros(total)
+        row[:used] = rng.random(used) / rng.integers(1, 1000, used)
+        length = selection._pairwise_length(total, used)
+        assert used <= length <= total and row[:length].sum() == row.sum()
+        assert row[None, :length].sum(axis=1)[0] == row[None].sum(axis=1)[0]
+    assert selection._pairwise_length(1000, 100) == 120 and selection._pairwise_length(1000, 500) == 1000
 
 
 def duplicated_unit_rows(seed, n=200, d=32):
@@ -171,7 +245,6 @@ def test_count_below_counts_as_a_comparison_does():
     top[1] = -np.inf  # a row masked whole
     values = np.sort(np.concatenate([top[:, ::7], np.full((6, 2), -0.0, np.float32), np.full((6, 1), np.inf, np.float32),
                                      np.full((6, 1), -np.inf, np.float32)], axis=1), axis=1)
-    for strictly in (False, True):
-        for t, v in ((top, values), (top[:, :40], values[:, :12]), (top.astype(np.float64), values.astype(np.float64))):
-            want = [[np.sum(row < x) if strictly else np.sum(row <= x) for x in vals] for row, vals in zip(t, v)]
-            np.testing.assert_array_equal(selection.count_below(t, v, strictly=strictly), want)
+    for t, v in ((top, values), (top[:, :40], values[:, :12]), (top.astype(np.float64), values.astype(np.float64))):
+        want = [[np.sum(row < x) for x in vals] for row, vals in zip(t, v)]
+        np.testing.assert_array_equal(selection.count_below(t, v), want)

@@ -25,16 +25,20 @@ _GRAM_BYTES = 64 * 1024 * 1024  # float64 accumulators of the pairs computed in 
 
 
 def _centred_grams(embeddings: Sequence[np.ndarray], means: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]],
-                   rows: int = 4096) -> dict[tuple[int, int], np.ndarray]:
+                   rows: int = 2048) -> dict[tuple[int, int], np.ndarray]:
     """``{(i, j): (x_i - mean_i)^T (x_j - mean_j)}`` in float64 for ``pairs``, in one pass over the
-    rows: each block of rows is centred once per embedding (float64, then float32) and its float32
-    products summed in float64; a pair (i, i) is a symmetric product."""
+    rows: each block of rows is centred once per embedding (float32, into a buffer kept for the
+    pass) and its float32 products are summed in float64; a pair (i, i) is a symmetric product."""
     out = {(i, j): np.zeros((embeddings[i].shape[1], embeddings[j].shape[1])) for i, j in pairs}
     used = sorted({t for pair in pairs for t in pair})
+    centred = {t: np.empty((rows, embeddings[t].shape[1]), np.float32) for t in used}
+    product = {pair: np.empty(grams.shape, np.float32) for pair, grams in out.items()}
     for s in range(0, len(embeddings[0]), rows):
-        centred = {t: (embeddings[t][s:s + rows] - means[t]).astype(np.float32) for t in used}
+        r = min(rows, len(embeddings[0]) - s)
+        for t in used:
+            np.subtract(embeddings[t][s:s + r], means[t].astype(np.float32), out=centred[t][:r])
         for i, j in pairs:
-            out[i, j] += centred[i].T @ centred[j]
+            out[i, j] += np.matmul(centred[i][:r].T, centred[j][:r], out=product[i, j])
     return out
 
 

@@ -28,7 +28,8 @@ from typing import AbstractSet, Optional
 import numpy as np
 
 from . import ranking
-from .ranking import _BLOCK_ELEMENTS, topk_indices
+from .neighbours import topk_indices
+from .ranking import _BLOCK_ELEMENTS
 
 SELF_PLACE = "self_place"  # the place of each query's own item in the gallery's ranking
 NEIGHBOURHOOD = "neighbourhood"  # the overlap of its k nearest gallery items with the deployed model's

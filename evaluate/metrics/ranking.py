@@ -21,8 +21,8 @@ Conventions shared by every function here:
   first R places of the total order: R-precision = (relevant among them) / R, AP@R = (1/R) * sum over
   the relevant items at places p <= R of (relevant at places <= p) / p.
 
-Only what the metrics read is ranked (:mod:`.selection`): each row's first R places (the largest R
-among its queries' in a block) by a linear selection, not a sort of the row; exact AP
+Only what the metrics read is ranked (:mod:`.prefix`): each row's first R places (the largest R
+among its queries' in a block) found by a threshold and sorted, not the whole row; exact AP
 (:data:`FULL_RANKING`) alone sorts every row.
 """
 from __future__ import annotations
@@ -34,8 +34,9 @@ from typing import AbstractSet, Optional
 
 import numpy as np
 
-from .neighbours import knn_predict, topk_indices
-from .selection import LabelColumns, at_r, relevant_places, sklearn_ap, top_values
+from .neighbours import knn_predict
+from .prefix import ordered_prefix, outside
+from .selection import LabelColumns, hits_at_r, sklearn_ap
 
 # Similarities per block of rows: ~16 MB of float32 per copy whatever the gallery size.
 _BLOCK_ELEMENTS = 4 * 1024 * 1024
@@ -92,35 +93,70 @@ def _no_outcomes(n: int, requires: frozenset) -> dict[str, np.ndarray]:
             for r in sorted(requires - {KNN_VOTE}) for f in OUTCOME_FIELDS[r]}
 
 
-def _label_outcomes(similarity: np.ndarray, top: np.ndarray, relevant: np.ndarray, count: np.ndarray,
-                    sizes: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
-                    requires: frozenset) -> dict[str, np.ndarray]:
-    """The label-wise fields ``requires`` asks for (:func:`ranked_outcomes`), from the selected
-    ``top`` values and the ``relevant`` ones (:mod:`.selection`), R = ``count`` [n]."""
+def _full_ap(similarity: np.ndarray, query_labels: np.ndarray, columns: LabelColumns) -> np.ndarray:
+    """Exact AP [n] (:data:`FULL_RANKING`): every row sorted, sklearn's tie groups (:func:`.selection.sklearn_ap`)."""
+    relevant, sizes = columns.relevant_values(similarity, query_labels)
+    if not relevant.shape[1]:  # no query has a relevant item
+        return np.full(len(similarity), np.nan)
+    return sklearn_ap(np.sort(similarity, axis=1), relevant, (relevant > -np.inf).sum(axis=1), sizes)
+
+
+def _outside(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
+             excluded: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`.prefix.outside` (finite entries per row, relevant ones outside the gallery), by a scan
+    or, when ``excluded`` [n] names each row's only ``-inf`` entry (-1: none), from it."""
+    if excluded is None:
+        return outside(similarity, query_labels, gallery_labels)
+    left_out = excluded >= 0
+    return similarity.shape[1] - left_out, left_out & (gallery_labels[np.maximum(excluded, 0)] == query_labels)
+
+
+def _prefix_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
+                     columns: LabelColumns, k: int, requires: frozenset,
+                     excluded: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+    """The fields of :data:`FIRST_HIT`, :data:`FIRST_R` and :data:`KNN_VOTE` that ``requires`` asks
+    for, from each row's first places in the total order (:mod:`.prefix`): R of them for the
+    first R, k for the vote, one for the first relevant item (counted over the row when its first
+    places hold none)."""
+    n, m = similarity.shape
+    finite, masked = _outside(similarity, query_labels, gallery_labels, excluded)
+    sizes = columns.sizes(query_labels)[1]
+    count = sizes - masked  # R: relevant items in the query's gallery
+    if KNN_VOTE in requires and finite.min(initial=k) < k:
+        raise ValueError(f"k={k} must be at most the number of items in every query's gallery")
+    need = max(k if KNN_VOTE in requires else 1, int(count.max(initial=0)) if FIRST_R in requires else 1)
+    ranked, length = ordered_prefix(similarity, min(need, m), finite)
+    hits = (gallery_labels.take(ranked, mode="clip") == query_labels[:, None]) & (
+        np.arange(ranked.shape[1]) < length[:, None])
     out = {}
-    if FULL_RANKING in requires:
-        out["ap"] = sklearn_ap(top, relevant, count, sizes)
-    if requires & {FIRST_HIT, FIRST_R}:
-        place = relevant_places(similarity, top, relevant, count, query_labels, gallery_labels)
-        if FIRST_R in requires:
-            out["ap_at_r"], out["r_precision"] = at_r(place, count, sizes)
-        if FIRST_HIT in requires:
-            out["first_hit"] = np.where(count > 0, place[:, 0], 0)
+    if FIRST_R in requires:
+        out["ap_at_r"], out["r_precision"] = hits_at_r(hits, count, sizes)
+    if FIRST_HIT in requires:
+        out["first_hit"] = np.zeros(n, np.int64)
+        found = hits.any(axis=1)
+        out["first_hit"][found] = hits[found].argmax(axis=1) + 1
+        far = np.flatnonzero(~found & (count > 0))  # relevant items, none among the first places
+        if len(far):
+            out["first_hit"][far] = columns.first_places(similarity[far], query_labels[far])
+    if KNN_VOTE in requires:
+        out["knn_correct"] = knn_predict(gallery_labels[ranked[:, :k]]) == query_labels
     return out
 
 
 def ranked_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray, *, k: int = 5,
-                    columns: Optional[LabelColumns] = None,
-                    requires: AbstractSet[str] = REQUIREMENTS) -> QueryOutcomes:
+                    columns: Optional[LabelColumns] = None, requires: AbstractSet[str] = REQUIREMENTS,
+                    excluded: Optional[np.ndarray] = None) -> QueryOutcomes:
     """The per-query outcomes ``requires`` asks for, of queries against a gallery given their similarities.
 
     Parameters
     ----------
-    similarity : float array [Nq, Ng]; ``-inf`` marks items outside a query's gallery.
+    similarity : float array [Nq, Ng]; ``-inf`` marks items outside a query's gallery; no NaN.
     query_labels : int array [Nq]; gallery_labels : int array [Ng].
     k : neighbours of the kNN vote (at most the finite entries of every row).
     columns : optional, ``LabelColumns.of(gallery_labels)`` when already computed.
     requires : subset of :data:`REQUIREMENTS`; default all.
+    excluded : optional int [Nq], the gallery index of each row's one ``-inf`` entry (-1: none) when
+        the caller set them and no other entry is ``-inf`` or NaN (spares a scan of the block).
 
     Returns
     -------
@@ -128,27 +164,20 @@ def ranked_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_la
 
     Notes
     -----
-    Each row is ranked to the depth its metrics read: R (the largest among the rows) for the first
-    relevant place and :data:`FIRST_R`, k for the vote, the whole row for :data:`FULL_RANKING`
-    (AP = (1/R) * sum over relevant items r of P(r), P(r) = #relevant with score >= s_r divided by
-    #items with score >= s_r). See :mod:`.selection`.
+    Each row is ranked to the depth its metrics read (:mod:`.prefix`): R (the largest among the
+    rows) for :data:`FIRST_R`, k for the vote, its first relevant item for :data:`FIRST_HIT`; the
+    whole row, sorted, for :data:`FULL_RANKING` (AP = (1/R) * sum over relevant items r of P(r),
+    P(r) = #relevant with score >= s_r divided by #items with score >= s_r).
     """
     requires = check_requirements(requires)
+    similarity = np.ascontiguousarray(similarity)
+    gallery_labels, columns = np.asarray(gallery_labels), columns or LabelColumns.of(gallery_labels)
     out = _no_outcomes(len(similarity), requires)
-    depth, top = (k if KNN_VOTE in requires else 1), None
-    if out:
-        relevant, sizes = (columns or LabelColumns.of(gallery_labels)).relevant_values(similarity, query_labels)
-        if relevant.shape[1]:  # else no query has a relevant item: the defaults stand
-            count = (relevant > -np.inf).sum(axis=1)
-            depth = max(depth, int(count.max()) if FIRST_R in requires else 1)
-            depth = similarity.shape[1] if FULL_RANKING in requires else depth
-            top = top_values(similarity, depth)
-            out.update(_label_outcomes(similarity, top, relevant, count, sizes, query_labels, gallery_labels,
-                                       requires))
-    if KNN_VOTE in requires:
-        top = top_values(similarity, k) if top is None else top
-        nearest = topk_indices(similarity, k, top[:, top.shape[1] - k])
-        out["knn_correct"] = knn_predict(gallery_labels[nearest]) == query_labels
+    if FULL_RANKING in requires:
+        out["ap"] = _full_ap(similarity, query_labels, columns)
+    if requires - {FULL_RANKING}:
+        out.update(_prefix_outcomes(similarity, np.asarray(query_labels), gallery_labels, columns, k, requires,
+                                    excluded))
     return QueryOutcomes(**out)
 
 
@@ -188,7 +217,7 @@ def retrieval_outcomes(query: np.ndarray, query_labels: np.ndarray, gallery: np.
 
     Parameters
     ----------
-    query : float32 [Nq, D] and gallery : float32 [Ng, D], L2-normalised rows.
+    query : float32 [Nq, D] and gallery : float32 [Ng, D], L2-normalised finite rows.
     query_labels : int [Nq]; gallery_labels : int [Ng].
     k : neighbours of the kNN vote.
     exclude_self : query i and gallery item i are the same image (same data set, same order):
@@ -203,7 +232,7 @@ def retrieval_outcomes(query: np.ndarray, query_labels: np.ndarray, gallery: np.
     :class:`QueryOutcomes`, arrays [Nq] (None for what was not required).
 
     Memory beyond the inputs is bounded by the block size, whatever Nq and Ng: two blocks of
-    ``_BLOCK_ELEMENTS`` similarities in flight, each with a selected copy and ranking temporaries.
+    ``_BLOCK_ELEMENTS`` similarities in flight, each with its ranking's temporaries.
     """
     requires = check_requirements(requires)
     query, gallery = np.asarray(query), np.ascontiguousarray(gallery, dtype=np.float32)  # views of mapped sets
@@ -211,14 +240,17 @@ def retrieval_outcomes(query: np.ndarray, query_labels: np.ndarray, gallery: np.
     if exclude_self and nq != ng:
         raise ValueError("exclude_self needs the query and gallery sets to be the same images")
     check_depth(ng - exclude_self, k if KNN_VOTE in requires else 1)
+    if not all(np.isfinite(x.min(initial=0.0)) and np.isfinite(x.max(initial=0.0)) for x in (query, gallery)):
+        raise ValueError("the embeddings must be finite (L2-normalised rows)")  # then the only -inf are set below
     threads = threads or _usable_cpus()
     columns = LabelColumns.of(gallery_labels)
     block = block_rows(ng, threads)
     parts: dict[int, QueryOutcomes] = {}
 
     def rank(similarity: np.ndarray, start: int) -> None:
-        parts[start] = ranked_outcomes(similarity, query_labels[start:start + len(similarity)], gallery_labels,
-                                       k=k, columns=columns, requires=requires)
+        own = np.arange(start, start + len(similarity))
+        parts[start] = ranked_outcomes(similarity, query_labels[own], gallery_labels, k=k, columns=columns,
+                                       requires=requires, excluded=own if exclude_self else np.full(len(own), -1))
 
     with ThreadPoolExecutor(threads) as pool:
         ranking: list = []

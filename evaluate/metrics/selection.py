@@ -1,21 +1,9 @@
-"""Top-R selection: the places of each query's relevant items in its ranking, without sorting its row.
+"""Gallery items grouped by label, and the sums of the label metrics: AP@R and R-precision from
+each row's first places (:mod:`.prefix`), exact AP over the whole sorted row with scikit-learn's tie
+groups. Conventions are those of :mod:`.ranking`.
 
-Conventions are those of :mod:`.ranking` (total order: decreasing similarity, equal similarities by
-increasing gallery index; ``-inf``: not in the query's gallery). For a block of similarities [n, m]:
-
-* each row's relevant values are gathered by label (:class:`LabelColumns`) and sorted: [n, W], W the
-  largest number of gallery items with a query's label, ``-inf`` where an item is masked or padding;
-* each row's ``depth + 1`` largest values are selected (``np.partition``, linear) and sorted, depth =
-  the deepest place a metric reads (R for AP@R and R-precision, k for the vote, m for exact AP);
-* a relevant value v at least the depth-th largest of its row is at place 1 + #(row values > v): the
-  count comes from one search of the sorted lists (:func:`count_below`). When
-  another item has the same similarity (float32 similarities tie often enough: about one row in ten
-  at 10,000 items, and duplicate images always), the tied group takes consecutive places in
-  increasing index order, found by one comparison over that row;
-* a first relevant item beyond the depth is placed by counting its row's larger values.
-
-Only the sums that the full sort computed are sums here too, over rows of the same length and in the
-same order, so every number is the one a full sort gives, bit for bit.
+Every sum is numpy's pairwise sum over the same terms, in the same order and paired the same way,
+as in the full sort it replaced (tests/ranking_reference.py), so every number is that one, bit for bit.
 """
 from __future__ import annotations
 
@@ -59,30 +47,35 @@ class LabelColumns:
         found = self.labels[position] == query_labels
         return np.where(found, position, 0), np.where(found, self.counts[position], 0)
 
+    def _columns(self, position: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the columns of each row's label [n, W] (W the largest size), ascending, padded; used
+        [n, W]: which are not padding), from :meth:`sizes`' ``position`` and ``sizes``."""
+        width = int(sizes.max(initial=0))
+        used = np.arange(width) < sizes[:, None]
+        if self.padded is not None:
+            return self.padded[position, :width], used
+        return self.order[self.starts[position][:, None] + np.where(used, np.arange(width), 0)], used
+
     def relevant_values(self, similarity: np.ndarray, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(similarities of each query's relevant items, ascending [n, W], ``-inf`` first for masked
         items and padding; the number of gallery items with each query's label [n])."""
         position, sizes = self.sizes(query_labels)
-        n, m = similarity.shape
-        width = int(sizes.max(initial=0))
-        used = np.arange(width) < sizes[:, None]
-        if self.padded is not None:
-            columns = self.padded[position, :width]
-        else:
-            columns = self.order[self.starts[position][:, None] + np.where(used, np.arange(width), 0)]
-        values = np.ascontiguousarray(similarity).reshape(-1).take(columns + (np.arange(n) * m)[:, None])
+        columns, used = self._columns(position, sizes)
+        values = np.take_along_axis(similarity, columns, axis=1)
         values[~used] = -np.inf
         values.sort(axis=1)
         return values, sizes
 
-
-def top_values(similarity: np.ndarray, depth: int) -> np.ndarray:
-    """The ``min(depth + 1, m)`` largest values of each row of ``similarity`` [n, m], ascending."""
-    m = similarity.shape[1]
-    size = min(depth + 1, m)
-    if size == m:
-        return np.sort(similarity, axis=1)
-    return np.sort(np.partition(similarity, m - size, axis=1)[:, m - size:], axis=1)
+    def first_places(self, similarity: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
+        """Place of each row's first relevant item in the total order, int64 [n], counted over the
+        whole row of ``similarity`` [n, m]; every row must hold a relevant item above ``-inf``."""
+        columns, used = self._columns(*self.sizes(query_labels))
+        values = np.take_along_axis(similarity, columns, axis=1)
+        values[~used] = -np.inf
+        best = values.max(axis=1, keepdims=True)
+        index = np.where(used & (values == best), columns, similarity.shape[1]).min(axis=1, keepdims=True)
+        ahead = (similarity > best) | ((similarity == best) & (np.arange(similarity.shape[1]) < index))
+        return ahead.sum(axis=1) + 1
 
 
 def _row_keys(x: np.ndarray) -> np.ndarray:
@@ -94,68 +87,18 @@ def _row_keys(x: np.ndarray) -> np.ndarray:
     return ordered + (np.arange(len(x), dtype=np.int64) << 32)[:, None]
 
 
-def count_below(top: np.ndarray, values: np.ndarray, *, strictly: bool) -> np.ndarray:
+def count_below(top: np.ndarray, values: np.ndarray) -> np.ndarray:
     """For each v of ``values`` [n, W], the number of ``top`` [n, L] values of its row below it
-    (``strictly``: < v, else <= v); both ascending per row. Equal values compare as numpy's sort
-    does (-0.0 equals 0.0). float32 rows are searched all at once (:func:`_row_keys`); others row by
-    row."""
+    (< v); both ascending per row. Equal values compare as numpy's sort does (-0.0 equals 0.0).
+    float32 rows are searched all at once (:func:`_row_keys`); others row by row."""
     n, length = top.shape
-    side = "left" if strictly else "right"
     if top.dtype == np.float32 and values.dtype == np.float32:
-        found = np.searchsorted(_row_keys(top).reshape(-1), _row_keys(values), side)
+        found = np.searchsorted(_row_keys(top).reshape(-1), _row_keys(values))
         return found - (np.arange(n, dtype=np.int64) * length)[:, None]
     out = np.empty(values.shape, np.int64)
     for r in range(n):
-        out[r] = np.searchsorted(top[r], values[r], side)
+        out[r] = np.searchsorted(top[r], values[r])
     return out
-
-
-def _untie(place: np.ndarray, row: np.ndarray, relevant: np.ndarray, before: np.ndarray, values: np.ndarray,
-           relevant_items: np.ndarray) -> None:
-    """Places of one row's relevant items of similarity ``values`` (each shared with other items),
-    written into ``place`` [W] (in the order of ``relevant`` [W], ascending values): a tied group
-    takes consecutive places from ``before`` + 1 (``before`` [W]: items strictly more similar) in
-    increasing index order. ``row`` [m]: the similarities; ``relevant_items`` [m] (bool): which
-    items of the row are relevant."""
-    for value in values:
-        equal = np.flatnonzero(row == value)
-        slots = np.flatnonzero(relevant == value)  # ascending slots, read in reverse as places ascend
-        place[slots] = (before[slots[-1]] + 1 + np.flatnonzero(relevant_items[equal]))[::-1]
-
-
-def relevant_places(similarity: np.ndarray, top: np.ndarray, relevant: np.ndarray, count: np.ndarray,
-                    query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
-    """Places of each row's relevant items, ascending [n, W] (int64): exact within the first
-    ``count`` [n] (R) places and for the first relevant item wherever it is; m + 1 for an item
-    outside the query's gallery or beyond the depth of ``top``.
-
-    ``top``: :func:`top_values` at a depth of at least R; ``relevant``: :meth:`LabelColumns.relevant_values`.
-    """
-    n, m = similarity.shape
-    size = top.shape[1]
-    floor = top[:, 1] if size < m else np.full(n, -np.inf, top.dtype)  # the depth-th largest value
-    inside = (relevant > -np.inf) & (relevant >= floor[:, None])
-    tail = max(1, int(inside.sum(axis=1).max()))  # the inside values: the last columns of each row
-    below = count_below(top, relevant[:, -tail:], strictly=False)
-    before = np.zeros(relevant.shape, np.int64)
-    before[:, -tail:] = size - below  # items more similar; exact inside
-    # another selected item has the same similarity (the next smaller selected value equals it)
-    previous = top.reshape(-1).take(np.maximum(below - 2, 0) + (np.arange(n) * size)[:, None])
-    shared = np.zeros(relevant.shape, bool)
-    shared[:, -tail:] = inside[:, -tail:] & (below >= 2) & (previous == relevant[:, -tail:])
-    beyond = np.flatnonzero((relevant[:, -1] > -np.inf) & ~inside[:, -1])
-    if len(beyond):  # the first relevant item lies beyond the depth: count the larger values of its row
-        best, rows = relevant[beyond, -1][:, None], similarity[beyond]
-        before[beyond, -1] = np.count_nonzero(rows > best, axis=1)
-        inside[beyond, -1] = True
-        shared[beyond, -1] = np.count_nonzero(rows == best, axis=1) > 1
-    place = np.where(inside, before + 1, m + 1)
-    shared &= (before < count[:, None]) | (relevant == relevant[:, -1:])  # within R, or the first relevant
-    for r in np.flatnonzero(shared.any(axis=1)):
-        row = similarity[r]
-        _untie(place[r], row, relevant[r], before[r], np.unique(relevant[r, shared[r]]),
-               (gallery_labels == query_labels[r]) & (row > -np.inf))
-    return np.ascontiguousarray(place[:, ::-1])
 
 
 def row_sums(terms: np.ndarray, lengths: np.ndarray, *, from_end: bool = False) -> np.ndarray:
@@ -166,7 +109,8 @@ def row_sums(terms: np.ndarray, lengths: np.ndarray, *, from_end: bool = False) 
     width = terms.shape[1]
     for length in np.unique(lengths):
         rows = np.flatnonzero(lengths == length)
-        out[rows] = (terms[rows, width - length:] if from_end else terms[rows, :length]).sum(axis=1)
+        part = terms if len(rows) == len(terms) else terms[rows]
+        out[rows] = (part[:, width - length:] if from_end else part[:, :length]).sum(axis=1)
     return out
 
 
@@ -179,11 +123,40 @@ def at_r(place: np.ndarray, count: np.ndarray, sizes: np.ndarray) -> tuple[np.nd
         return row_sums(terms, sizes) / count, within.sum(axis=1) / count
 
 
+def hits_at_r(hits: np.ndarray, count: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(AP@R, R-precision) [n] from ``hits`` [n, L] (bool, column p - 1: the item at place p is
+    relevant; each row's first R places at least), R = ``count`` [n] (NaN when 0), ``sizes`` [n]
+    the gallery items with the query's label: the numbers :func:`at_r` gives from the same places."""
+    n, width = hits.shape
+    within = hits & (np.arange(1, width + 1) <= count[:, None])
+    rows, places = np.divmod(np.flatnonzero(within), width)
+    found = np.bincount(rows, minlength=n)
+    rank = np.arange(1, len(rows) + 1) - np.repeat(np.cumsum(found) - found, found)  # among the row's relevant items
+    lengths = np.array([_pairwise_length(size, used) for size, used in zip(sizes.tolist(), found.tolist())], np.int64)
+    terms = np.zeros((n, int(lengths.max(initial=0))))
+    terms[rows, rank - 1] = rank / (places + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return row_sums(terms, lengths) / count, found / count
+
+
+def _pairwise_length(total: int, used: int) -> int:
+    """The length of the prefix whose numpy sum equals, bit for bit, that of a row of ``total``
+    float64 terms whose entries from ``used`` on are zero: above 128 entries numpy sums the first
+    half (rounded down to a multiple of 8) and the rest apart and adds them, so a half of zeros adds
+    exactly nothing and the sum is the first half's."""
+    while total > 128:
+        half = total // 2 - (total // 2) % 8
+        if used > half:
+            break
+        total = half
+    return total
+
+
 def sklearn_ap(top: np.ndarray, relevant: np.ndarray, count: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Average precision over the whole ranking with scikit-learn's tie groups [n] (NaN: no relevant
     item), from the fully sorted rows ``top`` [n, m] and the ascending ``relevant`` values [n, W]."""
     m, size = top.shape[1], relevant.shape[1]
-    below = count_below(top, relevant, strictly=True)  # items less similar than each relevant item
+    below = count_below(top, relevant)  # items less similar than each relevant item
     # #relevant >= a value = size - index of the first of its tied group in the ascending row
     index = np.arange(size)
     new_value = np.ones(relevant.shape, bool)
