@@ -145,6 +145,16 @@ def test_named_exclusions_equal_a_scan_for_them(seed):
                              reference_outcomes(similarity, query_labels, gallery_labels, k=3, requires=requires))
 
 
+def test_rows_outside_every_gallery_rank_as_the_full_sort():
+    similarity = np.full((3, 6), -np.inf, np.float32)
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    for rows in ([], [1], [0, 2]):
+        similarity[rows] = np.linspace(0, 1, 6, dtype=np.float32)
+        for requires in [s - {"knn_vote"} for s in SUBSETS if s - {"knn_vote"}]:
+            assert_same_outcomes(ranked_outcomes(similarity, np.array([0, 1, 2]), labels, requires=requires),
+                                 reference_outcomes(similarity, np.array([0, 1, 2]), labels, requires=requires))
+
+
 @pytest.mark.parametrize("total", [1, 7, 8, 100, 128, 129, 200, 1000, 4097])
 def test_a_sum_over_a_prefix_is_the_sum_of_the_row_with_zeros(total):
     rng = np.random.default_rng(total)

@@ -134,7 +134,8 @@ def _prefix_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_l
     if FIRST_HIT in requires:
         out["first_hit"] = np.zeros(n, np.int64)
         found = hits.any(axis=1)
-        out["first_hit"][found] = hits[found].argmax(axis=1) + 1
+        if found.any():
+            out["first_hit"][found] = hits[found].argmax(axis=1) + 1
         far = np.flatnonzero(~found & (count > 0))  # relevant items, none among the first places
         if len(far):
             out["first_hit"][far] = columns.first_places(similarity[far], query_labels[far])
