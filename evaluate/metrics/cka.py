@@ -33,10 +33,11 @@ def _centred_grams(embeddings: Sequence[np.ndarray], means: Sequence[np.ndarray]
     used = sorted({t for pair in pairs for t in pair})
     centred = {t: np.empty((rows, embeddings[t].shape[1]), np.float32) for t in used}
     product = {pair: np.empty(grams.shape, np.float32) for pair, grams in out.items()}
+    means32 = {t: means[t].astype(np.float32) for t in used}
     for s in range(0, len(embeddings[0]), rows):
         r = min(rows, len(embeddings[0]) - s)
         for t in used:
-            np.subtract(embeddings[t][s:s + r], means[t].astype(np.float32), out=centred[t][:r])
+            np.subtract(embeddings[t][s:s + r], means32[t], out=centred[t][:r])
         for i, j in pairs:
             out[i, j] += np.matmul(centred[i][:r].T, centred[j][:r], out=product[i, j])
     return out

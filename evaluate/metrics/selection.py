@@ -56,22 +56,26 @@ class LabelColumns:
             return self.padded[position, :width], used
         return self.order[self.starts[position][:, None] + np.where(used, np.arange(width), 0)], used
 
-    def relevant_values(self, similarity: np.ndarray, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities of each query's relevant items, ascending [n, W], ``-inf`` first for masked
-        items and padding; the number of gallery items with each query's label [n])."""
+    def _values(self, similarity: np.ndarray, query_labels: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(similarities of each query's relevant items [n, W], ``-inf`` for padding; their columns and
+        which are not padding (:meth:`_columns`); the gallery items with each query's label [n])."""
         position, sizes = self.sizes(query_labels)
         columns, used = self._columns(position, sizes)
         values = np.take_along_axis(similarity, columns, axis=1)
         values[~used] = -np.inf
+        return values, columns, used, sizes
+
+    def relevant_values(self, similarity: np.ndarray, query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities of each query's relevant items, ascending [n, W], ``-inf`` first for masked
+        items and padding; the number of gallery items with each query's label [n])."""
+        values, _, _, sizes = self._values(similarity, query_labels)
         values.sort(axis=1)
         return values, sizes
 
     def first_places(self, similarity: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
         """Place of each row's first relevant item in the total order, int64 [n], counted over the
         whole row of ``similarity`` [n, m]; every row must hold a relevant item above ``-inf``."""
-        columns, used = self._columns(*self.sizes(query_labels))
-        values = np.take_along_axis(similarity, columns, axis=1)
-        values[~used] = -np.inf
+        values, columns, used, _ = self._values(similarity, query_labels)
         best = values.max(axis=1, keepdims=True)
         index = np.where(used & (values == best), columns, similarity.shape[1]).min(axis=1, keepdims=True)
         ahead = (similarity > best) | ((similarity == best) & (np.arange(similarity.shape[1]) < index))
@@ -114,19 +118,11 @@ def row_sums(terms: np.ndarray, lengths: np.ndarray, *, from_end: bool = False) 
     return out
 
 
-def at_r(place: np.ndarray, count: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(AP@R, R-precision) [n] from the ascending ``place`` [n, W] of each row's relevant items, R =
-    ``count`` [n] of them in its gallery (NaN when 0), ``sizes`` [n] the gallery items with its label."""
-    within = place <= count[:, None]
-    terms = np.divide(np.arange(1, place.shape[1] + 1), place, out=np.zeros(place.shape), where=within)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return row_sums(terms, sizes) / count, within.sum(axis=1) / count
-
-
 def hits_at_r(hits: np.ndarray, count: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(AP@R, R-precision) [n] from ``hits`` [n, L] (bool, column p - 1: the item at place p is
     relevant; each row's first R places at least), R = ``count`` [n] (NaN when 0), ``sizes`` [n]
-    the gallery items with the query's label: the numbers :func:`at_r` gives from the same places."""
+    the gallery items with the query's label. Terms j / p for the j-th relevant item at place p <= R,
+    summed as the full sort's row of ``sizes`` terms (zeros after the last) is summed."""
     n, width = hits.shape
     within = hits & (np.arange(1, width + 1) <= count[:, None])
     rows, places = np.divmod(np.flatnonzero(within), width)

@@ -31,7 +31,7 @@ from ...infer.runtime import protobuf as pb
 from ..metrics.neighbours import knn_predict
 from ..metrics.ranking import (FIRST_HIT, FIRST_R, FULL_RANKING, KNN_VOTE, REQUIREMENTS, QueryOutcomes,
                                check_depth, check_requirements)
-from ..metrics.selection import LabelColumns, at_r, sklearn_ap
+from ..metrics.selection import LabelColumns, hits_at_r, sklearn_ap
 
 PRECISIONS = ("fp32", "fp16")
 SEARCH_PROVIDERS = ("numpy", "cpu", "cuda")  # and cuda:N
@@ -125,18 +125,17 @@ def candidate_outcomes(values: np.ndarray, indices: np.ndarray, first_hit: np.nd
     count = sizes - own_relevant  # R
     hits = (gallery_labels[indices] == query_labels[:, None]) & (values > -np.inf)
     out = {}
-    if requires & {FIRST_R, FULL_RANKING}:
+    if FIRST_R in requires:
+        out["ap_at_r"], out["r_precision"] = hits_at_r(hits, count, sizes)
+    if FULL_RANKING in requires:  # the candidates are the whole row
         width = int(sizes.max(initial=0))
         place = np.sort(np.where(hits, np.arange(1, hits.shape[1] + 1), m + 1), axis=1)[:, :width]
         place = np.pad(place, ((0, 0), (0, width - place.shape[1])), constant_values=m + 1)
+        relevant = np.full((n, width), -np.inf, values.dtype)
+        found = np.take_along_axis(values, np.minimum(place, m) - 1, axis=1)
+        relevant[:, ::-1] = np.where(place <= m, found, -np.inf)
         with np.errstate(invalid="ignore", divide="ignore"):
-            if FIRST_R in requires:
-                out["ap_at_r"], out["r_precision"] = at_r(place, count, sizes)
-            if FULL_RANKING in requires:  # the candidates are the whole row
-                relevant = np.full((n, width), -np.inf, values.dtype)
-                found = np.take_along_axis(values, np.minimum(place, m) - 1, axis=1)
-                relevant[:, ::-1] = np.where(place <= m, found, -np.inf)
-                out["ap"] = sklearn_ap(values[:, ::-1], relevant, count, sizes)
+            out["ap"] = sklearn_ap(values[:, ::-1], relevant, count, sizes)
     if FIRST_HIT in requires:
         out["first_hit"] = np.where(count > 0, first_hit, 0)
     if KNN_VOTE in requires:
