@@ -27,6 +27,7 @@ import click
 from .commands import adapt, bench, demo, embed, evaluate, export, gate, study, train
 from .commands.options import BadValue
 from .common.errors import InputError
+from .common.memory import keep_freed_memory
 
 
 def _usage_line(e: click.UsageError) -> str:
@@ -83,6 +84,7 @@ def _error_line(e: Exception) -> str | None:
 def cli(ctx: click.Context, debug: bool) -> None:
     """Train DualPrompt models, export them to ONNX and measure backward compatibility."""
     ctx.meta["debug"] = debug
+    keep_freed_memory()
 
 
 for command in (train.train, train.accuracy, export.export_command, export.verify_command, embed.embed,

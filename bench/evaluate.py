@@ -17,16 +17,25 @@ from ..infer.store.shards import write_set
 from ..infer.store.sets import set_path
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def write_random_store(store: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
-                       spec: str = "cifar10:test", seed: int = 0) -> list[str]:
+                       separation: float = 0.0, spec: str = "cifar10:test", seed: int = 0) -> list[str]:
     """Write ``models`` sets ``task1..taskT`` of ``n`` random unit vectors (float32 [n, dim]) with
-    labels ``i % classes``, all claiming the same data ``spec``; returns the model ids."""
+    labels ``i % classes``, all claiming the same data ``spec``; returns the model ids. With
+    ``separation`` > 0 each vector is its label's centre (a random unit vector, the same for every
+    model) times ``separation`` plus its own random unit vector, normalised: classes that retrieval
+    tells apart, as a trained model's are (0: none, every label's precision at chance)."""
     rng = np.random.default_rng(seed)
+    centres = _unit(np.random.default_rng((seed, 1)).standard_normal((classes, dim), dtype=np.float32))
     labels = np.arange(n, dtype=np.int64) % classes
     ids = [f"task{t}" for t in range(1, models + 1)]
     for t, model_id in enumerate(ids, 1):
-        x = rng.standard_normal((n, dim), dtype=np.float32)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        x = _unit(rng.standard_normal((n, dim), dtype=np.float32))
+        if separation:
+            x = _unit(x + np.float32(separation) * centres[labels])
         data = DataRecord(spec=spec, location=dataset_location(spec), name=spec.split(":")[0],
                           split=spec.split(":")[-1], fingerprint=hashlib.sha256(f"random-{seed}-{n}".encode()).hexdigest(),
                           size=n)
@@ -109,19 +118,22 @@ def _timed_evaluation(ids: list[str], store: Path, full_map: bool, search) -> tu
 
 
 def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, dim: int = 768, classes: int = 10,
-                   full_map: bool = False, search_provider: str = "numpy", search_precision: str = "fp32",
-                   repeats: int = 3) -> dict:
+                   separation: float = 0.0, full_map: bool = False, search_provider: str = "numpy",
+                   search_precision: str = "fp32", repeats: int = 3) -> dict:
     """Time and peak extra memory of ``evaluate --from-store`` on a synthetic store written first
-    (not timed), beside the time of its similarity products alone (numpy) and the numpy ranking's
-    CPU time per similarity (:func:`ranking_ns`, on the cell of the last two models).
+    (not timed; :func:`write_random_store`, ``separation`` its class structure), beside the time of
+    its similarity products alone (numpy) and the numpy ranking's CPU time per similarity
+    (:func:`ranking_ns`, on the cell of the last two models).
 
-    ``repeats`` rounds each time the products alone, then the evaluation, back to back; the ratio is
-    the median of the rounds' ratios (every round is in ``rounds``), and ``seconds`` and
-    ``products_seconds`` are the medians. Extra memory is what the evaluation allocates beyond the
-    memory-mapped sets (tracemalloc, which numpy reports its buffers to). ``stages`` splits the
-    last evaluation: cells (products, ranking and every per-query metric), bootstrap,
-    tests_and_criteria (McNemar, intervals, criteria, CMC, flips), cka, decision (the rule's
-    verdicts and the backfill search of not-compatible pairs). ``full_map``: with the exact mAP
+    ``repeats`` rounds each time the products alone, then the evaluation, back to back, then the
+    ranking alone; the ratio is the median of the rounds' ratios (every round is in ``rounds``), and
+    ``seconds``, ``products_seconds`` and ``ranking_ns_per_similarity`` are the medians.
+    ``map_at_r_first_model``: the first model's mAP@R against itself, how separable the classes
+    are. Extra memory is what the evaluation allocates beyond the memory-mapped sets (tracemalloc,
+    which numpy reports its buffers to). ``stages`` splits the last evaluation: cells (products,
+    ranking and every per-query metric), bootstrap, tests_and_criteria (McNemar, intervals,
+    criteria, CMC, flips), cka, decision (the rule's verdicts and the backfill search of
+    not-compatible pairs). ``full_map``: with the exact mAP
     (``evaluate --full-map``), which sorts every similarity row. ``search_provider``,
     ``search_precision``: ``evaluate --search-provider/--search-precision``; a graph's figures are
     under ``search_graph`` (:func:`_device_figures`).
@@ -136,22 +148,24 @@ def bench_evaluate(workdir: str | Path, *, models: int = 10, n: int = 10_000, di
 
     search = open_search(search_provider, precision=search_precision)  # a GPU that does not work: an error first
     store = Path(workdir) / "store"
-    ids = write_random_store(store, models=models, n=n, dim=dim, classes=classes)
+    ids = write_random_store(store, models=models, n=n, dim=dim, classes=classes, separation=separation)
     query, gallery = collect_from_store(ids, "cifar10:test", "cifar10:test", store)
     names = chosen(full_map=full_map)
-    ranking = ranking_ns(query[-1].embeddings, gallery[max(models - 2, 0)].embeddings, query[0].labels,
-                         requirements(names) | {FIRST_HIT})
     rounds = []
     for _ in range(repeats):
         products = products_seconds([s.embeddings for s in query], [s.embeddings for s in gallery])
         seconds, peak, ev = _timed_evaluation(ids, store, full_map, search)
-        rounds.append({"products_seconds": products, "seconds": seconds, "ratio": seconds / products})
+        ranking = ranking_ns(query[-1].embeddings, gallery[max(models - 2, 0)].embeddings, query[0].labels,
+                             requirements(names) | {FIRST_HIT})
+        rounds.append({"products_seconds": products, "seconds": seconds, "ratio": seconds / products,
+                       "ranking_ns_per_similarity": ranking})
     cells = models * (models + 1) // 2
     median = {key: float(np.median([r[key] for r in rounds])) for key in rounds[0]}
     return {"benchmark": "evaluate", "models": models, "queries": n, "gallery": n, "dim": dim, "classes": classes,
+            "separation": separation, "map_at_r_first_model": float(ev.result.metrics["mAP@R"][0, 0]),
             "metrics": list(names), "cells": cells, "seconds": median["seconds"], "search": ev.protocol["search"],
             "products_seconds": median["products_seconds"], "ratio_to_products": median["ratio"], "rounds": rounds,
-            "ranking_ns_per_similarity": ranking, "stages": ev.result.seconds, "resamples": ev.result.resamples,
+            "ranking_ns_per_similarity": median["ranking_ns_per_similarity"], "stages": ev.result.seconds, "resamples": ev.result.resamples,
             "peak_extra_mib": peak / 2**20,
             # the whole process: imports, the memory-mapped sets' pages and BLAS buffers included
             "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

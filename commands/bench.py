@@ -7,8 +7,8 @@ import click
 from ..common.atomic import write_json
 from ..common.contract import PRECISIONS
 from ..common.outputs import require_space, writable_dir
-from .options import (JSON, MAX_BATCH, MAX_WORKERS, NLIST, NPROBE, PQ_M, POSITIVE, THREADS, TRT, Int, architecture,
-                      batch_size, int_list, provider, runtime)
+from .options import (JSON, MAX_BATCH, MAX_WORKERS, NLIST, NPROBE, PQ_M, POSITIVE, THREADS, TRT, Float, Int,
+                      architecture, batch_size, int_list, provider, runtime)
 
 MAX_DIM = 65_536  # generated vectors' dimension (the embedding's bound in the ONNX contract)
 
@@ -62,6 +62,8 @@ def bench_embed_command(model_path, json_path, **options):
 @click.option("--queries", type=Int(2), default=10_000, show_default=True, help="Query and gallery size (the same split).")
 @click.option("--dim", type=Int(1, MAX_DIM), default=768, show_default=True)
 @click.option("--classes", type=POSITIVE, default=10, show_default=True)
+@click.option("--separation", type=Float(0, 100), default=0.0, show_default=True,
+              help="Class structure: each vector is its label's centre times this plus random noise (0: none).")
 @click.option("--workdir", default="bench-evaluate", show_default=True, help="Where the synthetic store is written.")
 @click.option("--full-map", is_flag=True, help="Evaluate with the exact mAP (evaluate --full-map).")
 @click.option("--search-provider", default="numpy", show_default=True,
@@ -70,7 +72,7 @@ def bench_embed_command(model_path, json_path, **options):
 @click.option("--repeats", type=Int(1, 100), default=3, show_default=True,
               help="Rounds of products alone then evaluation, back to back; the ratio is their median.")
 @JSON
-def bench_evaluate_command(models, queries, dim, classes, workdir, json_path, repeats, **search):
+def bench_evaluate_command(models, queries, dim, classes, separation, workdir, json_path, repeats, **search):
     """Time and peak memory of the compatibility evaluation on random unit vectors, its products alone, and
     the ranking's CPU time per similarity (run at --dim 768 --classes 10 and --dim 256 --classes 100)."""
     from ..bench import evaluate
@@ -79,7 +81,7 @@ def bench_evaluate_command(models, queries, dim, classes, workdir, json_path, re
     # each model's set: float32 [queries, dim] embeddings and int64 [queries] labels
     require_space(workdir, models * queries * (4 * dim + 8), "--workdir")
     result = evaluate.bench_evaluate(workdir, models=models, n=queries, dim=dim, classes=classes, repeats=repeats,
-                                     **search)
+                                     separation=separation, **search)
     emit(result, evaluate.format_evaluate(result), json_path)
 
 

@@ -115,9 +115,16 @@ def test_bench_evaluate_and_export(tmp_path):
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["cells"] == 6 and e["seconds"] > 0 and e["peak_extra_mib"] > 0 and len(e["rounds"]) == 2
     assert all(r["ratio"] == pytest.approx(r["seconds"] / r["products_seconds"]) for r in e["rounds"])
+    ranking = [r["ranking_ns_per_similarity"] for r in e["rounds"]]
+    assert e["ranking_ns_per_similarity"] == pytest.approx(np.median(ranking))
     assert e["products_seconds"] > 0 and e["ratio_to_products"] == pytest.approx(np.median([r["ratio"] for r in e["rounds"]]))
     assert set(e["stages"]) == {"cells", "bootstrap", "tests_and_criteria", "cka", "decision"} and e["resamples"] == 1000
     assert e["ranking_ns_per_similarity"] > 0 and "mAP" not in e["metrics"] and "cpu_flags" in e["machine"]
+    assert e["separation"] == 0 and e["map_at_r_first_model"] < 0.3  # 10 classes, no structure: near chance
+    r = run_cli("bench", "evaluate", "--models", "2", "--queries", "500", "--dim", "64", "--workdir", "bs",
+                "--separation", "1.5", "--repeats", "1", "--json", "s.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["map_at_r_first_model"] > 0.9
     r = run_cli("bench", "export", "--model", "vit_tiny_patch16_224", "--workdir", "bx", "--json", "x.json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     x = json.loads((tmp_path / "x.json").read_text())

@@ -71,7 +71,7 @@ def test_blocks_and_threads_equal_the_full_sort(monkeypatch, exclude_self):
 def test_the_default_metrics_select_and_do_not_sort_rows(monkeypatch):
     widths = []
     real = prefix._in_order
-    monkeypatch.setattr(prefix, "_in_order", lambda s, f, b: widths.append(s.shape[1]) or real(s, f, b))
+    monkeypatch.setattr(prefix, "_in_order", lambda s, f, n: widths.append(s.shape[1]) or real(s, f, n))
     monkeypatch.setattr(np, "sort", lambda *a, **k: pytest.fail("a row was sorted"))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((600, 16)).astype(np.float32)
@@ -161,10 +161,10 @@ def test_a_sum_over_a_prefix_is_the_sum_of_the_row_with_zeros(total):
     for used in sorted({0, 1, total // 9, total // 4, total // 2, total - 1, total}):
         row = np.zeros(total)
         row[:used] = rng.random(used) / rng.integers(1, 1000, used)
-        length = selection._pairwise_length(total, used)
+        length = int(selection.pairwise_lengths(np.array([total]), np.array([used]))[0])
         assert used <= length <= total and row[:length].sum() == row.sum()
         assert row[None, :length].sum(axis=1)[0] == row[None].sum(axis=1)[0]
-    assert selection._pairwise_length(1000, 100) == 120 and selection._pairwise_length(1000, 500) == 1000
+    assert selection.pairwise_lengths(np.array([1000, 1000, 100]), np.array([100, 500, 3])).tolist() == [120, 1000, 100]
 
 
 def duplicated_unit_rows(seed, n=200, d=32):

@@ -42,6 +42,7 @@ IMPOSSIBLE = [
     (["bench", "evaluate", "--models", "0"], "--models 0"),
     (["bench", "evaluate", "--queries", "1"], "--queries 1"),
     (["bench", "evaluate", "--dim", "-1"], "--dim -1"),
+    (["bench", "evaluate", "--separation", "nan"], "--separation nan: expected a finite number from 0 to 100"),
     (["bench", "embed", "--model", "m.onnx", "--batch-sizes", "0"], "--batch-sizes 0"),
     (["bench", "embed", "--model", "m.onnx", "--batch-sizes", ""], "--batch-sizes"),
     (["bench", "embed", "--model", "m.onnx", "--batch-sizes", "8,8"], "more than once"),

@@ -4,9 +4,9 @@ Conventions are those of :mod:`.ranking`: decreasing similarity, equal similarit
 gallery index, ``-inf`` for an item outside the query's gallery, -0.0 equal to 0.0. For a block of
 similarities [n, m] and the number of places the metrics read (``need``):
 
-1. each row gets a threshold at most its need-th largest finite value, read from a fixed sample of
-   its columns with a margin (:func:`thresholds`); a row the sample misjudged (fewer candidates than
-   it needs) gets the exact value from a partition of that row;
+1. each row gets a threshold at most its need-th largest finite value, read from a sample of its
+   columns (one of a few fixed ones, in turn) with a margin (:func:`thresholds`); a row the sample
+   misjudged (fewer candidates than it needs) gets the exact value from a partition of that row;
 2. every finite value at least its row's threshold is a candidate: the candidates are exactly the
    row's first places, since whatever is more similar is a candidate too;
 3. the candidates are sorted by one 64-bit key each, the similarity's bits ordered downwards above
@@ -19,6 +19,7 @@ forty is found again from its exact threshold).
 """
 from __future__ import annotations
 
+import itertools
 from functools import lru_cache
 
 import numpy as np
@@ -29,11 +30,19 @@ _SMALLEST = np.float32(-np.finfo(np.float32).max)  # the lowest threshold: every
 _PAST_EVERY_KEY = 0x7FF0000000000000  # padding after every key of :func:`_in_order` (+inf as float64)
 
 
-@lru_cache(maxsize=16)
-def _sample(m: int) -> np.ndarray:
-    """``_SAMPLE`` of the m column indices, ascending, the same on every call (a fixed seed: spread
-    over the row whatever period the gallery's order has)."""
-    return np.sort(np.random.default_rng(m).choice(m, _SAMPLE, replace=False))
+_SAMPLES = 16  # samples drawn per gallery size, taken in turn by the blocks
+
+
+@lru_cache(maxsize=4 * _SAMPLES)
+def _sample(m: int, draw: int) -> np.ndarray:
+    """``_SAMPLE`` of the m column indices, ascending, spread over the row whatever period the
+    gallery's order has; ``draw`` (0 to ``_SAMPLES`` - 1) picks one of a few fixed samples. Blocks
+    take them in turn: a sample that holds many items of one label misjudges that label's queries
+    (their first places crowd the sample), and one sample for every block would misjudge them all."""
+    return np.sort(np.random.default_rng((m, draw)).choice(m, _SAMPLE, replace=False))
+
+
+_draws = itertools.count()
 
 
 def outside(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray
@@ -53,16 +62,18 @@ def outside(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np
 def thresholds(similarity: np.ndarray, need: int) -> np.ndarray:
     """float32 [n]: per row of ``similarity`` [n, m] a value at most its ``need``-th largest (1 <=
     need <= m), never below the lowest finite float32, so that its values at least the threshold
-    are its first places. Exact (a partition) for short rows or a deep need; otherwise from
-    :func:`_sample` with a margin, which may, rarely, set it above the need-th largest."""
-    m = similarity.shape[1]
-    if m <= 4 * _SAMPLE or 4 * need > m:
-        found = np.partition(similarity, m - need, axis=1)[:, m - need]
-    else:
-        share = need * _SAMPLE / m  # the sample's expected count at or above the need-th largest
-        j = min(_SAMPLE, max(1, int(np.ceil(share + _SPREAD * np.sqrt(share))) + 1))
-        found = np.partition(similarity.take(_sample(m), axis=1), _SAMPLE - j, axis=1)[:, _SAMPLE - j]
-    return np.maximum(found, _SMALLEST)
+    are its first places. Exact (a partition) for short rows; otherwise from a :func:`_sample` with a
+    margin, which may, rarely, set it above the need-th largest; the lowest when the margin reaches
+    the whole sample."""
+    n, m = similarity.shape
+    if m <= 4 * _SAMPLE:
+        return np.maximum(np.partition(similarity, m - need, axis=1)[:, m - need], _SMALLEST)
+    share = need * _SAMPLE / m  # the sample's expected count at or above the need-th largest
+    j = int(np.ceil(share + _SPREAD * np.sqrt(share))) + 1
+    if j >= _SAMPLE:
+        return np.full(n, _SMALLEST)
+    sample = similarity.take(_sample(m, next(_draws) % _SAMPLES), axis=1)
+    return np.maximum(np.partition(sample, _SAMPLE - j, axis=1)[:, _SAMPLE - j], _SMALLEST)
 
 
 def _candidates(similarity: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,14 +84,17 @@ def _candidates(similarity: np.ndarray, threshold: np.ndarray) -> tuple[np.ndarr
     return flat, np.searchsorted(flat, np.arange(n + 1) * m)
 
 
-def _descending_keys(bits: np.ndarray) -> np.ndarray:
-    """uint32 keys of finite float32 values given as their int32 ``bits`` (overwritten), ascending as
-    the values descend, -0.0 equal to 0.0: 0x7FFFFFFF - bits for a value >= +0.0, bits - 1 (as
-    uint32: at least 0x7FFFFFFF) for one <= -0.0. Below 0xFF800000, so a key shifted left by 31
-    bits is a finite float64's bits."""
-    negative = bits < 0
-    np.subtract(np.int32(0x7FFFFFFF), bits, out=bits, where=~negative)
-    np.subtract(bits, np.int32(1), out=bits, where=negative)
+def _descending_keys(values: np.ndarray) -> np.ndarray:
+    """uint32 keys of finite float32 ``values`` (a copy: overwritten), ascending as the values
+    descend, -0.0 equal to 0.0: 0x7FFFFFFF - bits for a value >= +0.0 (its bits flipped but the
+    sign's), the bits themselves (at least 0x80000000) for one below. Below 0xFF800000, so a key
+    shifted left by 31 bits is a finite float64's bits."""
+    values += np.float32(0)  # -0.0 becomes 0.0
+    bits = values.view(np.int32)
+    flip = bits >> 31  # 0 for a value >= 0, all ones below
+    np.invert(flip, out=flip)
+    flip &= 0x7FFFFFFF
+    bits ^= flip
     return bits.view(np.uint32)
 
 
@@ -101,26 +115,27 @@ def ordered_prefix(similarity: np.ndarray, need: int, finite: np.ndarray) -> tup
     """
     m = similarity.shape[1]
     flat, bounds = _candidates(similarity, thresholds(similarity, need))
-    ranked, length = _in_order(similarity, flat, bounds)
+    length = np.diff(bounds)
     short = np.flatnonzero(length < np.minimum(need, finite))
+    ranked = _in_order(similarity, flat, length)
     if len(short):  # the sample put these rows' thresholds too high: their exact need-th largest
         rows = similarity[short]
-        again, again_length = _in_order(rows, *_candidates(rows, np.maximum(
-            np.partition(rows, m - need, axis=1)[:, m - need], _SMALLEST)))
-        width = max(ranked.shape[1], again.shape[1])
-        ranked = np.pad(ranked, ((0, 0), (0, width - ranked.shape[1])))
-        ranked[short] = np.pad(again, ((0, 0), (0, width - again.shape[1])))
-        length[short] = again_length
+        exact = np.maximum(np.partition(rows, m - need, axis=1)[:, m - need], _SMALLEST)
+        again, again_bounds = _candidates(rows, exact)
+        length[short] = np.diff(again_bounds)
+        fixed = _in_order(rows, again, length[short])
+        if fixed.shape[1] > ranked.shape[1]:
+            ranked = np.pad(ranked, ((0, 0), (0, fixed.shape[1] - ranked.shape[1])))
+        ranked[short, :fixed.shape[1]] = fixed
     return ranked, length
 
 
-def _in_order(similarity: np.ndarray, flat: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The candidates ``flat`` (rows between ``bounds``, :func:`_candidates`) of each row in the total
-    order, padded: (ranked int64 [n, L], length int64 [n]) as :func:`ordered_prefix` returns them.
-    float32 rows sort one 63-bit key per candidate (the value's bits ordered downwards, then the flat
-    index); other dtypes, or blocks of 2^31 similarities or more, a lexsort."""
+def _in_order(similarity: np.ndarray, flat: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """The candidates ``flat`` of each row (``length`` [n] of them, row by row: :func:`_candidates`) in
+    the total order, padded: ranked int64 [n, L] as :func:`ordered_prefix` returns it. float32 rows
+    sort one 63-bit key per candidate (the value's bits ordered downwards, then the flat index);
+    other dtypes, or blocks of 2^31 similarities or more, a lexsort."""
     n, m = similarity.shape
-    length = np.diff(bounds)
     width = int(length.max(initial=0))
     filled = np.arange(width) < length[:, None]  # row-major, as the candidates come
     offsets = (np.arange(n, dtype=np.int64) * m)[:, None]
@@ -129,8 +144,8 @@ def _in_order(similarity: np.ndarray, flat: np.ndarray, bounds: np.ndarray) -> t
         order = np.lexsort((flat, -similarity.reshape(-1)[flat], rows))  # rows stay in place
         ranked = np.zeros((n, width), np.int64)
         ranked[filled] = flat[order]
-        return np.where(filled, ranked - offsets, 0), length
-    keys = _descending_keys(similarity.reshape(-1).view(np.int32).take(flat)).astype(np.int64)
+        return np.where(filled, ranked - offsets, 0)
+    keys = _descending_keys(similarity.reshape(-1).take(flat)).astype(np.int64)
     keys <<= 31
     keys |= flat
     ranked = np.full((n, width), _PAST_EVERY_KEY, np.int64)
@@ -138,4 +153,4 @@ def _in_order(similarity: np.ndarray, flat: np.ndarray, bounds: np.ndarray) -> t
     ranked.view(np.float64).sort(axis=1)  # keys below 2^62 with a finite float64's bits: the same order, sorted faster
     ranked &= 0x7FFFFFFF
     ranked -= offsets
-    return ranked, length
+    return ranked

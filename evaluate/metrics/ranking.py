@@ -126,17 +126,17 @@ def _prefix_outcomes(similarity: np.ndarray, query_labels: np.ndarray, gallery_l
         raise ValueError(f"k={k} must be at most the number of items in every query's gallery")
     need = max(k if KNN_VOTE in requires else 1, int(count.max(initial=0)) if FIRST_R in requires else 1)
     ranked, length = ordered_prefix(similarity, min(need, m), finite)
-    hits = (gallery_labels.take(ranked, mode="clip") == query_labels[:, None]) & (
-        np.arange(ranked.shape[1]) < length[:, None])
+    hits = gallery_labels.take(ranked, mode="clip") == query_labels[:, None]
+    hits &= np.arange(ranked.shape[1]) < length[:, None]  # not the padding
     out = {}
     if FIRST_R in requires:
         out["ap_at_r"], out["r_precision"] = hits_at_r(hits, count, sizes)
     if FIRST_HIT in requires:
         out["first_hit"] = np.zeros(n, np.int64)
-        found = hits.any(axis=1)
-        if found.any():
-            out["first_hit"][found] = hits[found].argmax(axis=1) + 1
-        far = np.flatnonzero(~found & (count > 0))  # relevant items, none among the first places
+        if hits.shape[1]:  # no places at all when every row is outside its gallery
+            first = hits.argmax(axis=1)
+            out["first_hit"] = np.where(hits[np.arange(n), first], first + 1, 0)
+        far = np.flatnonzero((out["first_hit"] == 0) & (count > 0))  # relevant items, none among the first places
         if len(far):
             out["first_hit"][far] = columns.first_places(similarity[far], query_labels[far])
     if KNN_VOTE in requires:

@@ -113,8 +113,8 @@ def row_sums(terms: np.ndarray, lengths: np.ndarray, *, from_end: bool = False) 
     width = terms.shape[1]
     for length in np.unique(lengths):
         rows = np.flatnonzero(lengths == length)
-        part = terms if len(rows) == len(terms) else terms[rows]
-        out[rows] = (part[:, width - length:] if from_end else part[:, :length]).sum(axis=1)
+        columns = slice(width - length, width) if from_end else slice(0, length)
+        out[rows] = (terms[:, columns] if len(rows) == len(terms) else terms[rows, columns]).sum(axis=1)
     return out
 
 
@@ -125,27 +125,29 @@ def hits_at_r(hits: np.ndarray, count: np.ndarray, sizes: np.ndarray) -> tuple[n
     summed as the full sort's row of ``sizes`` terms (zeros after the last) is summed."""
     n, width = hits.shape
     within = hits & (np.arange(1, width + 1) <= count[:, None])
-    rows, places = np.divmod(np.flatnonzero(within), width)
-    found = np.bincount(rows, minlength=n)
-    rank = np.arange(1, len(rows) + 1) - np.repeat(np.cumsum(found) - found, found)  # among the row's relevant items
-    lengths = np.array([_pairwise_length(size, used) for size, used in zip(sizes.tolist(), found.tolist())], np.int64)
+    so_far = np.cumsum(within, axis=1, dtype=np.int32)  # j: relevant items at places <= p
+    found = so_far[:, -1].astype(np.int64) if width else np.zeros(n, np.int64)
+    at = np.flatnonzero(within)
+    places = at + 1 - np.repeat(np.arange(n, dtype=np.int64) * width, found)
+    lengths = pairwise_lengths(sizes, found)
     terms = np.zeros((n, int(lengths.max(initial=0))))
-    terms[rows, rank - 1] = rank / (places + 1)
+    terms[np.arange(terms.shape[1]) < found[:, None]] = so_far.reshape(-1).take(at) / places  # row by row
     with np.errstate(invalid="ignore", divide="ignore"):
         return row_sums(terms, lengths) / count, found / count
 
 
-def _pairwise_length(total: int, used: int) -> int:
-    """The length of the prefix whose numpy sum equals, bit for bit, that of a row of ``total``
-    float64 terms whose entries from ``used`` on are zero: above 128 entries numpy sums the first
-    half (rounded down to a multiple of 8) and the rest apart and adds them, so a half of zeros adds
-    exactly nothing and the sum is the first half's."""
-    while total > 128:
+def pairwise_lengths(total: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """int64 [n]: for each row of ``total`` [n] float64 terms whose entries from ``used`` [n] on are
+    zero, the length of the prefix whose numpy sum equals, bit for bit, that of the whole row: above
+    128 entries numpy sums the first half (rounded down to a multiple of 8) and the rest apart and adds
+    them, so a half of zeros adds exactly nothing and the sum is the first half's."""
+    total = np.array(total, dtype=np.int64)
+    while True:
         half = total // 2 - (total // 2) % 8
-        if used > half:
-            break
-        total = half
-    return total
+        shorter = (total > 128) & (used <= half)
+        if not shorter.any():
+            return total
+        total[shorter] = half[shorter]
 
 
 def sklearn_ap(top: np.ndarray, relevant: np.ndarray, count: np.ndarray, sizes: np.ndarray) -> np.ndarray:
