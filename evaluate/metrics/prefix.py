@@ -25,12 +25,11 @@ from functools import lru_cache
 import numpy as np
 
 _SAMPLE = 1024  # sampled columns per row for the thresholds
+_SAMPLES = 16  # samples drawn per gallery size, taken in turn by the blocks
 _SPREAD = 2.0  # margin of a sampled threshold, in standard deviations of the sample's count
 _SMALLEST = np.float32(-np.finfo(np.float32).max)  # the lowest threshold: every finite value
 _PAST_EVERY_KEY = 0x7FF0000000000000  # padding after every key of :func:`_in_order` (+inf as float64)
-
-
-_SAMPLES = 16  # samples drawn per gallery size, taken in turn by the blocks
+_draws = itertools.count()  # which sample the next block takes
 
 
 @lru_cache(maxsize=4 * _SAMPLES)
@@ -40,9 +39,6 @@ def _sample(m: int, draw: int) -> np.ndarray:
     take them in turn: a sample that holds many items of one label misjudges that label's queries
     (their first places crowd the sample), and one sample for every block would misjudge them all."""
     return np.sort(np.random.default_rng((m, draw)).choice(m, _SAMPLE, replace=False))
-
-
-_draws = itertools.count()
 
 
 def outside(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray
